@@ -1,0 +1,147 @@
+"""What the store returns: plain frozen records, independent of any engine's result types."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from controlplane.domain.lifecycle import State
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    id: str
+    name: str
+    status: str
+    labels: tuple[str, ...]
+    cpu: int
+    memory: int
+    cpu_free: int
+    memory_free: int
+    heartbeat_at: float
+    registered_at: float
+
+    @classmethod
+    def from_props(cls, p: dict[str, Any]) -> NodeRecord:
+        return cls(
+            id=p["id"],
+            name=p.get("name", p["id"]),
+            status=p.get("status", "ready"),
+            labels=tuple(p.get("labels") or ()),
+            cpu=int(p.get("cpu", 0)),
+            memory=int(p.get("memory", 0)),
+            cpu_free=int(p.get("cpu_free", 0)),
+            memory_free=int(p.get("memory_free", 0)),
+            heartbeat_at=float(p.get("heartbeat_at", 0.0)),
+            registered_at=float(p.get("registered_at", 0.0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GpuRecord:
+    id: str
+    model: str
+    memory: int
+    node_id: str
+    claimed_by: str | None
+
+    @classmethod
+    def from_props(cls, p: dict[str, Any]) -> GpuRecord:
+        return cls(
+            id=p["id"],
+            model=p.get("model", ""),
+            memory=int(p.get("memory", 0)),
+            node_id=p.get("node_id", ""),
+            claimed_by=p.get("claimed_by"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NeighborRecord:
+    node_id: str
+    rtt_ms: float
+    bandwidth: float
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationRecord:
+    id: str
+    name: str
+    executor: str
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    state: State
+    incarnation: int
+    version: int
+    parent_id: str
+    node_id: str
+    cpu: int
+    memory: int
+    gpus: int
+    gpu_model: str | None
+    gpu_ids: tuple[str, ...]
+    grace_period_s: float
+    created_at: float
+    updated_at: float
+    exit_code: int | None = None
+    error: str | None = None
+    output_tail: str | None = None
+    pid: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_terminal(self) -> bool:
+        from controlplane.domain.lifecycle import TERMINAL
+
+        return self.state in TERMINAL
+
+    @classmethod
+    def from_props(cls, p: dict[str, Any]) -> AllocationRecord:
+        known = set(cls.__slots__)  # type: ignore[attr-defined]
+        return cls(
+            id=p["id"],
+            name=p.get("name", ""),
+            executor=p.get("executor", "process"),
+            argv=tuple(p.get("argv") or ()),
+            env=json.loads(p.get("env") or "{}"),
+            state=State(p["state"]),
+            incarnation=int(p.get("incarnation", 1)),
+            version=int(p.get("version", 0)),
+            parent_id=p.get("parent_id", ""),
+            node_id=p.get("node_id", ""),
+            cpu=int(p.get("cpu", 0)),
+            memory=int(p.get("memory", 0)),
+            gpus=int(p.get("gpus", 0)),
+            gpu_model=p.get("gpu_model") or None,
+            gpu_ids=tuple(p.get("gpu_ids") or ()),
+            grace_period_s=float(p.get("grace_period_s", 10.0)),
+            created_at=float(p.get("created_at", 0.0)),
+            updated_at=float(p.get("updated_at", 0.0)),
+            exit_code=p.get("exit_code"),
+            error=p.get("error"),
+            output_tail=p.get("output_tail"),
+            pid=p.get("pid"),
+            extra={k: v for k, v in p.items() if k not in known and not k.startswith("_")},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Vertex:
+    """Any vertex a generic traversal reaches: its label and its properties."""
+
+    label: str
+    id: str
+    properties: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionResult:
+    """The allocation after a transition, and the state it left (None when the precondition failed)."""
+
+    allocation: AllocationRecord
+    previous: State | None
+
+    @property
+    def applied(self) -> bool:
+        return self.previous is not None

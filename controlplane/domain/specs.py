@@ -1,0 +1,116 @@
+"""Validated inputs: what a caller may ask for when registering a node or spawning an allocation.
+
+pydantic does the checking; `parse()` turns its errors into InvalidInput that
+names the field ("spec.resources.cpu: ...").
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from controlplane.domain.errors import InvalidInput
+from controlplane.domain.resources import MAX_CPU_MILLI, MAX_GPUS, MAX_MEMORY_MIB, Resources
+
+NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}=[A-Za-z0-9._/-]{0,63}$")
+
+Executor = Literal["process", "native"]
+EXECUTORS: tuple[str, ...] = ("process", "native")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class GpuSpec(_Spec):
+    model: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")]
+    memory_mib: Annotated[int, Field(ge=0, le=1024 * 1024)] = 0
+
+
+class NodeSpec(_Spec):
+    name: str
+    cpu_milli: Annotated[int, Field(gt=0, le=MAX_CPU_MILLI)]
+    memory_mib: Annotated[int, Field(gt=0, le=MAX_MEMORY_MIB)]
+    labels: dict[str, str] = Field(default_factory=dict)
+    gpus: list[GpuSpec] = Field(default_factory=list, max_length=MAX_GPUS)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(
+                "must be 1-63 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not LABEL_RE.match(f"{k}={val}"):
+                raise ValueError(f"label {k!r}={val!r} must be key=value of letters, digits, '.', '_', '/', '-'")
+        return v
+
+    def label_list(self) -> tuple[str, ...]:
+        return tuple(sorted(f"{k}={v}" for k, v in self.labels.items()))
+
+
+class ResourceSpec(_Spec):
+    cpu_milli: Annotated[int, Field(ge=0, le=MAX_CPU_MILLI)] = 100
+    memory_mib: Annotated[int, Field(ge=0, le=MAX_MEMORY_MIB)] = 64
+    gpus: Annotated[int, Field(ge=0, le=MAX_GPUS)] = 0
+    gpu_model: Annotated[str | None, Field(min_length=1, max_length=64)] = None
+
+    def to_resources(self) -> Resources:
+        return Resources(self.cpu_milli, self.memory_mib, self.gpus, self.gpu_model)
+
+
+class AllocationSpec(_Spec):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    executor: Executor = "process"
+    argv: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=1024)
+    env: dict[str, str] = Field(default_factory=dict)
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    node: str | None = None  # place on this node (by name) instead of the first that fits
+    node_labels: dict[str, str] = Field(default_factory=dict)  # placement constraint
+    grace_period_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+                raise ValueError(f"environment variable name {k!r} is not a valid identifier")
+        return v
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.executor == "process" and not self.argv:
+            raise ValueError("argv: must not be empty for the process executor")
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def _loc(prefix: str, loc: tuple[int | str, ...]) -> str:
+    parts = [prefix] if prefix else []
+    for p in loc:
+        parts.append(f"[{p}]" if isinstance(p, int) else str(p))
+    return ".".join(parts).replace(".[", "[")
+
+
+def parse(model: type[T], data: Any, *, field: str) -> T:
+    """Validate `data` as `model`; on failure raise InvalidInput naming the first offending field."""
+    if isinstance(data, model):
+        return data
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        loc = tuple(err["loc"])
+        if msg.startswith("argv: "):  # raised from model_post_init, which has no location
+            msg, loc = msg.removeprefix("argv: "), ("argv",)
+        raise InvalidInput(msg, field=_loc(field, loc)) from None

@@ -1,0 +1,231 @@
+"""The control plane's use cases: register nodes, spawn and stop allocations, ask the graph.
+
+Written against the GraphStore and Dispatcher interfaces only. Placement is a
+pure function over a capacity snapshot; the store re-checks it atomically and
+a lost race is retried with a fresh snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from controlplane.domain.errors import Conflict, InvalidInput, NoCapacity, NotFound
+from controlplane.domain.lifecycle import TERMINAL, State
+from controlplane.domain.placement import Demand, place
+from controlplane.domain.records import AllocationRecord, GpuRecord, NeighborRecord, NodeRecord, Vertex
+from controlplane.domain.specs import AllocationSpec, NodeSpec, parse
+from controlplane.domain.traversal import TraversalSpec
+from controlplane.services.ids import new_ids
+from graph_schema.store import CreateRefused, GraphStore, NewAllocation
+from graph_schema.vocabulary import Label
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 10_000
+MAX_PAGE = 1_000
+PLACEMENT_RETRIES = 8
+
+
+class Dispatcher(Protocol):
+    """Hands work to node agents. Tasks carry ids only."""
+
+    def run(self, *, node_id: str, allocation_id: str, incarnation: int) -> None: ...
+
+    def stop(self, *, node_id: str, allocation_id: str, incarnation: int) -> None: ...
+
+
+class ControlPlane:
+    def __init__(self, store: GraphStore, dispatcher: Dispatcher | None, *, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.clock = clock
+
+    # --- nodes -------------------------------------------------------------------------
+    def register_node(self, spec: NodeSpec | dict[str, Any]) -> NodeRecord:
+        node = parse(NodeSpec, spec, field="node")
+        return self.store.register_node(spec=node, now=self.clock())
+
+    def heartbeat(self, node_id: str) -> None:
+        if not self.store.heartbeat(node_id=node_id, now=self.clock()):
+            raise NotFound(f"no node {node_id!r}", field="node")
+
+    def connect_neighbors(self, a: str, b: str, *, rtt_ms: float, bandwidth: float = 0.0) -> None:
+        if a == b:
+            raise InvalidInput("a node cannot be its own neighbour", field="b")
+        if not 0 <= rtt_ms <= 600_000:
+            raise InvalidInput("must be between 0 and 600000 ms", field="rttMs")
+        if not 0 <= bandwidth <= 1e15:
+            raise InvalidInput("must be between 0 and 1e15", field="bandwidth")
+        for field, node_id in (("a", a), ("b", b)):
+            if self.store.get_node(node_id=node_id) is None:
+                raise NotFound(f"no node {node_id!r}", field=field)
+        self.store.connect_neighbors(a=a, b=b, rtt_ms=rtt_ms, bandwidth=bandwidth)
+
+    def node(self, node_id: str) -> NodeRecord:
+        found = self.store.get_node(node_id=node_id)
+        if found is None:
+            raise NotFound(f"no node {node_id!r}", field="id")
+        return found
+
+    def nodes(self, *, after: str | None = None, limit: int = 100, status: str | None = None) -> list[NodeRecord]:
+        return self.store.list_nodes(after=after, limit=_page(limit), status=status)
+
+    def neighbors(self, node_id: str) -> list[NeighborRecord]:
+        return self.store.neighbors(node_id=node_id)
+
+    def gpus(self, node_id: str) -> list[GpuRecord]:
+        return self.store.gpus(node_id=node_id)
+
+    # --- allocations -------------------------------------------------------------------
+    def spawn(
+        self,
+        parent_id: str,
+        specs: Sequence[AllocationSpec | dict[str, Any]],
+        *,
+        request_id: str | None = None,
+        field: str = "specs",
+    ) -> list[AllocationRecord]:
+        """Create allocations under `parent_id` (a Node or an Allocation): placed, reserved, dispatched."""
+        if not specs:
+            raise InvalidInput("give at least one allocation spec", field=field)
+        if len(specs) > MAX_BATCH:
+            raise InvalidInput(f"at most {MAX_BATCH} allocations per request", field=field)
+        single = len(specs) == 1 and field == "spec"
+        parsed = [parse(AllocationSpec, s, field=field if single else f"{field}[{i}]") for i, s in enumerate(specs)]
+        self._check_parent(parent_id)
+        demands = [
+            Demand(
+                resources=s.resources.to_resources(),
+                node_id=s.node,
+                labels=tuple(sorted(f"{k}={v}" for k, v in s.node_labels.items())),
+            )
+            for s in parsed
+        ]
+        for i, s in enumerate(parsed):
+            if s.node is not None and self.store.get_node(node_id=s.node) is None:
+                raise NotFound(f"no node {s.node!r}", field=f"{field}.node" if single else f"{field}[{i}].node")
+        ids = new_ids(len(parsed), request_id=request_id, parent_id=parent_id)
+        pinned = sorted({d.node_id for d in demands if d.node_id})
+        created: list[AllocationRecord] | None = None
+        for attempt in range(PLACEMENT_RETRIES):
+            snapshot = self.store.node_capacities(node_ids=pinned if all(d.node_id for d in demands) else None)
+            placements = place(demands, snapshot, field=field)
+            new = [
+                NewAllocation(
+                    id=ids[i],
+                    name=s.name,
+                    executor=s.executor,
+                    argv=tuple(s.argv),
+                    env_json=json.dumps(s.env, sort_keys=True),
+                    cpu=s.resources.cpu_milli,
+                    memory=s.resources.memory_mib,
+                    gpus=s.resources.gpus,
+                    gpu_model=s.resources.gpu_model,
+                    node_id=p.node_id,
+                    gpu_ids=p.gpu_ids,
+                    grace_period_s=s.grace_period_s,
+                    seq=i,
+                )
+                for i, (s, p) in enumerate(zip(parsed, placements))
+            ]
+            try:
+                created = self.store.create_allocations(parent_id=parent_id, allocations=new, now=self.clock())
+                break
+            except CreateRefused as refused:
+                if refused.reason == CreateRefused.PARENT_MISSING:
+                    raise NotFound(f"no node or allocation {parent_id!r}", field="parent") from None
+                if refused.reason == CreateRefused.PARENT_NOT_LIVE:
+                    raise Conflict(f"parent {refused.detail}; it cannot create children", field="parent") from None
+                log.debug("placement lost a race (attempt %d): %s", attempt + 1, refused)
+        if created is None:
+            raise NoCapacity("capacity changed under concurrent placements; try again", field=field)
+        self._dispatch_runs(created)
+        return created
+
+    def _check_parent(self, parent_id: str) -> None:
+        label = self.store.actor_label(actor_id=parent_id)
+        if label is None or label == Label.GPU.value:
+            raise NotFound(f"no node or allocation {parent_id!r}", field="parent")
+        if label == Label.ALLOCATION.value:
+            parent = self.store.get_allocation(allocation_id=parent_id)
+            if parent is not None and parent.state in TERMINAL | {State.STOPPING}:
+                raise Conflict(f"parent {parent_id} is {parent.state.value}; it cannot create children", field="parent")
+
+    def _dispatch_runs(self, allocations: Sequence[AllocationRecord]) -> None:
+        if self.dispatcher is None:
+            return
+        for a in allocations:
+            if a.state is State.PLACED and a.executor == "process":
+                try:
+                    self.dispatcher.run(node_id=a.node_id, allocation_id=a.id, incarnation=a.incarnation)
+                except Exception:  # the reconciler re-dispatches allocations stuck in `placed`
+                    log.exception("could not dispatch %s to %s", a.id, a.node_id)
+
+    def stop(self, allocation_id: str, *, reason: str = "stop requested") -> AllocationRecord:
+        """Stop an allocation: not yet started -> stopped at once; started -> stopping, its agent kills it."""
+        current = self.allocation(allocation_id)
+        if current.state in TERMINAL or current.state is State.STOPPING:
+            return current  # already stopped or on its way: stopping twice changes nothing
+        now = self.clock()
+        if current.state in (State.PENDING, State.PLACED):
+            result = self.store.transition(
+                allocation_id=allocation_id, expected=[current.state], to=State.STOPPED, now=now,
+                fields={"error": reason},
+            )
+            if result is not None and result.applied:
+                return result.allocation
+            return self.stop(allocation_id, reason=reason)  # it moved on meanwhile; decide again
+        result = self.store.transition(
+            allocation_id=allocation_id, expected=[State.STARTING, State.RUNNING], to=State.STOPPING, now=now,
+            fields={"stop_requested_at": now, "error": reason},
+        )
+        if result is None:
+            raise NotFound(f"no allocation {allocation_id!r}", field="id")
+        if not result.applied:
+            return self.stop(allocation_id, reason=reason)
+        if self.dispatcher is not None:
+            self.dispatcher.stop(node_id=result.allocation.node_id, allocation_id=allocation_id, incarnation=result.allocation.incarnation)
+        return result.allocation
+
+    def allocation(self, allocation_id: str) -> AllocationRecord:
+        found = self.store.get_allocation(allocation_id=allocation_id)
+        if found is None:
+            raise NotFound(f"no allocation {allocation_id!r}", field="id")
+        return found
+
+    def allocations(
+        self, *, after: str | None = None, limit: int = 100, state: str | None = None, node_id: str | None = None
+    ) -> list[AllocationRecord]:
+        if state is not None and state not in {s.value for s in State}:
+            raise InvalidInput(f"unknown state {state!r}", field="state")
+        return self.store.list_allocations(after=after, limit=_page(limit), state=state, node_id=node_id)
+
+    def children(self, parent_id: str, *, after: str | None = None, limit: int = 100) -> list[AllocationRecord]:
+        return self.store.children(parent_id=parent_id, after=after, limit=_page(limit))
+
+    def descendants(self, root_id: str, *, max_depth: int = 64, limit: int = 10_000) -> list[AllocationRecord]:
+        if not 1 <= max_depth <= 256:
+            raise InvalidInput("must be between 1 and 256", field="maxDepth")
+        if not 1 <= limit <= 100_000:
+            raise InvalidInput("must be between 1 and 100000", field="first")
+        return self.store.descendants(root_id=root_id, max_depth=max_depth, limit=limit)
+
+    def ancestors(self, allocation_id: str) -> list[Vertex]:
+        return self.store.ancestors(allocation_id=allocation_id)
+
+    def traverse(self, spec: TraversalSpec) -> list[Vertex]:
+        label = self.store.actor_label(actor_id=spec.start_id)
+        if label is None:
+            raise NotFound(f"no vertex with id {spec.start_id!r}", field="from")
+        return self.store.traverse(spec=replace(spec, start_label=Label(label)))
+
+
+def _page(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"must be between 1 and {MAX_PAGE}", field="first")
+    return limit

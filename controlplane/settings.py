@@ -1,0 +1,47 @@
+"""One settings object, read once from flags and environment (GRAPH_BACKEND, GRAPH_URI, REDIS_URL, ...).
+
+Nothing reads the environment at import time: `Settings()` is built by the
+CLI (or a test) and passed down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from controlplane.domain.errors import InvalidInput
+
+Backend = Literal["falkordb", "neo4j"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    graph_backend: Backend = "falkordb"
+    #: falkordb: redis://host:port ; neo4j: bolt://host:port or neo4j://... Empty: the embedded server.
+    graph_uri: str | None = None
+    graph_user: str | None = None
+    graph_password: str | None = None
+    graph_name: str = "controlplane"
+    #: Celery's broker. Empty: the embedded FalkorDB server, database 1.
+    redis_url: str | None = None
+    data_dir: Path = Path(".controlplane")
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=0, le=65535)
+    heartbeat_s: float = Field(1.0, gt=0, le=60)
+    #: GraphQL query depth limit (nesting of fields) and traversal limits
+    max_query_depth: int = Field(12, ge=2, le=64)
+    max_descendants: int = Field(10_000, ge=1, le=1_000_000)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides (CLI flags) on top; errors name the field."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]).upper() or "settings"
+        raise InvalidInput(f"{err['msg']} (got {err.get('input')!r})", field=field) from None

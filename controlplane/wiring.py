@@ -1,0 +1,24 @@
+"""Build the adapters a process needs from Settings: the graph store for the chosen engine."""
+
+from __future__ import annotations
+
+from controlplane.domain.errors import InvalidInput
+from controlplane.settings import Settings
+from graph_schema.store import GraphStore
+
+
+def open_store(settings: Settings, *, graph_uri: str | None = None) -> GraphStore:
+    uri = graph_uri or settings.graph_uri
+    if settings.graph_backend == "falkordb":
+        from graph_schema.cypher.falkordb_store import FalkorDBStore
+
+        if not uri:
+            raise InvalidInput("no FalkorDB address: start the embedded server (controlplane up) or set it", field="GRAPH_URI")
+        return FalkorDBStore(uri, graph=settings.graph_name)
+    if settings.graph_backend == "neo4j":
+        from graph_schema.cypher.neo4j_store import Neo4jStore
+
+        if not uri:
+            raise InvalidInput("set the Neo4j address, e.g. bolt://localhost:7687", field="GRAPH_URI")
+        return Neo4jStore(uri, user=settings.graph_user, password=settings.graph_password)
+    raise InvalidInput(f"unknown graph engine {settings.graph_backend!r}", field="GRAPH_BACKEND")

@@ -1,0 +1,1 @@
+"""Cypher engines: the shared statements (base) and one small adapter per engine."""

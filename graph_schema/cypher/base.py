@@ -1,0 +1,250 @@
+"""The GraphStore implementation shared by every Cypher engine.
+
+An engine adapter supplies three things: how to run a read, how to run a
+write (one atomic request), and its schema bootstrap. Everything else,
+including every statement's text, lives here so the engines cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, HOLDS_RESOURCES, State
+from controlplane.domain.records import (
+    AllocationRecord,
+    GpuRecord,
+    NeighborRecord,
+    NodeRecord,
+    TransitionResult,
+    Vertex,
+)
+from controlplane.domain.resources import FreeGpu, NodeCapacity
+from controlplane.domain.specs import NodeSpec
+from controlplane.domain.traversal import TraversalSpec
+from graph_schema.cypher import statements as q
+from graph_schema.cypher.traversal import compile_traversal
+from graph_schema.store import CreateRefused, NewAllocation
+
+Row = list[Any]
+_HOLDING = sorted(s.value for s in HOLDS_RESOURCES)
+_ACCEPTS = sorted(s.value for s in ACCEPTS_CHILDREN)
+
+
+def _props(value: Any) -> dict[str, Any]:
+    return dict(value) if value is not None else {}
+
+
+class CypherStore(ABC):
+    engine: str = "cypher"
+
+    # --- what an engine adapter provides -------------------------------------------------
+    @abstractmethod
+    def _read(self, query: str, params: dict[str, Any]) -> list[Row]: ...
+
+    @abstractmethod
+    def _write(self, query: str, params: dict[str, Any]) -> list[Row]: ...
+
+    @abstractmethod
+    def bootstrap(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def clear(self) -> None: ...
+
+    def ping(self) -> None:
+        self._read("RETURN 1", {})
+
+    # --- nodes -------------------------------------------------------------------------
+    def register_node(self, *, spec: NodeSpec, now: float) -> NodeRecord:
+        gpus = [{"id": f"{spec.name}/gpu{i}", "model": g.model, "memory": g.memory_mib} for i, g in enumerate(spec.gpus)]
+        rows = self._write(
+            q.REGISTER_NODE,
+            {
+                "id": spec.name,
+                "name": spec.name,
+                "labels": list(spec.label_list()),
+                "cpu": spec.cpu_milli,
+                "memory": spec.memory_mib,
+                "gpus": gpus,
+                "holding": _HOLDING,
+                "now": now,
+            },
+        )
+        return NodeRecord.from_props(_props(rows[0][0]))
+
+    def heartbeat(self, *, node_id: str, now: float) -> bool:
+        return bool(self._write(q.HEARTBEAT, {"id": node_id, "now": now}))
+
+    def set_node_status(self, *, node_id: str, expected: Sequence[str], status: str, now: float) -> NodeRecord | None:
+        rows = self._write(q.SET_NODE_STATUS, {"id": node_id, "expected": list(expected), "status": status, "now": now})
+        return NodeRecord.from_props(_props(rows[0][0])) if rows else None
+
+    def connect_neighbors(self, *, a: str, b: str, rtt_ms: float, bandwidth: float) -> bool:
+        return bool(self._write(q.CONNECT_NEIGHBORS, {"a": a, "b": b, "rtt_ms": float(rtt_ms), "bandwidth": float(bandwidth)}))
+
+    def get_node(self, *, node_id: str) -> NodeRecord | None:
+        rows = self._read(q.GET_NODE, {"id": node_id})
+        return NodeRecord.from_props(_props(rows[0][0])) if rows else None
+
+    def list_nodes(self, *, after: str | None, limit: int, status: str | None = None) -> list[NodeRecord]:
+        rows = self._read(q.LIST_NODES, {"after": after, "limit": int(limit), "status": status})
+        return [NodeRecord.from_props(_props(r[0])) for r in rows]
+
+    def neighbors(self, *, node_id: str) -> list[NeighborRecord]:
+        rows = self._read(q.NEIGHBORS, {"id": node_id})
+        return [NeighborRecord(node_id=r[0], rtt_ms=float(r[1]), bandwidth=float(r[2])) for r in rows]
+
+    def gpus(self, *, node_id: str) -> list[GpuRecord]:
+        return [GpuRecord.from_props(_props(r[0])) for r in self._read(q.GPUS, {"id": node_id})]
+
+    def node_capacities(self, *, node_ids: Sequence[str] | None = None) -> list[NodeCapacity]:
+        rows = self._read(q.NODE_CAPACITIES, {"ids": list(node_ids) if node_ids is not None else None})
+        return [
+            NodeCapacity(
+                node_id=r[0],
+                status=r[1],
+                labels=tuple(r[2] or ()),
+                cpu_free=int(r[3]),
+                memory_free=int(r[4]),
+                free_gpus=tuple(sorted((FreeGpu(i, m) for i, m in zip(r[5], r[6])), key=lambda g: g.id)),
+            )
+            for r in rows
+        ]
+
+    # --- allocations -------------------------------------------------------------------
+    def create_allocations(
+        self, *, parent_id: str, allocations: Sequence[NewAllocation], now: float
+    ) -> list[AllocationRecord]:
+        if not allocations:
+            return []
+        demands: dict[str, dict[str, Any]] = {}
+        props: list[dict[str, Any]] = []
+        for a in allocations:
+            d = demands.setdefault(a.node_id, {"node_id": a.node_id, "cpu": 0, "memory": 0, "gpu_ids": []})
+            d["cpu"] += a.cpu
+            d["memory"] += a.memory
+            d["gpu_ids"].extend(a.gpu_ids)
+            props.append(self._allocation_props(a, parent_id=parent_id, now=now))
+        params = {
+            "first_id": allocations[0].id,
+            "parent_id": parent_id,
+            "accepts": _ACCEPTS,
+            "demands": [demands[k] for k in sorted(demands)],  # lock order: nodes by id
+            "allocs": props,
+        }
+        rows = self._write(q.CREATE_ALLOCATIONS, params)
+        if rows:
+            return [AllocationRecord.from_props(_props(r[0])) for r in rows]
+        # Nothing written: either it was already committed (a repeat), or a precondition failed.
+        existing = self.get_allocations(allocation_ids=[a.id for a in allocations])
+        if existing:
+            return sorted(existing, key=lambda r: r.extra.get("seq", 0))
+        found, state, is_node = self._read(q.DIAGNOSE_PARENT, {"parent_id": parent_id})[0]
+        if not found:
+            raise CreateRefused(CreateRefused.PARENT_MISSING, parent_id)
+        if not is_node and state not in _ACCEPTS:
+            raise CreateRefused(CreateRefused.PARENT_NOT_LIVE, f"{parent_id} is {state}")
+        raise CreateRefused(CreateRefused.NO_CAPACITY, ", ".join(sorted(demands)))
+
+    @staticmethod
+    def _allocation_props(a: NewAllocation, *, parent_id: str, now: float) -> dict[str, Any]:
+        p = asdict(a)
+        p.pop("env_json")
+        extra = p.pop("extra") or {}
+        p.update(
+            env=a.env_json,
+            argv=list(a.argv),
+            gpu_ids=list(a.gpu_ids),
+            gpu_model=a.gpu_model or "",
+            parent_id=parent_id,
+            state=State.PLACED.value,
+            incarnation=1,
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        p.update({k: v for k, v in extra.items() if v is not None})
+        return p
+
+    def transition(
+        self,
+        *,
+        allocation_id: str,
+        expected: Sequence[State],
+        to: State,
+        now: float,
+        incarnation: int | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> TransitionResult | None:
+        clean = {k: v for k, v in (fields or {}).items() if v is not None}
+        rows = self._write(
+            q.TRANSITION,
+            {
+                "id": allocation_id,
+                "expected": [s.value for s in expected],
+                "to": to.value,
+                "now": now,
+                "incarnation": incarnation,
+                "fields": clean,
+                "holding": _HOLDING,
+            },
+        )
+        if rows:
+            return TransitionResult(AllocationRecord.from_props(_props(rows[0][0])), State(rows[0][1]))
+        current = self.get_allocation(allocation_id=allocation_id)
+        return TransitionResult(current, None) if current else None
+
+    def get_allocation(self, *, allocation_id: str) -> AllocationRecord | None:
+        rows = self._read(q.GET_ALLOCATION, {"id": allocation_id})
+        return AllocationRecord.from_props(_props(rows[0][0])) if rows else None
+
+    def get_allocations(self, *, allocation_ids: Sequence[str]) -> list[AllocationRecord]:
+        rows = self._read(q.GET_ALLOCATIONS, {"ids": list(allocation_ids)})
+        return [AllocationRecord.from_props(_props(r[0])) for r in rows]
+
+    def list_allocations(
+        self, *, after: str | None, limit: int, state: str | None = None, node_id: str | None = None
+    ) -> list[AllocationRecord]:
+        rows = self._read(q.LIST_ALLOCATIONS, {"after": after, "limit": int(limit), "state": state, "node_id": node_id})
+        return [AllocationRecord.from_props(_props(r[0])) for r in rows]
+
+    def children(self, *, parent_id: str, after: str | None, limit: int) -> list[AllocationRecord]:
+        rows = self._read(q.CHILDREN, {"id": parent_id, "after": after, "limit": int(limit)})
+        return [AllocationRecord.from_props(_props(r[0])) for r in rows]
+
+    def descendants(self, *, root_id: str, max_depth: int, limit: int) -> list[AllocationRecord]:
+        rows = self._read(q.descendants(max_depth), {"id": root_id, "limit": int(limit)})
+        return [AllocationRecord.from_props(_props(r[0])) for r in rows]
+
+    def ancestors(self, *, allocation_id: str) -> list[Vertex]:
+        rows = self._read(q.ANCESTORS, {"id": allocation_id})
+        return [self._vertex(r[0], r[1]) for r in rows]
+
+    def actor_label(self, *, actor_id: str) -> str | None:
+        rows = self._read(q.ACTOR_LABEL, {"id": actor_id})
+        labels = rows[0][0] if rows else None
+        return self._primary_label(labels) if labels else None
+
+    def traverse(self, *, spec: TraversalSpec) -> list[Vertex]:
+        query, params = compile_traversal(spec)
+        return [self._vertex(r[0], r[1]) for r in self._read(query, params)]
+
+    @staticmethod
+    def _primary_label(labels: Sequence[str]) -> str:
+        return next((l for l in labels if l != "Actor"), labels[0])
+
+    def _vertex(self, labels: Sequence[str], props: Any) -> Vertex:
+        p = _props(props)
+        p = {k: v for k, v in p.items() if not k.startswith("_")}
+        if "env" in p and isinstance(p["env"], str):
+            try:
+                p["env"] = json.loads(p["env"])
+            except ValueError:
+                pass
+        return Vertex(label=self._primary_label(labels), id=str(p.get("id", "")), properties=p)

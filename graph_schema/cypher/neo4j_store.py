@@ -1,0 +1,78 @@
+"""Neo4j through the official driver: the production engine.
+
+Neo4j runs transactions at read-committed isolation, so each statement first
+"touches" the vertices it checks (REMOVE of a property that never exists) to
+take their write locks before reading them (see statements.py). Writes run as
+managed transactions, which the driver retries on transient errors (deadlocks
+included); every statement is idempotent, so a retry never doubles an effect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from neo4j import GraphDatabase, RoutingControl
+from neo4j.exceptions import ConstraintError, ServiceUnavailable, SessionExpired
+from neo4j.graph import Node as NNode
+from neo4j.graph import Relationship
+
+from controlplane.domain.errors import Unavailable
+from graph_schema.cypher.base import CypherStore, Row
+
+_SCHEMA = (
+    "CREATE CONSTRAINT actor_id IF NOT EXISTS FOR (n:Actor) REQUIRE n.id IS UNIQUE",
+    "CREATE CONSTRAINT node_id IF NOT EXISTS FOR (n:Node) REQUIRE n.id IS UNIQUE",
+    "CREATE CONSTRAINT allocation_id IF NOT EXISTS FOR (n:Allocation) REQUIRE n.id IS UNIQUE",
+    "CREATE CONSTRAINT gpu_id IF NOT EXISTS FOR (n:Gpu) REQUIRE n.id IS UNIQUE",
+    "CREATE INDEX allocation_state IF NOT EXISTS FOR (n:Allocation) ON (n.state)",
+    "CREATE INDEX allocation_node IF NOT EXISTS FOR (n:Allocation) ON (n.node_id)",
+    "CREATE INDEX allocation_parent IF NOT EXISTS FOR (n:Allocation) ON (n.parent_id)",
+    "CREATE INDEX node_status IF NOT EXISTS FOR (n:Node) ON (n.status)",
+)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (NNode, Relationship)):
+        return dict(value.items())
+    return value
+
+
+class Neo4jStore(CypherStore):
+    engine = "neo4j"
+
+    def __init__(self, uri: str, *, user: str | None = None, password: str | None = None, database: str | None = None) -> None:
+        auth = (user, password) if user and password else None
+        self._driver = GraphDatabase.driver(uri, auth=auth, max_connection_pool_size=64)
+        self._database = database
+
+    def _run(self, routing: RoutingControl, query: str, params: dict[str, Any]) -> list[Row]:
+        try:
+            records, _, _ = self._driver.execute_query(
+                query, params, database_=self._database, routing_=routing
+            )
+        except (ServiceUnavailable, SessionExpired) as exc:
+            raise Unavailable(f"Neo4j is unreachable: {exc}") from exc
+        return [[_plain(v) for v in r.values()] for r in records]
+
+    def _read(self, query: str, params: dict[str, Any]) -> list[Row]:
+        return self._run(RoutingControl.READ, query, params)
+
+    def _write(self, query: str, params: dict[str, Any]) -> list[Row]:
+        try:
+            return self._run(RoutingControl.WRITE, query, params)
+        except ConstraintError:
+            # A concurrent repeat of the same create committed first: report "nothing written";
+            # the caller reads back what exists.
+            return []
+
+    def bootstrap(self) -> None:
+        for statement in _SCHEMA:
+            self._driver.execute_query(statement, database_=self._database)
+        self._driver.execute_query("CALL db.awaitIndexes(60)", database_=self._database)
+
+    def clear(self) -> None:
+        self._write("MATCH (n) DETACH DELETE n", {})
+
+    def close(self) -> None:
+        self._driver.close()
+

@@ -1,0 +1,43 @@
+"""The graph's vocabulary: vertex labels, edge types and the properties a filter may name.
+
+Labels and edge types that reach a query come only from these enums; values
+always travel as parameters. Pure: no driver imports (checked by import-linter).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Label(str, Enum):
+    NODE = "Node"
+    GPU = "Gpu"
+    ALLOCATION = "Allocation"
+    #: carried by every Node and Allocation: the things that can be a parent, one id space
+    ACTOR = "Actor"
+
+
+class EdgeType(str, Enum):
+    PARENT_OF = "PARENT_OF"  # creator -> created (Node -> Allocation, Allocation -> Allocation)
+    RUNS_ON = "RUNS_ON"  # Allocation -> Node
+    NEIGHBOR_OF = "NEIGHBOR_OF"  # Node -> Node, stored once per direction, rtt_ms and bandwidth
+    GPU_OWNER = "GPU_OWNER"  # Gpu -> Node
+    CLAIMS = "CLAIMS"  # Allocation -> Gpu, while the allocation holds it
+    WATCHES = "WATCHES"  # Allocation -> Allocation (death watch)
+
+
+class Direction(str, Enum):
+    OUT = "out"
+    IN = "in"
+    BOTH = "both"
+
+
+#: properties a traversal filter may name, per label (anything else is refused)
+FILTERABLE: dict[Label, frozenset[str]] = {
+    Label.NODE: frozenset({"id", "name", "status", "cpu", "memory", "cpu_free", "memory_free", "labels"}),
+    Label.GPU: frozenset({"id", "model", "memory", "claimed_by"}),
+    Label.ALLOCATION: frozenset(
+        {"id", "name", "executor", "state", "incarnation", "node_id", "parent_id", "exit_code", "cpu", "memory", "gpus"}
+    ),
+}
+ALL_FILTERABLE: frozenset[str] = frozenset().union(*FILTERABLE.values())

@@ -1,0 +1,83 @@
+"""Shared fixtures: real graph servers started by the tests themselves.
+
+`store` is parametrized over every engine, so each behaviour runs on each.
+Which engines: CONTROLPLANE_TEST_ENGINES (default "falkordb,neo4j"). An engine
+that cannot start skips on a laptop, but fails the run in CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
+from graph_schema.store import GraphStore
+
+ENGINES = [e.strip() for e in os.environ.get("CONTROLPLANE_TEST_ENGINES", "falkordb,neo4j").split(",") if e.strip()]
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _unavailable(what: str, exc: BaseException) -> None:
+    if IN_CI:
+        pytest.fail(f"{what} could not start in CI: {exc}", pytrace=False)
+    pytest.skip(f"{what} unavailable here: {exc}")
+
+
+@pytest.fixture(scope="session")
+def falkordb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FalkorDBServer]:
+    server = FalkorDBServer(FalkorDBServerConfig(data_dir=tmp_path_factory.mktemp("falkordb")))
+    try:
+        server.start()
+    except Exception as exc:  # noqa: BLE001
+        _unavailable("FalkorDB", exc)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def neo4j_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("NEO4J_TEST_URI"):
+        yield os.environ["NEO4J_TEST_URI"]
+        return
+    if shutil.which("java") is None:
+        _unavailable("Neo4j", RuntimeError("no java on PATH"))
+    from tests.neo4j_harness.launcher import start_neo4j
+
+    try:
+        server = start_neo4j(Path(tmp_path_factory.mktemp("neo4j")))
+    except Exception as exc:  # noqa: BLE001
+        _unavailable("Neo4j", exc)
+    yield server.uri
+    server.stop()
+
+
+def _open_store(engine: str, request: pytest.FixtureRequest) -> GraphStore:
+    if engine == "falkordb":
+        from graph_schema.cypher.falkordb_store import FalkorDBStore
+
+        server: FalkorDBServer = request.getfixturevalue("falkordb_server")
+        return FalkorDBStore(server.url, graph="test")
+    if engine == "neo4j":
+        from graph_schema.cypher.neo4j_store import Neo4jStore
+
+        return Neo4jStore(request.getfixturevalue("neo4j_uri"))
+    raise ValueError(f"unknown engine {engine}")
+
+
+_bootstrapped: set[str] = set()
+
+
+@pytest.fixture(params=ENGINES)
+def store(request: pytest.FixtureRequest) -> Iterator[GraphStore]:
+    """A clean, bootstrapped graph on a real server of each engine."""
+    s = _open_store(request.param, request)
+    if request.param not in _bootstrapped:
+        s.bootstrap()
+        _bootstrapped.add(request.param)
+    s.clear()
+    yield s
+    s.close()

@@ -1,0 +1,121 @@
+package harness;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.PrintStream;
+import java.net.URI;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.concurrent.atomic.AtomicBoolean;
+import org.neo4j.configuration.GraphDatabaseInternalSettings;
+import org.neo4j.configuration.GraphDatabaseSettings;
+import org.neo4j.configuration.connectors.BoltConnector;
+import org.neo4j.configuration.helpers.SocketAddress;
+import org.neo4j.harness.Neo4j;
+import org.neo4j.harness.Neo4jBuilders;
+import org.neo4j.io.ByteUnit;
+
+/**
+ * Runs a real, in-process Neo4j (the neo4j-harness server) for tests.
+ *
+ * <p>Usage: {@code java -cp ... harness.Neo4jHarnessMain [--port N] [--workdir DIR]
+ * [--pagecache SIZE_MB]}; the environment variables NEO4J_HARNESS_PORT, NEO4J_HARNESS_WORKDIR and
+ * NEO4J_HARNESS_PAGECACHE_MB are used when the flags are absent. A port of 0 (the default) lets the
+ * kernel pick a free port; the actual one is reported.
+ *
+ * <p>Protocol: exactly one line {@code READY bolt://127.0.0.1:<port>} on stdout once Bolt accepts
+ * connections (everything else goes to stderr). The server runs until stdin reaches EOF (the parent
+ * closed it or died) or the JVM gets SIGTERM/SIGINT; either way it is shut down cleanly.
+ */
+public final class Neo4jHarnessMain {
+    private static final AtomicBoolean STOPPED = new AtomicBoolean();
+
+    private Neo4jHarnessMain() {}
+
+    public static void main(String[] args) throws Exception {
+        int port = Integer.parseInt(option(args, "--port", "NEO4J_HARNESS_PORT", "0"));
+        Path workdir = Path.of(option(args, "--workdir", "NEO4J_HARNESS_WORKDIR", "target/neo4j-work"))
+                .toAbsolutePath();
+        long pageCacheMb = Long.parseLong(option(args, "--pagecache", "NEO4J_HARNESS_PAGECACHE_MB", "128"));
+        if (port < 0 || port > 65535) {
+            throw new IllegalArgumentException("bad port: " + port);
+        }
+        Files.createDirectories(workdir);
+
+        // Keep stdout for the protocol line only; anything library code prints goes to stderr.
+        PrintStream protocol = System.out;
+        System.setOut(System.err);
+
+        long t0 = System.nanoTime();
+        Neo4j neo4j = Neo4jBuilders.newInProcessBuilder(workdir)
+                // Sets server.http(s).enabled=false: no Jetty, no HTTP port.
+                .withDisabledServer()
+                // The harness already defaults to auth off and Bolt on; repeated here to be explicit.
+                .withConfig(GraphDatabaseSettings.auth_enabled, false)
+                .withConfig(BoltConnector.listen_address, new SocketAddress("127.0.0.1", port))
+                .withConfig(BoltConnector.advertised_address, new SocketAddress("127.0.0.1", port))
+                .withConfig(BoltConnector.encryption_level, BoltConnector.EncryptionLevel.DISABLED)
+                .withConfig(GraphDatabaseSettings.pagecache_memory, ByteUnit.mebiBytes(pageCacheMb))
+                .withConfig(GraphDatabaseSettings.preallocate_logical_logs, false)
+                .withConfig(GraphDatabaseSettings.udc_enabled, false)
+                // Netty's graceful shutdown waits a 5 s quiet period twice (boss + worker
+                // groups): 10 s per stop. Tests do not need that grace.
+                .withConfig(GraphDatabaseInternalSettings.netty_server_shutdown_quiet_period, 0)
+                .withConfig(GraphDatabaseInternalSettings.netty_server_shutdown_timeout, Duration.ofSeconds(5))
+                .build();
+
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> stop(neo4j), "neo4j-harness-shutdown"));
+
+        URI bolt = neo4j.boltURI();
+        long ms = (System.nanoTime() - t0) / 1_000_000;
+        System.err.println("neo4j-harness: started in " + ms + " ms, bolt port " + bolt.getPort());
+        protocol.println("READY bolt://127.0.0.1:" + bolt.getPort());
+        protocol.flush();
+
+        waitForStdinEof();
+        System.err.println("neo4j-harness: stdin closed, shutting down");
+        stop(neo4j);
+        System.exit(0);
+    }
+
+    private static void waitForStdinEof() {
+        InputStream in = System.in;
+        byte[] buf = new byte[256];
+        try {
+            while (in.read(buf) >= 0) {
+                // ignore anything written to us; only EOF matters
+            }
+        } catch (IOException e) {
+            System.err.println("neo4j-harness: stdin error, shutting down: " + e);
+        }
+    }
+
+    private static void stop(Neo4j neo4j) {
+        if (!STOPPED.compareAndSet(false, true)) {
+            return;
+        }
+        long t0 = System.nanoTime();
+        try {
+            neo4j.close();
+            System.err.println(
+                    "neo4j-harness: stopped in " + (System.nanoTime() - t0) / 1_000_000 + " ms");
+        } catch (Throwable t) {
+            System.err.println("neo4j-harness: error during shutdown: " + t);
+            t.printStackTrace(System.err);
+        }
+    }
+
+    private static String option(String[] args, String flag, String env, String dflt) {
+        for (int i = 0; i < args.length; i++) {
+            if (args[i].equals(flag) && i + 1 < args.length) {
+                return args[i + 1];
+            }
+            if (args[i].startsWith(flag + "=")) {
+                return args[i].substring(flag.length() + 1);
+            }
+        }
+        String v = System.getenv(env);
+        return v != null && !v.isEmpty() ? v : dflt;
+    }
+}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from controlplane.domain.errors import InvalidInput
 from controlplane.settings import Settings
 from graph_schema.store import GraphStore
@@ -22,3 +24,17 @@ def open_store(settings: Settings, *, graph_uri: str | None = None) -> GraphStor
             raise InvalidInput("set the Neo4j address, e.g. bolt://localhost:7687", field="GRAPH_URI")
         return Neo4jStore(uri, user=settings.graph_user, password=settings.graph_password)
     raise InvalidInput(f"unknown graph engine {settings.graph_backend!r}", field="GRAPH_BACKEND")
+
+
+def health_checks(store: GraphStore, broker_url: str) -> dict[str, Callable[[], None]]:
+    """What /healthz checks: the graph answers a query, and the broker answers PING."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    broker = redis.Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
+
+    def check_broker() -> None:
+        broker.ping()
+
+    return {"graph": store.ping, "redis": check_broker}

@@ -564,10 +564,8 @@ class FalkorDBServer:
                         return
                 except redis.BusyLoadingError:
                     last_problem = "server is loading its data set"
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                except (redis.ConnectionError, redis.TimeoutError) as exc:  # incl. AuthenticationError
                     last_problem = f"{type(exc).__name__}: {exc}"
-                except redis.AuthenticationError as exc:  # pragma: no cover - defensive
-                    last_problem = f"authentication failed: {exc}"
                 if time.monotonic() >= deadline:
                     raise FalkorDBServerError(
                         f"FalkorDB server (pid {proc.pid}, port {port}, data dir {self._data_dir}) "

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 import falkordb  # type: ignore[import-untyped]
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from graph_schema import falkordb_server as fs
 from graph_schema.falkordb_server import (
@@ -225,7 +227,7 @@ def test_password(tmp_path: pathlib.Path) -> None:
         assert redis.Redis.from_url(srv.url).ping()
         assert redis.Redis.from_url(srv.redis_url(1)).ping()
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis(host=srv.host, port=srv.port).ping()
+            redis.Redis(host=srv.host, port=srv.port, retry=Retry(NoBackoff(), 0)).ping()
         # the secret is not on the command line
         assert pw.encode() not in pathlib.Path(f"/proc/{srv.pid}/cmdline").read_bytes()
 

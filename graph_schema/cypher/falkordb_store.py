@@ -55,7 +55,7 @@ class FalkorDBStore(CypherStore):
         return self._run(False, query, params)
 
     def bootstrap(self) -> None:
-        existing = {(c[1], tuple(c[2])) for c in self._constraints()}
+        existing = {(c["label"], tuple(c["properties"])) for c in self._constraints()}
         for label in _UNIQUE:
             if (label, ("id",)) not in existing:
                 try:
@@ -72,9 +72,9 @@ class FalkorDBStore(CypherStore):
                     if "already indexed" not in str(exc).lower():
                         raise
 
-    def _constraints(self) -> list[list[Any]]:
+    def _constraints(self) -> list[dict[str, Any]]:
         try:
-            return [list(r) for r in self._graph.list_constraints().result_set]
+            return list(self._graph.list_constraints())
         except redis.ResponseError:  # the graph key does not exist yet
             return []
 

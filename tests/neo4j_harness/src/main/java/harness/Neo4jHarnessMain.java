@@ -7,7 +7,6 @@ import java.net.URI;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
-import java.util.concurrent.atomic.AtomicBoolean;
 import org.neo4j.configuration.GraphDatabaseInternalSettings;
 import org.neo4j.configuration.GraphDatabaseSettings;
 import org.neo4j.configuration.connectors.BoltConnector;
@@ -20,16 +19,19 @@ import org.neo4j.io.ByteUnit;
  * Runs a real, in-process Neo4j (the neo4j-harness server) for tests.
  *
  * <p>Usage: {@code java -cp ... harness.Neo4jHarnessMain [--port N] [--workdir DIR]
- * [--pagecache SIZE_MB]}; the environment variables NEO4J_HARNESS_PORT, NEO4J_HARNESS_WORKDIR and
- * NEO4J_HARNESS_PAGECACHE_MB are used when the flags are absent. A port of 0 (the default) lets the
- * kernel pick a free port; the actual one is reported.
+ * [--pagecache SIZE_MB] [--watch-pid PID]}; the environment variables NEO4J_HARNESS_PORT,
+ * NEO4J_HARNESS_WORKDIR, NEO4J_HARNESS_PAGECACHE_MB and NEO4J_HARNESS_WATCH_PID are used when the
+ * flags are absent. A port of 0 (the default) lets the kernel pick a free port; the actual one is
+ * reported. The database lives in a random subdirectory of the working directory, which the harness
+ * deletes on shutdown.
  *
  * <p>Protocol: exactly one line {@code READY bolt://127.0.0.1:<port>} on stdout once Bolt accepts
  * connections (everything else goes to stderr). The server runs until stdin reaches EOF (the parent
- * closed it or died) or the JVM gets SIGTERM/SIGINT; either way it is shut down cleanly.
+ * closed it or died), the watched process (if any) is gone, or the JVM gets SIGTERM/SIGINT; in every
+ * case it is shut down cleanly by the same (idempotent) stop routine.
  */
 public final class Neo4jHarnessMain {
-    private static final AtomicBoolean STOPPED = new AtomicBoolean();
+    private static boolean stopped;
 
     private Neo4jHarnessMain() {}
 
@@ -38,6 +40,7 @@ public final class Neo4jHarnessMain {
         Path workdir = Path.of(option(args, "--workdir", "NEO4J_HARNESS_WORKDIR", "target/neo4j-work"))
                 .toAbsolutePath();
         long pageCacheMb = Long.parseLong(option(args, "--pagecache", "NEO4J_HARNESS_PAGECACHE_MB", "128"));
+        long watchPid = Long.parseLong(option(args, "--watch-pid", "NEO4J_HARNESS_WATCH_PID", "0"));
         if (port < 0 || port > 65535) {
             throw new IllegalArgumentException("bad port: " + port);
         }
@@ -67,6 +70,10 @@ public final class Neo4jHarnessMain {
 
         Runtime.getRuntime().addShutdownHook(new Thread(() -> stop(neo4j), "neo4j-harness-shutdown"));
 
+        if (watchPid > 0) {
+            watchParent(watchPid);
+        }
+
         URI bolt = neo4j.boltURI();
         long ms = (System.nanoTime() - t0) / 1_000_000;
         System.err.println("neo4j-harness: started in " + ms + " ms, bolt port " + bolt.getPort());
@@ -91,10 +98,34 @@ public final class Neo4jHarnessMain {
         }
     }
 
-    private static void stop(Neo4j neo4j) {
-        if (!STOPPED.compareAndSet(false, true)) {
+    /** Belt and braces next to stdin EOF: exit when the parent process is gone. */
+    private static void watchParent(long pid) {
+        Thread t = new Thread(
+                () -> {
+                    while (true) {
+                        boolean alive = ProcessHandle.of(pid).map(ProcessHandle::isAlive).orElse(false);
+                        if (!alive) {
+                            System.err.println("neo4j-harness: parent " + pid + " is gone, shutting down");
+                            System.exit(0); // runs the shutdown hook
+                        }
+                        try {
+                            Thread.sleep(1000);
+                        } catch (InterruptedException e) {
+                            return;
+                        }
+                    }
+                },
+                "neo4j-harness-parent-watch");
+        t.setDaemon(true);
+        t.start();
+    }
+
+    // synchronized: a second caller (shutdown hook during an EOF-triggered stop) waits for the first.
+    private static synchronized void stop(Neo4j neo4j) {
+        if (stopped) {
             return;
         }
+        stopped = true;
         long t0 = System.nanoTime();
         try {
             neo4j.close();

@@ -1,0 +1,200 @@
+"""The `controlplane` command: run the stack, a node agent, and ask or change the graph.
+
+Typer for the commands (typed options, help for free), rich for trees and tables.
+Every command builds one Settings from its flags and the environment.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from controlplane.domain.errors import ControlPlaneError
+from controlplane.domain.records import AllocationRecord
+from controlplane.settings import Settings, load_settings
+
+app = typer.Typer(help="A graph-backed control plane for actor hierarchies.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Where embedded state lives [env DATA_DIR]")]
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ControlPlaneError as exc:
+        err.print(f"[red]error[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _control(settings: Settings):  # type: ignore[no-untyped-def]
+    from controlplane.embedded import resolve_endpoints
+    from controlplane.services import ControlPlane
+    from controlplane.wiring import open_store
+    from workers.app import configure
+    from workers.dispatch import CeleryDispatcher
+
+    ends = resolve_endpoints(settings)
+    store = open_store(settings, graph_uri=ends.graph_uri)
+    return ControlPlane(store, CeleryDispatcher(configure(ends.broker_url)))
+
+
+def _fail(exc: ControlPlaneError) -> typer.Exit:
+    err.print(f"[red]{exc.code.value}[/red] {exc}")
+    return typer.Exit(1)
+
+
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(help="API listen address; 127.0.0.1 because allocations run commands here")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port")] = 8000,
+    data_dir: DataDir = None,
+    node: Annotated[Optional[str], typer.Option(help="Name of the local node (default: host name)")] = None,
+    worker: Annotated[bool, typer.Option(help="Start a local node agent")] = True,
+    concurrency: Annotated[int, typer.Option(help="Node agent threads")] = 16,
+) -> None:
+    """Start the whole stack on this machine: embedded FalkorDB, the API, one node agent."""
+    from controlplane.embedded import run_stack
+
+    settings = _settings(api_host=host, api_port=port, data_dir=data_dir)
+
+    def announce(ends, node_name):  # type: ignore[no-untyped-def]
+        console.print(f"[bold green]control plane up[/bold green] ({settings.graph_backend})")
+        console.print(f"  GraphQL   {ends.api_url}/graphql")
+        console.print(f"  health    {ends.api_url}/healthz")
+        console.print(f"  graph     {ends.graph_uri}  (graph '{settings.graph_name}')")
+        console.print(f"  broker    {ends.broker_url}")
+        if node_name:
+            console.print(f"  node      {node_name}")
+        console.print("Ctrl-C stops everything.")
+
+    try:
+        run_stack(settings, node=node, worker=worker, concurrency=concurrency, announce=announce)
+    except KeyboardInterrupt:
+        pass
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+    console.print("stopped.")
+
+
+@app.command("worker")
+def worker_cmd(
+    node: Annotated[str, typer.Option(help="This machine's node name; its queue is node.<name>")],
+    concurrency: Annotated[int, typer.Option(help="Threads taking tasks")] = 16,
+    label: Annotated[Optional[list[str]], typer.Option(help="Node label key=value (repeatable)")] = None,
+    data_dir: DataDir = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "WARNING",
+) -> None:
+    """Run a node agent: register this machine, heartbeat, run allocations placed on it."""
+    from controlplane.embedded import resolve_endpoints
+    from workers.main import run_worker
+
+    settings = _settings(data_dir=data_dir)
+    labels = dict(l.split("=", 1) for l in (label or []) if "=" in l)
+    try:
+        ends = resolve_endpoints(settings)
+        run_worker(settings, node=node, graph_uri=ends.graph_uri, broker_url=ends.broker_url,
+                   concurrency=concurrency, labels=labels, loglevel=loglevel)
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def spawn(
+    parent: Annotated[str, typer.Argument(help="Id of the parent Node or Allocation")],
+    argv: Annotated[list[str], typer.Argument(help="Command to run (after --)")],
+    name: Annotated[str, typer.Option(help="Allocation name")] = "task",
+    cpu: Annotated[float, typer.Option(help="CPU cores")] = 0.1,
+    memory: Annotated[int, typer.Option(help="Memory in MiB")] = 64,
+    gpus: Annotated[int, typer.Option(help="GPUs")] = 0,
+    node: Annotated[Optional[str], typer.Option(help="Place on this node")] = None,
+    count: Annotated[int, typer.Option(help="How many identical children")] = 1,
+    data_dir: DataDir = None,
+) -> None:
+    """Spawn allocations under a node or an allocation."""
+    settings = _settings(data_dir=data_dir)
+    spec = {"name": name, "argv": argv, "resources": {"cpu_milli": int(round(cpu * 1000)), "memory_mib": memory, "gpus": gpus}, "node": node}
+    try:
+        created = _control(settings).spawn(parent, [spec] * count, field="spec" if count == 1 else "specs")
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+    for a in created:
+        console.print(f"{a.id}  {a.state.value}  on {a.node_id}")
+
+
+@app.command()
+def stop(allocation: Annotated[str, typer.Argument(help="Allocation id")], data_dir: DataDir = None) -> None:
+    """Stop an allocation (graceful, then killed after its grace period)."""
+    try:
+        a = _control(_settings(data_dir=data_dir)).stop(allocation)
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+    console.print(f"{a.id}  {a.state.value}")
+
+
+def _label(a: AllocationRecord) -> str:
+    colour = {"running": "green", "succeeded": "blue", "failed": "red", "lost": "red", "stopped": "dim"}.get(a.state.value, "yellow")
+    code = f" exit={a.exit_code}" if a.exit_code is not None else ""
+    return f"{a.name} [dim]{a.id}[/dim] [{colour}]{a.state.value}[/{colour}] inc={a.incarnation} on {a.node_id}{code}"
+
+
+@app.command()
+def tree(root: Annotated[str, typer.Argument(help="Id of a Node or an Allocation")], data_dir: DataDir = None) -> None:
+    """Print the hierarchy under a node or an allocation."""
+    try:
+        control = _control(_settings(data_dir=data_dir))
+        if control.store.actor_label(actor_id=root) == "Allocation":
+            top = control.allocation(root)
+            head = Tree(_label(top))
+        else:
+            control.node(root)
+            head = Tree(f"[bold]{root}[/bold] (node)")
+        rows = control.descendants(root, max_depth=64, limit=100_000)
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+    by_parent: dict[str, list[AllocationRecord]] = {}
+    for a in rows:
+        by_parent.setdefault(a.parent_id, []).append(a)
+
+    def grow(branch: Tree, parent_id: str) -> None:
+        for child in sorted(by_parent.get(parent_id, []), key=lambda a: (a.created_at, a.id)):
+            grow(branch.add(_label(child)), child.id)
+
+    grow(head, root)
+    console.print(head)
+
+
+@app.command()
+def status(data_dir: DataDir = None) -> None:
+    """Nodes with their free capacity, and allocations by state."""
+    try:
+        control = _control(_settings(data_dir=data_dir))
+        nodes = control.nodes(limit=1000)
+        counts: dict[str, int] = {}
+        after = None
+        while True:
+            page = control.allocations(after=after, limit=1000)
+            for a in page:
+                counts[a.state.value] = counts.get(a.state.value, 0) + 1
+            if len(page) < 1000:
+                break
+            after = page[-1].id
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+    table = Table("node", "status", "cpu free/total", "memory free/total MiB", "heartbeat")
+    now = time.time()
+    for n in nodes:
+        table.add_row(n.name, n.status, f"{n.cpu_free / 1000:g}/{n.cpu / 1000:g}", f"{n.memory_free}/{n.memory}", f"{now - n.heartbeat_at:.1f}s ago")
+    console.print(table)
+    console.print("allocations: " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"))
+
+
+if __name__ == "__main__":
+    app()

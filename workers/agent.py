@@ -1,0 +1,147 @@
+"""The node agent: registers its machine, heartbeats, and runs allocations placed on it.
+
+One per machine, inside the Celery worker process that consumes the node's own
+queue. The tasks in tasks.py only call `run` and `stop` here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from controlplane.domain.errors import Unavailable
+from controlplane.domain.records import NodeRecord
+from controlplane.services.agent import AgentService
+from controlplane.services.control import ControlPlane
+from graph_schema.store import GraphStore
+from workers.executors import ExecutableNotFound, Handle, ProcessManager
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: every graph call of the agent survives a restart of the graph server (each call is idempotent)
+_graph_retry = retry(
+    retry=retry_if_exception_type(Unavailable),
+    wait=wait_exponential(multiplier=0.1, max=5),
+    stop=stop_after_delay(300),
+    reraise=True,
+)
+
+
+def _g(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return _graph_retry(fn)(*args, **kwargs)
+
+
+def machine_resources() -> dict[str, object]:
+    """This machine's real cpu count, memory and (where nvidia-smi answers) GPUs."""
+    cpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    memory_mib = 1024
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    memory_mib = int(line.split()[1]) // 1024
+                    break
+    except OSError:
+        pass
+    gpus: list[dict[str, object]] = []
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run(
+                [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, timeout=10, check=True,
+            ).stdout
+            for line in out.strip().splitlines():
+                name, mem = (p.strip() for p in line.split(",", 1))
+                model = "".join(ch if ch.isalnum() or ch in " ._-" else "-" for ch in name)[:64]
+                gpus.append({"model": model, "memory_mib": int(float(mem))})
+        except (subprocess.SubprocessError, OSError, ValueError):
+            log.warning("nvidia-smi did not answer; registering no GPUs")
+    return {"cpu_milli": cpu * 1000, "memory_mib": memory_mib, "gpus": gpus}
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        store: GraphStore,
+        *,
+        node: str,
+        work_dir: Path,
+        heartbeat_s: float = 1.0,
+        labels: dict[str, str] | None = None,
+        resources: dict[str, object] | None = None,
+    ) -> None:
+        self.store = store
+        self.node = node
+        self.heartbeat_s = heartbeat_s
+        self.labels = labels or {}
+        self.resources = resources or machine_resources()
+        self.agent = AgentService(store)
+        self.processes = ProcessManager(work_dir / "runs" / node, self._on_exit)
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    # --- life of the agent -------------------------------------------------------------
+    def register(self) -> NodeRecord:
+        return ControlPlane(self.store, None).register_node({"name": self.node, "labels": self.labels, **self.resources})
+
+    def start_heartbeat(self) -> None:
+        self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._heartbeat.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                if not self.store.heartbeat(node_id=self.node, now=time.time()):
+                    self.register()
+            except Exception as exc:  # keep beating through a graph restart
+                log.warning("heartbeat failed: %s", exc)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self.processes.kill_all()
+        self.processes.close()
+
+    # --- what the tasks call -----------------------------------------------------------
+    def run(self, allocation_id: str, incarnation: int) -> None:
+        rec = _g(self.agent.begin_start, allocation_id, incarnation, node_id=self.node)
+        if rec is None:
+            return  # not ours (anymore): a redelivery, a stop that came first, or a newer incarnation
+        env = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "HOME": os.environ.get("HOME", "/"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            **rec.env,
+            "CONTROLPLANE_ALLOCATION_ID": rec.id,
+            "CONTROLPLANE_INCARNATION": str(rec.incarnation),
+            "CONTROLPLANE_NODE": self.node,
+            "CONTROLPLANE_PARENT_ID": rec.parent_id,
+        }
+        try:
+            handle = self.processes.start((rec.id, rec.incarnation), list(rec.argv), env)
+        except (ExecutableNotFound, OSError) as exc:
+            _g(self.agent.failed_to_start, rec.id, rec.incarnation, error=str(exc))
+            return
+        if not _g(self.agent.running, rec.id, rec.incarnation, pid=handle.pid):
+            # stopped while starting: the stop found no process, so this is ours to end
+            self.processes.stop((rec.id, rec.incarnation), grace_s=rec.grace_period_s)
+
+    def stop(self, allocation_id: str, incarnation: int) -> None:
+        rec = _g(self.store.get_allocation, allocation_id=allocation_id)
+        grace = rec.grace_period_s if rec else 10.0
+        if not self.processes.stop((allocation_id, incarnation), grace_s=grace):
+            _g(self.agent.stop_unstarted, allocation_id, incarnation)
+
+    def _on_exit(self, handle: Handle, code: int, tail: str) -> None:
+        allocation_id, incarnation = handle.key
+        _g(self.agent.exited, allocation_id, incarnation, exit_code=code, output_tail=tail)

@@ -1,0 +1,38 @@
+"""The Celery application: one app, configured at run time from Settings (never at import time).
+
+Queues: `node.<name>` per node agent (run and stop allocations on that machine),
+`control` for supervisors (later). Tasks carry ids only; acks_late with
+reject-on-worker-lost, so a task whose worker died is delivered again, and
+every task is idempotent.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+app = Celery("controlplane", include=["workers.tasks"])
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=8,
+    worker_hijack_root_logger=False,
+    worker_send_task_events=False,
+    task_send_sent_event=False,
+    broker_connection_retry_on_startup=True,
+    # Redelivery of an unacked task after this long; a redelivered run finds its allocation
+    # past `placed` and does nothing.
+    broker_transport_options={"visibility_timeout": 120},
+    task_default_queue="control",
+)
+
+
+def configure(broker_url: str) -> Celery:
+    app.conf.broker_url = broker_url
+    return app
+
+
+def node_queue(node_id: str) -> str:
+    return f"node.{node_id}"

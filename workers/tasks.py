@@ -1,0 +1,17 @@
+"""Celery tasks: thin; they carry ids only and call the node agent of this worker process."""
+
+from __future__ import annotations
+
+from workers.app import app
+from workers.dispatch import RUN, STOP
+from workers.runtime import current_agent
+
+
+@app.task(name=RUN)
+def run_allocation(allocation_id: str, incarnation: int) -> None:
+    current_agent().run(allocation_id, incarnation)
+
+
+@app.task(name=STOP)
+def stop_allocation(allocation_id: str, incarnation: int) -> None:
+    current_agent().stop(allocation_id, incarnation)

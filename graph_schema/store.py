@@ -8,7 +8,8 @@ sentences. The conformance suite in tests/ runs every behaviour on every engine.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from controlplane.domain.lifecycle import State
@@ -43,6 +44,18 @@ class NewAllocation:
     grace_period_s: float
     seq: int
     extra: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One guarded transition: the current state picks a move from `moves`, or the change is refused."""
+
+    allocation_id: str
+    moves: Mapping[State, State]
+    incarnation: int | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    #: the error recorded when the move ends in `failed`
+    failure: str | None = None
 
 
 class CreateRefused(Exception):
@@ -115,6 +128,9 @@ class GraphStore(Protocol):
         None when the allocation does not exist; `applied` is False when the
         precondition failed (the record shows the current state).
         """
+
+    def transition_many(self, *, changes: Sequence[Change], now: float) -> list[TransitionResult | None]:
+        """Apply many guarded transitions in one request; one result per change, in order."""
 
     def get_allocation(self, *, allocation_id: str) -> AllocationRecord | None: ...
 

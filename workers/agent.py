@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from controlplane.domain.errors import Unavailable
-from controlplane.domain.records import NodeRecord
-from controlplane.services.agent import AgentService
+from controlplane.domain.records import AllocationRecord, NodeRecord
+from controlplane.services.agent import AgentService, Exit, Key
 from controlplane.services.control import ControlPlane
 from graph_schema.store import GraphStore
 from workers.executors import ExecutableNotFound, Handle, ProcessManager
@@ -113,11 +113,25 @@ class NodeAgent:
         self.processes.close()
 
     # --- what the tasks call -----------------------------------------------------------
-    def run(self, allocation_id: str, incarnation: int) -> None:
-        rec = _g(self.agent.begin_start, allocation_id, incarnation, node_id=self.node)
-        if rec is None:
-            return  # not ours (anymore): a redelivery, a stop that came first, or a newer incarnation
-        env = {
+    def run(self, keys: list[Key]) -> None:
+        """Start the processes of these allocation incarnations (those still ours to start)."""
+        claimed = _g(self.agent.begin_start, keys, node_id=self.node)
+        if not claimed:
+            return
+        futures = self.processes.start_many([((r.id, r.incarnation), list(r.argv), self._env(r)) for r in claimed])
+        started: list[tuple[Key, int]] = []
+        for rec, fut in zip(claimed, futures):
+            try:
+                started.append(((rec.id, rec.incarnation), fut.result(timeout=60).pid))
+            except (ExecutableNotFound, OSError) as exc:
+                _g(self.agent.failed_to_start, (rec.id, rec.incarnation), error=str(exc))
+        grace = {(r.id, r.incarnation): r.grace_period_s for r in claimed}
+        for key in _g(self.agent.running, started):
+            # stopped while starting: the stop found no process yet, so ending it is ours
+            self.processes.stop(key, grace_s=grace[key])
+
+    def _env(self, rec: AllocationRecord) -> dict[str, str]:
+        return {
             "PATH": os.environ.get("PATH", os.defpath),
             "HOME": os.environ.get("HOME", "/"),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
@@ -127,21 +141,12 @@ class NodeAgent:
             "CONTROLPLANE_NODE": self.node,
             "CONTROLPLANE_PARENT_ID": rec.parent_id,
         }
-        try:
-            handle = self.processes.start((rec.id, rec.incarnation), list(rec.argv), env)
-        except (ExecutableNotFound, OSError) as exc:
-            _g(self.agent.failed_to_start, rec.id, rec.incarnation, error=str(exc))
-            return
-        if not _g(self.agent.running, rec.id, rec.incarnation, pid=handle.pid):
-            # stopped while starting: the stop found no process, so this is ours to end
-            self.processes.stop((rec.id, rec.incarnation), grace_s=rec.grace_period_s)
 
     def stop(self, allocation_id: str, incarnation: int) -> None:
         rec = _g(self.store.get_allocation, allocation_id=allocation_id)
         grace = rec.grace_period_s if rec else 10.0
         if not self.processes.stop((allocation_id, incarnation), grace_s=grace):
-            _g(self.agent.stop_unstarted, allocation_id, incarnation)
+            _g(self.agent.stop_unstarted, (allocation_id, incarnation))
 
-    def _on_exit(self, handle: Handle, code: int, tail: str) -> None:
-        allocation_id, incarnation = handle.key
-        _g(self.agent.exited, allocation_id, incarnation, exit_code=code, output_tail=tail)
+    def _on_exit(self, exits: list[tuple[Handle, int, str]]) -> None:
+        _g(self.agent.exited, [Exit(h.key, code, tail) for h, code, tail in exits])

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from celery import Celery
 
 from workers.app import node_queue
 
-RUN = "controlplane.run_allocation"
+RUN = "controlplane.run_allocations"
+#: allocations per run message: one graph request per step for the whole chunk on the agent
+CHUNK = 64
 STOP = "controlplane.stop_allocation"
 
 
@@ -14,8 +18,11 @@ class CeleryDispatcher:
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def run(self, *, node_id: str, allocation_id: str, incarnation: int) -> None:
-        self.app.send_task(RUN, args=[allocation_id, incarnation], queue=node_queue(node_id))
+    def run(self, *, node_id: str, items: Sequence[tuple[str, int]]) -> None:
+        with self.app.producer_or_acquire() as producer:
+            for i in range(0, len(items), CHUNK):
+                chunk = [[a, n] for a, n in items[i : i + CHUNK]]
+                self.app.send_task(RUN, args=[chunk], queue=node_queue(node_id), producer=producer)
 
     def stop(self, *, node_id: str, allocation_id: str, incarnation: int) -> None:
         self.app.send_task(STOP, args=[allocation_id, incarnation], queue=node_queue(node_id))

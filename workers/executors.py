@@ -19,7 +19,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +47,9 @@ class Handle:
         return self.proc.pid
 
 
-ExitCallback = Callable[[Handle, int, str], None]
+#: called with every exit that happened since the last call, in batches
+ExitCallback = Callable[[list[tuple[Handle, int, str]]], None]
+MAX_REPORT_BATCH = 500
 
 
 def read_tail(path: Path, limit: int = TAIL_BYTES) -> str:
@@ -62,7 +64,7 @@ def read_tail(path: Path, limit: int = TAIL_BYTES) -> str:
 
 
 class ProcessManager:
-    def __init__(self, log_dir: Path, on_exit: ExitCallback, *, report_threads: int = 4) -> None:
+    def __init__(self, log_dir: Path, on_exit: ExitCallback) -> None:
         self.log_dir = log_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._on_exit = on_exit
@@ -74,26 +76,36 @@ class ProcessManager:
         os.set_blocking(self._wake_r, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
-        self._reporters = ThreadPoolExecutor(max_workers=report_threads, thread_name_prefix="exit-report")
+        self._exits: queue.SimpleQueue[tuple[Handle, int, str] | None] = queue.SimpleQueue()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="process-manager", daemon=True)
         self._thread.start()
+        self._reporter = threading.Thread(target=self._report_loop, name="exit-reporter", daemon=True)
+        self._reporter.start()
 
     # --- API used by the node agent ----------------------------------------------------
     def start(self, key: Key, argv: list[str], env: dict[str, str]) -> Handle:
         """Start argv; returns once the process exists. Idempotent per key while it runs."""
-        with self._lock:
-            if key in self._handles:
-                return self._handles[key]
-        if not argv:
-            raise ExecutableNotFound("argv is empty")
-        exe = shutil.which(argv[0], path=env.get("PATH", os.defpath))
-        if exe is None:
-            raise ExecutableNotFound(f"executable {argv[0]!r} not found on PATH")
-        fut: Future[Handle] = Future()
-        self._requests.put((key, [exe, *argv[1:]], env, fut))
+        return self.start_many([(key, argv, env)])[0].result(timeout=60)
+
+    def start_many(self, requests: list[tuple[Key, list[str], dict[str, str]]]) -> list[Future[Handle]]:
+        """Start many processes; each future holds the handle or the reason it could not start."""
+        futures: list[Future[Handle]] = []
+        for key, argv, env in requests:
+            fut: Future[Handle] = Future()
+            futures.append(fut)
+            with self._lock:
+                running = self._handles.get(key)
+            if running is not None:
+                fut.set_result(running)
+                continue
+            exe = shutil.which(argv[0], path=env.get("PATH", os.defpath)) if argv else None
+            if exe is None:
+                fut.set_exception(ExecutableNotFound(f"executable {argv[0] if argv else ''!r} not found on PATH"))
+                continue
+            self._requests.put((key, [exe, *argv[1:]], env, fut))
         os.write(self._wake_w, b"x")
-        return fut.result(timeout=60)
+        return futures
 
     def get(self, key: Key) -> Handle | None:
         with self._lock:
@@ -127,7 +139,8 @@ class ProcessManager:
         self._requests.put(None)
         os.write(self._wake_w, b"x")
         self._thread.join(timeout=5)
-        self._reporters.shutdown(wait=True)
+        self._exits.put(None)
+        self._reporter.join(timeout=30)
 
     # --- the manager thread ------------------------------------------------------------
     @staticmethod
@@ -184,15 +197,28 @@ class ProcessManager:
         code = handle.proc.wait()
         if handle.kill_timer is not None:
             handle.kill_timer.cancel()
-        tail = read_tail(handle.log_path)
+        self._exits.put((handle, code, read_tail(handle.log_path)))
 
-        def report() -> None:
+    def _report_loop(self) -> None:
+        while True:
+            first = self._exits.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < MAX_REPORT_BATCH:
+                try:
+                    item = self._exits.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._exits.put(None)
+                    break
+                batch.append(item)
             try:
-                self._on_exit(handle, code, tail)
+                self._on_exit(batch)
             except Exception:
-                log.exception("could not report the exit of %s", handle.key)
+                log.exception("could not report %d exits", len(batch))
             finally:
                 with self._lock:
-                    self._handles.pop(handle.key, None)
-
-        self._reporters.submit(report)
+                    for handle, _, _ in batch:
+                        self._handles.pop(handle.key, None)

@@ -8,8 +8,9 @@ from workers.runtime import current_agent
 
 
 @app.task(name=RUN)
-def run_allocation(allocation_id: str, incarnation: int) -> None:
-    current_agent().run(allocation_id, incarnation)
+def run_allocations(items: list[list]) -> None:  # type: ignore[type-arg]
+    """items: [[allocation id, incarnation], ...] placed on this worker's node."""
+    current_agent().run([(str(i), int(n)) for i, n in items])
 
 
 @app.task(name=STOP)

@@ -1,19 +1,33 @@
-"""What a node agent reports: the lifecycle steps of one allocation incarnation on its node.
+"""What a node agent reports: the lifecycle steps of allocation incarnations on its node.
 
-Every step is one guarded transition, so a redelivered task (Celery delivers at
-least once) finds the precondition false and changes nothing.
+Every step is a guarded transition, so a redelivered task (Celery delivers at
+least once) finds the precondition false and changes nothing. Steps come in
+batches: one graph request for many allocations.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from controlplane.domain.lifecycle import State
 from controlplane.domain.records import AllocationRecord
-from graph_schema.store import GraphStore
+from graph_schema.store import Change, GraphStore
 
 OUTPUT_TAIL_CHARS = 4096
+Key = tuple[str, int]  # (allocation id, incarnation)
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    key: Key
+    exit_code: int
+    output_tail: str
+
+
+def describe_exit(code: int) -> str:
+    return f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
 
 
 class AgentService:
@@ -21,54 +35,54 @@ class AgentService:
         self.store = store
         self.clock = clock
 
-    def begin_start(self, allocation_id: str, incarnation: int, *, node_id: str) -> AllocationRecord | None:
-        """placed -> starting; None when this incarnation is not ours to start (already started, stopped, replaced)."""
-        result = self.store.transition(
-            allocation_id=allocation_id, expected=[State.PLACED], to=State.STARTING, now=self.clock(),
-            incarnation=incarnation, fields={"agent": node_id},
-        )
-        if result is None or not result.applied or result.allocation.node_id != node_id:
-            return None
-        return result.allocation
+    def begin_start(self, keys: Sequence[Key], *, node_id: str) -> list[AllocationRecord]:
+        """placed -> starting for each; returns those that are ours to start now.
 
-    def running(self, allocation_id: str, incarnation: int, *, pid: int) -> bool:
-        result = self.store.transition(
-            allocation_id=allocation_id, expected=[State.STARTING], to=State.RUNNING, now=self.clock(),
-            incarnation=incarnation, fields={"pid": pid, "started_at": self.clock()},
-        )
-        return bool(result and result.applied)
+        Not ours: already started (a redelivery), stopped first, a newer incarnation, another node.
+        """
+        changes = [Change(i, {State.PLACED: State.STARTING}, inc, {"agent": node_id}) for i, inc in keys]
+        results = self.store.transition_many(changes=changes, now=self.clock())
+        return [r.allocation for r in results if r is not None and r.applied and r.allocation.node_id == node_id]
 
-    def exited(self, allocation_id: str, incarnation: int, *, exit_code: int, output_tail: str) -> AllocationRecord | None:
-        """The process ended: stopped if a stop was asked for, else succeeded (0) or failed."""
-        tail = output_tail[-OUTPUT_TAIL_CHARS:]
+    def running(self, started: Sequence[tuple[Key, int]]) -> set[Key]:
+        """starting -> running with the pid; returns the keys that were stopped meanwhile (to be ended)."""
         now = self.clock()
-        fields = {"exit_code": exit_code, "output_tail": tail, "finished_at": now}
-        stopping = self.store.transition(
-            allocation_id=allocation_id, expected=[State.STOPPING], to=State.STOPPED, now=now,
-            incarnation=incarnation, fields=fields,
-        )
-        if stopping is None:
-            return None
-        if stopping.applied:
-            return stopping.allocation
-        outcome = State.SUCCEEDED if exit_code == 0 else State.FAILED
-        if outcome is State.FAILED:
-            fields["error"] = f"exited with code {exit_code}" if exit_code >= 0 else f"killed by signal {-exit_code}"
-        result = self.store.transition(
-            allocation_id=allocation_id, expected=[State.STARTING, State.RUNNING], to=outcome, now=now,
-            incarnation=incarnation, fields=fields,
-        )
-        return result.allocation if result and result.applied else None
+        changes = [Change(i, {State.STARTING: State.RUNNING}, inc, {"pid": pid, "started_at": now}) for (i, inc), pid in started]
+        results = self.store.transition_many(changes=changes, now=now)
+        refused: set[Key] = set()
+        for (key, _pid), r in zip(started, results):
+            if r is not None and not r.applied and r.allocation.state in (State.STOPPING, State.STOPPED):
+                refused.add(key)
+        return refused
 
-    def failed_to_start(self, allocation_id: str, incarnation: int, *, error: str) -> None:
-        self.store.transition(
-            allocation_id=allocation_id, expected=[State.STARTING, State.PLACED], to=State.FAILED, now=self.clock(),
-            incarnation=incarnation, fields={"error": error[:OUTPUT_TAIL_CHARS], "exit_code": -1},
+    def exited(self, exits: Sequence[Exit]) -> list[AllocationRecord]:
+        """Processes ended: stopped if a stop was asked for, else succeeded (0) or failed."""
+        now = self.clock()
+        changes = []
+        for e in exits:
+            outcome = State.SUCCEEDED if e.exit_code == 0 else State.FAILED
+            changes.append(
+                Change(
+                    e.key[0],
+                    {State.STOPPING: State.STOPPED, State.STARTING: outcome, State.RUNNING: outcome},
+                    e.key[1],
+                    {"exit_code": e.exit_code, "output_tail": e.output_tail[-OUTPUT_TAIL_CHARS:], "finished_at": now},
+                    failure=describe_exit(e.exit_code),
+                )
+            )
+        results = self.store.transition_many(changes=changes, now=now)
+        return [r.allocation for r in results if r is not None and r.applied]
+
+    def failed_to_start(self, key: Key, *, error: str) -> None:
+        self.store.transition_many(
+            changes=[Change(key[0], {State.STARTING: State.FAILED, State.PLACED: State.FAILED}, key[1],
+                            {"exit_code": -1}, failure=error[:OUTPUT_TAIL_CHARS])],
+            now=self.clock(),
         )
 
-    def stop_unstarted(self, allocation_id: str, incarnation: int) -> None:
-        """A stop reached the agent before the process existed: stopping -> stopped with no process."""
-        self.store.transition(
-            allocation_id=allocation_id, expected=[State.STOPPING], to=State.STOPPED, now=self.clock(),
-            incarnation=incarnation, fields={"error": "stopped before its process started"},
+    def stop_unstarted(self, key: Key) -> None:
+        """A stop reached the agent while no process existed: stopping -> stopped with no process."""
+        self.store.transition_many(
+            changes=[Change(key[0], {State.STOPPING: State.STOPPED}, key[1], {"error": "stopped before its process started"})],
+            now=self.clock(),
         )

@@ -34,7 +34,8 @@ PLACEMENT_RETRIES = 8
 class Dispatcher(Protocol):
     """Hands work to node agents. Tasks carry ids only."""
 
-    def run(self, *, node_id: str, allocation_id: str, incarnation: int) -> None: ...
+    def run(self, *, node_id: str, items: Sequence[tuple[str, int]]) -> None:
+        """Start these (allocation id, incarnation) on their node."""
 
     def stop(self, *, node_id: str, allocation_id: str, incarnation: int) -> None: ...
 
@@ -159,12 +160,15 @@ class ControlPlane:
     def _dispatch_runs(self, allocations: Sequence[AllocationRecord]) -> None:
         if self.dispatcher is None:
             return
+        by_node: dict[str, list[tuple[str, int]]] = {}
         for a in allocations:
             if a.state is State.PLACED and a.executor == "process":
-                try:
-                    self.dispatcher.run(node_id=a.node_id, allocation_id=a.id, incarnation=a.incarnation)
-                except Exception:  # the reconciler re-dispatches allocations stuck in `placed`
-                    log.exception("could not dispatch %s to %s", a.id, a.node_id)
+                by_node.setdefault(a.node_id, []).append((a.id, a.incarnation))
+        for node_id, items in by_node.items():
+            try:
+                self.dispatcher.run(node_id=node_id, items=items)
+            except Exception:  # the reconciler re-dispatches allocations stuck in `placed`
+                log.exception("could not dispatch %d allocations to %s", len(items), node_id)
 
     def stop(self, allocation_id: str, *, reason: str = "stop requested") -> AllocationRecord:
         """Stop an allocation: not yet started -> stopped at once; started -> stopping, its agent kills it."""

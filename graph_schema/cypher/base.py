@@ -27,7 +27,7 @@ from controlplane.domain.specs import NodeSpec
 from controlplane.domain.traversal import TraversalSpec
 from graph_schema.cypher import statements as q
 from graph_schema.cypher.traversal import compile_traversal
-from graph_schema.store import CreateRefused, NewAllocation
+from graph_schema.store import Change, CreateRefused, NewAllocation
 
 Row = list[Any]
 _HOLDING = sorted(s.value for s in HOLDS_RESOURCES)
@@ -182,23 +182,39 @@ class CypherStore(ABC):
         incarnation: int | None = None,
         fields: dict[str, Any] | None = None,
     ) -> TransitionResult | None:
-        clean = {k: v for k, v in (fields or {}).items() if v is not None}
-        rows = self._write(
-            q.TRANSITION,
+        change = Change(allocation_id, {e: to for e in expected}, incarnation, fields or {})
+        return self.transition_many(changes=[change], now=now)[0]
+
+    def transition_many(self, *, changes: Sequence[Change], now: float) -> list[TransitionResult | None]:
+        if not changes:
+            return []
+        params = [
             {
-                "id": allocation_id,
-                "expected": [s.value for s in expected],
-                "to": to.value,
-                "now": now,
-                "incarnation": incarnation,
-                "fields": clean,
-                "holding": _HOLDING,
-            },
+                "id": c.allocation_id,
+                "moves": {k.value: v.value for k, v in c.moves.items()},
+                "incarnation": c.incarnation,
+                "fields": {k: v for k, v in c.fields.items() if v is not None},
+                "failure": c.failure,
+            }
+            for c in changes
+        ]
+        may_release = any(to not in HOLDS_RESOURCES for c in changes for to in c.moves.values())
+        rows = self._write(
+            q.TRANSITION if may_release else q.TRANSITION_KEEP,
+            {"changes": params, "now": now, "holding": _HOLDING},
         )
-        if rows:
-            return TransitionResult(AllocationRecord.from_props(_props(rows[0][0])), State(rows[0][1]))
-        current = self.get_allocation(allocation_id=allocation_id)
-        return TransitionResult(current, None) if current else None
+        applied = {r[0]["id"]: TransitionResult(AllocationRecord.from_props(_props(r[0])), State(r[1])) for r in rows}
+        missing = [c.allocation_id for c in changes if c.allocation_id not in applied]
+        current = {a.id: a for a in self.get_allocations(allocation_ids=missing)} if missing else {}
+        results: list[TransitionResult | None] = []
+        for c in changes:
+            if c.allocation_id in applied:
+                results.append(applied[c.allocation_id])
+            elif c.allocation_id in current:
+                results.append(TransitionResult(current[c.allocation_id], None))
+            else:
+                results.append(None)
+        return results
 
     def get_allocation(self, *, allocation_id: str) -> AllocationRecord | None:
         rows = self._read(q.GET_ALLOCATION, {"id": allocation_id})

@@ -130,25 +130,36 @@ OPTIONAL MATCH (p:{ACT} {{id: $parent_id}})
 RETURN p IS NOT NULL, CASE WHEN p IS NULL THEN null ELSE p.state END, CASE WHEN p IS NULL THEN false ELSE p:{N} END
 """
 
-TRANSITION = f"""
-MATCH (a:{A} {{id: $id}})
+# A batch of guarded transitions. Each change names its allowed moves {from: to};
+# the current state picks the move, or refuses the change (no row back). Leaving
+# the resource-holding states releases cpu, memory and GPUs in the same request.
+_TRANSITION_HEAD = f"""
+UNWIND $changes AS c
+MATCH (a:{A} {{id: c.id}})
 REMOVE a._lock
-WITH a, a.state AS prev
-WHERE prev IN $expected AND ($incarnation IS NULL OR a.incarnation = $incarnation)
-SET a.state = $to, a.version = a.version + 1, a.updated_at = $now
-SET a += $fields
-WITH a, prev, (prev IN $holding AND NOT $to IN $holding) AS release
+WITH a, c, a.state AS prev
+WITH a, c, prev, c.moves[prev] AS to
+WHERE to IS NOT NULL AND (c.incarnation IS NULL OR a.incarnation = c.incarnation)
+SET a.state = to, a.version = a.version + 1, a.updated_at = $now
+SET a += c.fields
+SET a.error = CASE WHEN to = 'failed' AND c.failure IS NOT NULL THEN c.failure ELSE a.error END
+"""
+_RELEASE = f"""
+WITH a, prev, (prev IN $holding AND NOT a.state IN $holding) AS release
 OPTIONAL MATCH (a)-[:{RUNS_ON}]->(n:{N})
 FOREACH (x IN CASE WHEN release AND n IS NOT NULL THEN [n] ELSE [] END |
   REMOVE x._lock
   SET x.cpu_free = x.cpu_free + a.cpu, x.memory_free = x.memory_free + a.memory)
 WITH a, prev, release
-OPTIONAL MATCH (a)-[c:{CLAIMS}]->(g:{G})
+OPTIONAL MATCH (a)-[cl:{CLAIMS}]->(g:{G})
 FOREACH (x IN CASE WHEN release AND g IS NOT NULL THEN [g] ELSE [] END | SET x.claimed_by = null)
-FOREACH (x IN CASE WHEN release AND c IS NOT NULL THEN [c] ELSE [] END | DELETE x)
+FOREACH (x IN CASE WHEN release AND cl IS NOT NULL THEN [cl] ELSE [] END | DELETE x)
 WITH DISTINCT a, prev
-RETURN properties(a) AS a, prev
 """
+_TRANSITION_TAIL = "RETURN properties(a) AS a, prev\n"
+#: when no change can leave the holding states (starting, running, ...): no release work
+TRANSITION_KEEP = _TRANSITION_HEAD + _TRANSITION_TAIL
+TRANSITION = _TRANSITION_HEAD + _RELEASE + _TRANSITION_TAIL
 
 GET_ALLOCATION = f"MATCH (a:{A} {{id: $id}}) RETURN properties(a) AS a"
 

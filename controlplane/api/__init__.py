@@ -1,0 +1,8 @@
+"""The GraphQL API (strawberry on FastAPI): thin resolvers over the ControlPlane use cases.
+
+Public surface: `create_app(control, *, health_checks=None, max_depth=12, max_descendants=10_000)`.
+"""
+
+from controlplane.api.app import create_app
+
+__all__ = ["create_app"]

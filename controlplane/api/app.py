@@ -1,0 +1,78 @@
+"""The FastAPI application: GraphQL at /graphql (GraphiQL on GET), /healthz and /metrics.
+
+`create_app` takes a ready ControlPlane; building the store and the dispatcher
+from settings is the caller's business (the CLI, or a test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from strawberry.fastapi import GraphQLRouter
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+
+from controlplane.api.context import ApiContext
+from controlplane.api.metrics import ApiMetrics
+from controlplane.api.schema import build_schema
+from controlplane.services.control import ControlPlane
+
+HEALTH_CHECK_TIMEOUT_S = 5.0
+DEFAULT_MAX_DESCENDANTS = 10_000
+
+
+def create_app(
+    control: ControlPlane,
+    *,
+    health_checks: dict[str, Callable[[], None]] | None = None,
+    max_depth: int = 12,
+    max_descendants: int = DEFAULT_MAX_DESCENDANTS,
+) -> FastAPI:
+    """The API over `control`.
+
+    health_checks: name -> a callable that raises when that dependency is unwell;
+        None checks the graph store (`control.store.ping`), {} checks nothing.
+    max_depth: the deepest field nesting a GraphQL operation may have.
+    max_descendants: the most allocations one `descendants` field may return.
+    """
+    checks = {"graph": control.store.ping} if health_checks is None else dict(health_checks)
+    metrics = ApiMetrics()
+    schema = build_schema(max_depth=max_depth, max_descendants=max_descendants, metrics=metrics)
+
+    async def context() -> ApiContext:
+        return ApiContext(control, max_descendants=max_descendants)
+
+    graphql = GraphQLRouter(
+        schema,
+        graphql_ide="graphiql",
+        context_getter=context,
+        subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+    )
+    app = FastAPI(title="controlplane", docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(graphql, prefix="/graphql")
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        results = dict(zip(checks, await asyncio.gather(*(_run_check(c) for c in checks.values()))))
+        healthy = all(r == "ok" for r in results.values())
+        return JSONResponse(
+            {"status": "ok" if healthy else "failing", "checks": results}, status_code=200 if healthy else 503
+        )
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    return app
+
+
+async def _run_check(check: Callable[[], None]) -> str:
+    try:
+        await asyncio.wait_for(asyncio.to_thread(check), HEALTH_CHECK_TIMEOUT_S)
+    except TimeoutError:
+        return f"no answer within {HEALTH_CHECK_TIMEOUT_S:g} s"
+    except Exception as exc:  # noqa: BLE001 - a failing check is an answer, not an error of ours
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return "ok"

@@ -1,0 +1,156 @@
+"""The GraphQL schema: queries and mutations, each a thin call to one ControlPlane use case.
+
+Resolvers parse their arguments, call the service in a worker thread and return
+its records; types.py maps records to GraphQL. No query text lives here: the
+generic traversal is built by the domain (`build_traversal`) and compiled by
+the store.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated, Any, cast
+
+import strawberry
+from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+
+from controlplane.api.context import Info, page
+from controlplane.api.errors import ControlPlaneSchema, ErrorMapping
+from controlplane.api.inputs import AllocationSpecInput, Filter, NodeInput, to_spec
+from controlplane.api.limits import PAGED, QueryCost
+from controlplane.api.metrics import ApiMetrics, OperationMetrics
+from controlplane.api.types import (
+    DEFAULT_PAGE,
+    Allocation,
+    AllocationState,
+    Connection,
+    Direction,
+    EdgeType,
+    Node,
+    Vertex,
+    connection,
+)
+from controlplane.domain.specs import NodeSpec, parse
+from controlplane.domain.traversal import MAX_TRAVERSAL_ROWS, build_traversal
+
+MAX_ALIASES = 50
+MAX_TOKENS = 10_000
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="A node by id (its name).")
+    async def node(self, info: Info, id: strawberry.ID) -> Node | None:
+        return cast(Node, await info.context.call(info.context.control.node, id))
+
+    @strawberry.field(description="Nodes ordered by id, optionally only those with `status`.")
+    async def nodes(
+        self, info: Info, first: int = DEFAULT_PAGE, after: str | None = None, status: str | None = None
+    ) -> Connection[Node]:
+        control = info.context.control
+        rows, more = await page(info, lambda a, n: control.nodes(after=a, limit=n, status=status), first=first, after=after)
+        return cast(Connection[Node], connection(rows, more))
+
+    @strawberry.field(description="An allocation by id.")
+    async def allocation(self, info: Info, id: strawberry.ID) -> Allocation | None:
+        return cast(Allocation, await info.context.call(info.context.control.allocation, id))
+
+    @strawberry.field(description="Allocations ordered by id, optionally in one `state` and/or on one `node`.")
+    async def allocations(
+        self,
+        info: Info,
+        first: int = DEFAULT_PAGE,
+        after: str | None = None,
+        state: AllocationState | None = None,
+        node: strawberry.ID | None = None,
+    ) -> Connection[Allocation]:
+        ctx = info.context
+        wanted = state.value if state else None
+        rows, more = await page(
+            info, lambda a, n: ctx.control.allocations(after=a, limit=n, state=wanted, node_id=node), first=first, after=after
+        )
+        ctx.remember(rows)
+        return cast(Connection[Allocation], connection(rows, more))
+
+    @strawberry.field(
+        description="A generic walk: from a vertex over typed edges in a direction, between minDepth and maxDepth "
+        "hops, keeping the vertices that pass every filter (and carry `label`), ordered by id; `after` is the "
+        "last id of the previous page."
+    )
+    async def traverse(
+        self,
+        info: Info,
+        from_: Annotated[strawberry.ID, strawberry.argument(name="from")],
+        edge_types: list[EdgeType],
+        direction: Direction = Direction.OUT,
+        max_depth: int = 1,
+        min_depth: int = 1,
+        where: list[Filter] | None = None,
+        label: str | None = None,
+        first: int = DEFAULT_PAGE,
+        after: str | None = None,
+    ) -> list[Vertex]:
+        spec = build_traversal(
+            start_id=from_,
+            edge_types=[t.value for t in edge_types],
+            direction=direction.value,
+            max_depth=max_depth,
+            min_depth=min_depth,
+            filters=[(f.property, f.op.value, f.value) for f in where or []],
+            target_label=label,
+            limit=first,
+            after=after,
+        )
+        return cast(list[Vertex], await info.context.call(info.context.control.traverse, spec))
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Register a machine, or update it when it registers again.")
+    async def register_node(self, info: Info, input: NodeInput) -> Node:
+        spec = parse(NodeSpec, to_spec(input), field="input")
+        return cast(Node, await info.context.call(info.context.control.register_node, spec))
+
+    @strawberry.mutation(description="Link two nodes both ways (NEIGHBOR_OF); answers node `a`.")
+    async def connect_neighbors(
+        self, info: Info, a: strawberry.ID, b: strawberry.ID, rtt_ms: float, bandwidth: float = 0.0
+    ) -> Node:
+        ctx = info.context
+        await ctx.call(ctx.control.connect_neighbors, a, b, rtt_ms=rtt_ms, bandwidth=bandwidth)
+        return cast(Node, await ctx.nodes.load(a))
+
+    @strawberry.mutation(
+        description="Create one allocation under `parent` (a Node or an Allocation). Repeating a `requestId` "
+        "answers the allocation it created instead of creating another."
+    )
+    async def spawn_allocation(
+        self, info: Info, parent: strawberry.ID, spec: AllocationSpecInput, request_id: str | None = None
+    ) -> Allocation:
+        ctx = info.context
+        [created] = await ctx.call(ctx.control.spawn, parent, [to_spec(spec)], request_id=request_id, field="spec")
+        return cast(Allocation, created)
+
+    @strawberry.mutation(description="Create several allocations under `parent`: all of them, or none.")
+    async def spawn_allocations(
+        self, info: Info, parent: strawberry.ID, specs: list[AllocationSpecInput], request_id: str | None = None
+    ) -> list[Allocation]:
+        ctx = info.context
+        created = await ctx.call(ctx.control.spawn, parent, to_spec(specs), request_id=request_id, field="specs")
+        return cast(list[Allocation], created)
+
+    @strawberry.mutation(description="Stop an allocation; stopping one already stopped or stopping changes nothing.")
+    async def stop_allocation(self, info: Info, id: strawberry.ID, reason: str = "stop requested") -> Allocation:
+        return cast(Allocation, await info.context.call(info.context.control.stop, id, reason=reason))
+
+
+def build_schema(*, max_depth: int, max_descendants: int, metrics: ApiMetrics) -> strawberry.Schema:
+    paged = {**PAGED, "descendants": (max_descendants, max_descendants), "traverse": (DEFAULT_PAGE, MAX_TRAVERSAL_ROWS)}
+    extensions: list[Any] = [  # the first listed sees the result last
+        partial(OperationMetrics, metrics),
+        ErrorMapping,
+        partial(QueryCost, paged=paged),
+        partial(QueryDepthLimiter, max_depth=max_depth),
+        partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
+        partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
+    ]
+    return ControlPlaneSchema(query=Query, mutation=Mutation, extensions=extensions)

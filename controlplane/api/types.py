@@ -1,0 +1,256 @@
+"""The GraphQL output types, resolved straight from the service's records.
+
+A `Node` is answered from a NodeRecord, an `Allocation` from an
+AllocationRecord, and so on: plain fields are read off the record by name (no
+copy, no per-field resolver), so a list of a thousand allocations costs one
+query. Only relations (`node`, `parent`, `children`, ...) call the service.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Any, Generic, TypeVar, cast
+
+import strawberry
+from strawberry import Parent
+from strawberry.scalars import JSON
+
+from controlplane.api.context import Info, page
+from controlplane.domain.errors import InvalidInput
+from controlplane.domain.records import AllocationRecord, GpuRecord, NeighborRecord, NodeRecord
+from controlplane.domain.records import Vertex as VertexRecord
+from graph_schema.vocabulary import Label
+
+T = TypeVar("T")
+DEFAULT_PAGE = 100
+DEFAULT_DESCENDANTS_DEPTH = 64
+
+
+# --- enums (mirrors of the domain's; a test keeps them equal) ----------------------------
+@strawberry.enum(description="Lifecycle state of an allocation.")
+class AllocationState(Enum):
+    PENDING = "pending"
+    PLACED = "placed"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    LOST = "lost"
+
+
+@strawberry.enum(description="Edge types a traversal may follow.")
+class EdgeType(Enum):
+    PARENT_OF = "PARENT_OF"
+    RUNS_ON = "RUNS_ON"
+    NEIGHBOR_OF = "NEIGHBOR_OF"
+    GPU_OWNER = "GPU_OWNER"
+    CLAIMS = "CLAIMS"
+    WATCHES = "WATCHES"
+
+
+@strawberry.enum(description="Which way a traversal follows edges.")
+class Direction(Enum):
+    OUT = "out"
+    IN = "in"
+    BOTH = "both"
+
+
+@strawberry.enum(description="How a traversal filter compares a property with its value.")
+class FilterOp(Enum):
+    EQ = "eq"
+    NE = "ne"
+    LT = "lt"
+    LTE = "lte"
+    GT = "gt"
+    GTE = "gte"
+    IN = "in"
+    CONTAINS = "contains"
+
+
+# --- connections -------------------------------------------------------------------------
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type
+class Edge(Generic[T]):
+    cursor: str
+    node: T
+
+
+@strawberry.type(description="A page of a listing ordered by id; pass `endCursor` as `after` for the next page.")
+class Connection(Generic[T]):
+    edges: list[Edge[T]]
+    page_info: PageInfo
+
+
+def connection(rows: list[Any], has_next: bool) -> Any:
+    edges = [Edge(cursor=r.id, node=r) for r in rows]
+    return Connection(edges=edges, page_info=PageInfo(has_next_page=has_next, end_cursor=rows[-1].id if rows else None))
+
+
+# --- actors ------------------------------------------------------------------------------
+@strawberry.interface(description="What can be a parent: a Node (the root of a hierarchy) or an Allocation.")
+class Actor:
+    id: strawberry.ID
+    name: str
+
+    @strawberry.field(description="Allocations this actor created, ordered by id.")
+    async def children(
+        self, root: Parent[Any], info: Info, first: int = DEFAULT_PAGE, after: str | None = None
+    ) -> Connection[Allocation]:
+        ctx = info.context
+        rows, more = await page(info, lambda a, n: ctx.control.children(root.id, after=a, limit=n), first=first, after=after)
+        ctx.remember(rows)
+        return cast(Connection[Allocation], connection(rows, more))
+
+
+@strawberry.type(description="A machine: the root of the hierarchies it starts. cpu in millicores, memory in MiB.")
+class Node(Actor):
+    status: str
+    labels: list[str]
+    cpu: int
+    memory: int
+    cpu_free: int
+    memory_free: int
+    heartbeat_at: float = strawberry.field(description="Unix time of the last heartbeat, in seconds.")
+    registered_at: float
+
+    @classmethod
+    def is_type_of(cls, obj: Any, _info: Any) -> bool:
+        return isinstance(obj, (cls, NodeRecord))
+
+    @strawberry.field
+    async def gpus(self, root: Parent[NodeRecord], info: Info) -> list[Gpu]:
+        return cast(list[Gpu], await info.context.call(info.context.control.gpus, root.id))
+
+    @strawberry.field(description="Nodes this one is connected to, nearest first.")
+    async def neighbors(self, root: Parent[NodeRecord], info: Info) -> list[Neighbor]:
+        return cast(list[Neighbor], await info.context.call(info.context.control.neighbors, root.id))
+
+    @strawberry.field(description="Allocations placed on this node (RUNS_ON), ordered by id.")
+    async def allocations(
+        self,
+        root: Parent[NodeRecord],
+        info: Info,
+        first: int = DEFAULT_PAGE,
+        after: str | None = None,
+        state: AllocationState | None = None,
+    ) -> Connection[Allocation]:
+        ctx = info.context
+        wanted = state.value if state else None
+        rows, more = await page(
+            info, lambda a, n: ctx.control.allocations(after=a, limit=n, state=wanted, node_id=root.id), first=first, after=after
+        )
+        ctx.remember(rows)
+        return cast(Connection[Allocation], connection(rows, more))
+
+
+@strawberry.type(description="An actor running on a node: a job, or orchestration logic (native executor).")
+class Allocation(Actor):
+    executor: str
+    argv: list[str]
+    env: JSON
+    state: AllocationState
+    incarnation: int
+    version: int
+    exit_code: int | None
+    error: str | None
+    output_tail: str | None
+    pid: int | None
+    created_at: float
+    updated_at: float
+    cpu: int = strawberry.field(description="Reserved cpu in millicores.")
+    memory: int = strawberry.field(description="Reserved memory in MiB.")
+    gpus: int = strawberry.field(description="How many GPUs it holds.")
+    gpu_model: str | None
+    gpu_ids: list[str]
+    grace_period_s: float
+    parent_id: strawberry.ID
+    node_id: strawberry.ID
+
+    @classmethod
+    def is_type_of(cls, obj: Any, _info: Any) -> bool:
+        return isinstance(obj, (cls, AllocationRecord))
+
+    @strawberry.field(description="The Node or Allocation that created this one.")
+    async def parent(self, root: Parent[AllocationRecord], info: Info) -> Actor:
+        loader = info.context.nodes if root.parent_id == root.node_id else info.context.actors
+        return cast(Actor, await loader.load(root.parent_id))
+
+    @strawberry.field(description="The node it runs on (RUNS_ON).")
+    async def node(self, root: Parent[AllocationRecord], info: Info) -> Node:
+        return cast(Node, await info.context.nodes.load(root.node_id))
+
+    @strawberry.field(description="Every allocation below this one, down to `maxDepth` levels, ordered by id.")
+    async def descendants(
+        self, root: Parent[AllocationRecord], info: Info, max_depth: int = DEFAULT_DESCENDANTS_DEPTH, first: int | None = None
+    ) -> list[Allocation]:
+        ctx = info.context
+        limit = ctx.max_descendants if first is None else first
+        if not 1 <= limit <= ctx.max_descendants:
+            raise InvalidInput(f"must be between 1 and {ctx.max_descendants}", field="first")
+        rows = await ctx.call(ctx.control.descendants, root.id, max_depth=max_depth, limit=limit)
+        return cast(list[Allocation], ctx.remember(rows))
+
+    @strawberry.field(description="Parent first, up to and including the root Node.")
+    async def ancestors(self, root: Parent[AllocationRecord], info: Info) -> list[Actor]:
+        vertices = await info.context.call(info.context.control.ancestors, root.id)
+        return cast(list[Actor], [actor_from_vertex(v) for v in vertices])
+
+
+def actor_from_vertex(v: VertexRecord) -> NodeRecord | AllocationRecord:
+    if v.label == Label.NODE.value:
+        return NodeRecord.from_props(v.properties)
+    props = dict(v.properties)
+    if isinstance(props.get("env"), dict):  # the store decodes env for generic vertices; the record decodes it itself
+        props["env"] = json.dumps(props["env"])
+    return AllocationRecord.from_props(props)
+
+
+@strawberry.type(description="A GPU device owned by a node; a live allocation claims it exclusively.")
+class Gpu:
+    id: strawberry.ID
+    model: str
+    memory: int = strawberry.field(description="Memory in MiB.")
+    node_id: strawberry.ID
+
+    @classmethod
+    def is_type_of(cls, obj: Any, _info: Any) -> bool:
+        return isinstance(obj, (cls, GpuRecord))
+
+    @strawberry.field(description="The allocation holding this GPU, if any.")
+    async def claimed_by(self, root: Parent[GpuRecord], info: Info) -> Allocation | None:
+        if root.claimed_by is None:
+            return None
+        return cast(Allocation, await info.context.actors.load(root.claimed_by))
+
+
+@strawberry.type(description="A NEIGHBOR_OF link: the other node, round-trip time and bandwidth.")
+class Neighbor:
+    rtt_ms: float
+    bandwidth: float
+
+    @classmethod
+    def is_type_of(cls, obj: Any, _info: Any) -> bool:
+        return isinstance(obj, (cls, NeighborRecord))
+
+    @strawberry.field
+    async def node(self, root: Parent[NeighborRecord], info: Info) -> Node:
+        return cast(Node, await info.context.nodes.load(root.node_id))
+
+
+@strawberry.type(description="Any vertex a traversal reaches: its label, id and properties.")
+class Vertex:
+    label: str
+    id: strawberry.ID
+    properties: JSON
+
+    @classmethod
+    def is_type_of(cls, obj: Any, _info: Any) -> bool:
+        return isinstance(obj, (cls, VertexRecord))

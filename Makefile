@@ -1,0 +1,35 @@
+# Two commands set everything up on a fresh machine:
+#   make up     run the product (embedded FalkorDB, API, one node agent)
+#   make test   run the tests (starts its own FalkorDB and Neo4j servers)
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: up test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+up: $(STAMP)
+	$(VENV)/bin/controlplane up $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP)
+	bash scripts/ensure-system-deps.sh
+	bash tests/neo4j_harness/prepare.sh
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	bash tests/neo4j_harness/prepare.sh
+	$(VENV)/bin/python -m bench.bench_spawn
+	$(VENV)/bin/python -m bench.bench_celery
+	$(VENV)/bin/python -m bench.bench_descendants
+
+clean:
+	rm -rf $(VENV) .controlplane tests/neo4j_harness/target

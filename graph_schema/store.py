@@ -7,8 +7,7 @@ sentences. The conformance suite in tests/ runs every behaviour on every engine.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,6 +18,7 @@ from controlplane.domain.records import (
     NeighborRecord,
     NodeRecord,
     TransitionResult,
+    Event,
     Vertex,
 )
 from controlplane.domain.resources import NodeCapacity
@@ -56,6 +56,32 @@ class Change:
     fields: Mapping[str, Any] = field(default_factory=dict)
     #: the error recorded when the move ends in `failed`
     failure: str | None = None
+    #: why, and who decided: recorded on the transition's event
+    reason: str | None = None
+    by: str | None = None
+    #: only if the allocation has no live children (a parent is stopped only after its subtree)
+    leaf_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RestartItem:
+    """A terminal incarnation to restart as incarnation + 1 on `node_id` (already placed by the service)."""
+
+    allocation_id: str
+    from_incarnation: int
+    node_id: str
+    gpu_ids: tuple[str, ...]
+    cpu: int
+    memory: int
+    backoff_level: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToStop:
+    allocation_id: str
+    state: State
+    incarnation: int
+    depth: int
 
 
 class CreateRefused(Exception):
@@ -64,6 +90,7 @@ class CreateRefused(Exception):
     PARENT_MISSING = "parent_missing"
     PARENT_NOT_LIVE = "parent_not_live"
     NO_CAPACITY = "no_capacity"
+    STALE = "stale"  # a restart of an incarnation that is not the current terminal one
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -88,7 +115,8 @@ class GraphStore(Protocol):
     # nodes
     def register_node(self, *, spec: NodeSpec, now: float) -> NodeRecord: ...
 
-    def heartbeat(self, *, node_id: str, now: float) -> bool: ...
+    def heartbeat(self, *, node_id: str, now: float) -> str | None:
+        """Record a heartbeat; returns the node's status (None: no such node)."""
 
     def set_node_status(self, *, node_id: str, expected: Sequence[str], status: str, now: float) -> NodeRecord | None: ...
 
@@ -151,3 +179,39 @@ class GraphStore(Protocol):
         """'Node', 'Allocation', 'Gpu' or None: what kind of vertex has this id."""
 
     def traverse(self, *, spec: TraversalSpec) -> list[Vertex]: ...
+
+    # supervision
+    def restart_allocations(
+        self, *, parent_id: str, items: Sequence[RestartItem], restart_log: Sequence[float], reason: str, now: float
+    ) -> list[AllocationRecord]:
+        """Start a new incarnation of each item, all or nothing; raise CreateRefused when a precondition fails."""
+
+    def subtree_to_stop(self, *, root_id: str, include_root: bool) -> list[ToStop]:
+        """Live allocations under root (through cascading parents), deepest first."""
+
+    def mark_orphans(self, *, parent_id: str, now: float) -> list[str]: ...
+
+    def live_children(self, *, parent_ids: Sequence[str]) -> dict[str, int]: ...
+
+    def set_fields(self, *, allocation_id: str, incarnation: int | None, fields: dict[str, Any]) -> AllocationRecord | None: ...
+
+    def set_actor_fields(self, *, actor_id: str, fields: dict[str, Any]) -> None: ...
+
+    def stale_nodes(self, *, heartbeat_before: float) -> list[str]: ...
+
+    def mark_node_lost(self, *, node_id: str, heartbeat_before: float, now: float) -> list[AllocationRecord] | None:
+        """Declare the node lost and its live allocations lost; None when it is not (or no longer) stale."""
+
+    def watch(self, *, watcher_id: str, target_id: str, now: float) -> str | None:
+        """Returns the target's state, None when either does not exist."""
+
+    def unwatch(self, *, watcher_id: str, target_id: str) -> bool: ...
+
+    def watchers(self, *, target_ids: Sequence[str]) -> dict[str, list[str]]: ...
+
+    def record_events(self, *, events: Sequence[Event]) -> None:
+        """Idempotent by event id."""
+
+    def events(self, *, allocation_id: str | None, since: float | None, limit: int) -> list[Event]: ...
+
+    def stuck(self, *, states: Sequence[State], updated_before: float, limit: int) -> list[AllocationRecord]: ...

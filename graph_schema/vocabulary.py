@@ -15,6 +15,8 @@ class Label(str, Enum):
     ALLOCATION = "Allocation"
     #: carried by every Node and Allocation: the things that can be a parent, one id space
     ACTOR = "Actor"
+    #: a transition or a supervision decision, kept as history
+    EVENT = "Event"
 
 
 class EdgeType(str, Enum):

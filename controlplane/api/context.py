@@ -1,15 +1,20 @@
-"""What one GraphQL request carries: the ControlPlane, and per-request loaders for related vertices.
+"""What one GraphQL request carries: the ControlPlane, and what it already knows about related vertices.
 
 The service is synchronous (it blocks on the graph server), so resolvers hand
-each call to a worker thread. Relations that many objects in one answer share
-(an allocation's node, its parent, a GPU's claimer) go through DataLoaders: one
-lookup per distinct id per request, and records the request already holds are
-not fetched again.
+each call to a worker thread. Relations shared by many objects of one answer
+(an allocation's node, its parent, a GPU's claimer) are looked up once per
+distinct id per request:
+
+- a listing that will be asked for `node` or `parent` fetches those in the
+  same worker-thread hop (look-ahead), so a thousand allocations cost one
+  hop and one lookup per distinct node, not a thousand awaits;
+- anything still unknown goes through a DataLoader (batched, de-duplicated);
+- a record the request already holds is answered at once, without an await.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import strawberry
@@ -30,28 +35,88 @@ class ApiContext(BaseContext):
         super().__init__()
         self.control = control
         self.max_descendants = max_descendants
-        #: allocations this request already read, by id: a parent among them costs nothing
-        self.seen: dict[str, AllocationRecord] = {}
-        self.nodes: DataLoader[str, NodeRecord] = DataLoader(load_fn=self._load_nodes)
-        self.actors: DataLoader[str, Actor] = DataLoader(load_fn=self._load_actors)
+        self.allocations_seen: dict[str, AllocationRecord] = {}
+        self.nodes_seen: dict[str, NodeRecord] = {}
+        self._nodes: DataLoader[str, NodeRecord] = DataLoader(load_fn=self._load_nodes)
+        self._actors: DataLoader[str, Actor] = DataLoader(load_fn=self._load_actors)
 
     async def call(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """Run one blocking service call in a worker thread."""
         return await run_in_threadpool(fn, *args, **kwargs)
 
-    def remember(self, records: Sequence[AllocationRecord]) -> Sequence[AllocationRecord]:
-        self.seen.update((r.id, r) for r in records)
-        return records
+    # --- relations: the record now if known, else an awaitable ------------------------------
+    def node(self, node_id: str) -> NodeRecord | Awaitable[NodeRecord]:
+        return self.nodes_seen.get(node_id) or self._nodes.load(node_id)
+
+    def actor(self, actor_id: str) -> Actor | Awaitable[Actor]:
+        return self.allocations_seen.get(actor_id) or self.nodes_seen.get(actor_id) or self._actors.load(actor_id)
+
+    def seen(self, record: R) -> R:
+        if isinstance(record, AllocationRecord):
+            self.allocations_seen[record.id] = record
+        elif isinstance(record, NodeRecord):
+            self.nodes_seen[record.id] = record
+        return record
+
+    # --- listings ---------------------------------------------------------------------------
+    async def allocations(self, fetch: Callable[[], list[AllocationRecord]], wanted: set[str]) -> list[AllocationRecord]:
+        """Run `fetch` in a worker thread, then look up the nodes and parents the answer will ask for."""
+
+        def run() -> list[AllocationRecord]:
+            rows = fetch()
+            self.allocations_seen.update((r.id, r) for r in rows)
+            if "node" in wanted:
+                self._fetch_nodes({r.node_id for r in rows})
+            if "parent" in wanted:
+                node_ids = {r.node_id for r in rows}
+                for parent_id in {r.parent_id for r in rows}:
+                    if parent_id not in self.allocations_seen and parent_id not in self.nodes_seen:
+                        found = self._fetch_actor(parent_id, maybe_node=parent_id in node_ids)
+                        if not isinstance(found, BaseException):
+                            self.seen(found)
+            return rows
+
+        return await run_in_threadpool(run)
+
+    async def page(
+        self, fetch: Callable[[str | None, int], list[R]], *, first: int, after: str | None
+    ) -> tuple[list[R], bool]:
+        """One page of an id-ordered listing and whether more follow: `first` + 1 rows, one thread hop."""
+        if not 1 <= first <= MAX_PAGE:
+            raise InvalidInput(f"must be between 1 and {MAX_PAGE}", field="first")
+        more = False
+
+        def rows() -> list[R]:
+            nonlocal more
+            found = fetch(after, min(first + 1, MAX_PAGE))
+            more = len(found) > first
+            if not more and len(found) == first == MAX_PAGE:  # a full maximal page: look one row further
+                more = bool(fetch(getattr(found[-1], "id"), 1))
+            return found[:first]
+
+        return await run_in_threadpool(rows), more
+
+    # --- loaders ----------------------------------------------------------------------------
+    def _fetch_nodes(self, ids: Iterable[str]) -> None:
+        for node_id in ids:
+            if node_id not in self.nodes_seen:
+                found = _or_error(self.control.node, node_id)
+                if not isinstance(found, BaseException):
+                    self.nodes_seen[node_id] = found
 
     async def _load_nodes(self, ids: list[str]) -> list[NodeRecord | BaseException]:
-        return await run_in_threadpool(lambda: [_or_error(self.control.node, i) for i in ids])
+        found = await run_in_threadpool(lambda: [_or_error(self.control.node, i) for i in ids])
+        return [self.seen(f) for f in found]
 
     async def _load_actors(self, ids: list[str]) -> list[Actor | BaseException]:
-        missing = [i for i in ids if i not in self.seen]
-        fetched = dict(zip(missing, await run_in_threadpool(lambda: [self._fetch_actor(i) for i in missing])))
-        return [self.seen[i] if i in self.seen else fetched[i] for i in ids]
+        found = await run_in_threadpool(lambda: [self._fetch_actor(i) for i in ids])
+        return [self.seen(f) for f in found]
 
-    def _fetch_actor(self, actor_id: str) -> Actor | BaseException:
+    def _fetch_actor(self, actor_id: str, *, maybe_node: bool = False) -> Actor | BaseException:
+        if maybe_node:  # an allocation's parent with its node's id is that node (actors share one id space)
+            node = _or_error(self.control.node, actor_id)
+            if not isinstance(node, BaseException):
+                return node
         try:
             return self.control.allocation(actor_id)
         except NotFound:
@@ -68,18 +133,21 @@ def _or_error(fn: Callable[[str], R], key: str) -> R | BaseException:
 Info = strawberry.Info[ApiContext, None]
 
 
-async def page(
-    info: Info, fetch: Callable[[str | None, int], list[R]], *, first: int, after: str | None
-) -> tuple[list[R], bool]:
-    """One page of an id-ordered listing and whether more follow: `first` + 1 rows in one thread hop."""
-    if not 1 <= first <= MAX_PAGE:
-        raise InvalidInput(f"must be between 1 and {MAX_PAGE}", field="first")
+def wanted_fields(info: Info, *path: str) -> set[str]:
+    """Names selected on the objects this field answers; `path` walks into e.g. edges -> node."""
+    selections: Sequence[Any] = info.selected_fields
+    for step in ("", *path):
+        names: list[Any] = []
+        for sel in _flatten(selections):
+            if not step or getattr(sel, "name", None) == step:
+                names.extend(sel.selections)
+        selections = names
+    return {s.name for s in _flatten(selections) if hasattr(s, "name") and not hasattr(s, "type_condition")}
 
-    def run() -> tuple[list[R], bool]:
-        rows = fetch(after, min(first + 1, MAX_PAGE))
-        more = len(rows) > first
-        if not more and len(rows) == first == MAX_PAGE:  # a full maximal page: look one row further
-            more = bool(fetch(getattr(rows[-1], "id"), 1))
-        return rows[:first], more
 
-    return await info.context.call(run)
+def _flatten(selections: Sequence[Any]) -> Iterable[Any]:
+    for sel in selections:
+        if hasattr(sel, "type_condition"):  # a fragment: its fields count as selected here
+            yield from _flatten(sel.selections)
+        else:
+            yield sel

@@ -12,10 +12,18 @@ from functools import partial
 from typing import Annotated, Any, cast
 
 import strawberry
-from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
 
 from controlplane.api.context import Info, page
 from controlplane.api.errors import ControlPlaneSchema, ErrorMapping
+from controlplane.api.execution import InlineLeafExecutionContext
 from controlplane.api.inputs import AllocationSpecInput, Filter, NodeInput, to_spec
 from controlplane.api.limits import PAGED, QueryCost
 from controlplane.api.metrics import ApiMetrics, OperationMetrics
@@ -35,6 +43,7 @@ from controlplane.domain.traversal import MAX_TRAVERSAL_ROWS, build_traversal
 
 MAX_ALIASES = 50
 MAX_TOKENS = 10_000
+CACHED_DOCUMENTS = 256
 
 
 @strawberry.type
@@ -145,12 +154,20 @@ class Mutation:
 
 def build_schema(*, max_depth: int, max_descendants: int, metrics: ApiMetrics) -> strawberry.Schema:
     paged = {**PAGED, "descendants": (max_descendants, max_descendants), "traverse": (DEFAULT_PAGE, MAX_TRAVERSAL_ROWS)}
+    # Built once, so that a document validated before is not validated again (ValidationCache keys on the rules).
+    rules = [
+        *QueryDepthLimiter(max_depth=max_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
+    ]
     extensions: list[Any] = [  # the first listed sees the result last
         partial(OperationMetrics, metrics),
         ErrorMapping,
         partial(QueryCost, paged=paged),
-        partial(QueryDepthLimiter, max_depth=max_depth),
-        partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
         partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
+        partial(AddValidationRules, rules),
+        partial(ParserCache, maxsize=CACHED_DOCUMENTS),
+        partial(ValidationCache, maxsize=CACHED_DOCUMENTS),
     ]
-    return ControlPlaneSchema(query=Query, mutation=Mutation, extensions=extensions)
+    return ControlPlaneSchema(
+        query=Query, mutation=Mutation, extensions=extensions, execution_context_class=InlineLeafExecutionContext
+    )

@@ -21,9 +21,11 @@ class NodeRecord:
     memory_free: int
     heartbeat_at: float
     registered_at: float
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_props(cls, p: dict[str, Any]) -> NodeRecord:
+        known = set(cls.__slots__)  # type: ignore[attr-defined]
         return cls(
             id=p["id"],
             name=p.get("name", p["id"]),
@@ -35,6 +37,7 @@ class NodeRecord:
             memory_free=int(p.get("memory_free", 0)),
             heartbeat_at=float(p.get("heartbeat_at", 0.0)),
             registered_at=float(p.get("registered_at", 0.0)),
+            extra={k: v for k, v in p.items() if k not in known and not k.startswith("_")},
         )
 
 
@@ -145,3 +148,44 @@ class TransitionResult:
     @property
     def applied(self) -> bool:
         return self.previous is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A transition or a supervision decision, in the order it happened."""
+
+    id: str
+    kind: str  # transition | decision | terminated | escalated | ...
+    allocation_id: str
+    at: float
+    incarnation: int | None = None
+    from_state: str | None = None
+    to_state: str | None = None
+    reason: str | None = None
+    by: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_props(cls, p: dict[str, Any]) -> Event:
+        core = {"id", "kind", "allocation_id", "at", "incarnation", "from", "to", "reason", "by"}
+        return cls(
+            id=p["id"],
+            kind=p.get("kind", "transition"),
+            allocation_id=p.get("allocation_id", ""),
+            at=float(p.get("at", 0.0)),
+            incarnation=p.get("incarnation"),
+            from_state=p.get("from"),
+            to_state=p.get("to"),
+            reason=p.get("reason"),
+            by=p.get("by"),
+            data={k: v for k, v in p.items() if k not in core},
+        )
+
+    def to_props(self) -> dict[str, Any]:
+        p: dict[str, Any] = {"id": self.id, "kind": self.kind, "allocation_id": self.allocation_id, "at": self.at}
+        for k, v in (("incarnation", self.incarnation), ("from", self.from_state), ("to", self.to_state),
+                     ("reason", self.reason), ("by", self.by)):
+            if v is not None:
+                p[k] = v
+        p.update({k: v for k, v in self.data.items() if v is not None})
+        return p

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from controlplane.domain.errors import InvalidInput
 from controlplane.domain.resources import MAX_CPU_MILLI, MAX_GPUS, MAX_MEMORY_MIB, Resources
+from controlplane.domain.supervision import RestartType, SupervisionPolicy
 
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})$")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}=[A-Za-z0-9._/-]{0,63}$")
@@ -36,6 +37,8 @@ class NodeSpec(_Spec):
     memory_mib: Annotated[int, Field(gt=0, le=MAX_MEMORY_MIB)]
     labels: dict[str, str] = Field(default_factory=dict)
     gpus: list[GpuSpec] = Field(default_factory=list, max_length=MAX_GPUS)
+    #: how this node supervises the allocations it creates (None: the default policy)
+    supervision: SupervisionPolicy | None = None
 
     @field_validator("name")
     @classmethod
@@ -77,6 +80,10 @@ class AllocationSpec(_Spec):
     node: str | None = None  # place on this node (by name) instead of the first that fits
     node_labels: dict[str, str] = Field(default_factory=dict)  # placement constraint
     grace_period_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    #: when this allocation is restarted by its parent
+    restart: RestartType = RestartType.TRANSIENT
+    #: how this allocation supervises the children it creates (None: the default policy)
+    supervision: SupervisionPolicy | None = None
 
     @field_validator("env")
     @classmethod

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from controlplane.domain.lifecycle import State
 from controlplane.domain.records import AllocationRecord
+from controlplane.domain.supervision import START_ERROR_PREFIX
 from graph_schema.store import Change, GraphStore
 
 OUTPUT_TAIL_CHARS = 4096
@@ -76,7 +77,7 @@ class AgentService:
     def failed_to_start(self, key: Key, *, error: str) -> None:
         self.store.transition_many(
             changes=[Change(key[0], {State.STARTING: State.FAILED, State.PLACED: State.FAILED}, key[1],
-                            {"exit_code": -1}, failure=error[:OUTPUT_TAIL_CHARS])],
+                            {"exit_code": -1}, failure=(START_ERROR_PREFIX + error)[:OUTPUT_TAIL_CHARS])],
             now=self.clock(),
         )
 

@@ -19,6 +19,7 @@ from controlplane.domain.lifecycle import TERMINAL, State
 from controlplane.domain.placement import Demand, place
 from controlplane.domain.records import AllocationRecord, GpuRecord, NeighborRecord, NodeRecord, Vertex
 from controlplane.domain.specs import AllocationSpec, NodeSpec, parse
+from controlplane.domain.supervision import DEFAULT_POLICY
 from controlplane.domain.traversal import TraversalSpec
 from controlplane.services.ids import new_ids
 from graph_schema.store import CreateRefused, GraphStore, NewAllocation
@@ -131,6 +132,14 @@ class ControlPlane:
                     gpu_ids=p.gpu_ids,
                     grace_period_s=s.grace_period_s,
                     seq=i,
+                    extra={
+                        "restart_type": s.restart.value,
+                        "supervision": s.supervision.model_dump_json() if s.supervision else None,
+                        "child_policy": (s.supervision or DEFAULT_POLICY).child_policy.value,
+                        "restart_log": [],
+                        "backoff_level": 0,
+                        "restarts": 0,
+                    },
                 )
                 for i, (s, p) in enumerate(zip(parsed, placements))
             ]

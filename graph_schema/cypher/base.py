@@ -13,13 +13,14 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, HOLDS_RESOURCES, State
+from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, HOLDS_RESOURCES, LIVE, RESTARTABLE, State
 from controlplane.domain.records import (
     AllocationRecord,
     GpuRecord,
     NeighborRecord,
     NodeRecord,
     TransitionResult,
+    Event,
     Vertex,
 )
 from controlplane.domain.resources import FreeGpu, NodeCapacity
@@ -27,11 +28,13 @@ from controlplane.domain.specs import NodeSpec
 from controlplane.domain.traversal import TraversalSpec
 from graph_schema.cypher import statements as q
 from graph_schema.cypher.traversal import compile_traversal
-from graph_schema.store import Change, CreateRefused, NewAllocation
+from graph_schema.store import Change, CreateRefused, NewAllocation, RestartItem, ToStop
 
 Row = list[Any]
 _HOLDING = sorted(s.value for s in HOLDS_RESOURCES)
 _ACCEPTS = sorted(s.value for s in ACCEPTS_CHILDREN)
+_LIVE = sorted(s.value for s in LIVE)
+_RESTARTABLE = sorted(s.value for s in RESTARTABLE)
 
 
 def _props(value: Any) -> dict[str, Any]:
@@ -73,13 +76,15 @@ class CypherStore(ABC):
                 "memory": spec.memory_mib,
                 "gpus": gpus,
                 "holding": _HOLDING,
+                "supervision": spec.supervision.model_dump_json() if spec.supervision else None,
                 "now": now,
             },
         )
         return NodeRecord.from_props(_props(rows[0][0]))
 
-    def heartbeat(self, *, node_id: str, now: float) -> bool:
-        return bool(self._write(q.HEARTBEAT, {"id": node_id, "now": now}))
+    def heartbeat(self, *, node_id: str, now: float) -> str | None:
+        rows = self._write(q.HEARTBEAT, {"id": node_id, "now": now})
+        return rows[0][0] if rows else None
 
     def set_node_status(self, *, node_id: str, expected: Sequence[str], status: str, now: float) -> NodeRecord | None:
         rows = self._write(q.SET_NODE_STATUS, {"id": node_id, "expected": list(expected), "status": status, "now": now})
@@ -137,6 +142,7 @@ class CypherStore(ABC):
             "accepts": _ACCEPTS,
             "demands": [demands[k] for k in sorted(demands)],  # lock order: nodes by id
             "allocs": props,
+            "now": now,
         }
         rows = self._write(q.CREATE_ALLOCATIONS, params)
         if rows:
@@ -195,13 +201,16 @@ class CypherStore(ABC):
                 "incarnation": c.incarnation,
                 "fields": {k: v for k, v in c.fields.items() if v is not None},
                 "failure": c.failure,
+                "reason": c.reason,
+                "by": c.by,
+                "leaf_only": c.leaf_only,
             }
             for c in changes
         ]
         may_release = any(to not in HOLDS_RESOURCES for c in changes for to in c.moves.values())
         rows = self._write(
             q.TRANSITION if may_release else q.TRANSITION_KEEP,
-            {"changes": params, "now": now, "holding": _HOLDING},
+            {"changes": params, "now": now, "holding": _HOLDING, "live": _LIVE},
         )
         applied = {r[0]["id"]: TransitionResult(AllocationRecord.from_props(_props(r[0])), State(r[1])) for r in rows}
         missing = [c.allocation_id for c in changes if c.allocation_id not in applied]
@@ -250,6 +259,99 @@ class CypherStore(ABC):
     def traverse(self, *, spec: TraversalSpec) -> list[Vertex]:
         query, params = compile_traversal(spec)
         return [self._vertex(r[0], r[1]) for r in self._read(query, params)]
+
+    # --- supervision -------------------------------------------------------------------
+    def restart_allocations(
+        self, *, parent_id: str, items: Sequence[RestartItem], restart_log: Sequence[float], reason: str, now: float
+    ) -> list[AllocationRecord]:
+        if not items:
+            return []
+        demands: dict[str, dict[str, Any]] = {}
+        for it in items:
+            d = demands.setdefault(it.node_id, {"node_id": it.node_id, "cpu": 0, "memory": 0, "gpu_ids": []})
+            d["cpu"] += it.cpu
+            d["memory"] += it.memory
+            d["gpu_ids"].extend(it.gpu_ids)
+        rows = self._write(
+            q.RESTART_ALLOCATIONS,
+            {
+                "parent_id": parent_id,
+                "accepts": _ACCEPTS,
+                "restartable": _RESTARTABLE,
+                "demands": [demands[k] for k in sorted(demands)],
+                "items": [
+                    {"id": it.allocation_id, "from_incarnation": it.from_incarnation, "node_id": it.node_id,
+                     "gpu_ids": list(it.gpu_ids), "backoff_level": it.backoff_level}
+                    for it in items
+                ],
+                "restart_log": [float(t) for t in restart_log],
+                "reason": reason,
+                "now": now,
+            },
+        )
+        if rows:
+            return [AllocationRecord.from_props(_props(r[0])) for r in rows]
+        found, state, is_node = self._read(q.DIAGNOSE_PARENT, {"parent_id": parent_id})[0]
+        if not found:
+            raise CreateRefused(CreateRefused.PARENT_MISSING, parent_id)
+        if not is_node and state not in _ACCEPTS:
+            raise CreateRefused(CreateRefused.PARENT_NOT_LIVE, f"{parent_id} is {state}")
+        current = {a.id: a for a in self.get_allocations(allocation_ids=[it.allocation_id for it in items])}
+        for it in items:
+            a = current.get(it.allocation_id)
+            if a is None or a.incarnation != it.from_incarnation or a.state not in RESTARTABLE:
+                raise CreateRefused(CreateRefused.STALE, it.allocation_id)
+        raise CreateRefused(CreateRefused.NO_CAPACITY, ", ".join(sorted(demands)))
+
+    def subtree_to_stop(self, *, root_id: str, include_root: bool) -> list[ToStop]:
+        rows = self._read(q.SUBTREE_TO_STOP, {"id": root_id, "include_root": include_root, "live": _LIVE})
+        return [ToStop(r[0], State(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+    def mark_orphans(self, *, parent_id: str, now: float) -> list[str]:
+        return [r[0] for r in self._write(q.MARK_ORPHANS, {"id": parent_id, "now": now, "live": _LIVE})]
+
+    def live_children(self, *, parent_ids: Sequence[str]) -> dict[str, int]:
+        rows = self._read(q.LIVE_CHILDREN, {"ids": list(parent_ids), "live": _LIVE})
+        return {r[0]: int(r[1]) for r in rows}
+
+    def set_fields(self, *, allocation_id: str, incarnation: int | None, fields: dict[str, Any]) -> AllocationRecord | None:
+        rows = self._write(q.SET_FIELDS, {"id": allocation_id, "incarnation": incarnation, "fields": fields})
+        return AllocationRecord.from_props(_props(rows[0][0])) if rows else None
+
+    def set_actor_fields(self, *, actor_id: str, fields: dict[str, Any]) -> None:
+        self._write(q.SET_ACTOR_FIELDS, {"id": actor_id, "fields": fields})
+
+    def stale_nodes(self, *, heartbeat_before: float) -> list[str]:
+        return [r[0] for r in self._read(q.STALE_NODES, {"before": heartbeat_before})]
+
+    def mark_node_lost(self, *, node_id: str, heartbeat_before: float, now: float) -> list[AllocationRecord] | None:
+        rows = self._write(q.MARK_NODE_LOST, {"id": node_id, "before": heartbeat_before, "now": now, "live": _LIVE})
+        if not rows:
+            return None
+        return [AllocationRecord.from_props(_props(p)) for p in rows[0][1] or [] if p]
+
+    def watch(self, *, watcher_id: str, target_id: str, now: float) -> str | None:
+        rows = self._write(q.WATCH, {"watcher": watcher_id, "target": target_id, "now": now})
+        return rows[0][0] if rows else None
+
+    def unwatch(self, *, watcher_id: str, target_id: str) -> bool:
+        rows = self._write(q.UNWATCH, {"watcher": watcher_id, "target": target_id})
+        return bool(rows and rows[0][0])
+
+    def watchers(self, *, target_ids: Sequence[str]) -> dict[str, list[str]]:
+        return {r[0]: list(r[1]) for r in self._read(q.WATCHERS, {"ids": list(target_ids)})}
+
+    def record_events(self, *, events: Sequence[Event]) -> None:
+        if events:
+            self._write(q.RECORD_EVENTS, {"events": [e.to_props() for e in events]})
+
+    def events(self, *, allocation_id: str | None, since: float | None, limit: int) -> list[Event]:
+        rows = self._read(q.EVENTS, {"allocation_id": allocation_id, "since": since, "limit": int(limit)})
+        return [Event.from_props(_props(r[0])) for r in rows]
+
+    def stuck(self, *, states: Sequence[State], updated_before: float, limit: int) -> list[AllocationRecord]:
+        rows = self._read(q.STUCK, {"states": [s.value for s in states], "before": updated_before, "limit": int(limit)})
+        return [AllocationRecord.from_props(_props(r[0])) for r in rows]
 
     @staticmethod
     def _primary_label(labels: Sequence[str]) -> str:

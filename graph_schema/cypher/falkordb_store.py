@@ -18,8 +18,11 @@ from falkordb.node import Node as FNode
 from controlplane.domain.errors import Unavailable
 from graph_schema.cypher.base import CypherStore, Row
 
-_UNIQUE = ("Actor", "Node", "Allocation", "Gpu")
-_RANGE = (("Allocation", "state"), ("Allocation", "node_id"), ("Allocation", "parent_id"), ("Node", "status"))
+_UNIQUE = ("Actor", "Node", "Allocation", "Gpu", "Event")
+_RANGE = (
+    ("Allocation", "state"), ("Allocation", "node_id"), ("Allocation", "parent_id"), ("Allocation", "updated_at"),
+    ("Node", "status"), ("Event", "allocation_id"), ("Event", "at"),
+)
 
 
 def _plain(value: Any) -> Any:

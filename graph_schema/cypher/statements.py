@@ -21,13 +21,16 @@ RUNS_ON = EdgeType.RUNS_ON.value
 GPU_OWNER = EdgeType.GPU_OWNER.value
 CLAIMS = EdgeType.CLAIMS.value
 NEIGHBOR_OF = EdgeType.NEIGHBOR_OF.value
+WATCHES = EdgeType.WATCHES.value
+EV = Label.EVENT.value
 
 REGISTER_NODE = f"""
 MERGE (n:{N}:{ACT} {{id: $id}})
 ON CREATE SET n.registered_at = $now, n.version = 0
 REMOVE n._lock
 SET n.name = $name, n.labels = $labels, n.cpu = $cpu, n.memory = $memory,
-    n.status = 'ready', n.heartbeat_at = $now, n.version = n.version + 1
+    n.status = 'ready', n.heartbeat_at = $now, n.version = n.version + 1,
+    n.supervision = coalesce($supervision, n.supervision), n.child_policy = 'cascade'
 FOREACH (gs IN $gpus |
   MERGE (g:{G} {{id: gs.id}})
   SET g.model = gs.model, g.memory = gs.memory, g.node_id = $id
@@ -42,7 +45,7 @@ RETURN properties(n) AS n
 HEARTBEAT = f"""
 MATCH (n:{N} {{id: $id}})
 SET n.heartbeat_at = CASE WHEN n.heartbeat_at > $now THEN n.heartbeat_at ELSE $now END
-RETURN n.id
+RETURN n.status
 """
 
 SET_NODE_STATUS = f"""
@@ -115,6 +118,8 @@ MATCH (n:{N} {{id: props.node_id}})
 CREATE (a:{A}:{ACT})
 SET a = props
 CREATE (p)-[:{PARENT_OF}]->(a), (a)-[:{RUNS_ON}]->(n)
+CREATE (:{EV} {{id: a.id + ':1', kind: 'transition', allocation_id: a.id, incarnation: 1,
+  from: 'pending', to: 'placed', at: $now, reason: 'spawned by ' + p.id + ' on ' + n.id, by: p.id}})
 WITH a
 OPTIONAL MATCH (g:{G}) WHERE g.id IN a.gpu_ids
 FOREACH (x IN CASE WHEN g IS NULL THEN [] ELSE [g] END |
@@ -140,9 +145,12 @@ REMOVE a._lock
 WITH a, c, a.state AS prev
 WITH a, c, prev, c.moves[prev] AS to
 WHERE to IS NOT NULL AND (c.incarnation IS NULL OR a.incarnation = c.incarnation)
+  AND (NOT c.leaf_only OR size([(a)-[:{PARENT_OF}]->(k:{A}) WHERE k.state IN $live | 1]) = 0)
 SET a.state = to, a.version = a.version + 1, a.updated_at = $now
 SET a += c.fields
 SET a.error = CASE WHEN to = 'failed' AND c.failure IS NOT NULL THEN c.failure ELSE a.error END
+CREATE (:{EV} {{id: a.id + ':' + toString(a.version), kind: 'transition', allocation_id: a.id,
+  incarnation: a.incarnation, from: prev, to: to, at: $now, reason: c.reason, by: c.by}})
 """
 _RELEASE = f"""
 WITH a, prev, (prev IN $holding AND NOT a.state IN $holding) AS release
@@ -197,4 +205,168 @@ ACTOR_LABEL = f"""
 OPTIONAL MATCH (a:{ACT} {{id: $id}})
 OPTIONAL MATCH (g:{G} {{id: $id}})
 RETURN CASE WHEN a IS NOT NULL THEN labels(a) WHEN g IS NOT NULL THEN labels(g) ELSE null END
+"""
+
+# --- supervision ---------------------------------------------------------------------------
+
+# Restart: terminal incarnations become incarnation + 1 in `placed`, on nodes with room
+# (re-checked under their locks), RUNS_ON moved, GPUs claimed; the parent's restart log
+# is updated in the same request. All or nothing.
+RESTART_ALLOCATIONS = f"""
+MATCH (p:{ACT} {{id: $parent_id}})
+REMOVE p._lock
+WITH p WHERE p:{N} OR p.state IN $accepts
+UNWIND $demands AS d
+MATCH (n:{N} {{id: d.node_id}})
+REMOVE n._lock
+WITH p, d, n
+OPTIONAL MATCH (g:{G})-[:{GPU_OWNER}]->(n) WHERE g.id IN d.gpu_ids AND g.claimed_by IS NULL
+WITH p, d, n, count(g) AS free_gpus
+WHERE n.status = 'ready' AND n.cpu_free >= d.cpu AND n.memory_free >= d.memory AND free_gpus = size(d.gpu_ids)
+WITH p, collect(n) AS nodes, collect(d) AS ds
+WHERE size(nodes) = size($demands)
+UNWIND $items AS it
+MATCH (p)-[:{PARENT_OF}]->(a:{A} {{id: it.id}})
+REMOVE a._lock
+WITH p, nodes, ds, collect(a) AS allocs, collect(it) AS its
+WHERE size(allocs) = size($items)
+  AND all(i IN range(0, size(allocs) - 1) WHERE allocs[i].incarnation = its[i].from_incarnation AND allocs[i].state IN $restartable)
+UNWIND range(0, size(nodes) - 1) AS i
+WITH p, allocs, its, nodes[i] AS n, ds[i] AS d
+SET n.cpu_free = n.cpu_free - d.cpu, n.memory_free = n.memory_free - d.memory
+WITH p, allocs, its, count(n) AS reserved
+SET p.restart_log = $restart_log
+WITH p, allocs, its
+UNWIND range(0, size(allocs) - 1) AS i
+WITH p, allocs[i] AS a, its[i] AS it
+MATCH (n:{N} {{id: it.node_id}})
+OPTIONAL MATCH (a)-[old:{RUNS_ON}]->()
+DELETE old
+WITH p, a, it, n, a.state AS prev
+SET a.state = 'placed', a.incarnation = a.incarnation + 1, a.version = a.version + 1, a.node_id = n.id,
+    a.gpu_ids = it.gpu_ids, a.updated_at = $now, a.restarts = coalesce(a.restarts, 0) + 1,
+    a.backoff_level = it.backoff_level, a.exit_code = null, a.pid = null, a.error = null,
+    a.output_tail = null, a.agent = null, a.started_at = null, a.finished_at = null, a.restart_at = null,
+    a.stop_requested_at = null, a.process_exited = null, a.escalated = null
+CREATE (a)-[:{RUNS_ON}]->(n)
+CREATE (:{EV} {{id: a.id + ':' + toString(a.version), kind: 'transition', allocation_id: a.id,
+  incarnation: a.incarnation, from: prev, to: 'placed', at: $now, reason: $reason, by: p.id}})
+WITH a
+OPTIONAL MATCH (g:{G}) WHERE g.id IN a.gpu_ids
+FOREACH (x IN CASE WHEN g IS NULL THEN [] ELSE [g] END |
+  SET x.claimed_by = a.id
+  CREATE (a)-[:{CLAIMS}]->(x))
+WITH DISTINCT a
+RETURN properties(a) AS a
+"""
+
+# Every live allocation of the subtree that must stop (through parents whose child policy
+# is cascade), deepest first; the root itself when include_root.
+SUBTREE_TO_STOP = f"""
+MATCH path = (r:{ACT} {{id: $id}})-[:{PARENT_OF}*0..256]->(x:{A})
+WHERE x.state IN $live AND (length(path) > 0 OR $include_root)
+  AND all(v IN nodes(path)[1..-1] WHERE coalesce(v.child_policy, 'cascade') = 'cascade')
+WITH x, max(length(path)) AS depth
+RETURN x.id, x.state, x.incarnation, depth ORDER BY depth DESC, x.id
+"""
+
+# Children of an abandoning parent that live on: visibly marked as orphans.
+MARK_ORPHANS = f"""
+MATCH (:{ACT} {{id: $id}})-[:{PARENT_OF}]->(k:{A})
+WHERE k.state IN $live
+SET k.orphan = true, k.orphaned_at = $now
+RETURN k.id
+"""
+
+LIVE_CHILDREN = f"""
+UNWIND $ids AS id
+MATCH (p:{ACT} {{id: id}})
+RETURN id, size([(p)-[:{PARENT_OF}]->(k:{A}) WHERE k.state IN $live | 1])
+"""
+
+SET_FIELDS = f"""
+MATCH (a:{A} {{id: $id}})
+WHERE $incarnation IS NULL OR a.incarnation = $incarnation
+SET a += $fields
+RETURN properties(a) AS a
+"""
+
+STALE_NODES = f"""
+MATCH (n:{N})
+WHERE n.status IN ['ready', 'draining'] AND n.heartbeat_at < $before
+RETURN n.id ORDER BY n.id
+"""
+
+# The node is declared lost once (guarded by its status and stale heartbeat), and every
+# live allocation on it becomes `lost` in the same request, each with its event.
+MARK_NODE_LOST = f"""
+MATCH (n:{N} {{id: $id}})
+REMOVE n._lock
+WITH n WHERE n.status IN ['ready', 'draining'] AND n.heartbeat_at < $before
+SET n.status = 'lost', n.version = n.version + 1, n.status_changed_at = $now,
+    n.cpu_free = n.cpu, n.memory_free = n.memory
+WITH n
+OPTIONAL MATCH (a:{A})-[:{RUNS_ON}]->(n) WHERE a.state IN $live
+WITH n, collect(a) AS victims
+FOREACH (a IN victims |
+  CREATE (:{EV} {{id: a.id + ':' + toString(a.version + 1), kind: 'transition', allocation_id: a.id,
+    incarnation: a.incarnation, from: a.state, to: 'lost', at: $now, reason: 'node ' + n.id + ' lost', by: 'reaper'}})
+  SET a.state = 'lost', a.version = a.version + 1, a.updated_at = $now, a.error = 'node ' + n.id + ' lost')
+WITH n, victims
+OPTIONAL MATCH (g:{G})-[:{GPU_OWNER}]->(n) WHERE g.claimed_by IS NOT NULL
+OPTIONAL MATCH (:{A})-[cl:{CLAIMS}]->(g)
+FOREACH (x IN CASE WHEN g IS NULL THEN [] ELSE [g] END | SET x.claimed_by = null)
+FOREACH (x IN CASE WHEN cl IS NULL THEN [] ELSE [cl] END | DELETE x)
+WITH DISTINCT n, victims
+RETURN n.id, [a IN victims | properties(a)]
+"""
+
+WATCH = f"""
+MATCH (w:{A} {{id: $watcher}}), (t:{A} {{id: $target}})
+MERGE (w)-[r:{WATCHES}]->(t)
+ON CREATE SET r.since = $now
+RETURN t.state
+"""
+
+UNWATCH = f"""
+MATCH (:{A} {{id: $watcher}})-[r:{WATCHES}]->(:{A} {{id: $target}})
+DELETE r
+RETURN count(*)
+"""
+
+WATCHERS = f"""
+UNWIND $ids AS id
+MATCH (w:{A})-[:{WATCHES}]->(:{A} {{id: id}})
+RETURN id, collect(w.id)
+"""
+
+RECORD_EVENTS = f"""
+UNWIND $events AS e
+MERGE (x:{EV} {{id: e.id}})
+ON CREATE SET x += e
+RETURN count(x)
+"""
+
+EVENTS = f"""
+MATCH (e:{EV})
+WHERE ($allocation_id IS NULL OR e.allocation_id = $allocation_id) AND ($since IS NULL OR e.at > $since)
+RETURN properties(e) AS e ORDER BY e.at, e.id LIMIT $limit
+"""
+
+STUCK = f"""
+MATCH (a:{A})
+WHERE a.state IN $states AND a.updated_at < $before
+RETURN properties(a) AS a ORDER BY a.updated_at LIMIT $limit
+"""
+
+DUE_RESTARTS = f"""
+MATCH (a:{A})
+WHERE a.restart_at IS NOT NULL AND a.restart_at < $before AND a.state IN $restartable
+RETURN a.parent_id, a.id, a.incarnation ORDER BY a.restart_at LIMIT $limit
+"""
+
+SET_ACTOR_FIELDS = f"""
+MATCH (a:{ACT} {{id: $id}})
+SET a += $fields
+RETURN a.id
 """

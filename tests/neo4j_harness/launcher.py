@@ -83,6 +83,7 @@ class Neo4jServer:
         self._output = output
         self._reader = reader
         self._stop_lock = threading.Lock()
+        self.startup_seconds = 0.0  # from start_neo4j() call to a verified server
 
     @property
     def pid(self) -> int:

@@ -7,6 +7,7 @@ import java.net.URI;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.concurrent.CountDownLatch;
 import org.neo4j.configuration.GraphDatabaseInternalSettings;
 import org.neo4j.configuration.GraphDatabaseSettings;
 import org.neo4j.configuration.connectors.BoltConnector;
@@ -22,16 +23,19 @@ import org.neo4j.io.ByteUnit;
  * [--pagecache SIZE_MB] [--watch-pid PID]}; the environment variables NEO4J_HARNESS_PORT,
  * NEO4J_HARNESS_WORKDIR, NEO4J_HARNESS_PAGECACHE_MB and NEO4J_HARNESS_WATCH_PID are used when the
  * flags are absent. A port of 0 (the default) lets the kernel pick a free port; the actual one is
- * reported. The database lives in a random subdirectory of the working directory, which the harness
- * deletes on shutdown.
+ * reported. The database lives in a random (32 hex chars) subdirectory of the working directory,
+ * which the harness deletes on a clean shutdown.
  *
  * <p>Protocol: exactly one line {@code READY bolt://127.0.0.1:<port>} on stdout once Bolt accepts
  * connections (everything else goes to stderr). The server runs until stdin reaches EOF (the parent
  * closed it or died), the watched process (if any) is gone, or the JVM gets SIGTERM/SIGINT; in every
- * case it is shut down cleanly by the same (idempotent) stop routine.
+ * case the JVM exits through one shutdown hook that closes the server cleanly. EOF during startup
+ * aborts the startup.
  */
 public final class Neo4jHarnessMain {
-    private static boolean stopped;
+    private static final Object LOCK = new Object();
+    private static Neo4j server; // guarded by LOCK
+    private static boolean stopping; // guarded by LOCK
 
     private Neo4jHarnessMain() {}
 
@@ -50,28 +54,28 @@ public final class Neo4jHarnessMain {
         PrintStream protocol = System.out;
         System.setOut(System.err);
 
-        long t0 = System.nanoTime();
-        Neo4j neo4j = Neo4jBuilders.newInProcessBuilder(workdir)
-                // Sets server.http(s).enabled=false: no Jetty, no HTTP port.
-                .withDisabledServer()
-                // The harness already defaults to auth off and Bolt on; repeated here to be explicit.
-                .withConfig(GraphDatabaseSettings.auth_enabled, false)
-                .withConfig(BoltConnector.listen_address, new SocketAddress("127.0.0.1", port))
-                .withConfig(BoltConnector.advertised_address, new SocketAddress("127.0.0.1", port))
-                .withConfig(BoltConnector.encryption_level, BoltConnector.EncryptionLevel.DISABLED)
-                .withConfig(GraphDatabaseSettings.pagecache_memory, ByteUnit.mebiBytes(pageCacheMb))
-                .withConfig(GraphDatabaseSettings.preallocate_logical_logs, false)
-                .withConfig(GraphDatabaseSettings.udc_enabled, false)
-                // Netty's graceful shutdown waits a 5 s quiet period twice (boss + worker
-                // groups): 10 s per stop. Tests do not need that grace.
-                .withConfig(GraphDatabaseInternalSettings.netty_server_shutdown_quiet_period, 0)
-                .withConfig(GraphDatabaseInternalSettings.netty_server_shutdown_timeout, Duration.ofSeconds(5))
-                .build();
-
-        Runtime.getRuntime().addShutdownHook(new Thread(() -> stop(neo4j), "neo4j-harness-shutdown"));
-
+        Runtime.getRuntime().addShutdownHook(new Thread(Neo4jHarnessMain::stop, "neo4j-harness-shutdown"));
+        daemon("neo4j-harness-stdin", Neo4jHarnessMain::exitOnStdinEof);
         if (watchPid > 0) {
-            watchParent(watchPid);
+            daemon("neo4j-harness-parent-watch", () -> exitWhenGone(watchPid));
+        }
+
+        long t0 = System.nanoTime();
+        Neo4j neo4j;
+        try {
+            neo4j = start(workdir, port, pageCacheMb);
+        } catch (Throwable t) {
+            System.err.println("neo4j-harness: failed to start Neo4j");
+            t.printStackTrace(System.err);
+            System.exit(1); // do not linger on non-daemon threads of a half-started server
+            return;
+        }
+        synchronized (LOCK) {
+            if (stopping) { // shutdown began while we were starting
+                neo4j.close();
+                return;
+            }
+            server = neo4j;
         }
 
         URI bolt = neo4j.boltURI();
@@ -80,61 +84,84 @@ public final class Neo4jHarnessMain {
         protocol.println("READY bolt://127.0.0.1:" + bolt.getPort());
         protocol.flush();
 
-        waitForStdinEof();
-        System.err.println("neo4j-harness: stdin closed, shutting down");
-        stop(neo4j);
-        System.exit(0);
+        new CountDownLatch(1).await(); // until System.exit from a watcher or a signal
     }
 
-    private static void waitForStdinEof() {
+    private static Neo4j start(Path workdir, int port, long pageCacheMb) {
+        return Neo4jBuilders.newInProcessBuilder(workdir)
+                // Sets server.http.enabled=false and server.https.enabled=false: no Jetty, no HTTP port.
+                .withDisabledServer()
+                // The harness already defaults to auth off; repeated here to be explicit.
+                .withConfig(GraphDatabaseSettings.auth_enabled, false)
+                .withConfig(BoltConnector.listen_address, new SocketAddress("127.0.0.1", port))
+                .withConfig(BoltConnector.advertised_address, new SocketAddress("127.0.0.1", port))
+                .withConfig(BoltConnector.encryption_level, BoltConnector.EncryptionLevel.DISABLED)
+                .withConfig(GraphDatabaseSettings.pagecache_memory, ByteUnit.mebiBytes(pageCacheMb))
+                .withConfig(GraphDatabaseSettings.preallocate_logical_logs, false)
+                .withConfig(GraphDatabaseSettings.udc_enabled, false)
+                // Netty's graceful shutdown waits a 5 s quiet period twice (boss + worker
+                // event loop groups): 10 s per stop. Tests do not need that grace.
+                .withConfig(GraphDatabaseInternalSettings.netty_server_shutdown_quiet_period, 0)
+                .withConfig(GraphDatabaseInternalSettings.netty_server_shutdown_timeout, Duration.ofSeconds(5))
+                .build();
+    }
+
+    /** The one shutdown path (shutdown hook); idempotent. */
+    private static void stop() {
+        Neo4j neo4j;
+        synchronized (LOCK) {
+            if (stopping) {
+                return;
+            }
+            stopping = true;
+            neo4j = server;
+            server = null;
+        }
+        if (neo4j == null) {
+            System.err.println("neo4j-harness: exiting before the server was up");
+            return;
+        }
+        long t0 = System.nanoTime();
+        try {
+            neo4j.close();
+            System.err.println("neo4j-harness: stopped in " + (System.nanoTime() - t0) / 1_000_000 + " ms");
+        } catch (Throwable t) {
+            System.err.println("neo4j-harness: error during shutdown: " + t);
+            t.printStackTrace(System.err);
+        }
+    }
+
+    private static void exitOnStdinEof() {
         InputStream in = System.in;
         byte[] buf = new byte[256];
         try {
             while (in.read(buf) >= 0) {
                 // ignore anything written to us; only EOF matters
             }
+            System.err.println("neo4j-harness: stdin closed, shutting down");
         } catch (IOException e) {
             System.err.println("neo4j-harness: stdin error, shutting down: " + e);
         }
+        System.exit(0); // runs the shutdown hook
     }
 
     /** Belt and braces next to stdin EOF: exit when the parent process is gone. */
-    private static void watchParent(long pid) {
-        Thread t = new Thread(
-                () -> {
-                    while (true) {
-                        boolean alive = ProcessHandle.of(pid).map(ProcessHandle::isAlive).orElse(false);
-                        if (!alive) {
-                            System.err.println("neo4j-harness: parent " + pid + " is gone, shutting down");
-                            System.exit(0); // runs the shutdown hook
-                        }
-                        try {
-                            Thread.sleep(1000);
-                        } catch (InterruptedException e) {
-                            return;
-                        }
-                    }
-                },
-                "neo4j-harness-parent-watch");
-        t.setDaemon(true);
-        t.start();
+    private static void exitWhenGone(long pid) {
+        while (ProcessHandle.of(pid).map(ProcessHandle::isAlive).orElse(false)) {
+            try {
+                Thread.sleep(1000);
+            } catch (InterruptedException e) {
+                return;
+            }
+        }
+        System.err.println("neo4j-harness: parent " + pid + " is gone, shutting down");
+        System.exit(0);
     }
 
-    // synchronized: a second caller (shutdown hook during an EOF-triggered stop) waits for the first.
-    private static synchronized void stop(Neo4j neo4j) {
-        if (stopped) {
-            return;
-        }
-        stopped = true;
-        long t0 = System.nanoTime();
-        try {
-            neo4j.close();
-            System.err.println(
-                    "neo4j-harness: stopped in " + (System.nanoTime() - t0) / 1_000_000 + " ms");
-        } catch (Throwable t) {
-            System.err.println("neo4j-harness: error during shutdown: " + t);
-            t.printStackTrace(System.err);
-        }
+    private static void daemon(String name, Runnable body) {
+        Thread t = new Thread(body, name);
+        t.setDaemon(true);
+        t.start();
     }
 
     private static String option(String[] args, String flag, String env, String dflt) {

@@ -1,0 +1,155 @@
+package harness;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.PrintStream;
+import java.lang.reflect.Field;
+import java.net.InetSocketAddress;
+import java.nio.file.Path;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import io.netty.channel.Channel;
+import org.apache.tinkerpop.gremlin.server.GraphManager;
+import org.apache.tinkerpop.gremlin.server.GremlinServer;
+import org.apache.tinkerpop.gremlin.server.Settings;
+import org.apache.tinkerpop.gremlin.structure.Graph;
+
+/**
+ * Runs a real Gremlin Server (TinkerPop 3.8) over an in-memory TinkerGraph for tests.
+ *
+ * <p>Usage: {@code java -cp ... harness.GremlinHarnessMain --config gremlin-server.yaml
+ * --graph tinkergraph.properties [--port N] [--watch-pid PID]}. A port of 0 (the default) lets the
+ * kernel pick a free port; the actual one is reported.
+ *
+ * <p>No script engine is configured (the YAML says {@code scriptEngines: {}}), so nothing runs
+ * Groovy: the traversal source {@code g} that bytecode requests name is bound here, in Java, instead
+ * of by the usual Groovy init script. Bytecode without lambdas is translated with JavaTranslator.
+ *
+ * <p>Protocol: exactly one line {@code READY ws://127.0.0.1:<port>/gremlin} on stdout once the port
+ * is bound and {@code g} is bound (everything else goes to stderr). The server runs until stdin
+ * reaches EOF (the parent closed it or died), the watched process (if any) is gone, or the JVM gets
+ * SIGTERM/SIGINT.
+ */
+public final class GremlinHarnessMain {
+    private static boolean stopped;
+
+    private GremlinHarnessMain() {}
+
+    public static void main(String[] args) throws Exception {
+        Path config = Path.of(option(args, "--config", "gremlin-server.yaml")).toAbsolutePath();
+        Path graphProps = Path.of(option(args, "--graph", "tinkergraph.properties")).toAbsolutePath();
+        int port = Integer.parseInt(option(args, "--port", "0"));
+        long watchPid = Long.parseLong(option(args, "--watch-pid", "0"));
+        if (port < 0 || port > 65535) {
+            throw new IllegalArgumentException("bad port: " + port);
+        }
+
+        PrintStream protocol = System.out;
+        System.setOut(System.err);
+
+        long t0 = System.nanoTime();
+        Settings settings = Settings.read(config.toString());
+        settings.host = "127.0.0.1";
+        settings.port = port;
+        settings.graphs = Map.of("graph", graphProps.toString());
+
+        GremlinServer server = new GremlinServer(settings);
+        GraphManager graphs = server.getServerGremlinExecutor().getGraphManager();
+        Graph graph = graphs.getGraph("graph");
+        graphs.putTraversalSource("g", graph.traversal());
+
+        server.start().get(60, TimeUnit.SECONDS);
+        int bound = boundPort(server, port);
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> stop(server), "gremlin-harness-shutdown"));
+        if (watchPid > 0) {
+            watchParent(watchPid);
+        }
+
+        long ms = (System.nanoTime() - t0) / 1_000_000;
+        System.err.println("gremlin-harness: started in " + ms + " ms, graph " + graph.getClass().getSimpleName()
+                + ", port " + bound);
+        protocol.println("READY ws://127.0.0.1:" + bound + "/gremlin");
+        protocol.flush();
+
+        waitForStdinEof();
+        System.err.println("gremlin-harness: stdin closed, shutting down");
+        stop(server);
+        System.exit(0);
+    }
+
+    /** The port Netty bound: GremlinServer keeps its server channel private and logs the configured port. */
+    private static int boundPort(GremlinServer server, int configured) throws Exception {
+        Field f = GremlinServer.class.getDeclaredField("serverSocketChannel");
+        f.setAccessible(true);
+        Channel ch = (Channel) f.get(server);
+        if (ch != null && ch.localAddress() instanceof InetSocketAddress) {
+            return ((InetSocketAddress) ch.localAddress()).getPort();
+        }
+        if (configured == 0) {
+            throw new IllegalStateException("could not learn the port the server bound");
+        }
+        return configured;
+    }
+
+    private static void waitForStdinEof() {
+        InputStream in = System.in;
+        byte[] buf = new byte[256];
+        try {
+            while (in.read(buf) >= 0) {
+                // ignore anything written to us; only EOF matters
+            }
+        } catch (IOException e) {
+            System.err.println("gremlin-harness: stdin error, shutting down: " + e);
+        }
+    }
+
+    /** Belt and braces next to stdin EOF: exit when the parent process is gone. */
+    private static void watchParent(long pid) {
+        Thread t = new Thread(
+                () -> {
+                    while (true) {
+                        boolean alive = ProcessHandle.of(pid).map(ProcessHandle::isAlive).orElse(false);
+                        if (!alive) {
+                            System.err.println("gremlin-harness: parent " + pid + " is gone, shutting down");
+                            System.exit(0); // runs the shutdown hook
+                        }
+                        try {
+                            Thread.sleep(1000);
+                        } catch (InterruptedException e) {
+                            return;
+                        }
+                    }
+                },
+                "gremlin-harness-parent-watch");
+        t.setDaemon(true);
+        t.start();
+    }
+
+    // synchronized: a second caller (shutdown hook during an EOF-triggered stop) waits for the first.
+    private static synchronized void stop(GremlinServer server) {
+        if (stopped) {
+            return;
+        }
+        stopped = true;
+        long t0 = System.nanoTime();
+        try {
+            // The graph is in memory: nothing to flush, so a bounded wait is enough.
+            server.stop().get(10, TimeUnit.SECONDS);
+            System.err.println("gremlin-harness: stopped in " + (System.nanoTime() - t0) / 1_000_000 + " ms");
+        } catch (Throwable t) {
+            System.err.println("gremlin-harness: error during shutdown: " + t);
+        }
+    }
+
+    private static String option(String[] args, String flag, String dflt) {
+        for (int i = 0; i < args.length; i++) {
+            if (args[i].equals(flag) && i + 1 < args.length) {
+                return args[i + 1];
+            }
+            if (args[i].startsWith(flag + "=")) {
+                return args[i].substring(flag.length() + 1);
+            }
+        }
+        return dflt;
+    }
+}

@@ -107,6 +107,72 @@ def worker_cmd(
 
 
 @app.command()
+def supervisor(
+    concurrency: Annotated[int, typer.Option(help="Threads taking supervision tasks")] = 8,
+    data_dir: DataDir = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "WARNING",
+) -> None:
+    """Run a supervisor: consumes the control queue (terminations, restarts)."""
+    from controlplane.embedded import resolve_endpoints
+    from workers.main import run_supervisor
+
+    settings = _settings(data_dir=data_dir)
+    try:
+        ends = resolve_endpoints(settings)
+        run_supervisor(settings, graph_uri=ends.graph_uri, broker_url=ends.broker_url, concurrency=concurrency, loglevel=loglevel)
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def scheduler(data_dir: DataDir = None) -> None:
+    """Run the periodic scheduler (node reaper, reconciler); only one leads at a time."""
+    import signal as _signal
+    import threading
+
+    from controlplane.embedded import resolve_endpoints
+    from workers.scheduler import run_scheduler
+
+    settings = _settings(data_dir=data_dir)
+    stop_event = threading.Event()
+    _signal.signal(_signal.SIGTERM, lambda *_: stop_event.set())
+    try:
+        ends = resolve_endpoints(settings)
+        run_scheduler(settings, graph_uri=ends.graph_uri, broker_url=ends.broker_url, stop=stop_event)
+    except KeyboardInterrupt:
+        pass
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def events(
+    allocation: Annotated[Optional[str], typer.Argument(help="Allocation (or node) id; all events when omitted")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many past events")] = 200,
+    data_dir: DataDir = None,
+) -> None:
+    """Print the ordered history of transitions and supervision decisions."""
+    try:
+        control = _control(_settings(data_dir=data_dir))
+        since = None
+        while True:
+            batch = control.events(allocation, since=since, limit=limit)
+            for e in batch:
+                move = f"{e.from_state} -> {e.to_state}" if e.to_state else e.kind
+                stamp = time.strftime("%H:%M:%S", time.localtime(e.at)) + f".{int(e.at * 1000) % 1000:03d}"
+                console.print(f"{stamp}  {e.allocation_id}  inc={e.incarnation or '-'}  {move:22s}  {e.reason or ''}  [dim]by {e.by or '-'}[/dim]")
+                since = e.at
+            if not follow:
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
 def spawn(
     parent: Annotated[str, typer.Argument(help="Id of the parent Node or Allocation")],
     argv: Annotated[list[str], typer.Argument(help="Command to run (after --)")],
@@ -116,11 +182,22 @@ def spawn(
     gpus: Annotated[int, typer.Option(help="GPUs")] = 0,
     node: Annotated[Optional[str], typer.Option(help="Place on this node")] = None,
     count: Annotated[int, typer.Option(help="How many identical children")] = 1,
+    restart: Annotated[str, typer.Option(help="permanent | transient | temporary")] = "transient",
+    strategy: Annotated[Optional[str], typer.Option(help="How it supervises its children: one_for_one | one_for_all | rest_for_one")] = None,
+    max_restarts: Annotated[Optional[int], typer.Option(help="Restart intensity: at most this many restarts ...")] = None,
+    window: Annotated[Optional[float], typer.Option(help="... within this many seconds")] = None,
+    child_policy: Annotated[Optional[str], typer.Option(help="cascade | abandon")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Spawn allocations under a node or an allocation."""
     settings = _settings(data_dir=data_dir)
-    spec = {"name": name, "argv": argv, "resources": {"cpu_milli": int(round(cpu * 1000)), "memory_mib": memory, "gpus": gpus}, "node": node}
+    spec: dict[str, object] = {
+        "name": name, "argv": argv, "node": node, "restart": restart,
+        "resources": {"cpu_milli": int(round(cpu * 1000)), "memory_mib": memory, "gpus": gpus},
+    }
+    policy = {k: v for k, v in {"strategy": strategy, "max_restarts": max_restarts, "window_s": window, "child_policy": child_policy}.items() if v is not None}
+    if policy:
+        spec["supervision"] = policy
     try:
         created = _control(settings).spawn(parent, [spec] * count, field="spec" if count == 1 else "specs")
     except ControlPlaneError as exc:
@@ -142,7 +219,10 @@ def stop(allocation: Annotated[str, typer.Argument(help="Allocation id")], data_
 def _label(a: AllocationRecord) -> str:
     colour = {"running": "green", "succeeded": "blue", "failed": "red", "lost": "red", "stopped": "dim"}.get(a.state.value, "yellow")
     code = f" exit={a.exit_code}" if a.exit_code is not None else ""
-    return f"{a.name} [dim]{a.id}[/dim] [{colour}]{a.state.value}[/{colour}] inc={a.incarnation} on {a.node_id}{code}"
+    restarts = a.extra.get("restarts") or 0
+    orphan = " [magenta]orphan[/magenta]" if a.extra.get("orphan") else ""
+    return (f"{a.name} [dim]{a.id}[/dim] [{colour}]{a.state.value}[/{colour}] inc={a.incarnation} "
+            f"restarts={restarts} on {a.node_id}{code}{orphan}")
 
 
 @app.command()

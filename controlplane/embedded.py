@@ -1,7 +1,7 @@
 """`controlplane up`: the whole stack on one machine from the embedded default.
 
 Embedded FalkorDB (also Celery's Redis, database 1), the API in this process,
-one local node agent as a child process. Ctrl-C stops everything cleanly. The
+a supervisor, the scheduler and one local node agent as child processes. Ctrl-C stops everything cleanly. The
 addresses are written to <data_dir>/stack.json so other CLI commands find them.
 """
 
@@ -63,7 +63,8 @@ def resolve_endpoints(settings: Settings) -> Endpoints:
     return Endpoints(graph_uri=graph, broker_url=broker, api_url=stack.api_url if stack else None)
 
 
-def spawn_worker(settings: Settings, endpoints: Endpoints, *, node: str, concurrency: int) -> subprocess.Popen[bytes]:
+def spawn_child(settings: Settings, endpoints: Endpoints, *args: str) -> subprocess.Popen[bytes]:
+    """Run `controlplane <args>` as a child process against the same graph and broker."""
     env = {
         **os.environ,
         "GRAPH_BACKEND": settings.graph_backend,
@@ -72,9 +73,7 @@ def spawn_worker(settings: Settings, endpoints: Endpoints, *, node: str, concurr
         "DATA_DIR": str(settings.data_dir),
         "HEARTBEAT_S": str(settings.heartbeat_s),
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "controlplane", "worker", "--node", node, "--concurrency", str(concurrency)], env=env
-    )
+    return subprocess.Popen([sys.executable, "-m", "controlplane", *args], env=env)
 
 
 def run_stack(
@@ -95,7 +94,7 @@ def run_stack(
     from workers.dispatch import CeleryDispatcher
 
     server: FalkorDBServer | None = None
-    worker_proc: subprocess.Popen[bytes] | None = None
+    children: list[subprocess.Popen[bytes]] = []
     graph_uri, broker_url = settings.graph_uri, settings.redis_url
     if settings.graph_backend == "falkordb" and not graph_uri:
         server = FalkorDBServer(FalkorDBServerConfig(data_dir=settings.data_dir / "falkordb")).start()
@@ -112,20 +111,24 @@ def run_stack(
         endpoints = Endpoints(graph_uri=graph_uri, broker_url=broker_url, api_url=api_url)
         write_endpoints(settings, endpoints)
         node_name = node or local_node_name()
+        children.append(spawn_child(settings, endpoints, "supervisor"))
+        children.append(spawn_child(settings, endpoints, "scheduler"))
         if worker:
-            worker_proc = spawn_worker(settings, endpoints, node=node_name, concurrency=concurrency)
+            children.append(spawn_child(settings, endpoints, "worker", "--node", node_name, "--concurrency", str(concurrency)))
         app = create_app(control, health_checks=health_checks(store, broker_url), max_depth=settings.max_query_depth)
         announce(endpoints, node_name if worker else None)
         config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         uvicorn.Server(config).run()
     finally:
-        if worker_proc is not None and worker_proc.poll() is None:
-            worker_proc.send_signal(signal.SIGTERM)
+        for child in reversed(children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in reversed(children):
             try:
-                worker_proc.wait(timeout=15)
+                child.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                worker_proc.kill()
-                worker_proc.wait()
+                child.kill()
+                child.wait()
         if server is not None:
             server.stop()
         (settings.data_dir / STACK_FILE).unlink(missing_ok=True)

@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
     heartbeat_s: float = Field(1.0, gt=0, le=60)
+    #: a node whose last heartbeat is older than this is declared lost by the reaper
+    node_grace_s: float = Field(3.0, gt=0, le=3600)
+    #: how often the (single, locked) scheduler reaps nodes and reconciles stuck allocations
+    scheduler_interval_s: float = Field(0.5, gt=0, le=60)
+    #: an allocation stuck in `placed` this long is dispatched again; in `starting` this long, failed
+    placed_deadline_s: float = Field(30.0, gt=0)
+    starting_deadline_s: float = Field(60.0, gt=0)
     #: GraphQL query depth limit (nesting of fields) and traversal limits
     max_query_depth: int = Field(12, ge=2, le=64)
     max_descendants: int = Field(10_000, ge=1, le=1_000_000)

@@ -59,7 +59,7 @@ class Change:
     #: why, and who decided: recorded on the transition's event
     reason: str | None = None
     by: str | None = None
-    #: only if the allocation has no live children (a parent is stopped only after its subtree)
+    #: a move out of `stopping` only if no child is live (a parent is stopped only after its subtree)
     leaf_only: bool = False
 
 
@@ -215,3 +215,6 @@ class GraphStore(Protocol):
     def events(self, *, allocation_id: str | None, since: float | None, limit: int) -> list[Event]: ...
 
     def stuck(self, *, states: Sequence[State], updated_before: float, limit: int) -> list[AllocationRecord]: ...
+
+    def due_restarts(self, *, before: float, limit: int) -> list[tuple[str, str, int]]:
+        """(parent id, allocation id, incarnation) of decided restarts that should have happened by `before`."""

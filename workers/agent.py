@@ -21,7 +21,9 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 from controlplane.domain.errors import Unavailable
 from controlplane.domain.records import AllocationRecord, NodeRecord
 from controlplane.services.agent import AgentService, Exit, Key
+from controlplane.domain.lifecycle import LIVE
 from controlplane.services.control import ControlPlane
+from controlplane.services.supervisor import ControlDispatcher
 from graph_schema.store import GraphStore
 from workers.executors import ExecutableNotFound, Handle, ProcessManager
 
@@ -74,6 +76,7 @@ class NodeAgent:
     def __init__(
         self,
         store: GraphStore,
+        dispatcher: ControlDispatcher,
         *,
         node: str,
         work_dir: Path,
@@ -86,14 +89,15 @@ class NodeAgent:
         self.heartbeat_s = heartbeat_s
         self.labels = labels or {}
         self.resources = resources or machine_resources()
-        self.agent = AgentService(store)
+        self.dispatcher = dispatcher
+        self.agent = AgentService(store, node_id=node)
         self.processes = ProcessManager(work_dir / "runs" / node, self._on_exit)
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
     # --- life of the agent -------------------------------------------------------------
     def register(self) -> NodeRecord:
-        return ControlPlane(self.store, None).register_node({"name": self.node, "labels": self.labels, **self.resources})
+        return ControlPlane(self.store, self.dispatcher).register_node({"name": self.node, "labels": self.labels, **self.resources})
 
     def start_heartbeat(self) -> None:
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
@@ -102,10 +106,27 @@ class NodeAgent:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                if not self.store.heartbeat(node_id=self.node, now=time.time()):
+                status = self.store.heartbeat(node_id=self.node, now=time.time())
+                if status != "ready":
+                    # declared lost while we were away (or never known): come back, then drop what was replaced
                     self.register()
+                    self.reconcile()
             except Exception as exc:  # keep beating through a graph restart
                 log.warning("heartbeat failed: %s", exc)
+
+    def reconcile(self) -> list[Key]:
+        """Stop local processes whose allocation incarnation was replaced or moved while this node was lost."""
+        keys = self.processes.running()
+        current = {a.id: a for a in _g(self.store.get_allocations, allocation_ids=[k[0] for k in keys])}
+        stale = []
+        for key in keys:
+            a = current.get(key[0])
+            if a is None or a.incarnation != key[1] or a.node_id != self.node or a.state not in LIVE:
+                stale.append(key)
+                self.processes.kill(key)
+        if stale:
+            log.warning("reconciled: killed %d replaced allocation processes", len(stale))
+        return stale
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -124,7 +145,8 @@ class NodeAgent:
             try:
                 started.append(((rec.id, rec.incarnation), fut.result(timeout=60).pid))
             except (ExecutableNotFound, OSError) as exc:
-                _g(self.agent.failed_to_start, (rec.id, rec.incarnation), error=str(exc))
+                if _g(self.agent.failed_to_start, (rec.id, rec.incarnation), error=str(exc)):
+                    self.dispatcher.terminated(keys=[(rec.id, rec.incarnation)])
         grace = {(r.id, r.incarnation): r.grace_period_s for r in claimed}
         for key in _g(self.agent.running, started):
             # stopped while starting: the stop found no process yet, so ending it is ours
@@ -146,7 +168,11 @@ class NodeAgent:
         rec = _g(self.store.get_allocation, allocation_id=allocation_id)
         grace = rec.grace_period_s if rec else 10.0
         if not self.processes.stop((allocation_id, incarnation), grace_s=grace):
-            _g(self.agent.stop_unstarted, (allocation_id, incarnation))
+            if _g(self.agent.stop_unstarted, (allocation_id, incarnation)):
+                self.dispatcher.terminated(keys=[(allocation_id, incarnation)])
 
     def _on_exit(self, exits: list[tuple[Handle, int, str]]) -> None:
-        _g(self.agent.exited, [Exit(h.key, code, tail) for h, code, tail in exits])
+        ended = _g(self.agent.exited, [Exit(h.key, code, tail) for h, code, tail in exits])
+        keys = [(a.id, a.incarnation) for a in ended]
+        if keys:
+            self.dispatcher.terminated(keys=keys)

@@ -28,6 +28,8 @@ app.conf.update(
     task_default_queue="control",
 )
 
+CONTROL_QUEUE = "control"
+
 
 def configure(broker_url: str) -> Celery:
     app.conf.broker_url = broker_url
@@ -35,4 +37,5 @@ def configure(broker_url: str) -> Celery:
 
 
 def node_queue(node_id: str) -> str:
+    """The queue of one node agent."""
     return f"node.{node_id}"

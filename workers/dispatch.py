@@ -1,4 +1,4 @@
-"""The Dispatcher the control plane uses to hand work to node agents over Celery."""
+"""The dispatcher the control plane uses to hand work on over Celery: to node agents and to supervisors."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ from collections.abc import Sequence
 
 from celery import Celery
 
-from workers.app import node_queue
+from workers.app import CONTROL_QUEUE, node_queue
 
 RUN = "controlplane.run_allocations"
+STOP = "controlplane.stop_allocation"
+TERMINATED = "controlplane.terminated"
+RESTART = "controlplane.restart"
 #: allocations per run message: one graph request per step for the whole chunk on the agent
 CHUNK = 64
-STOP = "controlplane.stop_allocation"
 
 
 class CeleryDispatcher:
@@ -26,3 +28,12 @@ class CeleryDispatcher:
 
     def stop(self, *, node_id: str, allocation_id: str, incarnation: int) -> None:
         self.app.send_task(STOP, args=[allocation_id, incarnation], queue=node_queue(node_id))
+
+    def terminated(self, *, keys: Sequence[tuple[str, int]]) -> None:
+        if keys:
+            self.app.send_task(TERMINATED, args=[[[a, n] for a, n in keys]], queue=CONTROL_QUEUE)
+
+    def restart(self, *, parent_id: str, items: Sequence[tuple[str, int, int]], reason: str, countdown: float) -> None:
+        self.app.send_task(
+            RESTART, args=[parent_id, [list(i) for i in items], reason], queue=CONTROL_QUEUE, countdown=max(0.0, countdown)
+        )

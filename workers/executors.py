@@ -128,6 +128,14 @@ class ProcessManager:
             handle.kill_timer.start()
         return True
 
+    def kill(self, key: Key) -> bool:
+        handle = self.get(key)
+        if handle is None:
+            return False
+        handle.stop_requested = True
+        self._signal(handle, signal.SIGKILL)
+        return True
+
     def kill_all(self) -> None:
         for key in self.running():
             h = self.get(key)

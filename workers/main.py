@@ -1,16 +1,25 @@
-"""Run a node agent: register the machine, heartbeat, consume the node's queue with Celery."""
+"""Run the Celery processes: a node agent (queue node.<name>) or a supervisor (queue control)."""
 
 from __future__ import annotations
 
 import logging
 
+from controlplane.services.supervisor import SupervisorService
 from controlplane.settings import Settings
 from controlplane.wiring import open_store
 from workers.agent import NodeAgent
-from workers.app import configure, node_queue
+from workers.app import CONTROL_QUEUE, configure, node_queue
+from workers.dispatch import CeleryDispatcher
 from workers.runtime import install
 
 log = logging.getLogger(__name__)
+
+
+def _worker_args(queue: str, name: str, concurrency: int, loglevel: str) -> list[str]:
+    return [
+        "worker", "-Q", queue, "-P", "threads", "-c", str(concurrency), "-n", f"{name}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", loglevel,
+    ]
 
 
 def run_worker(
@@ -26,22 +35,32 @@ def run_worker(
 ) -> None:
     store = open_store(settings, graph_uri=graph_uri)
     store.bootstrap()
+    app = configure(broker_url)
     agent = NodeAgent(
-        store, node=node, work_dir=settings.data_dir, heartbeat_s=settings.heartbeat_s, labels=labels, resources=resources
+        store, CeleryDispatcher(app), node=node, work_dir=settings.data_dir, heartbeat_s=settings.heartbeat_s,
+        labels=labels, resources=resources,
     )
     record = agent.register()
     log.warning("node %s registered: %d mCPU, %d MiB", record.id, record.cpu, record.memory)
     agent.start_heartbeat()
-    install(agent)
-    app = configure(broker_url)
+    install(agent=agent)
     try:
-        app.worker_main(
-            [
-                "worker", "-Q", node_queue(node), "-P", "threads", "-c", str(concurrency),
-                "-n", f"{node}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "-l", loglevel,
-            ]
-        )
+        app.worker_main(_worker_args(node_queue(node), node, concurrency, loglevel))
     finally:
         agent.shutdown()
+        store.close()
+
+
+def run_supervisor(
+    settings: Settings, *, graph_uri: str | None, broker_url: str, concurrency: int = 8, loglevel: str = "WARNING", name: str = "supervisor"
+) -> None:
+    from controlplane.eventbus import RedisNotifier
+
+    store = open_store(settings, graph_uri=graph_uri)
+    store.bootstrap()
+    app = configure(broker_url)
+    install(supervisor=SupervisorService(store, CeleryDispatcher(app), notify=RedisNotifier(broker_url).notify))
+    try:
+        app.worker_main(_worker_args(CONTROL_QUEUE, name, concurrency, loglevel))
+    finally:
         store.close()

@@ -1,10 +1,10 @@
-"""Celery tasks: thin; they carry ids only and call the node agent of this worker process."""
+"""Celery tasks: thin; they carry ids only and call the node agent or the supervisor of this worker process."""
 
 from __future__ import annotations
 
 from workers.app import app
-from workers.dispatch import RUN, STOP
-from workers.runtime import current_agent
+from workers.dispatch import RESTART, RUN, STOP, TERMINATED
+from workers.runtime import current_agent, current_supervisor
 
 
 @app.task(name=RUN)
@@ -16,3 +16,14 @@ def run_allocations(items: list[list]) -> None:  # type: ignore[type-arg]
 @app.task(name=STOP)
 def stop_allocation(allocation_id: str, incarnation: int) -> None:
     current_agent().stop(allocation_id, incarnation)
+
+
+@app.task(name=TERMINATED)
+def terminated(keys: list[list]) -> None:  # type: ignore[type-arg]
+    """Allocations reached a terminal state: their parents decide, watchers are told."""
+    current_supervisor().on_terminated([(str(i), int(n)) for i, n in keys])
+
+
+@app.task(name=RESTART)
+def restart(parent_id: str, items: list[list], reason: str) -> None:  # type: ignore[type-arg]
+    current_supervisor().restart(parent_id, [(str(c), int(f), int(l)) for c, f, l in items], reason)

@@ -15,7 +15,7 @@ distinct id per request:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import strawberry
 from starlette.concurrency import run_in_threadpool
@@ -61,27 +61,20 @@ class ApiContext(BaseContext):
     # --- listings ---------------------------------------------------------------------------
     async def allocations(self, fetch: Callable[[], list[AllocationRecord]], wanted: set[str]) -> list[AllocationRecord]:
         """Run `fetch` in a worker thread, then look up the nodes and parents the answer will ask for."""
-
-        def run() -> list[AllocationRecord]:
-            rows = fetch()
-            self.allocations_seen.update((r.id, r) for r in rows)
-            if "node" in wanted:
-                self._fetch_nodes({r.node_id for r in rows})
-            if "parent" in wanted:
-                node_ids = {r.node_id for r in rows}
-                for parent_id in {r.parent_id for r in rows}:
-                    if parent_id not in self.allocations_seen and parent_id not in self.nodes_seen:
-                        found = self._fetch_actor(parent_id, maybe_node=parent_id in node_ids)
-                        if not isinstance(found, BaseException):
-                            self.seen(found)
-            return rows
-
-        return await run_in_threadpool(run)
+        return await run_in_threadpool(lambda: self._prefetch(fetch(), wanted))
 
     async def page(
-        self, fetch: Callable[[str | None, int], list[R]], *, first: int, after: str | None
+        self,
+        fetch: Callable[[str | None, int], list[R]],
+        *,
+        first: int,
+        after: str | None,
+        wanted: set[str] | None = None,
     ) -> tuple[list[R], bool]:
-        """One page of an id-ordered listing and whether more follow: `first` + 1 rows, one thread hop."""
+        """One page of an id-ordered listing and whether more follow: `first` + 1 rows, one thread hop.
+
+        With `wanted`, the rows are allocations and their nodes and parents are looked up in the same hop.
+        """
         if not 1 <= first <= MAX_PAGE:
             raise InvalidInput(f"must be between 1 and {MAX_PAGE}", field="first")
         more = False
@@ -92,9 +85,24 @@ class ApiContext(BaseContext):
             more = len(found) > first
             if not more and len(found) == first == MAX_PAGE:  # a full maximal page: look one row further
                 more = bool(fetch(getattr(found[-1], "id"), 1))
+            if wanted is not None:
+                self._prefetch(cast(list[AllocationRecord], found[:first]), wanted)
             return found[:first]
 
         return await run_in_threadpool(rows), more
+
+    def _prefetch(self, rows: list[AllocationRecord], wanted: set[str]) -> list[AllocationRecord]:
+        self.allocations_seen.update((r.id, r) for r in rows)
+        node_ids = {r.node_id for r in rows}
+        if "node" in wanted:
+            self._fetch_nodes(node_ids)
+        if "parent" in wanted:
+            for parent_id in {r.parent_id for r in rows}:
+                if parent_id not in self.allocations_seen and parent_id not in self.nodes_seen:
+                    found = self._fetch_actor(parent_id, maybe_node=parent_id in node_ids)
+                    if not isinstance(found, BaseException):
+                        self.seen(found)
+        return rows
 
     # --- loaders ----------------------------------------------------------------------------
     def _fetch_nodes(self, ids: Iterable[str]) -> None:

@@ -21,7 +21,7 @@ from strawberry.extensions import (
     ValidationCache,
 )
 
-from controlplane.api.context import Info, page
+from controlplane.api.context import Info, wanted_fields
 from controlplane.api.errors import ControlPlaneSchema, ErrorMapping
 from controlplane.api.execution import InlineLeafExecutionContext
 from controlplane.api.inputs import AllocationSpecInput, Filter, NodeInput, to_spec
@@ -50,19 +50,21 @@ CACHED_DOCUMENTS = 256
 class Query:
     @strawberry.field(description="A node by id (its name).")
     async def node(self, info: Info, id: strawberry.ID) -> Node | None:
-        return cast(Node, await info.context.call(info.context.control.node, id))
+        return cast(Node, info.context.seen(await info.context.call(info.context.control.node, id)))
 
     @strawberry.field(description="Nodes ordered by id, optionally only those with `status`.")
     async def nodes(
         self, info: Info, first: int = DEFAULT_PAGE, after: str | None = None, status: str | None = None
     ) -> Connection[Node]:
-        control = info.context.control
-        rows, more = await page(info, lambda a, n: control.nodes(after=a, limit=n, status=status), first=first, after=after)
+        ctx = info.context
+        rows, more = await ctx.page(lambda a, n: ctx.control.nodes(after=a, limit=n, status=status), first=first, after=after)
+        for row in rows:
+            ctx.seen(row)
         return cast(Connection[Node], connection(rows, more))
 
     @strawberry.field(description="An allocation by id.")
     async def allocation(self, info: Info, id: strawberry.ID) -> Allocation | None:
-        return cast(Allocation, await info.context.call(info.context.control.allocation, id))
+        return cast(Allocation, info.context.seen(await info.context.call(info.context.control.allocation, id)))
 
     @strawberry.field(description="Allocations ordered by id, optionally in one `state` and/or on one `node`.")
     async def allocations(
@@ -74,11 +76,13 @@ class Query:
         node: strawberry.ID | None = None,
     ) -> Connection[Allocation]:
         ctx = info.context
-        wanted = state.value if state else None
-        rows, more = await page(
-            info, lambda a, n: ctx.control.allocations(after=a, limit=n, state=wanted, node_id=node), first=first, after=after
+        status = state.value if state else None
+        rows, more = await ctx.page(
+            lambda a, n: ctx.control.allocations(after=a, limit=n, state=status, node_id=node),
+            first=first,
+            after=after,
+            wanted=wanted_fields(info, "edges", "node"),
         )
-        ctx.remember(rows)
         return cast(Connection[Allocation], connection(rows, more))
 
     @strawberry.field(
@@ -126,7 +130,7 @@ class Mutation:
     ) -> Node:
         ctx = info.context
         await ctx.call(ctx.control.connect_neighbors, a, b, rtt_ms=rtt_ms, bandwidth=bandwidth)
-        return cast(Node, await ctx.nodes.load(a))
+        return cast(Node, ctx.seen(await ctx.call(ctx.control.node, a)))
 
     @strawberry.mutation(
         description="Create one allocation under `parent` (a Node or an Allocation). Repeating a `requestId` "

@@ -8,6 +8,7 @@ query. Only relations (`node`, `parent`, `children`, ...) call the service.
 
 from __future__ import annotations
 
+import inspect
 import json
 from enum import Enum
 from typing import Any, Generic, TypeVar, cast
@@ -16,7 +17,7 @@ import strawberry
 from strawberry import Parent
 from strawberry.scalars import JSON
 
-from controlplane.api.context import Info, page
+from controlplane.api.context import Info, wanted_fields
 from controlplane.domain.errors import InvalidInput
 from controlplane.domain.records import AllocationRecord, GpuRecord, NeighborRecord, NodeRecord
 from controlplane.domain.records import Vertex as VertexRecord
@@ -105,8 +106,10 @@ class Actor:
         self, root: Parent[Any], info: Info, first: int = DEFAULT_PAGE, after: str | None = None
     ) -> Connection[Allocation]:
         ctx = info.context
-        rows, more = await page(info, lambda a, n: ctx.control.children(root.id, after=a, limit=n), first=first, after=after)
-        ctx.remember(rows)
+        wanted = wanted_fields(info, "edges", "node")
+        rows, more = await ctx.page(
+            lambda a, n: ctx.control.children(root.id, after=a, limit=n), first=first, after=after, wanted=wanted
+        )
         return cast(Connection[Allocation], connection(rows, more))
 
 
@@ -143,11 +146,15 @@ class Node(Actor):
         state: AllocationState | None = None,
     ) -> Connection[Allocation]:
         ctx = info.context
-        wanted = state.value if state else None
-        rows, more = await page(
-            info, lambda a, n: ctx.control.allocations(after=a, limit=n, state=wanted, node_id=root.id), first=first, after=after
+        wanted = wanted_fields(info, "edges", "node")
+        status = state.value if state else None
+        ctx.seen(root)
+        rows, more = await ctx.page(
+            lambda a, n: ctx.control.allocations(after=a, limit=n, state=status, node_id=root.id),
+            first=first,
+            after=after,
+            wanted=wanted,
         )
-        ctx.remember(rows)
         return cast(Connection[Allocation], connection(rows, more))
 
 
@@ -178,14 +185,15 @@ class Allocation(Actor):
     def is_type_of(cls, obj: Any, _info: Any) -> bool:
         return isinstance(obj, (cls, AllocationRecord))
 
+    # `parent` and `node` are sync: they answer at once when the request knows the record, else an awaitable.
     @strawberry.field(description="The Node or Allocation that created this one.")
-    async def parent(self, root: Parent[AllocationRecord], info: Info) -> Actor:
-        loader = info.context.nodes if root.parent_id == root.node_id else info.context.actors
-        return cast(Actor, await loader.load(root.parent_id))
+    def parent(self, root: Parent[AllocationRecord], info: Info) -> Actor:
+        ctx = info.context
+        return cast(Actor, ctx.node(root.parent_id) if root.parent_id == root.node_id else ctx.actor(root.parent_id))
 
     @strawberry.field(description="The node it runs on (RUNS_ON).")
-    async def node(self, root: Parent[AllocationRecord], info: Info) -> Node:
-        return cast(Node, await info.context.nodes.load(root.node_id))
+    def node(self, root: Parent[AllocationRecord], info: Info) -> Node:
+        return cast(Node, info.context.node(root.node_id))
 
     @strawberry.field(description="Every allocation below this one, down to `maxDepth` levels, ordered by id.")
     async def descendants(
@@ -195,13 +203,20 @@ class Allocation(Actor):
         limit = ctx.max_descendants if first is None else first
         if not 1 <= limit <= ctx.max_descendants:
             raise InvalidInput(f"must be between 1 and {ctx.max_descendants}", field="first")
-        rows = await ctx.call(ctx.control.descendants, root.id, max_depth=max_depth, limit=limit)
-        return cast(list[Allocation], ctx.remember(rows))
+        ctx.seen(root)
+        rows = await ctx.allocations(
+            lambda: ctx.control.descendants(root.id, max_depth=max_depth, limit=limit), wanted_fields(info)
+        )
+        return cast(list[Allocation], rows)
 
     @strawberry.field(description="Parent first, up to and including the root Node.")
     async def ancestors(self, root: Parent[AllocationRecord], info: Info) -> list[Actor]:
         vertices = await info.context.call(info.context.control.ancestors, root.id)
-        return cast(list[Actor], [actor_from_vertex(v) for v in vertices])
+        return cast(list[Actor], [info.context.seen(actor_from_vertex(v)) for v in vertices])
+
+
+async def _maybe(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
 
 
 def actor_from_vertex(v: VertexRecord) -> NodeRecord | AllocationRecord:
@@ -228,7 +243,7 @@ class Gpu:
     async def claimed_by(self, root: Parent[GpuRecord], info: Info) -> Allocation | None:
         if root.claimed_by is None:
             return None
-        return cast(Allocation, await info.context.actors.load(root.claimed_by))
+        return cast(Allocation, await _maybe(info.context.actor(root.claimed_by)))
 
 
 @strawberry.type(description="A NEIGHBOR_OF link: the other node, round-trip time and bandwidth.")
@@ -241,8 +256,8 @@ class Neighbor:
         return isinstance(obj, (cls, NeighborRecord))
 
     @strawberry.field
-    async def node(self, root: Parent[NeighborRecord], info: Info) -> Node:
-        return cast(Node, await info.context.nodes.load(root.node_id))
+    def node(self, root: Parent[NeighborRecord], info: Info) -> Node:
+        return cast(Node, info.context.node(root.node_id))
 
 
 @strawberry.type(description="Any vertex a traversal reaches: its label, id and properties.")

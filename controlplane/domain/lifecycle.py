@@ -37,7 +37,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.PLACED: frozenset({State.STARTING, State.STOPPING, State.STOPPED, State.FAILED, State.LOST}),
     State.STARTING: frozenset({State.RUNNING, State.SUCCEEDED, State.FAILED, State.STOPPING, State.LOST}),
     State.RUNNING: frozenset({State.SUCCEEDED, State.FAILED, State.STOPPING, State.LOST}),
-    State.STOPPING: frozenset({State.STOPPED, State.LOST}),
+    # a stop ends `failed` instead of `stopped` when the allocation is stopped because it escalated
+    State.STOPPING: frozenset({State.STOPPED, State.FAILED, State.LOST}),
     # A terminal incarnation may only be followed by a new incarnation (a restart).
     State.SUCCEEDED: frozenset(),
     State.FAILED: frozenset(),

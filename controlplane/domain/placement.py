@@ -19,6 +19,7 @@ class Demand:
     resources: Resources
     node_id: str | None = None  # pinned to this node when given
     labels: tuple[str, ...] = ()  # every "key=value" label must be on the node
+    prefer_node_id: str | None = None  # tried first when it fits (a restart stays where it was)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,9 @@ def place(demands: Sequence[Demand], nodes: Sequence[NodeCapacity], *, field: st
         if demand.node_id is not None:
             candidates = [free[demand.node_id]] if demand.node_id in free else []
         else:
-            candidates = sorted(free.values(), key=lambda n: (-n.cpu_free, -n.memory_free, n.node_id))
+            candidates = sorted(
+                free.values(), key=lambda n: (n.node_id != demand.prefer_node_id, -n.cpu_free, -n.memory_free, n.node_id)
+            )
         chosen = next(
             (n for n in candidates if n.fits(demand.resources) and all(l in n.labels for l in demand.labels)),
             None,

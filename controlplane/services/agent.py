@@ -32,8 +32,9 @@ def describe_exit(code: int) -> str:
 
 
 class AgentService:
-    def __init__(self, store: GraphStore, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: GraphStore, *, node_id: str = "", clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.node_id = node_id
         self.clock = clock
 
     def begin_start(self, keys: Sequence[Key], *, node_id: str) -> list[AllocationRecord]:
@@ -41,14 +42,16 @@ class AgentService:
 
         Not ours: already started (a redelivery), stopped first, a newer incarnation, another node.
         """
-        changes = [Change(i, {State.PLACED: State.STARTING}, inc, {"agent": node_id}) for i, inc in keys]
+        changes = [Change(i, {State.PLACED: State.STARTING}, inc, {"agent": node_id}, reason="agent took it", by=node_id)
+                   for i, inc in keys]
         results = self.store.transition_many(changes=changes, now=self.clock())
         return [r.allocation for r in results if r is not None and r.applied and r.allocation.node_id == node_id]
 
     def running(self, started: Sequence[tuple[Key, int]]) -> set[Key]:
         """starting -> running with the pid; returns the keys that were stopped meanwhile (to be ended)."""
         now = self.clock()
-        changes = [Change(i, {State.STARTING: State.RUNNING}, inc, {"pid": pid, "started_at": now}) for (i, inc), pid in started]
+        changes = [Change(i, {State.STARTING: State.RUNNING}, inc, {"pid": pid, "started_at": now},
+                          reason=f"pid {pid}", by=self.node_id) for (i, inc), pid in started]
         results = self.store.transition_many(changes=changes, now=now)
         refused: set[Key] = set()
         for (key, _pid), r in zip(started, results):
@@ -57,7 +60,12 @@ class AgentService:
         return refused
 
     def exited(self, exits: Sequence[Exit]) -> list[AllocationRecord]:
-        """Processes ended: stopped if a stop was asked for, else succeeded (0) or failed."""
+        """Processes ended: stopped if a stop was asked for, else succeeded (0) or failed.
+
+        Returns the allocations that became terminal. A stopping parent whose process
+        ended before its children keeps `stopping` (its exit is noted); the supervisor
+        ends it once its subtree is terminal.
+        """
         now = self.clock()
         changes = []
         for e in exits:
@@ -69,21 +77,40 @@ class AgentService:
                     e.key[1],
                     {"exit_code": e.exit_code, "output_tail": e.output_tail[-OUTPUT_TAIL_CHARS:], "finished_at": now},
                     failure=describe_exit(e.exit_code),
+                    reason=describe_exit(e.exit_code),
+                    by=self.node_id,
+                    leaf_only=True,
                 )
             )
         results = self.store.transition_many(changes=changes, now=now)
-        return [r.allocation for r in results if r is not None and r.applied]
+        ended = []
+        for e, r in zip(exits, results):
+            if r is None:
+                continue
+            if r.applied:
+                ended.append(r.allocation)
+            elif r.allocation.state is State.STOPPING and r.allocation.incarnation == e.key[1]:
+                self.store.set_fields(
+                    allocation_id=e.key[0], incarnation=e.key[1],
+                    fields={"process_exited": True, "exit_code": e.exit_code,
+                            "output_tail": e.output_tail[-OUTPUT_TAIL_CHARS:], "finished_at": now},
+                )
+        return ended
 
-    def failed_to_start(self, key: Key, *, error: str) -> None:
-        self.store.transition_many(
+    def failed_to_start(self, key: Key, *, error: str) -> bool:
+        [r] = self.store.transition_many(
             changes=[Change(key[0], {State.STARTING: State.FAILED, State.PLACED: State.FAILED}, key[1],
-                            {"exit_code": -1}, failure=(START_ERROR_PREFIX + error)[:OUTPUT_TAIL_CHARS])],
+                            {"exit_code": -1}, failure=(START_ERROR_PREFIX + error)[:OUTPUT_TAIL_CHARS],
+                            reason="could not start", by=self.node_id)],
             now=self.clock(),
         )
+        return bool(r and r.applied)
 
-    def stop_unstarted(self, key: Key) -> None:
+    def stop_unstarted(self, key: Key) -> bool:
         """A stop reached the agent while no process existed: stopping -> stopped with no process."""
-        self.store.transition_many(
-            changes=[Change(key[0], {State.STOPPING: State.STOPPED}, key[1], {"error": "stopped before its process started"})],
+        [r] = self.store.transition_many(
+            changes=[Change(key[0], {State.STOPPING: State.STOPPED}, key[1], {"process_exited": True},
+                            reason="no process to stop", by=self.node_id, leaf_only=True)],
             now=self.clock(),
         )
+        return bool(r and r.applied)

@@ -12,16 +12,17 @@ import logging
 import time
 from dataclasses import replace
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from controlplane.domain.errors import Conflict, InvalidInput, NoCapacity, NotFound
 from controlplane.domain.lifecycle import TERMINAL, State
 from controlplane.domain.placement import Demand, place
-from controlplane.domain.records import AllocationRecord, GpuRecord, NeighborRecord, NodeRecord, Vertex
+from controlplane.domain.records import AllocationRecord, Event, GpuRecord, NeighborRecord, NodeRecord, Vertex
 from controlplane.domain.specs import AllocationSpec, NodeSpec, parse
-from controlplane.domain.supervision import DEFAULT_POLICY
+from controlplane.domain.supervision import DEFAULT_POLICY, SupervisionPolicy
 from controlplane.domain.traversal import TraversalSpec
 from controlplane.services.ids import new_ids
+from controlplane.services.supervisor import ControlDispatcher, SupervisorService
 from graph_schema.store import CreateRefused, GraphStore, NewAllocation
 from graph_schema.vocabulary import Label
 
@@ -32,20 +33,20 @@ MAX_PAGE = 1_000
 PLACEMENT_RETRIES = 8
 
 
-class Dispatcher(Protocol):
-    """Hands work to node agents. Tasks carry ids only."""
-
-    def run(self, *, node_id: str, items: Sequence[tuple[str, int]]) -> None:
-        """Start these (allocation id, incarnation) on their node."""
-
-    def stop(self, *, node_id: str, allocation_id: str, incarnation: int) -> None: ...
-
-
 class ControlPlane:
-    def __init__(self, store: GraphStore, dispatcher: Dispatcher | None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: GraphStore,
+        dispatcher: ControlDispatcher | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        notify: Callable[[], None] | None = None,
+    ) -> None:
+        """`dispatcher` None: no node agents; supervision runs in this process (tests, tools)."""
         self.store = store
-        self.dispatcher = dispatcher
         self.clock = clock
+        self.dispatcher: ControlDispatcher = dispatcher or InProcessDispatcher(self)
+        self.supervisor = SupervisorService(store, self.dispatcher, clock=clock, notify=notify)
 
     # --- nodes -------------------------------------------------------------------------
     def register_node(self, spec: NodeSpec | dict[str, Any]) -> NodeRecord:
@@ -167,8 +168,6 @@ class ControlPlane:
                 raise Conflict(f"parent {parent_id} is {parent.state.value}; it cannot create children", field="parent")
 
     def _dispatch_runs(self, allocations: Sequence[AllocationRecord]) -> None:
-        if self.dispatcher is None:
-            return
         by_node: dict[str, list[tuple[str, int]]] = {}
         for a in allocations:
             if a.state is State.PLACED and a.executor == "process":
@@ -180,30 +179,49 @@ class ControlPlane:
                 log.exception("could not dispatch %d allocations to %s", len(items), node_id)
 
     def stop(self, allocation_id: str, *, reason: str = "stop requested") -> AllocationRecord:
-        """Stop an allocation: not yet started -> stopped at once; started -> stopping, its agent kills it."""
+        """Stop an allocation and its subtree, children first; unstarted ones end at once."""
         current = self.allocation(allocation_id)
-        if current.state in TERMINAL or current.state is State.STOPPING:
-            return current  # already stopped or on its way: stopping twice changes nothing
-        now = self.clock()
-        if current.state in (State.PENDING, State.PLACED):
-            result = self.store.transition(
-                allocation_id=allocation_id, expected=[current.state], to=State.STOPPED, now=now,
-                fields={"error": reason},
-            )
-            if result is not None and result.applied:
-                return result.allocation
-            return self.stop(allocation_id, reason=reason)  # it moved on meanwhile; decide again
-        result = self.store.transition(
-            allocation_id=allocation_id, expected=[State.STARTING, State.RUNNING], to=State.STOPPING, now=now,
-            fields={"stop_requested_at": now, "error": reason},
+        if current.state not in TERMINAL:
+            self.supervisor.stop(allocation_id, include_root=True, reason=reason, by="user")
+        return self.allocation(allocation_id)
+
+    def watch(self, watcher_id: str, target_id: str) -> AllocationRecord:
+        """Death watch: when target terminates, watcher gets a Terminated event (at once if it already has)."""
+        if watcher_id == target_id:
+            raise InvalidInput("an allocation cannot watch itself", field="target")
+        for field, actor in (("watcher", watcher_id), ("target", target_id)):
+            if self.store.get_allocation(allocation_id=actor) is None:
+                raise NotFound(f"no allocation {actor!r}", field=field)
+        self.store.watch(watcher_id=watcher_id, target_id=target_id, now=self.clock())
+        target = self.allocation(target_id)
+        if target.state in TERMINAL:
+            self.supervisor.notify_watchers([target], self.clock())
+        return target
+
+    def unwatch(self, watcher_id: str, target_id: str) -> bool:
+        return self.store.unwatch(watcher_id=watcher_id, target_id=target_id)
+
+    def events(self, allocation_id: str | None = None, *, since: float | None = None, limit: int = 100) -> list[Event]:
+        if not 1 <= limit <= 10_000:
+            raise InvalidInput("must be between 1 and 10000", field="first")
+        if allocation_id is not None and self.store.actor_label(actor_id=allocation_id) is None:
+            raise NotFound(f"no node or allocation {allocation_id!r}", field="allocation")
+        return self.store.events(allocation_id=allocation_id, since=since, limit=limit)
+
+    def set_policy(self, actor_id: str, policy: SupervisionPolicy | dict[str, Any]) -> None:
+        """Change how a node or a live allocation supervises its children."""
+        parsed = parse(SupervisionPolicy, policy, field="policy")
+        label = self.store.actor_label(actor_id=actor_id)
+        if label not in (Label.NODE.value, Label.ALLOCATION.value):
+            raise NotFound(f"no node or allocation {actor_id!r}", field="id")
+        if label == Label.ALLOCATION.value:
+            a = self.allocation(actor_id)
+            if a.state in TERMINAL or a.state is State.STOPPING:
+                raise Conflict(f"allocation {actor_id} is {a.state.value}; its policy can no longer change", field="id")
+        self.store.set_actor_fields(
+            actor_id=actor_id,
+            fields={"supervision": parsed.model_dump_json(), "child_policy": parsed.child_policy.value},
         )
-        if result is None:
-            raise NotFound(f"no allocation {allocation_id!r}", field="id")
-        if not result.applied:
-            return self.stop(allocation_id, reason=reason)
-        if self.dispatcher is not None:
-            self.dispatcher.stop(node_id=result.allocation.node_id, allocation_id=allocation_id, incarnation=result.allocation.incarnation)
-        return result.allocation
 
     def allocation(self, allocation_id: str) -> AllocationRecord:
         found = self.store.get_allocation(allocation_id=allocation_id)
@@ -236,6 +254,28 @@ class ControlPlane:
         if label is None:
             raise NotFound(f"no vertex with id {spec.start_id!r}", field="from")
         return self.store.traverse(spec=replace(spec, start_label=Label(label)))
+
+
+class InProcessDispatcher:
+    """Supervision without a broker: terminations and restarts handled at once in this process.
+
+    No node agents: nothing runs processes, so `run` and `stop` have no one to tell.
+    """
+
+    def __init__(self, control: ControlPlane) -> None:
+        self._control = control
+
+    def run(self, *, node_id: str, items: Sequence[tuple[str, int]]) -> None:
+        return None
+
+    def stop(self, *, node_id: str, allocation_id: str, incarnation: int) -> None:
+        return None
+
+    def terminated(self, *, keys: Sequence[tuple[str, int]]) -> None:
+        self._control.supervisor.on_terminated(keys)
+
+    def restart(self, *, parent_id: str, items: Sequence[tuple[str, int, int]], reason: str, countdown: float) -> None:
+        self._control.supervisor.restart(parent_id, items, reason)
 
 
 def _page(limit: int) -> int:

@@ -353,6 +353,10 @@ class CypherStore(ABC):
         rows = self._read(q.STUCK, {"states": [s.value for s in states], "before": updated_before, "limit": int(limit)})
         return [AllocationRecord.from_props(_props(r[0])) for r in rows]
 
+    def due_restarts(self, *, before: float, limit: int) -> list[tuple[str, str, int]]:
+        rows = self._read(q.DUE_RESTARTS, {"before": before, "limit": int(limit), "restartable": _RESTARTABLE})
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
     @staticmethod
     def _primary_label(labels: Sequence[str]) -> str:
         return next((l for l in labels if l != "Actor"), labels[0])

@@ -136,6 +136,7 @@ RETURN p IS NOT NULL, CASE WHEN p IS NULL THEN null ELSE p.state END, CASE WHEN 
 """
 
 # A batch of guarded transitions. Each change names its allowed moves {from: to};
+# a stop of an allocation that escalated ends `failed` (its parent then decides);
 # the current state picks the move, or refuses the change (no row back). Leaving
 # the resource-holding states releases cpu, memory and GPUs in the same request.
 _TRANSITION_HEAD = f"""
@@ -143,12 +144,14 @@ UNWIND $changes AS c
 MATCH (a:{A} {{id: c.id}})
 REMOVE a._lock
 WITH a, c, a.state AS prev
-WITH a, c, prev, c.moves[prev] AS to
-WHERE to IS NOT NULL AND (c.incarnation IS NULL OR a.incarnation = c.incarnation)
-  AND (NOT c.leaf_only OR size([(a)-[:{PARENT_OF}]->(k:{A}) WHERE k.state IN $live | 1]) = 0)
+WITH a, c, prev, c.moves[prev] AS move,
+     CASE WHEN c.leaf_only AND prev = 'stopping' THEN size([(a)-[:{PARENT_OF}]->(k:{A}) WHERE k.state IN $live | 1]) ELSE 0 END AS live_kids
+WITH a, c, prev, live_kids, CASE WHEN move = 'stopped' AND a.escalated IS NOT NULL THEN 'failed' ELSE move END AS to
+WHERE to IS NOT NULL AND (c.incarnation IS NULL OR a.incarnation = c.incarnation) AND live_kids = 0
 SET a.state = to, a.version = a.version + 1, a.updated_at = $now
 SET a += c.fields
-SET a.error = CASE WHEN to = 'failed' AND c.failure IS NOT NULL THEN c.failure ELSE a.error END
+SET a.error = CASE WHEN to = 'failed' AND a.escalated IS NOT NULL THEN 'escalated: ' + a.escalated
+                   WHEN to = 'failed' AND c.failure IS NOT NULL THEN c.failure ELSE a.error END
 CREATE (:{EV} {{id: a.id + ':' + toString(a.version), kind: 'transition', allocation_id: a.id,
   incarnation: a.incarnation, from: prev, to: to, at: $now, reason: c.reason, by: c.by}})
 """
@@ -265,7 +268,7 @@ RETURN properties(a) AS a
 SUBTREE_TO_STOP = f"""
 MATCH path = (r:{ACT} {{id: $id}})-[:{PARENT_OF}*0..256]->(x:{A})
 WHERE x.state IN $live AND (length(path) > 0 OR $include_root)
-  AND all(v IN nodes(path)[1..-1] WHERE coalesce(v.child_policy, 'cascade') = 'cascade')
+  AND all(v IN nodes(path)[0..-1] WHERE coalesce(v.child_policy, 'cascade') = 'cascade')
 WITH x, max(length(path)) AS depth
 RETURN x.id, x.state, x.incarnation, depth ORDER BY depth DESC, x.id
 """

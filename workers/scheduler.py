@@ -1,0 +1,79 @@
+"""The periodic scheduler: reaps lost nodes and reconciles stuck allocations.
+
+Exactly one runs at a time: each tick happens only while holding a Redis lock
+with a short TTL (renewed every tick), so a second scheduler waits as a hot
+standby and takes over within one TTL when the first dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+import redis
+
+from controlplane.eventbus import RedisNotifier
+from controlplane.services.supervisor import SupervisorService
+from controlplane.settings import Settings
+from controlplane.wiring import open_store
+from workers.app import configure
+from workers.dispatch import CeleryDispatcher
+
+log = logging.getLogger(__name__)
+LOCK_KEY = "controlplane:scheduler"
+
+
+class LeaderLock:
+    """A Redis lease: SET NX PX to take it, compare-and-extend to keep it."""
+
+    _EXTEND = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+
+    def __init__(self, client: redis.Redis, *, ttl_s: float, key: str = LOCK_KEY) -> None:
+        self.client = client
+        self.key = key
+        self.ttl_ms = int(ttl_s * 1000)
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+        self._extend = client.register_script(self._EXTEND)
+
+    def hold(self) -> bool:
+        """True while this process is the leader (takes the lease if free, renews it if ours)."""
+        if self._extend(keys=[self.key], args=[self.token, self.ttl_ms]):
+            return True
+        return bool(self.client.set(self.key, self.token, nx=True, px=self.ttl_ms))
+
+    def release(self) -> None:
+        if self.client.get(self.key) == self.token.encode():
+            self.client.delete(self.key)
+
+
+def run_scheduler(settings: Settings, *, graph_uri: str | None, broker_url: str, stop: threading.Event | None = None) -> None:
+    store = open_store(settings, graph_uri=graph_uri)
+    store.bootstrap()
+    supervisor = SupervisorService(store, CeleryDispatcher(configure(broker_url)), notify=RedisNotifier(broker_url).notify)
+    lock = LeaderLock(redis.Redis.from_url(broker_url), ttl_s=max(2.0, settings.scheduler_interval_s * 4))
+    stop = stop or threading.Event()
+    leader = False
+    try:
+        while not stop.is_set():
+            try:
+                now_leader = lock.hold()
+                if now_leader != leader:
+                    log.warning("scheduler %s: %s", lock.token, "leading" if now_leader else "standing by")
+                    leader = now_leader
+                if leader:
+                    supervisor.reap(grace_s=settings.node_grace_s)
+                    supervisor.reconcile(
+                        placed_deadline_s=settings.placed_deadline_s, starting_deadline_s=settings.starting_deadline_s
+                    )
+            except Exception as exc:  # a restarted graph or broker: keep ticking
+                log.warning("scheduler tick failed: %s", exc)
+            stop.wait(settings.scheduler_interval_s)
+    finally:
+        try:
+            lock.release()
+        except redis.RedisError:
+            pass
+        store.close()

@@ -167,7 +167,7 @@ class Event:
 
     @classmethod
     def from_props(cls, p: dict[str, Any]) -> Event:
-        core = {"id", "kind", "allocation_id", "at", "incarnation", "from", "to", "reason", "by"}
+        core = {"id", "kind", "allocation_id", "at", "tick", "incarnation", "from", "to", "reason", "by"}
         return cls(
             id=p["id"],
             kind=p.get("kind", "transition"),

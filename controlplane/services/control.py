@@ -262,8 +262,11 @@ class InProcessDispatcher:
     No node agents: nothing runs processes, so `run` and `stop` have no one to tell.
     """
 
+    MAX_RESTART_POLLS = 100
+
     def __init__(self, control: ControlPlane) -> None:
         self._control = control
+        self._polls = 0
 
     def run(self, *, node_id: str, items: Sequence[tuple[str, int]]) -> None:
         return None
@@ -275,7 +278,11 @@ class InProcessDispatcher:
         self._control.supervisor.on_terminated(keys)
 
     def restart(self, *, parent_id: str, items: Sequence[tuple[str, int, int]], reason: str, countdown: float) -> None:
-        self._control.supervisor.restart(parent_id, items, reason)
+        # No delayed delivery here: restart at once (a subtree still stopping re-schedules, bounded).
+        self._polls += 1
+        if self._polls <= self.MAX_RESTART_POLLS:
+            self._control.supervisor.restart(parent_id, items, reason)
+        self._polls -= 1
 
 
 def _page(limit: int) -> int:

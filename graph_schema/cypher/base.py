@@ -8,6 +8,8 @@ including every statement's text, lives here so the engines cannot drift.
 from __future__ import annotations
 
 import json
+import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -37,14 +39,36 @@ _LIVE = sorted(s.value for s in LIVE)
 _RESTARTABLE = sorted(s.value for s in RESTARTABLE)
 
 
+def _tick() -> int:
+    """Orders events written at the same `at` (a test clock, one batch): the writer's wall clock in ns."""
+    return time.time_ns()
+
+
 def _props(value: Any) -> dict[str, Any]:
     return dict(value) if value is not None else {}
 
 
+_LOCK_MARKER = re.compile(r"REMOVE (\w+)\._lock")
+
+
 class CypherStore(ABC):
     engine: str = "cypher"
+    _dialect_cache: dict[str, str]
+
+    def __init__(self) -> None:
+        self._dialect_cache = {}
 
     # --- what an engine adapter provides -------------------------------------------------
+    #: how the `REMOVE x._lock` marker of statements.py is written for this engine
+    lock_clause: str = r"SET \1._lock = true"
+
+    def _dialect(self, query: str) -> str:
+        cached = self._dialect_cache.get(query)
+        if cached is None:
+            cached = _LOCK_MARKER.sub(self.lock_clause, query)
+            self._dialect_cache[query] = cached
+        return cached
+
     @abstractmethod
     def _read(self, query: str, params: dict[str, Any]) -> list[Row]: ...
 
@@ -143,6 +167,7 @@ class CypherStore(ABC):
             "demands": [demands[k] for k in sorted(demands)],  # lock order: nodes by id
             "allocs": props,
             "now": now,
+            "tick": _tick(),
         }
         rows = self._write(q.CREATE_ALLOCATIONS, params)
         if rows:
@@ -210,7 +235,7 @@ class CypherStore(ABC):
         may_release = any(to not in HOLDS_RESOURCES for c in changes for to in c.moves.values())
         rows = self._write(
             q.TRANSITION if may_release else q.TRANSITION_KEEP,
-            {"changes": params, "now": now, "holding": _HOLDING, "live": _LIVE},
+            {"changes": params, "now": now, "tick": _tick(), "holding": _HOLDING, "live": _LIVE},
         )
         applied = {r[0]["id"]: TransitionResult(AllocationRecord.from_props(_props(r[0])), State(r[1])) for r in rows}
         missing = [c.allocation_id for c in changes if c.allocation_id not in applied]
@@ -287,6 +312,7 @@ class CypherStore(ABC):
                 "restart_log": [float(t) for t in restart_log],
                 "reason": reason,
                 "now": now,
+                "tick": _tick(),
             },
         )
         if rows:
@@ -325,7 +351,7 @@ class CypherStore(ABC):
         return [r[0] for r in self._read(q.STALE_NODES, {"before": heartbeat_before})]
 
     def mark_node_lost(self, *, node_id: str, heartbeat_before: float, now: float) -> list[AllocationRecord] | None:
-        rows = self._write(q.MARK_NODE_LOST, {"id": node_id, "before": heartbeat_before, "now": now, "live": _LIVE})
+        rows = self._write(q.MARK_NODE_LOST, {"id": node_id, "before": heartbeat_before, "now": now, "tick": _tick(), "live": _LIVE})
         if not rows:
             return None
         return [AllocationRecord.from_props(_props(p)) for p in rows[0][1] or [] if p]
@@ -343,7 +369,8 @@ class CypherStore(ABC):
 
     def record_events(self, *, events: Sequence[Event]) -> None:
         if events:
-            self._write(q.RECORD_EVENTS, {"events": [e.to_props() for e in events]})
+            tick = _tick()
+            self._write(q.RECORD_EVENTS, {"events": [{**e.to_props(), "tick": tick + i} for i, e in enumerate(events)]})
 
     def events(self, *, allocation_id: str | None, since: float | None, limit: int) -> list[Event]:
         rows = self._read(q.EVENTS, {"allocation_id": allocation_id, "since": since, "limit": int(limit)})

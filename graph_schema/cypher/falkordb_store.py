@@ -35,8 +35,11 @@ def _plain(value: Any) -> Any:
 
 class FalkorDBStore(CypherStore):
     engine = "falkordb"
+    #: every query runs alone and atomically: no lock to take, the marker is dropped
+    lock_clause = ""
 
     def __init__(self, url: str, *, graph: str = "controlplane", timeout_ms: int = 30_000) -> None:
+        super().__init__()
         self._pool = redis.ConnectionPool.from_url(url, max_connections=64, decode_responses=True)
         self._db = FalkorDB(connection_pool=self._pool)
         self._graph = self._db.select_graph(graph)
@@ -46,7 +49,7 @@ class FalkorDBStore(CypherStore):
     def _run(self, ro: bool, query: str, params: dict[str, Any]) -> list[Row]:
         try:
             fn = self._graph.ro_query if ro else self._graph.query
-            result = fn(query, params, timeout=self._timeout_ms)
+            result = fn(self._dialect(query), params, timeout=self._timeout_ms)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise Unavailable(f"FalkorDB is unreachable: {exc}") from exc
         return [[_plain(v) for v in row] for row in result.result_set]

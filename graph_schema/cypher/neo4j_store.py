@@ -45,6 +45,7 @@ class Neo4jStore(CypherStore):
     engine = "neo4j"
 
     def __init__(self, uri: str, *, user: str | None = None, password: str | None = None, database: str | None = None) -> None:
+        super().__init__()
         auth = (user, password) if user and password else None
         self._driver = GraphDatabase.driver(uri, auth=auth, max_connection_pool_size=64)
         self._database = database
@@ -52,7 +53,7 @@ class Neo4jStore(CypherStore):
     def _run(self, routing: RoutingControl, query: str, params: dict[str, Any]) -> list[Row]:
         try:
             records, _, _ = self._driver.execute_query(
-                query, params, database_=self._database, routing_=routing
+                self._dialect(query), params, database_=self._database, routing_=routing
             )
         except (ServiceUnavailable, SessionExpired) as exc:
             raise Unavailable(f"Neo4j is unreachable: {exc}") from exc

@@ -1,11 +1,17 @@
 """Cypher text shared by every Cypher engine.
 
 Values always travel as parameters. The only things composed into query text
-are vocabulary enums and validated integers (depths). Locking: a statement
-first "touches" (REMOVE of a property that never exists) every vertex whose
-properties it checks, which takes Neo4j's write lock before the check reads
-them; FalkorDB runs each query alone, so the touch is a no-op there. Lock
-order is always Actor (parent or allocation) before Node, nodes by id.
+are vocabulary enums and validated integers (depths).
+
+Locking (the one named dialect difference): a statement first writes
+`LOCK x` (written here as `REMOVE x._lock`) on every vertex whose properties
+it checks, before reading them. Neo4j runs at read-committed isolation and
+would otherwise let two transactions both pass a capacity check; the adapter
+turns the marker into `SET x._lock = true`, which takes the vertex's write lock
+(removing a property that is not there takes none). FalkorDB runs each query
+alone, so its adapter drops the marker. Lock order is always Actor (parent or
+allocation) before Node, nodes by id; Neo4j's driver retries the deadlocks
+that remain.
 """
 
 from __future__ import annotations
@@ -119,7 +125,7 @@ CREATE (a:{A}:{ACT})
 SET a = props
 CREATE (p)-[:{PARENT_OF}]->(a), (a)-[:{RUNS_ON}]->(n)
 CREATE (:{EV} {{id: a.id + ':1', kind: 'transition', allocation_id: a.id, incarnation: 1,
-  from: 'pending', to: 'placed', at: $now, reason: 'spawned by ' + p.id + ' on ' + n.id, by: p.id}})
+  from: 'pending', to: 'placed', at: $now, tick: $tick, reason: 'spawned by ' + p.id + ' on ' + n.id, by: p.id}})
 WITH a
 OPTIONAL MATCH (g:{G}) WHERE g.id IN a.gpu_ids
 FOREACH (x IN CASE WHEN g IS NULL THEN [] ELSE [g] END |
@@ -145,7 +151,8 @@ MATCH (a:{A} {{id: c.id}})
 REMOVE a._lock
 WITH a, c, a.state AS prev
 WITH a, c, prev, c.moves[prev] AS move,
-     CASE WHEN c.leaf_only AND prev = 'stopping' THEN size([(a)-[:{PARENT_OF}]->(k:{A}) WHERE k.state IN $live | 1]) ELSE 0 END AS live_kids
+     CASE WHEN c.leaf_only AND prev = 'stopping' AND coalesce(a.child_policy, 'cascade') = 'cascade'
+          THEN size([(a)-[:{PARENT_OF}]->(k:{A}) WHERE k.state IN $live | 1]) ELSE 0 END AS live_kids
 WITH a, c, prev, live_kids, CASE WHEN move = 'stopped' AND a.escalated IS NOT NULL THEN 'failed' ELSE move END AS to
 WHERE to IS NOT NULL AND (c.incarnation IS NULL OR a.incarnation = c.incarnation) AND live_kids = 0
 SET a.state = to, a.version = a.version + 1, a.updated_at = $now
@@ -153,7 +160,7 @@ SET a += c.fields
 SET a.error = CASE WHEN to = 'failed' AND a.escalated IS NOT NULL THEN 'escalated: ' + a.escalated
                    WHEN to = 'failed' AND c.failure IS NOT NULL THEN c.failure ELSE a.error END
 CREATE (:{EV} {{id: a.id + ':' + toString(a.version), kind: 'transition', allocation_id: a.id,
-  incarnation: a.incarnation, from: prev, to: to, at: $now, reason: c.reason, by: c.by}})
+  incarnation: a.incarnation, from: prev, to: to, at: $now, tick: $tick, reason: c.reason, by: c.by}})
 """
 _RELEASE = f"""
 WITH a, prev, (prev IN $holding AND NOT a.state IN $holding) AS release
@@ -253,7 +260,7 @@ SET a.state = 'placed', a.incarnation = a.incarnation + 1, a.version = a.version
     a.stop_requested_at = null, a.process_exited = null, a.escalated = null
 CREATE (a)-[:{RUNS_ON}]->(n)
 CREATE (:{EV} {{id: a.id + ':' + toString(a.version), kind: 'transition', allocation_id: a.id,
-  incarnation: a.incarnation, from: prev, to: 'placed', at: $now, reason: $reason, by: p.id}})
+  incarnation: a.incarnation, from: prev, to: 'placed', at: $now, tick: $tick, reason: $reason, by: p.id}})
 WITH a
 OPTIONAL MATCH (g:{G}) WHERE g.id IN a.gpu_ids
 FOREACH (x IN CASE WHEN g IS NULL THEN [] ELSE [g] END |
@@ -281,10 +288,12 @@ SET k.orphan = true, k.orphaned_at = $now
 RETURN k.id
 """
 
+# Live children that keep a stopping parent from ending (an abandoning parent waits for none).
 LIVE_CHILDREN = f"""
 UNWIND $ids AS id
 MATCH (p:{ACT} {{id: id}})
-RETURN id, size([(p)-[:{PARENT_OF}]->(k:{A}) WHERE k.state IN $live | 1])
+RETURN id, CASE WHEN coalesce(p.child_policy, 'cascade') = 'abandon' THEN 0
+                ELSE size([(p)-[:{PARENT_OF}]->(k:{A}) WHERE k.state IN $live | 1]) END
 """
 
 SET_FIELDS = f"""
@@ -313,7 +322,7 @@ OPTIONAL MATCH (a:{A})-[:{RUNS_ON}]->(n) WHERE a.state IN $live
 WITH n, collect(a) AS victims
 FOREACH (a IN victims |
   CREATE (:{EV} {{id: a.id + ':' + toString(a.version + 1), kind: 'transition', allocation_id: a.id,
-    incarnation: a.incarnation, from: a.state, to: 'lost', at: $now, reason: 'node ' + n.id + ' lost', by: 'reaper'}})
+    incarnation: a.incarnation, from: a.state, to: 'lost', at: $now, tick: $tick, reason: 'node ' + n.id + ' lost', by: 'reaper'}})
   SET a.state = 'lost', a.version = a.version + 1, a.updated_at = $now, a.error = 'node ' + n.id + ' lost')
 WITH n, victims
 OPTIONAL MATCH (g:{G})-[:{GPU_OWNER}]->(n) WHERE g.claimed_by IS NOT NULL
@@ -353,7 +362,7 @@ RETURN count(x)
 EVENTS = f"""
 MATCH (e:{EV})
 WHERE ($allocation_id IS NULL OR e.allocation_id = $allocation_id) AND ($since IS NULL OR e.at > $since)
-RETURN properties(e) AS e ORDER BY e.at, e.id LIMIT $limit
+RETURN properties(e) AS e ORDER BY e.at, e.tick, e.id LIMIT $limit
 """
 
 STUCK = f"""

@@ -1,0 +1,296 @@
+"""Gremlin / TinkerPop (through gremlinpython): the third graph engine, same interface, same suite.
+
+Tested against a real Gremlin Server (TinkerPop 3.8) over an in-memory
+TinkerTransactionGraph (tests/gremlin_harness); written for any TinkerPop server that
+runs a sessionless bytecode traversal as one transaction (JanusGraph, Neptune).
+
+Guarantees, compared with the Cypher engines:
+
+- One state change is one traversal, one request, its precondition inside it; the
+  server commits the whole traversal or nothing (TinkerTransactionGraph), so
+  create_allocations is all or nothing over the batch, and every write is idempotent
+  when repeated (it re-reads its precondition).
+- Isolation is optimistic, not locking: each element is copied into the transaction when
+  first read and a commit fails when another transaction committed the same element
+  meanwhile. Remote reruns the traversal (as the Neo4j driver reruns a deadlocked
+  transaction). A check that only *reads* an element is not protected: every traversal
+  here writes what its precondition reads (the node it reserves on, the parent it links
+  to, the GPU it claims), so no check-and-set can be lost. Shown in tests/test_gremlin_limits.py.
+- On a plain TinkerGraph (no transactions) none of this holds: a traversal that fails half
+  way leaves its first writes, and concurrent traversals interleave. Configure
+  TinkerTransactionGraph (the harness does).
+- TinkerGraph keeps the graph in memory: a restarted Gremlin Server has lost it (unless
+  gremlin.tinkergraph.graphLocation is set, which writes only on a clean close).
+- No unique constraint but the vertex id: ids are T.id, so the graph refuses duplicates
+  across Nodes, Allocations, GPUs and events (one id space; Cypher has one per label).
+- No indexes: lookups by id are hash lookups, but listing by state or node is a scan.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from gremlin_python.process.graph_traversal import GraphTraversal, __
+from gremlin_python.process.traversal import P
+
+from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, HOLDS_RESOURCES, LIVE, State
+from controlplane.domain.records import AllocationRecord, GpuRecord, NeighborRecord, NodeRecord, TransitionResult, Vertex
+from controlplane.domain.resources import FreeGpu, NodeCapacity
+from controlplane.domain.specs import NodeSpec
+from controlplane.domain.traversal import TraversalSpec
+from graph_schema.gremlin import writes
+from graph_schema.gremlin.remote import Remote, props_of, split_element
+from graph_schema.gremlin.semantic import compile_traversal
+from graph_schema.gremlin.steps import A, ACTORS, G, GPU_OWNER, N, NEIGHBOR_OF, PARENT_OF, RUNS_ON
+from graph_schema.gremlin.supervision import SupervisionMixin
+from graph_schema.store import Change, CreateRefused, NewAllocation
+
+_HOLDING = sorted(s.value for s in HOLDS_RESOURCES)
+_ACCEPTS = sorted(s.value for s in ACCEPTS_CHILDREN)
+_LIVE = sorted(s.value for s in LIVE)
+
+
+def vertex(m: dict[Any, Any]) -> Vertex:
+    label, p = split_element(m)
+    p = {k: v for k, v in p.items() if not k.startswith("_")}
+    if isinstance(p.get("env"), str):
+        try:
+            p["env"] = json.loads(p["env"])
+        except ValueError:
+            pass
+    return Vertex(label=label, id=str(p.get("id", "")), properties=p)
+
+
+def allocation(m: dict[Any, Any]) -> AllocationRecord:
+    return AllocationRecord.from_props(props_of(m))
+
+
+class GremlinStore(SupervisionMixin):
+    engine = "gremlin"
+
+    def __init__(self, url: str, *, traversal_source: str = "g", pool_size: int = 8) -> None:
+        self._remote = Remote(url, traversal_source=traversal_source, pool_size=pool_size)
+
+    def bootstrap(self) -> None:
+        """Nothing to declare: ids are vertex ids (unique by construction) and TinkerGraph has no remote index API."""
+        self.ping()
+
+    def close(self) -> None:
+        self._remote.close()
+
+    def ping(self) -> None:
+        self._remote.run(lambda g: g.inject(1), write=False)
+
+    def clear(self) -> None:
+        self._remote.run(lambda g: g.V().drop())
+
+    # --- nodes -------------------------------------------------------------------------
+    def register_node(self, *, spec: NodeSpec, now: float) -> NodeRecord:
+        node = {
+            "id": spec.name, "name": spec.name, "labels": list(spec.label_list()),
+            "cpu": spec.cpu_milli, "memory": spec.memory_mib,
+        }
+        supervision = getattr(spec, "supervision", None)
+        if supervision is not None:
+            node["supervision"] = supervision.model_dump_json()
+        gpus = [{"id": f"{spec.name}/gpu{i}", "model": g.model, "memory": g.memory_mib} for i, g in enumerate(spec.gpus)]
+        m = self._remote.one(lambda g: writes.register_node(g, node=node, gpus=gpus, holding=_HOLDING, now=now))
+        return NodeRecord.from_props(props_of(m))
+
+    def heartbeat(self, *, node_id: str, now: float) -> str | None:
+        status = self._remote.one(lambda g: writes.heartbeat(g, node_id=node_id, now=now))
+        return str(status) if status is not None else None
+
+    def set_node_status(self, *, node_id: str, expected: Sequence[str], status: str, now: float) -> NodeRecord | None:
+        m = self._remote.one(lambda g: writes.set_node_status(g, node_id=node_id, expected=expected, status=status, now=now))
+        return NodeRecord.from_props(props_of(m)) if m else None
+
+    def connect_neighbors(self, *, a: str, b: str, rtt_ms: float, bandwidth: float) -> bool:
+        return bool(self._remote.run(lambda g: writes.connect_neighbors(g, a=a, b=b, rtt_ms=rtt_ms, bandwidth=bandwidth)))
+
+    def get_node(self, *, node_id: str) -> NodeRecord | None:
+        m = self._read_one(lambda g: g.V(node_id).has_label(N).element_map())
+        return NodeRecord.from_props(props_of(m)) if m else None
+
+    def list_nodes(self, *, after: str | None, limit: int, status: str | None = None) -> list[NodeRecord]:
+        def build(g: Any) -> GraphTraversal:
+            t = g.V().has_label(N)
+            if after is not None:
+                t = t.has("id", P.gt(after))
+            if status is not None:
+                t = t.has("status", status)
+            return t.order().by("id").limit(int(limit)).element_map()
+
+        return [NodeRecord.from_props(props_of(m)) for m in self._read(build)]
+
+    def neighbors(self, *, node_id: str) -> list[NeighborRecord]:
+        rows = self._read(
+            lambda g: g.V(node_id).has_label(N).out_e(NEIGHBOR_OF).where(__.in_v().has_label(N))
+            .project("id", "rtt_ms", "bandwidth").by(__.in_v().values("id")).by("rtt_ms").by("bandwidth")
+        )
+        found = [NeighborRecord(node_id=r["id"], rtt_ms=float(r["rtt_ms"]), bandwidth=float(r["bandwidth"])) for r in rows]
+        return sorted(found, key=lambda n: (n.rtt_ms, n.node_id))
+
+    def gpus(self, *, node_id: str) -> list[GpuRecord]:
+        rows = self._read(lambda g: g.V(node_id).has_label(N).in_(GPU_OWNER).has_label(G).order().by("id").element_map())
+        return [GpuRecord.from_props(props_of(m)) for m in rows]
+
+    def node_capacities(self, *, node_ids: Sequence[str] | None = None) -> list[NodeCapacity]:
+        if node_ids is not None and not node_ids:
+            return []
+        ids = list(dict.fromkeys(node_ids)) if node_ids is not None else []
+        free_gpus = __.in_(GPU_OWNER).has_label(G).not_(__.has("claimed_by")).project("id", "model").by("id").by("model").fold()
+        rows = self._read(
+            lambda g: g.V(*ids).has_label(N).has("status", "ready")
+            .project("id", "status", "labels", "cpu_free", "memory_free", "gpus")
+            .by("id").by("status").by("labels").by("cpu_free").by("memory_free").by(free_gpus)
+        )
+        return [
+            NodeCapacity(
+                node_id=r["id"], status=r["status"], labels=tuple(r.get("labels") or ()),
+                cpu_free=int(r["cpu_free"]), memory_free=int(r["memory_free"]),
+                free_gpus=tuple(sorted((FreeGpu(x["id"], x["model"]) for x in r["gpus"]), key=lambda x: x.id)),
+            )
+            for r in rows
+        ]
+
+    # --- allocations -------------------------------------------------------------------
+    def create_allocations(self, *, parent_id: str, allocations: Sequence[NewAllocation], now: float) -> list[AllocationRecord]:
+        if not allocations:
+            return []
+        demands: dict[str, dict[str, Any]] = {}
+        props: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        for a in allocations:
+            d = demands.setdefault(a.node_id, {"node_id": a.node_id, "cpu": 0, "memory": 0, "gpu_ids": []})
+            d["cpu"] += a.cpu
+            d["memory"] += a.memory
+            d["gpu_ids"].extend(a.gpu_ids)
+            props.append(_allocation_props(a, parent_id=parent_id, now=now))
+            events.append({
+                "id": f"{a.id}:1", "kind": "transition", "allocation_id": a.id, "incarnation": 1, "from": "pending",
+                "to": "placed", "at": now, "reason": f"spawned by {parent_id} on {a.node_id}", "by": parent_id,
+            })
+        ordered = [demands[k] for k in sorted(demands)]
+        r = self._remote.one(lambda g: writes.create_allocations(
+            g, parent_id=parent_id, demands=ordered, allocs=props, events=events, accepts=_ACCEPTS))
+        outcome = r["outcome"]
+        if outcome in ("created", "existing") and r["allocations"]:
+            return sorted((allocation(m) for m in r["allocations"]), key=lambda a: a.extra.get("seq", 0))
+        if outcome == "parent_missing":
+            raise CreateRefused(CreateRefused.PARENT_MISSING, parent_id)
+        if outcome == "parent_not_live":
+            raise CreateRefused(CreateRefused.PARENT_NOT_LIVE, f"{parent_id} is {r['parent_state']}")
+        raise CreateRefused(CreateRefused.NO_CAPACITY, ", ".join(sorted(demands)))
+
+    def transition(
+        self,
+        *,
+        allocation_id: str,
+        expected: Sequence[State],
+        to: State,
+        now: float,
+        incarnation: int | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> TransitionResult | None:
+        change = Change(allocation_id, {e: to for e in expected}, incarnation, fields or {})
+        return self.transition_many(changes=[change], now=now)[0]
+
+    def transition_many(self, *, changes: Sequence[Change], now: float) -> list[TransitionResult | None]:
+        if not changes:
+            return []
+        params = [
+            {
+                "id": c.allocation_id, "moves": {k.value: v.value for k, v in c.moves.items()},
+                "incarnation": c.incarnation, "fields": {k: v for k, v in c.fields.items() if v is not None},
+                "failure": c.failure, "reason": getattr(c, "reason", None), "by": getattr(c, "by", None),
+                "leaf_only": getattr(c, "leaf_only", False),
+            }
+            for c in changes
+        ]
+        r = self._remote.one(lambda g: writes.transitions(g, changes=params, holding=_HOLDING, live=_LIVE, now=now))
+        results: list[TransitionResult | None] = []
+        for i in range(len(changes)):
+            x = r[f"c{i}"]
+            if x == "missing":
+                results.append(None)
+            else:
+                results.append(TransitionResult(allocation(x["a"]), State(x["prev"]) if x["applied"] else None))
+        return results
+
+    def get_allocation(self, *, allocation_id: str) -> AllocationRecord | None:
+        m = self._read_one(lambda g: g.V(allocation_id).has_label(A).element_map())
+        return allocation(m) if m else None
+
+    def get_allocations(self, *, allocation_ids: Sequence[str]) -> list[AllocationRecord]:
+        if not allocation_ids:
+            return []
+        return [allocation(m) for m in self._read(lambda g: g.V(*allocation_ids).has_label(A).element_map())]
+
+    def list_allocations(
+        self, *, after: str | None, limit: int, state: str | None = None, node_id: str | None = None
+    ) -> list[AllocationRecord]:
+        def build(g: Any) -> GraphTraversal:
+            t = g.V(node_id).has_label(N).in_(RUNS_ON).has_label(A) if node_id is not None else g.V().has_label(A)
+            if node_id is not None:
+                t = t.has("node_id", node_id)
+            if after is not None:
+                t = t.has("id", P.gt(after))
+            if state is not None:
+                t = t.has("state", state)
+            return t.order().by("id").limit(int(limit)).element_map()
+
+        return [allocation(m) for m in self._read(build)]
+
+    def children(self, *, parent_id: str, after: str | None, limit: int) -> list[AllocationRecord]:
+        def build(g: Any) -> GraphTraversal:
+            t = g.V(parent_id).has_label(*ACTORS).out(PARENT_OF).has_label(A)
+            if after is not None:
+                t = t.has("id", P.gt(after))
+            return t.order().by("id").limit(int(limit)).element_map()
+
+        return [allocation(m) for m in self._read(build)]
+
+    def descendants(self, *, root_id: str, max_depth: int, limit: int) -> list[AllocationRecord]:
+        rows = self._read(
+            lambda g: g.V(root_id).has_label(*ACTORS).repeat(__.out(PARENT_OF)).emit().times(int(max_depth))
+            .has_label(A).dedup().order().by("id").limit(int(limit)).element_map()
+        )
+        return [allocation(m) for m in rows]
+
+    def ancestors(self, *, allocation_id: str) -> list[Vertex]:
+        # one parent each: the walk up is a single chain, emitted parent first
+        rows = self._read(
+            lambda g: g.V(allocation_id).has_label(*ACTORS).repeat(__.in_(PARENT_OF)).emit().times(256).element_map()
+        )
+        return [vertex(m) for m in rows]
+
+    def actor_label(self, *, actor_id: str) -> str | None:
+        label = self._read_one(lambda g: g.V(actor_id).has_label(N, A, G).label())
+        return str(label) if label is not None else None
+
+    def traverse(self, *, spec: TraversalSpec) -> list[Vertex]:
+        return [vertex(m) for m in self._read(lambda g: compile_traversal(g, spec))]
+
+    # --- plumbing ----------------------------------------------------------------------
+    def _read(self, build: Any) -> list[Any]:
+        return self._remote.run(build, write=False)
+
+    def _read_one(self, build: Any) -> Any:
+        return self._remote.one(build, write=False)
+
+
+def _allocation_props(a: NewAllocation, *, parent_id: str, now: float) -> dict[str, Any]:
+    """The allocation's properties: exactly those the Cypher engines store."""
+    p = asdict(a)
+    p.pop("env_json")
+    extra = p.pop("extra") or {}
+    p.update(
+        env=a.env_json, argv=list(a.argv), gpu_ids=list(a.gpu_ids), gpu_model=a.gpu_model or "",
+        parent_id=parent_id, state=State.PLACED.value, incarnation=1, version=1, created_at=now, updated_at=now,
+    )
+    p.update({k: v for k, v in extra.items() if v is not None})
+    return p

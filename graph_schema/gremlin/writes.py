@@ -1,0 +1,196 @@
+"""The write traversals of nodes and allocations: each state change is one traversal, one request.
+
+The Gremlin counterpart of cypher/statements.py, statement for statement. Each
+traversal checks its precondition before it writes anything (choose/where guards on
+what it reads), and Gremlin Server runs a sessionless traversal as one
+TinkerTransactionGraph transaction: committed when fully iterated, rolled back on any
+error, refused at commit (and rerun by remote.Remote) when another transaction wrote
+one of the same elements first. Every value is a traversal argument; nothing here
+builds script text. Each traversal returns one result (a map or a folded list), so the
+server commits before it sends anything back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gremlin_python.process.graph_traversal import GraphTraversal, GraphTraversalSource, __
+from gremlin_python.process.traversal import Operator, P, Pick
+
+from graph_schema.gremlin.remote import value
+from graph_schema.gremlin.steps import (
+    A, ACTORS, CLAIMS, EV, G, GPU_OWNER, N, NEIGHBOR_OF, PARENT_OF, RUNS_ON,
+    add, event_here, new_vertex, set_props, subtract,
+)
+
+# --- nodes ---------------------------------------------------------------------------------
+
+
+def register_node(
+    g: GraphTraversalSource, *, node: Mapping[str, Any], gpus: Sequence[Mapping[str, Any]], holding: Sequence[str], now: float
+) -> GraphTraversal:
+    """Upsert the node and its GPUs; free capacity = capacity - what its holding allocations reserve."""
+    nid = node["id"]
+    t = g.V(nid).has_label(N).fold().coalesce(
+        __.unfold(), new_vertex(N, nid, {"registered_at": now, "version": 0})
+    )
+    t = set_props(t, {**node, "status": "ready", "heartbeat_at": now, "child_policy": "cascade"})
+    t = add(t, "version", 1)
+    for gs in gpus:
+        gpu = __.V(gs["id"]).has_label(G).fold().coalesce(__.unfold(), new_vertex(G, gs["id"], {}))
+        gpu = set_props(gpu, {"model": gs["model"], "memory": gs["memory"], "node_id": nid})
+        gpu = gpu.coalesce(__.out(GPU_OWNER).has_id(nid), __.add_e(GPU_OWNER).to(__.V(nid)))
+        t = t.side_effect(gpu)
+    for key in ("cpu", "memory"):
+        held = __.in_(RUNS_ON).has_label(A).has("state", P.within(list(holding))).values(key).sum_()
+        t = t.sack(Operator.assign).by(key).sack(Operator.minus).by(__.coalesce(held, __.constant(0)))
+        t = t.property(f"{key}_free", __.sack())
+    return t.element_map()
+
+
+def heartbeat(g: GraphTraversalSource, *, node_id: str, now: float) -> GraphTraversal:
+    return (
+        g.V(node_id).has_label(N)
+        .side_effect(__.not_(__.has("heartbeat_at", P.gt(now))).property("heartbeat_at", now))
+        .values("status")
+    )
+
+
+def set_node_status(g: GraphTraversalSource, *, node_id: str, expected: Sequence[str], status: str, now: float) -> GraphTraversal:
+    t = g.V(node_id).has_label(N).has("status", P.within(list(expected)))
+    t = add(t.property("status", status), "version", 1).property("status_changed_at", now)
+    return t.element_map()
+
+
+def connect_neighbors(g: GraphTraversalSource, *, a: str, b: str, rtt_ms: float, bandwidth: float) -> GraphTraversal:
+    def link(src: str, dst: str) -> GraphTraversal:
+        edge = __.coalesce(
+            __.V(src).out_e(NEIGHBOR_OF).where(__.in_v().has_id(dst)),
+            __.V(src).add_e(NEIGHBOR_OF).to(__.V(dst)),
+        )
+        return edge.property("rtt_ms", float(rtt_ms)).property("bandwidth", float(bandwidth))
+
+    return (
+        g.V(a).has_label(N).where(__.V(b).has_label(N))
+        .side_effect(link(a, b)).side_effect(link(b, a))
+        .values("id")
+    )
+
+
+# --- allocations ---------------------------------------------------------------------------
+
+
+def create_allocations(
+    g: GraphTraversalSource,
+    *,
+    parent_id: str,
+    demands: Sequence[Mapping[str, Any]],
+    allocs: Sequence[Mapping[str, Any]],
+    events: Sequence[Mapping[str, Any]],
+    accepts: Sequence[str],
+) -> GraphTraversal:
+    """Idempotency check, parent liveness, capacity and GPUs of every node, then every write.
+
+    Answers one map: outcome (created | existing | parent_missing | parent_not_live |
+    no_capacity), the parent's state, and the batch's allocations as they now are.
+    Adding the PARENT_OF edge writes the parent vertex, so a concurrent transition of the
+    parent conflicts with this create at commit: no child slips under a parent that stopped.
+    """
+    ids = [a["id"] for a in allocs]
+    parent_live = __.V(parent_id).or_(__.has_label(N), __.has_label(A).has("state", P.within(list(accepts))))
+    fits = [_fits(d) for d in demands]
+    writes = __.identity()
+    for d in demands:
+        node = subtract(subtract(__.V(d["node_id"]), "cpu_free", d["cpu"]), "memory_free", d["memory"])
+        writes = writes.side_effect(node)
+    for props, ev in zip(allocs, events):
+        writes = writes.side_effect(_new_allocation(parent_id, props, ev))
+    t = g.inject(0).choose(
+        __.V(ids[0]).has_label(A),
+        __.constant("existing"),
+        __.choose(
+            __.not_(__.V(parent_id).has_label(*ACTORS)),
+            __.constant("parent_missing"),
+            __.choose(
+                __.not_(parent_live),
+                __.constant("parent_not_live"),
+                __.choose(__.and_(*fits), writes.constant("created"), __.constant("no_capacity")),
+            ),
+        ),
+    )
+    return t.project("outcome", "parent_state", "allocations").by(__.identity()).by(
+        __.coalesce(__.V(parent_id).values("state"), __.constant(""))
+    ).by(__.V(*ids).has_label(A).element_map().fold())
+
+
+def _fits(d: Mapping[str, Any]) -> GraphTraversal:
+    node = (
+        __.V(d["node_id"]).has_label(N).has("status", "ready")
+        .has("cpu_free", P.gte(value(d["cpu"]))).has("memory_free", P.gte(value(d["memory"])))
+    )
+    gpu_ids = list(d["gpu_ids"])
+    if not gpu_ids:
+        return node
+    free = __.in_(GPU_OWNER).has_label(G).has_id(P.within(gpu_ids)).not_(__.has("claimed_by")).count()
+    return node.where(free.is_(len(gpu_ids)))
+
+
+def _new_allocation(parent_id: str, props: Mapping[str, Any], event: Mapping[str, Any]) -> GraphTraversal:
+    aid = props["id"]
+    t = new_vertex(A, aid, {k: v for k, v in props.items() if k != "id"})
+    t = t.side_effect(__.add_e(PARENT_OF).from_(__.V(parent_id)))
+    t = t.side_effect(__.add_e(RUNS_ON).to(__.V(props["node_id"])))
+    for gid in props.get("gpu_ids") or ():
+        t = t.side_effect(__.add_e(CLAIMS).to(__.V(gid).property("claimed_by", aid)))
+    return t.side_effect(new_vertex(EV, event["id"], {k: v for k, v in event.items() if k != "id"}))
+
+
+def transitions(
+    g: GraphTraversalSource, *, changes: Sequence[Mapping[str, Any]], holding: Sequence[str], live: Sequence[str], now: float
+) -> GraphTraversal:
+    """Every change in order, in one traversal: a map per change (applied, prev, the allocation), or 'missing'."""
+    t = g.inject(0).project(*[f"c{i}" for i in range(len(changes))])
+    for c in changes:
+        t = t.by(_transition(c, holding=set(holding), live=list(live), now=now))
+    return t
+
+
+def _transition(c: Mapping[str, Any], *, holding: set[str], live: list[str], now: float) -> GraphTraversal:
+    """One change: the current state picks the move (choose/option on `state`), or it is refused."""
+    refused = __.project("applied", "a").by(__.constant(False)).by(__.element_map())
+    pick = __.choose(__.values("state"))
+    for prev, move in c["moves"].items():
+        if move == "stopped":  # a stop of an allocation that escalated ends `failed` (its parent then decides)
+            branch = __.choose(__.has("escalated"), _apply(c, prev, "failed", holding, now), _apply(c, prev, move, holding, now))
+        else:
+            branch = _apply(c, prev, move, holding, now)
+        if c.get("leaf_only") and prev == "stopping":
+            branch = __.choose(__.out(PARENT_OF).has_label(A).has("state", P.within(live)), refused, branch)
+        pick = pick.option(prev, branch)
+    one = pick.option(Pick.none, refused)
+    if c.get("incarnation") is not None:
+        one = __.choose(__.has("incarnation", value(c["incarnation"])), one, refused)
+    return __.V(c["id"]).has_label(A).fold().coalesce(__.unfold().map(one), __.constant("missing"))
+
+
+def _apply(c: Mapping[str, Any], prev: str, to: str, holding: set[str], now: float) -> GraphTraversal:
+    t = add(__.property("state", to), "version", 1).property("updated_at", now)
+    t = set_props(t, c.get("fields") or {})
+    if to == "failed":
+        escalated = __.property("error", __.constant("escalated: ").concat(__.values("escalated").as_string()))
+        failure = __.property("error", c["failure"]) if c.get("failure") is not None else __.identity()
+        t = t.choose(__.has("escalated"), escalated, failure)
+    event = {"to": to, "at": now, "reason": c.get("reason"), "by": c.get("by")}
+    t = t.side_effect(event_here("transition", event, from_state=prev))
+    if prev in holding and to not in holding:
+        t = release(t)
+    return t.project("applied", "prev", "a").by(__.constant(True)).by(__.constant(prev)).by(__.element_map())
+
+
+def release(t: GraphTraversal) -> GraphTraversal:
+    """On an allocation leaving the holding states: give its cpu, memory and GPUs back to its node."""
+    for key in ("cpu", "memory"):
+        node = __.sack(Operator.assign).by(key).out(RUNS_ON).has_label(N).sack(Operator.sum_).by(f"{key}_free")
+        t = t.side_effect(node.property(f"{key}_free", __.sack()))
+    return t.side_effect(__.out(CLAIMS).has_label(G).properties("claimed_by").drop()).side_effect(__.out_e(CLAIMS).drop())

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import SchemaExtension
-from strawberry.types import ExecutionContext
+from strawberry.extensions import ParserCache, SchemaExtension
+from strawberry.types import ExecutionContext, ExecutionResult
 
 from controlplane.api.inputs import graphql_field
 from controlplane.domain.errors import ControlPlaneError
@@ -57,6 +58,18 @@ def client_error(error: GraphQLError) -> GraphQLError:
     )
 
 
+class SafeParserCache(ParserCache):
+    """ParserCache whose syntax errors are left to the standard parse, which reports them like any other."""
+
+    def on_parse(self) -> Iterator[None]:
+        ctx = self.execution_context
+        try:
+            ctx.graphql_document = self.cached_parse_document(ctx.query, **ctx.parse_options)
+        except GraphQLError:
+            pass
+        yield
+
+
 class ErrorMapping(SchemaExtension):
     """Rewrites every error of the result with `client_error` (after `process_errors` has logged the originals)."""
 
@@ -69,7 +82,17 @@ class ErrorMapping(SchemaExtension):
 
 
 class ControlPlaneSchema(strawberry.Schema):
-    """Logs only what is unexpected, with its traceback; expected refusals are the client's business."""
+    """Logs only what is unexpected, with its traceback; expected refusals are the client's business.
+
+    `execute` maps errors once more: a failure inside an extension hook ends the
+    operation before ErrorMapping can see the result.
+    """
+
+    async def execute(self, *args: Any, **kwargs: Any) -> ExecutionResult:
+        result = await super().execute(*args, **kwargs)
+        if result.errors:
+            result.errors = [client_error(e) for e in result.errors]
+        return result
 
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         for error in errors:

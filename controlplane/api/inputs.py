@@ -54,6 +54,14 @@ class AllocationSpecInput:
     node: str | None = strawberry.field(default=strawberry.UNSET, description="Place on this node instead of the first that fits.")
     node_labels: JSON | None = strawberry.field(default=strawberry.UNSET, description="Only nodes with these labels.")
     grace_period_s: float | None = strawberry.UNSET
+    restart: str | None = strawberry.field(
+        default=strawberry.UNSET, description="When its parent restarts it: `permanent`, `transient` (default) or `temporary`."
+    )
+    supervision: JSON | None = strawberry.field(
+        default=strawberry.UNSET,
+        description="How it supervises its children: strategy, deciders, default_directive, max_restarts, window_s, "
+        "backoff, child_policy (snake_case keys, as in the control plane's SupervisionPolicy).",
+    )
 
 
 @strawberry.input(description="A traversal filter on a property of the vertices reached.")

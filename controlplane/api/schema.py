@@ -16,13 +16,12 @@ from strawberry.extensions import (
     AddValidationRules,
     MaxAliasesLimiter,
     MaxTokensLimiter,
-    ParserCache,
     QueryDepthLimiter,
     ValidationCache,
 )
 
 from controlplane.api.context import Info, wanted_fields
-from controlplane.api.errors import ControlPlaneSchema, ErrorMapping
+from controlplane.api.errors import ControlPlaneSchema, ErrorMapping, SafeParserCache
 from controlplane.api.execution import InlineLeafExecutionContext
 from controlplane.api.inputs import AllocationSpecInput, Filter, NodeInput, to_spec
 from controlplane.api.limits import PAGED, QueryCost
@@ -169,7 +168,7 @@ def build_schema(*, max_depth: int, max_descendants: int, metrics: ApiMetrics) -
         partial(QueryCost, paged=paged),
         partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
         partial(AddValidationRules, rules),
-        partial(ParserCache, maxsize=CACHED_DOCUMENTS),
+        partial(SafeParserCache, maxsize=CACHED_DOCUMENTS),
         partial(ValidationCache, maxsize=CACHED_DOCUMENTS),
     ]
     return ControlPlaneSchema(

@@ -164,6 +164,8 @@ class Event:
     reason: str | None = None
     by: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
+    #: orders events with the same `at` (the writer's clock in ns)
+    tick: int = 0
 
     @classmethod
     def from_props(cls, p: dict[str, Any]) -> Event:
@@ -179,6 +181,7 @@ class Event:
             reason=p.get("reason"),
             by=p.get("by"),
             data={k: v for k, v in p.items() if k not in core},
+            tick=int(p.get("tick") or 0),
         )
 
     def to_props(self) -> dict[str, Any]:

@@ -99,7 +99,7 @@ def create_allocations(
     """
     ids = [a["id"] for a in allocs]
     parent_live = __.V(parent_id).or_(__.has_label(N), __.has_label(A).has("state", P.within(list(accepts))))
-    fits = [_fits(d) for d in demands]
+    fitting = [fits(d) for d in demands]
     writes = __.identity()
     for d in demands:
         node = subtract(subtract(__.V(d["node_id"]), "cpu_free", d["cpu"]), "memory_free", d["memory"])
@@ -115,7 +115,7 @@ def create_allocations(
             __.choose(
                 __.not_(parent_live),
                 __.constant("parent_not_live"),
-                __.choose(__.and_(*fits), writes.constant("created"), __.constant("no_capacity")),
+                __.choose(__.and_(*fitting), writes.constant("created"), __.constant("no_capacity")),
             ),
         ),
     )
@@ -124,7 +124,7 @@ def create_allocations(
     ).by(__.V(*ids).has_label(A).element_map().fold())
 
 
-def _fits(d: Mapping[str, Any]) -> GraphTraversal:
+def fits(d: Mapping[str, Any]) -> GraphTraversal:
     node = (
         __.V(d["node_id"]).has_label(N).has("status", "ready")
         .has("cpu_free", P.gte(value(d["cpu"]))).has("memory_free", P.gte(value(d["memory"])))

@@ -1,0 +1,82 @@
+"""A real stack for end-to-end tests: FalkorDB, node agents, a supervisor and the scheduler as processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from controlplane.services import ControlPlane
+from graph_schema.cypher.falkordb_store import FalkorDBStore
+from graph_schema.falkordb_server import FalkorDBServer
+from workers.app import configure
+from workers.dispatch import CeleryDispatcher
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition", every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - e.g. the graph restarting
+            last_exc = exc
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+class Stack:
+    def __init__(self, server: FalkorDBServer, data_dir: Path, *, graph: str, heartbeat_s: float = 0.5, grace_s: float = 2.0) -> None:
+        self.server = server
+        self.data_dir = data_dir
+        self.graph = graph
+        self.env = {
+            **os.environ,
+            "GRAPH_BACKEND": "falkordb",
+            "GRAPH_URI": server.url,
+            "GRAPH_NAME": graph,
+            "REDIS_URL": server.redis_url(2),
+            "DATA_DIR": str(data_dir),
+            "HEARTBEAT_S": str(heartbeat_s),
+            "NODE_GRACE_S": str(grace_s),
+            "SCHEDULER_INTERVAL_S": "0.2",
+            "PLACED_DEADLINE_S": "5",
+            "STARTING_DEADLINE_S": "10",
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.store = FalkorDBStore(server.url, graph=graph)
+        self.store.bootstrap()
+        self.control = ControlPlane(self.store, CeleryDispatcher(configure(server.redis_url(2))))
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-m", "controlplane", *args], env=self.env)
+        self.procs[name] = proc
+        return proc
+
+    def agent(self, node: str) -> subprocess.Popen[bytes]:
+        proc = self.start(node, "worker", "--node", node, "--concurrency", "8")
+        wait_for(lambda: (n := self.store.get_node(node_id=node)) and n.status == "ready", what=f"agent {node} to register")
+        return proc
+
+    def kill9(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.store.close()

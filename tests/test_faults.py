@@ -1,0 +1,143 @@
+"""Fault injection with real processes: kill -9 agents and allocations, restart the graph server.
+
+Given a stack of real processes (FalkorDB, node agents, a supervisor, the
+scheduler), when something dies, then the graph and its events show the
+allocations recovering exactly as the supervision policies say.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controlplane.domain.lifecycle import State
+from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
+from tests.stack import Stack, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    server = FalkorDBServer(FalkorDBServerConfig(data_dir=tmp_path_factory.mktemp("faults-db"))).start()
+    s = Stack(server, tmp_path_factory.mktemp("faults"), graph="faults")
+    s.store.clear()
+    s.start("supervisor", "supervisor")
+    s.start("scheduler", "scheduler")
+    s.agent("alpha")
+    s.agent("beta")
+    yield s
+    s.close()
+    server.stop()
+
+
+def spec(name: str, argv: list[str], **kw: object) -> dict:
+    return {"name": name, "argv": argv, "resources": {"cpu_milli": 10, "memory_mib": 8}, "grace_period_s": 1.0, **kw}
+
+
+def running(stack: Stack, allocation_id: str, incarnation: int = 1, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+    return wait_for(
+        lambda: (a := stack.control.allocation(allocation_id)).state is State.RUNNING and a.incarnation >= incarnation and a,
+        timeout, f"{allocation_id} running (incarnation >= {incarnation})",
+    )
+
+
+def test_killing_an_allocation_process_restarts_it_with_backoff_then_escalates(stack: Stack) -> None:
+    policy = {"max_restarts": 2, "window_s": 60, "backoff": {"min_s": 0.5, "max_s": 5, "factor": 2, "jitter": 0}}
+    [parent] = stack.control.spawn("alpha", [spec("parent", ["sleep", "600"], node="alpha", supervision=policy)])
+    running(stack, parent.id)
+    [kid] = stack.control.spawn(parent.id, [spec("kid", ["sleep", "600"], node="alpha")])
+    pids = []
+    for inc in (1, 2, 3):
+        a = running(stack, kid.id, inc)
+        assert a.incarnation == inc
+        pids.append(a.pid)
+        os.kill(a.pid, signal.SIGKILL)
+        if inc < 3:
+            wait_for(lambda i=inc: stack.control.allocation(kid.id).incarnation == i + 1, 20, f"restart {inc + 1}")
+    assert len(set(pids)) == 3
+    # the third failure in 60 s is past the intensity: the parent fails, and the node restarts it
+    p = wait_for(lambda: (x := stack.control.allocation(parent.id)).incarnation == 2 and x, 20, "parent escalated and restarted")
+    assert p.incarnation == 2
+    k = stack.control.allocation(kid.id)
+    assert (k.state, k.incarnation) == (State.FAILED, 3)
+    restarts = [e for e in stack.control.events(kid.id) if e.to_state == "placed" and e.from_state == "failed"]
+    gaps = [b.at - a.at for a, b in zip(
+        [e for e in stack.control.events(kid.id) if e.to_state == "failed"], restarts)]
+    assert len(restarts) == 2 and gaps[0] >= 0.45 and gaps[1] >= 0.95  # 0.5 s, then 1 s of backoff
+    stack.control.stop(parent.id)
+
+
+def test_a_spec_that_always_crashes_escalates_to_the_node_and_stops(stack: Stack) -> None:
+    policy = {"max_restarts": 2, "window_s": 60, "backoff": {"min_s": 0.1, "max_s": 0.2, "jitter": 0}}
+    stack.control.set_policy("beta", policy)
+    [a] = stack.control.spawn("beta", [spec("crasher", ["sh", "-c", "exit 7"], node="beta")])
+    final = wait_for(
+        lambda: [e for e in stack.control.events(a.id) if e.kind == "escalated"] and stack.control.allocation(a.id),
+        30, "escalation to the node",
+    )
+    assert final.state is State.FAILED and final.incarnation == 3 and final.exit_code == 7
+    time.sleep(1.0)
+    assert stack.control.allocation(a.id).incarnation == 3  # never loops
+
+
+@pytest.mark.parametrize(("strategy", "expected"), [("one_for_all", [2, 2, 2, 2]), ("rest_for_one", [1, 2, 2, 2])])
+def test_group_strategies_restart_exactly_their_set_in_order(stack: Stack, strategy: str, expected: list[int]) -> None:
+    policy = {"strategy": strategy, "backoff": {"min_s": 0.1, "jitter": 0}}
+    [parent] = stack.control.spawn("alpha", [spec("sup", ["sleep", "600"], node="alpha", supervision=policy)])
+    kids = stack.control.spawn(parent.id, [spec(f"k{i}", ["sleep", "600"], node="alpha") for i in range(4)])
+    for k in kids:
+        running(stack, k.id)
+    os.kill(stack.control.allocation(kids[1].id).pid, signal.SIGKILL)  # type: ignore[arg-type]
+    for k, inc in zip(kids, expected):
+        running(stack, k.id, inc)
+    time.sleep(0.5)
+    assert [stack.control.allocation(k.id).incarnation for k in kids] == expected
+    restarted = [k.id for k, inc in zip(kids, expected) if inc == 2]
+    placed = sorted((e.at, e.tick, e.allocation_id) for k in restarted
+                    for e in stack.control.events(k) if e.from_state in ("failed", "stopped") and e.to_state == "placed")
+    assert [a for _, _, a in placed] == restarted  # one restart, in creation order
+    stack.control.stop(parent.id)
+
+
+def test_killing_a_node_agent_moves_its_allocations_to_another_node(stack: Stack) -> None:
+    stack.agent("gamma")
+    [parent] = stack.control.spawn("beta", [spec("keeper", ["sleep", "600"], node="beta")])
+    running(stack, parent.id)
+    kids = stack.control.spawn(parent.id, [spec(f"svc{i}", ["sleep", "600"], node="gamma") for i in range(10)])
+    for k in kids:
+        running(stack, k.id)
+    killed_at = time.monotonic()
+    stack.kill9("gamma")
+    wait_for(lambda: stack.control.node("gamma").status == "lost", 10, "gamma declared lost")
+    detected = time.monotonic() - killed_at
+    for k in kids:
+        a = running(stack, k.id, 2, timeout=20)
+        assert a.node_id != "gamma"
+    recovered = time.monotonic() - killed_at
+    assert detected < 6 and recovered < 15
+    decisions = [e for e in stack.control.events(parent.id) if e.kind == "decision"]
+    assert len(decisions) == 1  # ten lost children, one decision
+    stack.control.stop(parent.id)
+
+
+def test_restarting_the_graph_server_mid_run_loses_and_duplicates_nothing(stack: Stack) -> None:
+    [parent] = stack.control.spawn("alpha", [spec("batch", ["sleep", "600"], node="alpha")])
+    running(stack, parent.id)
+    kids = stack.control.spawn(parent.id, [spec(f"j{i}", ["sh", "-c", "sleep 1.5; echo done"], node="alpha") for i in range(12)])
+    time.sleep(0.5)
+    stack.server.restart()
+    done = wait_for(
+        lambda: all((a := stack.control.allocation(k.id)).state is State.SUCCEEDED for k in kids) and kids,
+        40, "every job to succeed after the graph restart",
+    )
+    for k in done:
+        a = stack.control.allocation(k.id)
+        assert a.incarnation == 1 and "done" in (a.output_tail or "")
+    assert len(stack.control.children(parent.id)) == 12
+    stack.control.stop(parent.id)

@@ -29,6 +29,7 @@ Guarantees, compared with the Cypher engines:
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -164,6 +165,7 @@ class GremlinStore(SupervisionMixin):
         demands: dict[str, dict[str, Any]] = {}
         props: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
+        tick = time.time_ns()
         for a in allocations:
             d = demands.setdefault(a.node_id, {"node_id": a.node_id, "cpu": 0, "memory": 0, "gpu_ids": []})
             d["cpu"] += a.cpu
@@ -172,7 +174,7 @@ class GremlinStore(SupervisionMixin):
             props.append(_allocation_props(a, parent_id=parent_id, now=now))
             events.append({
                 "id": f"{a.id}:1", "kind": "transition", "allocation_id": a.id, "incarnation": 1, "from": "pending",
-                "to": "placed", "at": now, "reason": f"spawned by {parent_id} on {a.node_id}", "by": parent_id,
+                "to": "placed", "at": now, "tick": tick, "reason": f"spawned by {parent_id} on {a.node_id}", "by": parent_id,
             })
         ordered = [demands[k] for k in sorted(demands)]
         r = self._remote.one(lambda g: writes.create_allocations(
@@ -211,7 +213,8 @@ class GremlinStore(SupervisionMixin):
             }
             for c in changes
         ]
-        r = self._remote.one(lambda g: writes.transitions(g, changes=params, holding=_HOLDING, live=_LIVE, now=now))
+        tick = time.time_ns()
+        r = self._remote.one(lambda g: writes.transitions(g, changes=params, holding=_HOLDING, live=_LIVE, now=now, tick=tick))
         results: list[TransitionResult | None] = []
         for i in range(len(changes)):
             x = r[f"c{i}"]

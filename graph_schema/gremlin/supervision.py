@@ -8,6 +8,7 @@ arguments).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +57,9 @@ class SupervisionMixin:
             d["memory"] += it.memory
             d["gpu_ids"].extend(it.gpu_ids)
         ordered = [demands[k] for k in sorted(demands)]
-        r = self._remote.one(lambda g: _restart(g, parent_id, items, ordered, [float(t) for t in restart_log], reason, now))
+        log = [float(t) for t in restart_log]
+        tick = time.time_ns()
+        r = self._remote.one(lambda g: _restart(g, parent_id, items, ordered, log, reason, now, tick))
         if r["outcome"] == "restarted":
             return [_allocation(m) for m in r["allocations"]]
         if r["outcome"] == "parent_missing":
@@ -96,9 +99,11 @@ class SupervisionMixin:
     def live_children(self, *, parent_ids: Sequence[str]) -> dict[str, int]:
         if not parent_ids:
             return {}
+        # an abandoning parent waits for none of its children
+        live = __.choose(__.has("child_policy", "abandon"), __.constant(0),
+                         __.out(PARENT_OF).has_label(A).has("state", P.within(_LIVE)).count())
         rows = self._remote.run(
-            lambda g: g.V(*parent_ids).has_label(*ACTORS).project("id", "n")
-            .by("id").by(__.out(PARENT_OF).has_label(A).has("state", P.within(_LIVE)).count()),
+            lambda g: g.V(*parent_ids).has_label(*ACTORS).project("id", "n").by("id").by(live),
             write=False,
         )
         return {r["id"]: int(r["n"]) for r in rows}
@@ -124,7 +129,8 @@ class SupervisionMixin:
         ))
 
     def mark_node_lost(self, *, node_id: str, heartbeat_before: float, now: float) -> list[AllocationRecord] | None:
-        r = self._remote.one(lambda g: _mark_node_lost(g, node_id, heartbeat_before, now))
+        tick = time.time_ns()
+        r = self._remote.one(lambda g: _mark_node_lost(g, node_id, heartbeat_before, now, tick))
         return [_allocation(m) for m in r["victims"]] if r else None
 
     def watch(self, *, watcher_id: str, target_id: str, now: float) -> str | None:
@@ -161,8 +167,9 @@ class SupervisionMixin:
 
         def build(g: Any) -> GraphTraversal:
             t = g.inject(0)
-            for e in events:
-                p = e.to_props()
+            tick = time.time_ns()
+            for i, e in enumerate(events):
+                p = {**e.to_props(), "tick": tick + i}
                 new = new_vertex(EV, p["id"], {k: v for k, v in p.items() if k != "id"})
                 t = t.side_effect(__.V(p["id"]).fold().coalesce(__.unfold(), new))
             return t
@@ -176,7 +183,7 @@ class SupervisionMixin:
                 t = t.has("allocation_id", allocation_id)
             if since is not None:
                 t = t.has("at", P.gt(since))
-            return t.order().by("at").by("id").limit(int(limit)).element_map()
+            return t.order().by("at").by(__.coalesce(__.values("tick"), __.constant(0))).by("id").limit(int(limit)).element_map()
 
         return [Event.from_props(props_of(m)) for m in self._remote.run(build, write=False)]
 
@@ -200,7 +207,7 @@ class SupervisionMixin:
 
 def _restart(
     g: Any, parent_id: str, items: Sequence[RestartItem], demands: Sequence[dict[str, Any]],
-    restart_log: list[float], reason: str, now: float,
+    restart_log: list[float], reason: str, now: float, tick: int,
 ) -> GraphTraversal:
     """Terminal incarnations become incarnation + 1 in `placed` on nodes with room; the parent's log updated; all or nothing."""
     ids = [it.allocation_id for it in items]
@@ -215,7 +222,7 @@ def _restart(
         writes = writes.side_effect(subtract(subtract(__.V(d["node_id"]), "cpu_free", d["cpu"]), "memory_free", d["memory"]))
     writes = writes.side_effect(__.V(parent_id).property("restart_log", value(restart_log)))
     for it in items:
-        writes = writes.side_effect(_new_incarnation(parent_id, it, reason, now))
+        writes = writes.side_effect(_new_incarnation(parent_id, it, reason, now, tick))
     t = g.inject(0).choose(
         __.not_(__.V(parent_id).has_label(*ACTORS)), __.constant("parent_missing"),
         __.choose(
@@ -231,7 +238,7 @@ def _restart(
     ).by(__.V(*ids).has_label(A).element_map().fold())
 
 
-def _new_incarnation(parent_id: str, it: RestartItem, reason: str, now: float) -> GraphTraversal:
+def _new_incarnation(parent_id: str, it: RestartItem, reason: str, now: float, tick: int) -> GraphTraversal:
     # the state it leaves, kept in the path for the event
     t = __.V(it.allocation_id).as_("restarted").values("state").as_("restart_from").select("restarted")
     t = t.side_effect(__.out_e(RUNS_ON).drop())
@@ -244,14 +251,14 @@ def _new_incarnation(parent_id: str, it: RestartItem, reason: str, now: float) -
     t = t.side_effect(__.add_e(RUNS_ON).to(__.V(it.node_id)))
     for gid in it.gpu_ids:
         t = t.side_effect(__.add_e(CLAIMS).to(__.V(gid).property("claimed_by", it.allocation_id)))
-    event = {"to": State.PLACED.value, "at": now, "reason": reason, "by": parent_id}
+    event = {"to": State.PLACED.value, "at": now, "tick": tick, "reason": reason, "by": parent_id}
     return t.side_effect(event_here("transition", event, from_state=__.select("restart_from")))
 
 
-def _mark_node_lost(g: Any, node_id: str, before: float, now: float) -> GraphTraversal:
+def _mark_node_lost(g: Any, node_id: str, before: float, now: float, tick: int) -> GraphTraversal:
     """The node is declared lost once (status and stale heartbeat guard it); its live allocations become `lost`."""
     lost = f"node {node_id} lost"
-    event = {"to": State.LOST.value, "at": now, "reason": lost, "by": "reaper"}
+    event = {"to": State.LOST.value, "at": now, "tick": tick, "reason": lost, "by": "reaper"}
     victim = add(__.in_(RUNS_ON).has_label(A).has("state", P.within(_LIVE)), "version", 1)
     victim = (
         victim.side_effect(event_here("transition", event, from_state=__.select("ev_of").values("state")))

@@ -147,26 +147,29 @@ def _new_allocation(parent_id: str, props: Mapping[str, Any], event: Mapping[str
 
 
 def transitions(
-    g: GraphTraversalSource, *, changes: Sequence[Mapping[str, Any]], holding: Sequence[str], live: Sequence[str], now: float
+    g: GraphTraversalSource, *, changes: Sequence[Mapping[str, Any]], holding: Sequence[str], live: Sequence[str],
+    now: float, tick: int,
 ) -> GraphTraversal:
     """Every change in order, in one traversal: a map per change (applied, prev, the allocation), or 'missing'."""
     t = g.inject(0).project(*[f"c{i}" for i in range(len(changes))])
     for c in changes:
-        t = t.by(_transition(c, holding=set(holding), live=list(live), now=now))
+        t = t.by(_transition(c, holding=set(holding), live=list(live), now=now, tick=tick))
     return t
 
 
-def _transition(c: Mapping[str, Any], *, holding: set[str], live: list[str], now: float) -> GraphTraversal:
+def _transition(c: Mapping[str, Any], *, holding: set[str], live: list[str], now: float, tick: int) -> GraphTraversal:
     """One change: the current state picks the move (choose/option on `state`), or it is refused."""
     refused = __.project("applied", "a").by(__.constant(False)).by(__.element_map())
     pick = __.choose(__.values("state"))
     for prev, move in c["moves"].items():
         if move == "stopped":  # a stop of an allocation that escalated ends `failed` (its parent then decides)
-            branch = __.choose(__.has("escalated"), _apply(c, prev, "failed", holding, now), _apply(c, prev, move, holding, now))
+            branch = __.choose(__.has("escalated"), _apply(c, prev, "failed", holding, now, tick),
+                              _apply(c, prev, move, holding, now, tick))
         else:
-            branch = _apply(c, prev, move, holding, now)
-        if c.get("leaf_only") and prev == "stopping":
-            branch = __.choose(__.out(PARENT_OF).has_label(A).has("state", P.within(live)), refused, branch)
+            branch = _apply(c, prev, move, holding, now, tick)
+        if c.get("leaf_only") and prev == "stopping":  # a cascading parent ends only after its children
+            waits = __.not_(__.has("child_policy", P.neq("cascade"))).out(PARENT_OF).has_label(A).has("state", P.within(live))
+            branch = __.choose(waits, refused, branch)
         pick = pick.option(prev, branch)
     one = pick.option(Pick.none, refused)
     if c.get("incarnation") is not None:
@@ -174,14 +177,14 @@ def _transition(c: Mapping[str, Any], *, holding: set[str], live: list[str], now
     return __.V(c["id"]).has_label(A).fold().coalesce(__.unfold().map(one), __.constant("missing"))
 
 
-def _apply(c: Mapping[str, Any], prev: str, to: str, holding: set[str], now: float) -> GraphTraversal:
-    t = add(__.property("state", to), "version", 1).property("updated_at", now)
+def _apply(c: Mapping[str, Any], prev: str, to: str, holding: set[str], now: float, tick: int) -> GraphTraversal:
+    t = add(__.as_("moved").property("state", to), "version", 1).property("updated_at", now)
     t = set_props(t, c.get("fields") or {})
     if to == "failed":
-        escalated = __.property("error", __.constant("escalated: ").concat(__.values("escalated").as_string()))
+        escalated = __.property("error", __.constant("escalated: ").concat(__.select("moved").values("escalated").as_string()))
         failure = __.property("error", c["failure"]) if c.get("failure") is not None else __.identity()
         t = t.choose(__.has("escalated"), escalated, failure)
-    event = {"to": to, "at": now, "reason": c.get("reason"), "by": c.get("by")}
+    event = {"to": to, "at": now, "tick": tick, "reason": c.get("reason"), "by": c.get("by")}
     t = t.side_effect(event_here("transition", event, from_state=prev))
     if prev in holding and to not in holding:
         t = release(t)

@@ -84,6 +84,21 @@ def up(
     console.print("stopped.")
 
 
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Listen address [env API_HOST]")] = None,  # type: ignore[assignment]
+    port: Annotated[Optional[int], typer.Option(help="Port [env API_PORT]")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Serve the GraphQL API alone, against the graph and broker of GRAPH_URI and REDIS_URL."""
+    from controlplane.embedded import run_api
+
+    try:
+        run_api(_settings(api_host=host, api_port=port, data_dir=data_dir))
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+
+
 @app.command("worker")
 def worker_cmd(
     node: Annotated[str, typer.Option(help="This machine's node name; its queue is node.<name>")],

@@ -76,6 +76,25 @@ def spawn_child(settings: Settings, endpoints: Endpoints, *args: str) -> subproc
     return subprocess.Popen([sys.executable, "-m", "controlplane", *args], env=env)
 
 
+def run_api(settings: Settings) -> None:
+    """Serve the API alone against an external graph and broker (GRAPH_URI, REDIS_URL): for deployments."""
+    import uvicorn
+
+    from controlplane.api import create_app
+    from controlplane.eventbus import RedisNotifier
+    from controlplane.services import ControlPlane
+    from controlplane.wiring import health_checks, open_store
+    from workers.app import configure
+    from workers.dispatch import CeleryDispatcher
+
+    ends = resolve_endpoints(settings)
+    store = open_store(settings, graph_uri=ends.graph_uri)
+    store.bootstrap()
+    control = ControlPlane(store, CeleryDispatcher(configure(ends.broker_url)), notify=RedisNotifier(ends.broker_url).notify)
+    app = create_app(control, health_checks=health_checks(store, ends.broker_url), max_depth=settings.max_query_depth)
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
+
+
 def run_stack(
     settings: Settings,
     *,
@@ -106,7 +125,9 @@ def run_stack(
         store = open_store(settings, graph_uri=graph_uri)
         store.bootstrap()
         celery = configure(broker_url)
-        control = ControlPlane(store, CeleryDispatcher(celery))
+        from controlplane.eventbus import RedisNotifier
+
+        control = ControlPlane(store, CeleryDispatcher(celery), notify=RedisNotifier(broker_url).notify)
         api_url = f"http://{settings.api_host}:{settings.api_port}"
         endpoints = Endpoints(graph_uri=graph_uri, broker_url=broker_url, api_url=api_url)
         write_endpoints(settings, endpoints)

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def _worker_args(queue: str, name: str, concurrency: int, loglevel: str) -> list[str]:
     return [
-        "worker", "-Q", queue, "-P", "threads", "-c", str(concurrency), "-n", f"{name}@%h",
+        "--quiet", "worker", "-Q", queue, "-P", "threads", "-c", str(concurrency), "-n", f"{name}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", loglevel,
     ]
 

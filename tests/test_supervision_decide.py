@@ -138,7 +138,7 @@ def test_stale_reports_decide_nothing() -> None:
         ({"window_s": -1}, "policy.window_s"),
         ({"max_restarts": -2}, "policy.max_restarts"),
         ({"backoff": {"min_s": -1}}, "policy.backoff.min_s"),
-        ({"backoff": {"min_s": 10, "max_s": 1}}, "policy.backoff"),
+        ({"backoff": {"min_s": 10, "max_s": 1}}, "policy.backoff.max_s"),
         ({"deciders": [{"on": "exit", "directive": "explode"}]}, "policy.deciders[0].directive"),
         ({"deciders": [{"on": "exit", "exit_codes": "1-x", "directive": "stop"}]}, "policy.deciders[0].exit_codes"),
     ],

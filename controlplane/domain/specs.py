@@ -108,6 +108,25 @@ def _loc(prefix: str, loc: tuple[int | str, ...]) -> str:
     return ".".join(parts).replace(".[", "[")
 
 
+def _nested_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> dict[str, Any]:
+    """The fields of the model found at `loc` inside `model` (for errors raised by nested model validators)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        info = getattr(current, "model_fields", {}).get(part)
+        if info is None:
+            return {}
+        ann = info.annotation
+        for arg in getattr(ann, "__args__", ()) or (ann,):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                current = arg
+                break
+        else:
+            return {}
+    return dict(getattr(current, "model_fields", {}))
+
+
 def parse(model: type[T], data: Any, *, field: str) -> T:
     """Validate `data` as `model`; on failure raise InvalidInput naming the first offending field."""
     if isinstance(data, model):
@@ -118,6 +137,8 @@ def parse(model: type[T], data: Any, *, field: str) -> T:
         err = exc.errors()[0]
         msg = str(err["msg"]).removeprefix("Value error, ")
         loc = tuple(err["loc"])
-        if msg.startswith("argv: "):  # raised from model_post_init, which has no location
-            msg, loc = msg.removeprefix("argv: "), ("argv",)
+        named = re.match(r"^([a-z_]+): (.*)$", msg, re.S)
+        if named and named.group(1) in getattr(model, "model_fields", {}) | _nested_fields(model, loc):
+            # a model-level check names its field first ("argv: must not be empty")
+            msg, loc = named.group(2), (*loc, named.group(1))
         raise InvalidInput(msg, field=_loc(field, loc)) from None

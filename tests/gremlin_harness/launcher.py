@@ -41,6 +41,7 @@ PREPARE_STAMP = TARGET / ".prepared"
 PREPARE_SH = HERE / "prepare.sh"
 SERVER_YAML = HERE / "gremlin-server.yaml"
 GRAPH_PROPERTIES = HERE / "tinkergraph.properties"
+PLAIN_GRAPH_PROPERTIES = HERE / "tinkergraph-plain.properties"
 MAIN_CLASS = "harness.GremlinHarnessMain"
 DEFAULT_JAVA_HOME = Path("/usr/lib/jvm/java-17-openjdk-amd64")
 
@@ -200,8 +201,12 @@ def start_gremlin(
     port: int = 0,
     heap: str = "512m",
     jvm_opts: Sequence[str] = (),
+    graph_properties: Path = GRAPH_PROPERTIES,
 ) -> GremlinServerHandle:
     """Start Gremlin Server with an empty in-memory graph; return once ``g.inject(1)`` answers.
+
+    ``graph_properties`` picks the graph: TinkerTransactionGraph by default (tinkergraph.properties);
+    tinkergraph-plain.properties is a TinkerGraph without transactions.
 
     ``port=0`` (the default) lets the kernel choose a free port inside the JVM (no race between
     picking and binding). Raises RuntimeError, with the tail of the JVM's output, if the server is
@@ -217,7 +222,7 @@ def start_gremlin(
     base = [o for o in BASE_JVM_OPTS if not (o == "-XX:+UseSerialGC" and any(re.fullmatch(r"-XX:\+Use\w+GC", x) for x in extra))]
     cmd = [
         find_java(), f"-Xmx{heap}", *base, *extra, "-cp", classpath(), MAIN_CLASS,
-        "--config", str(SERVER_YAML), "--graph", str(GRAPH_PROPERTIES),
+        "--config", str(SERVER_YAML), "--graph", str(Path(graph_properties).resolve()),
         "--port", str(port), "--watch-pid", str(os.getpid()),
     ]
     log_path = workdir / "gremlin-server.log"

@@ -23,6 +23,12 @@ def open_store(settings: Settings, *, graph_uri: str | None = None) -> GraphStor
         if not uri:
             raise InvalidInput("set the Neo4j address, e.g. bolt://localhost:7687", field="GRAPH_URI")
         return Neo4jStore(uri, user=settings.graph_user, password=settings.graph_password)
+    if settings.graph_backend == "gremlin":
+        from graph_schema.gremlin.store import GremlinStore
+
+        if not uri:
+            raise InvalidInput("set the Gremlin Server address, e.g. ws://localhost:8182/gremlin", field="GRAPH_URI")
+        return GremlinStore(uri)
     raise InvalidInput(f"unknown graph engine {settings.graph_backend!r}", field="GRAPH_BACKEND")
 
 

@@ -19,6 +19,8 @@ from controlplane.domain.records import (
     NodeRecord,
     TransitionResult,
     Event,
+    JobRecord,
+    TaskRecord,
     Vertex,
 )
 from controlplane.domain.resources import NodeCapacity
@@ -77,6 +79,19 @@ class RestartItem:
 
 
 @dataclass(frozen=True, slots=True)
+class NewTask:
+    id: str
+    path: str
+    name: str
+    parent_id: str | None  # the task it is a nested child of
+    needs: tuple[str, ...]  # ids of the tasks it depends on
+    replicas: int
+    executor: str
+    spec_json: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class ToStop:
     allocation_id: str
     state: State
@@ -131,6 +146,9 @@ class GraphStore(Protocol):
     def gpus(self, *, node_id: str) -> list[GpuRecord]: ...
 
     def node_capacities(self, *, node_ids: Sequence[str] | None = None) -> list[NodeCapacity]: ...
+
+    def gpu_inventory(self) -> dict[str, dict[str, int]]:
+        """node id -> GPU model -> how many GPUs of it the node owns (claimed or not)."""
 
     # allocations
     def create_allocations(self, *, parent_id: str, allocations: Sequence[NewAllocation], now: float) -> list[AllocationRecord]:
@@ -218,3 +236,23 @@ class GraphStore(Protocol):
 
     def due_restarts(self, *, before: float, limit: int) -> list[tuple[str, str, int]]:
         """(parent id, allocation id, incarnation) of decided restarts that should have happened by `before`."""
+
+    # jobs
+    def create_job(
+        self, *, job_id: str, name: str, spec_json: str, node_id: str, tasks: Sequence[NewTask], root_id: str, now: float
+    ) -> JobRecord:
+        """The Job, its Tasks, HAS_TASK and DEPENDS_ON in one request; a repeat returns the existing job."""
+
+    def get_job(self, *, job_id: str) -> JobRecord | None: ...
+
+    def list_jobs(self, *, after: str | None, limit: int, state: str | None = None) -> list[JobRecord]: ...
+
+    def job_tasks(self, *, job_id: str) -> list[TaskRecord]:
+        """Every task of the job, in submission order, with the allocations that executed it."""
+
+    def set_task_states(self, *, changes: Sequence[tuple[str, Sequence[str], str]], now: float) -> list[str]:
+        """(task id, expected states, new state) each; returns the ids that changed."""
+
+    def set_job_state(
+        self, *, job_id: str, expected: Sequence[str], to: str, now: float, fields: dict[str, Any] | None = None
+    ) -> JobRecord | None: ...

@@ -17,6 +17,8 @@ class Label(str, Enum):
     ACTOR = "Actor"
     #: a transition or a supervision decision, kept as history
     EVENT = "Event"
+    JOB = "Job"
+    TASK = "Task"
 
 
 class EdgeType(str, Enum):
@@ -26,6 +28,9 @@ class EdgeType(str, Enum):
     GPU_OWNER = "GPU_OWNER"  # Gpu -> Node
     CLAIMS = "CLAIMS"  # Allocation -> Gpu, while the allocation holds it
     WATCHES = "WATCHES"  # Allocation -> Allocation (death watch)
+    HAS_TASK = "HAS_TASK"  # Job -> Task, and Task -> its nested child Task
+    DEPENDS_ON = "DEPENDS_ON"  # Task -> Task it needs
+    EXECUTES = "EXECUTES"  # Allocation -> the Task it runs (a job's root: -> the Job)
 
 
 class Direction(str, Enum):
@@ -38,6 +43,8 @@ class Direction(str, Enum):
 FILTERABLE: dict[Label, frozenset[str]] = {
     Label.NODE: frozenset({"id", "name", "status", "cpu", "memory", "cpu_free", "memory_free", "labels"}),
     Label.GPU: frozenset({"id", "model", "memory", "claimed_by"}),
+    Label.JOB: frozenset({"id", "name", "state"}),
+    Label.TASK: frozenset({"id", "name", "path", "state", "job_id", "executor", "replicas"}),
     Label.ALLOCATION: frozenset(
         {"id", "name", "executor", "state", "incarnation", "node_id", "parent_id", "exit_code", "cpu", "memory", "gpus"}
     ),

@@ -1,7 +1,7 @@
 """Shared fixtures: real graph servers started by the tests themselves.
 
 `store` is parametrized over every engine, so each behaviour runs on each.
-Which engines: CONTROLPLANE_TEST_ENGINES (default "falkordb,neo4j"). An engine
+Which engines: CONTROLPLANE_TEST_ENGINES (default "falkordb,neo4j"; "gremlin" also). An engine
 that cannot start skips on a laptop, but fails the run in CI (CI=true).
 """
 
@@ -55,6 +55,23 @@ def neo4j_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def gremlin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("GREMLIN_TEST_URL"):
+        yield os.environ["GREMLIN_TEST_URL"]
+        return
+    if shutil.which("java") is None:
+        _unavailable("Gremlin Server", RuntimeError("no java on PATH"))
+    from tests.gremlin_harness.launcher import start_gremlin
+
+    try:
+        server = start_gremlin(Path(tmp_path_factory.mktemp("gremlin")))
+    except Exception as exc:  # noqa: BLE001
+        _unavailable("Gremlin Server", exc)
+    yield server.url
+    server.stop()
+
+
 def _open_store(engine: str, request: pytest.FixtureRequest) -> GraphStore:
     if engine == "falkordb":
         from graph_schema.cypher.falkordb_store import FalkorDBStore
@@ -65,6 +82,10 @@ def _open_store(engine: str, request: pytest.FixtureRequest) -> GraphStore:
         from graph_schema.cypher.neo4j_store import Neo4jStore
 
         return Neo4jStore(request.getfixturevalue("neo4j_uri"))
+    if engine == "gremlin":
+        from graph_schema.gremlin.store import GremlinStore
+
+        return GremlinStore(request.getfixturevalue("gremlin_url"))
     raise ValueError(f"unknown engine {engine}")
 
 

@@ -461,6 +461,18 @@ def test_queries_work_over_get_too(client: TestClient) -> None:
     assert r.status_code == 200 and r.json() == {"data": {"node": {"id": "n1"}}}
 
 
+def test_the_graphql_transport_ws_protocol_is_spoken(client: TestClient) -> None:
+    register(client)
+    with client.websocket_connect("/graphql", subprotocols=["graphql-transport-ws"]) as ws:
+        ws.send_json({"type": "connection_init"})
+        ack = ws.receive_json()
+        ws.send_json({"type": "subscribe", "id": "1", "payload": {"query": '{ node(id: "n1") { id } }'}})
+        answer, done = ws.receive_json(), ws.receive_json()
+    assert ack == {"type": "connection_ack"}
+    assert answer == {"id": "1", "type": "next", "payload": {"data": {"node": {"id": "n1"}}}}
+    assert done == {"id": "1", "type": "complete"}
+
+
 def test_healthz_is_ok_when_every_check_passes(client: TestClient) -> None:
     r = client.get("/healthz")
     assert (r.status_code, r.json()) == (200, {"status": "ok", "checks": {"graph": "ok"}})

@@ -12,6 +12,7 @@ RUN = "controlplane.run_allocations"
 STOP = "controlplane.stop_allocation"
 TERMINATED = "controlplane.terminated"
 RESTART = "controlplane.restart"
+START_NATIVE = "controlplane.start_native"
 #: allocations per run message: one graph request per step for the whole chunk on the agent
 CHUNK = 64
 
@@ -32,6 +33,10 @@ class CeleryDispatcher:
     def terminated(self, *, keys: Sequence[tuple[str, int]]) -> None:
         if keys:
             self.app.send_task(TERMINATED, args=[[[a, n] for a, n in keys]], queue=CONTROL_QUEUE)
+
+    def start_native(self, *, keys: Sequence[tuple[str, int]]) -> None:
+        if keys:
+            self.app.send_task(START_NATIVE, args=[[[a, n] for a, n in keys]], queue=CONTROL_QUEUE)
 
     def restart(self, *, parent_id: str, items: Sequence[tuple[str, int, int]], reason: str, countdown: float) -> None:
         self.app.send_task(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from controlplane.services.supervisor import SupervisorService
+from controlplane.services.control import ControlPlane
 from controlplane.settings import Settings
 from controlplane.wiring import open_store
 from workers.agent import NodeAgent
@@ -59,7 +59,7 @@ def run_supervisor(
     store = open_store(settings, graph_uri=graph_uri)
     store.bootstrap()
     app = configure(broker_url)
-    install(supervisor=SupervisorService(store, CeleryDispatcher(app), notify=RedisNotifier(broker_url).notify))
+    install(control=ControlPlane(store, CeleryDispatcher(app), notify=RedisNotifier(broker_url).notify))
     try:
         app.worker_main(_worker_args(CONTROL_QUEUE, name, concurrency, loglevel))
     finally:

@@ -5,19 +5,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from controlplane.services.supervisor import SupervisorService
+    from controlplane.services.control import ControlPlane
     from workers.agent import NodeAgent
 
 _agent: NodeAgent | None = None
-_supervisor: SupervisorService | None = None
+_control: ControlPlane | None = None
 
 
-def install(*, agent: NodeAgent | None = None, supervisor: SupervisorService | None = None) -> None:
-    global _agent, _supervisor
+def install(*, agent: NodeAgent | None = None, control: ControlPlane | None = None) -> None:
+    global _agent, _control
     if agent is not None:
         _agent = agent
-    if supervisor is not None:
-        _supervisor = supervisor
+    if control is not None:
+        _control = control
 
 
 def current_agent() -> NodeAgent:
@@ -26,7 +26,8 @@ def current_agent() -> NodeAgent:
     return _agent
 
 
-def current_supervisor() -> SupervisorService:
-    if _supervisor is None:
+def current_control() -> ControlPlane:
+    """The control plane of a supervisor process: supervision and native executors."""
+    if _control is None:
         raise RuntimeError("no supervisor in this process: start it with `controlplane supervisor`")
-    return _supervisor
+    return _control

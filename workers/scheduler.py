@@ -16,7 +16,7 @@ import time
 import redis
 
 from controlplane.eventbus import RedisNotifier
-from controlplane.services.supervisor import SupervisorService
+from controlplane.services.control import ControlPlane
 from controlplane.settings import Settings
 from controlplane.wiring import open_store
 from workers.app import configure
@@ -52,7 +52,7 @@ class LeaderLock:
 def run_scheduler(settings: Settings, *, graph_uri: str | None, broker_url: str, stop: threading.Event | None = None) -> None:
     store = open_store(settings, graph_uri=graph_uri)
     store.bootstrap()
-    supervisor = SupervisorService(store, CeleryDispatcher(configure(broker_url)), notify=RedisNotifier(broker_url).notify)
+    supervisor = ControlPlane(store, CeleryDispatcher(configure(broker_url)), notify=RedisNotifier(broker_url).notify).supervisor
     lock = LeaderLock(redis.Redis.from_url(broker_url), ttl_s=max(2.0, settings.scheduler_interval_s * 4))
     stop = stop or threading.Event()
     leader = False

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from workers.app import app
-from workers.dispatch import RESTART, RUN, STOP, TERMINATED
-from workers.runtime import current_agent, current_supervisor
+from workers.dispatch import RESTART, RUN, START_NATIVE, STOP, TERMINATED
+from workers.runtime import current_agent, current_control
 
 
 @app.task(name=RUN)
@@ -21,9 +21,15 @@ def stop_allocation(allocation_id: str, incarnation: int) -> None:
 @app.task(name=TERMINATED)
 def terminated(keys: list[list]) -> None:  # type: ignore[type-arg]
     """Allocations reached a terminal state: their parents decide, watchers are told."""
-    current_supervisor().on_terminated([(str(i), int(n)) for i, n in keys])
+    current_control().supervisor.on_terminated([(str(i), int(n)) for i, n in keys])
 
 
 @app.task(name=RESTART)
 def restart(parent_id: str, items: list[list], reason: str) -> None:  # type: ignore[type-arg]
-    current_supervisor().restart(parent_id, [(str(c), int(f), int(l)) for c, f, l in items], reason)
+    current_control().supervisor.restart(parent_id, [(str(c), int(f), int(l)) for c, f, l in items], reason)
+
+
+@app.task(name=START_NATIVE)
+def start_native(keys: list[list]) -> None:  # type: ignore[type-arg]
+    """Native allocations were placed: their executors start here, in a supervisor."""
+    current_control().native.start([(str(i), int(n)) for i, n in keys])

@@ -19,8 +19,12 @@ from strawberry.scalars import JSON
 
 from controlplane.api.context import Info, wanted_fields
 from controlplane.domain.errors import InvalidInput
+from controlplane.domain.lifecycle import State
 from controlplane.domain.records import AllocationRecord, GpuRecord, NeighborRecord, NodeRecord
 from controlplane.domain.records import Vertex as VertexRecord
+from controlplane.domain.traversal import Op
+from graph_schema.vocabulary import Direction as VocabularyDirection
+from graph_schema.vocabulary import EdgeType as VocabularyEdgeType
 from graph_schema.vocabulary import Label
 
 T = TypeVar("T")
@@ -28,47 +32,15 @@ DEFAULT_PAGE = 100
 DEFAULT_DESCENDANTS_DEPTH = 64
 
 
-# --- enums (mirrors of the domain's; a test keeps them equal) ----------------------------
-@strawberry.enum(description="Lifecycle state of an allocation.")
-class AllocationState(Enum):
-    PENDING = "pending"
-    PLACED = "placed"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    STOPPED = "stopped"
-    LOST = "lost"
+# --- enums: built from the domain's, so the two cannot drift ------------------------------
+def _mirror(domain: type[Enum], name: str, description: str) -> Any:
+    return strawberry.enum(Enum(name, {m.name: m.value for m in domain}), description=description)  # type: ignore[misc]
 
 
-@strawberry.enum(description="Edge types a traversal may follow.")
-class EdgeType(Enum):
-    PARENT_OF = "PARENT_OF"
-    RUNS_ON = "RUNS_ON"
-    NEIGHBOR_OF = "NEIGHBOR_OF"
-    GPU_OWNER = "GPU_OWNER"
-    CLAIMS = "CLAIMS"
-    WATCHES = "WATCHES"
-
-
-@strawberry.enum(description="Which way a traversal follows edges.")
-class Direction(Enum):
-    OUT = "out"
-    IN = "in"
-    BOTH = "both"
-
-
-@strawberry.enum(description="How a traversal filter compares a property with its value.")
-class FilterOp(Enum):
-    EQ = "eq"
-    NE = "ne"
-    LT = "lt"
-    LTE = "lte"
-    GT = "gt"
-    GTE = "gte"
-    IN = "in"
-    CONTAINS = "contains"
+AllocationState = _mirror(State, "AllocationState", "Lifecycle state of an allocation.")
+EdgeType = _mirror(VocabularyEdgeType, "EdgeType", "Edge types a traversal may follow.")
+Direction = _mirror(VocabularyDirection, "Direction", "Which way a traversal follows edges.")
+FilterOp = _mirror(Op, "FilterOp", "How a traversal filter compares a property with its value.")
 
 
 # --- connections -------------------------------------------------------------------------

@@ -84,6 +84,13 @@ class AllocationSpec(_Spec):
     restart: RestartType = RestartType.TRANSIENT
     #: how this allocation supervises the children it creates (None: the default policy)
     supervision: SupervisionPolicy | None = None
+    #: for executor "native": which native executor runs it ("job", "replicas", a plugin's), and its configuration
+    native: Annotated[str | None, Field(min_length=1, max_length=64)] = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    #: placement affinity: on the parent's node or a NEIGHBOR_OF node within this RTT
+    max_rtt_ms: Annotated[float | None, Field(ge=0, le=600_000)] = None
+    #: placement spread: prefer nodes holding the fewest allocations with the same key
+    spread_key: Annotated[str | None, Field(min_length=1, max_length=200)] = None
 
     @field_validator("env")
     @classmethod
@@ -96,6 +103,8 @@ class AllocationSpec(_Spec):
     def model_post_init(self, __context: Any) -> None:
         if self.executor == "process" and not self.argv:
             raise ValueError("argv: must not be empty for the process executor")
+        if self.executor == "native" and not self.native:
+            raise ValueError("native: name the native executor (for example 'job' or 'replicas')")
 
 
 T = TypeVar("T", bound=BaseModel)

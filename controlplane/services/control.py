@@ -21,7 +21,10 @@ from controlplane.domain.records import AllocationRecord, Event, GpuRecord, Neig
 from controlplane.domain.specs import AllocationSpec, NodeSpec, parse
 from controlplane.domain.supervision import DEFAULT_POLICY, SupervisionPolicy
 from controlplane.domain.traversal import TraversalSpec
+from controlplane import executors
 from controlplane.services.ids import new_ids
+from controlplane.services.jobs import JobService
+from controlplane.services.native import NativeRunner
 from controlplane.services.supervisor import ControlDispatcher, SupervisorService
 from graph_schema.store import CreateRefused, GraphStore, NewAllocation
 from graph_schema.vocabulary import Label
@@ -46,7 +49,12 @@ class ControlPlane:
         self.store = store
         self.clock = clock
         self.dispatcher: ControlDispatcher = dispatcher or InProcessDispatcher(self)
-        self.supervisor = SupervisorService(store, self.dispatcher, clock=clock, notify=notify)
+        self.native = NativeRunner(self)
+        self.jobs = JobService(self, clock=clock)
+        self.supervisor = SupervisorService(
+            store, self.dispatcher, clock=clock, notify=notify,
+            on_ended=self.native.on_ended, on_watched=self.native.on_watched,
+        )
 
     # --- nodes -------------------------------------------------------------------------
     def register_node(self, spec: NodeSpec | dict[str, Any]) -> NodeRecord:
@@ -92,14 +100,22 @@ class ControlPlane:
         *,
         request_id: str | None = None,
         field: str = "specs",
+        extra: Sequence[dict[str, Any]] | None = None,
     ) -> list[AllocationRecord]:
-        """Create allocations under `parent_id` (a Node or an Allocation): placed, reserved, dispatched."""
+        """Create allocations under `parent_id` (a Node or an Allocation): placed, reserved, dispatched.
+
+        `extra`: properties recorded with each allocation by orchestration code (job and task ids).
+        """
         if not specs:
             raise InvalidInput("give at least one allocation spec", field=field)
         if len(specs) > MAX_BATCH:
             raise InvalidInput(f"at most {MAX_BATCH} allocations per request", field=field)
         single = len(specs) == 1 and field == "spec"
         parsed = [parse(AllocationSpec, s, field=field if single else f"{field}[{i}]") for i, s in enumerate(specs)]
+        for i, s in enumerate(parsed):
+            if s.executor == "native":
+                where = field if single else f"{field}[{i}]"
+                executors.load(str(s.native), field=f"{where}.native").validate(dict(s.config))
         self._check_parent(parent_id)
         demands = [
             Demand(
@@ -140,6 +156,9 @@ class ControlPlane:
                         "restart_log": [],
                         "backoff_level": 0,
                         "restarts": 0,
+                        "native": s.native,
+                        "config": json.dumps(s.config, sort_keys=True) if s.config else None,
+                        **(dict(extra[i]) if extra else {}),
                     },
                 )
                 for i, (s, p) in enumerate(zip(parsed, placements))
@@ -169,6 +188,9 @@ class ControlPlane:
 
     def _dispatch_runs(self, allocations: Sequence[AllocationRecord]) -> None:
         by_node: dict[str, list[tuple[str, int]]] = {}
+        natives = [(a.id, a.incarnation) for a in allocations if a.state is State.PLACED and a.executor == "native"]
+        if natives:
+            self.dispatcher.start_native(keys=natives)
         for a in allocations:
             if a.state is State.PLACED and a.executor == "process":
                 by_node.setdefault(a.node_id, []).append((a.id, a.incarnation))
@@ -276,6 +298,9 @@ class InProcessDispatcher:
 
     def terminated(self, *, keys: Sequence[tuple[str, int]]) -> None:
         self._control.supervisor.on_terminated(keys)
+
+    def start_native(self, *, keys: Sequence[tuple[str, int]]) -> None:
+        self._control.native.start(keys)
 
     def restart(self, *, parent_id: str, items: Sequence[tuple[str, int, int]], reason: str, countdown: float) -> None:
         # No delayed delivery here: restart at once (a subtree still stopping re-schedules, bounded).

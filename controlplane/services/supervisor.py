@@ -52,14 +52,28 @@ class ControlDispatcher(Protocol):
 
     def restart(self, *, parent_id: str, items: Sequence[tuple[str, int, int]], reason: str, countdown: float) -> None: ...
 
+    def start_native(self, *, keys: Sequence[Key]) -> None:
+        """Start native allocations (their executors run in supervisor workers)."""
+
 
 class SupervisorService:
-    def __init__(self, store: GraphStore, dispatcher: ControlDispatcher, *, clock: Callable[[], float] = time.time,
-                 notify: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: GraphStore,
+        dispatcher: ControlDispatcher,
+        *,
+        clock: Callable[[], float] = time.time,
+        notify: Callable[[], None] | None = None,
+        on_ended: Callable[[Sequence[AllocationRecord]], None] | None = None,
+        on_watched: Callable[[dict[str, list[str]], Sequence[AllocationRecord]], None] | None = None,
+    ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.clock = clock
         self.notify = notify or (lambda: None)
+        #: hooks for orchestration code (native executors), after supervision has decided
+        self.on_ended = on_ended or (lambda records: None)
+        self.on_watched = on_watched or (lambda watchers, targets: None)
 
     # --- stopping: children first, deepest first ----------------------------------------
     def stop(self, root_id: str, *, include_root: bool = True, reason: str = "stop requested", by: str = "user") -> list[AllocationRecord]:
@@ -125,6 +139,7 @@ class SupervisorService:
         for parent_id, children in by_parent.items():
             self.supervise(parent_id, children)
         self.advance({a.parent_id for a in records})
+        self.on_ended(self.store.get_allocations(allocation_ids=[a.id for a in records]))
         self.notify()
 
     def notify_watchers(self, records: Sequence[AllocationRecord], now: float) -> None:
@@ -136,6 +151,8 @@ class SupervisorService:
             for a in records for w in watchers.get(a.id, [])
         ]
         self.store.record_events(events=events)
+        if watchers:
+            self.on_watched(watchers, records)
 
     def supervise(self, parent_id: str, failed: Sequence[AllocationRecord]) -> Decision | None:
         label = self.store.actor_label(actor_id=parent_id)
@@ -199,6 +216,9 @@ class SupervisorService:
                 countdown=max(r.delay_s for r in decision.restarts),
             )
         return decision
+
+    def children_of(self, parent_id: str) -> list[AllocationRecord]:
+        return self._children(parent_id)
 
     def _children(self, parent_id: str) -> list[AllocationRecord]:
         out: list[AllocationRecord] = []

@@ -23,6 +23,8 @@ from controlplane.domain.records import (
     NodeRecord,
     TransitionResult,
     Event,
+    JobRecord,
+    TaskRecord,
     Vertex,
 )
 from controlplane.domain.resources import FreeGpu, NodeCapacity
@@ -30,7 +32,7 @@ from controlplane.domain.specs import NodeSpec
 from controlplane.domain.traversal import TraversalSpec
 from graph_schema.cypher import statements as q
 from graph_schema.cypher.traversal import compile_traversal
-from graph_schema.store import Change, CreateRefused, NewAllocation, RestartItem, ToStop
+from graph_schema.store import Change, CreateRefused, NewAllocation, NewTask, RestartItem, ToStop
 
 Row = list[Any]
 _HOLDING = sorted(s.value for s in HOLDS_RESOURCES)
@@ -145,6 +147,12 @@ class CypherStore(ABC):
             )
             for r in rows
         ]
+
+    def gpu_inventory(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for node_id, model, n in self._read(q.GPU_INVENTORY, {}):
+            out.setdefault(node_id, {})[model] = int(n)
+        return out
 
     # --- allocations -------------------------------------------------------------------
     def create_allocations(
@@ -383,6 +391,48 @@ class CypherStore(ABC):
     def due_restarts(self, *, before: float, limit: int) -> list[tuple[str, str, int]]:
         rows = self._read(q.DUE_RESTARTS, {"before": before, "limit": int(limit), "restartable": _RESTARTABLE})
         return [(r[0], r[1], int(r[2])) for r in rows]
+
+    # --- jobs ----------------------------------------------------------------------------
+    def create_job(
+        self, *, job_id: str, name: str, spec_json: str, node_id: str, tasks: Sequence[NewTask], root_id: str, now: float
+    ) -> JobRecord:
+        rows = self._write(q.CREATE_JOB, {
+            "id": job_id, "name": name, "spec": spec_json, "node": node_id, "now": now, "root_id": root_id,
+            "tasks": [{"id": t.id, "path": t.path, "name": t.name, "parent_id": t.parent_id,
+                       "parent_path": t.path.rsplit("/", 1)[0] if "/" in t.path else None,
+                       "needs": list(t.needs), "replicas": t.replicas, "executor": t.executor,
+                       "spec": t.spec_json, "seq": t.seq} for t in tasks],
+        })
+        if rows:
+            return JobRecord.from_props(_props(rows[0][0]))
+        existing = self.get_job(job_id=job_id)
+        assert existing is not None, "a refused job create means the job exists"
+        return existing
+
+    def get_job(self, *, job_id: str) -> JobRecord | None:
+        rows = self._read(q.GET_JOB, {"id": job_id})
+        return JobRecord.from_props(_props(rows[0][0])) if rows else None
+
+    def list_jobs(self, *, after: str | None, limit: int, state: str | None = None) -> list[JobRecord]:
+        rows = self._read(q.LIST_JOBS, {"after": after, "limit": int(limit), "state": state})
+        return [JobRecord.from_props(_props(r[0])) for r in rows]
+
+    def job_tasks(self, *, job_id: str) -> list[TaskRecord]:
+        return [TaskRecord.from_props(_props(r[0]), r[1]) for r in self._read(q.JOB_TASKS, {"id": job_id})]
+
+    def set_task_states(self, *, changes: Sequence[tuple[str, Sequence[str], str]], now: float) -> list[str]:
+        if not changes:
+            return []
+        rows = self._write(q.SET_TASK_STATES, {
+            "changes": [{"id": i, "expected": list(e), "to": to} for i, e, to in changes], "now": now})
+        return [r[0] for r in rows]
+
+    def set_job_state(
+        self, *, job_id: str, expected: Sequence[str], to: str, now: float, fields: dict[str, Any] | None = None
+    ) -> JobRecord | None:
+        rows = self._write(q.SET_JOB_STATE, {"id": job_id, "expected": list(expected), "to": to, "now": now,
+                                             "fields": {k: v for k, v in (fields or {}).items() if v is not None}})
+        return JobRecord.from_props(_props(rows[0][0])) if rows else None
 
     @staticmethod
     def _primary_label(labels: Sequence[str]) -> str:

@@ -18,10 +18,11 @@ from falkordb.node import Node as FNode
 from controlplane.domain.errors import Unavailable
 from graph_schema.cypher.base import CypherStore, Row
 
-_UNIQUE = ("Actor", "Node", "Allocation", "Gpu", "Event")
+_UNIQUE = ("Actor", "Node", "Allocation", "Gpu", "Event", "Job", "Task")
 _RANGE = (
     ("Allocation", "state"), ("Allocation", "node_id"), ("Allocation", "parent_id"), ("Allocation", "updated_at"),
-    ("Node", "status"), ("Event", "allocation_id"), ("Event", "at"),
+    ("Node", "status"), ("Node", "cpu_free"), ("Event", "allocation_id"), ("Event", "at"), ("Task", "job_id"),
+    ("Job", "state"),
 )
 
 

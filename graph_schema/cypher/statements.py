@@ -29,6 +29,11 @@ CLAIMS = EdgeType.CLAIMS.value
 NEIGHBOR_OF = EdgeType.NEIGHBOR_OF.value
 WATCHES = EdgeType.WATCHES.value
 EV = Label.EVENT.value
+JOB = Label.JOB.value
+TASK = Label.TASK.value
+HAS_TASK = EdgeType.HAS_TASK.value
+DEPENDS_ON = EdgeType.DEPENDS_ON.value
+EXECUTES = EdgeType.EXECUTES.value
 
 REGISTER_NODE = f"""
 MERGE (n:{N}:{ACT} {{id: $id}})
@@ -99,7 +104,8 @@ RETURN n.id, n.status, n.labels, n.cpu_free, n.memory_free, collect(g.id), colle
 # (FalkorDB 4.16 keeps rows for `OPTIONAL MATCH (x) WITH x WHERE x IS NULL` even when x
 # matched, so existence checks here count instead.)
 # One request: idempotency check, parent lock and liveness, per-node locks and
-# capacity/GPU checks for the whole batch, reservation, creation, edges, claims.
+# capacity/GPU checks for the whole batch, reservation, creation, edges (PARENT_OF,
+# RUNS_ON, EXECUTES to a job's Task or Job), GPU claims.
 CREATE_ALLOCATIONS = f"""
 OPTIONAL MATCH (dup:{A} {{id: $first_id}})
 WITH count(dup) AS repeats WHERE repeats = 0
@@ -126,6 +132,12 @@ SET a = props
 CREATE (p)-[:{PARENT_OF}]->(a), (a)-[:{RUNS_ON}]->(n)
 CREATE (:{EV} {{id: a.id + ':1', kind: 'transition', allocation_id: a.id, incarnation: 1,
   from: 'pending', to: 'placed', at: $now, tick: $tick, reason: 'spawned by ' + p.id + ' on ' + n.id, by: p.id}})
+WITH a
+OPTIONAL MATCH (t:{TASK} {{id: a.task_id}})
+FOREACH (x IN CASE WHEN t IS NULL THEN [] ELSE [t] END | CREATE (a)-[:{EXECUTES}]->(x))
+WITH a
+OPTIONAL MATCH (jb:{JOB} {{id: a.root_of}})
+FOREACH (x IN CASE WHEN jb IS NULL THEN [] ELSE [jb] END | CREATE (a)-[:{EXECUTES}]->(x))
 WITH a
 OPTIONAL MATCH (g:{G}) WHERE g.id IN a.gpu_ids
 FOREACH (x IN CASE WHEN g IS NULL THEN [] ELSE [g] END |
@@ -381,4 +393,63 @@ SET_ACTOR_FIELDS = f"""
 MATCH (a:{ACT} {{id: $id}})
 SET a += $fields
 RETURN a.id
+"""
+
+# --- jobs ----------------------------------------------------------------------------------
+
+# The Job DAG in one request: the Job, its Tasks (given parents and needs first, so each
+# MERGE finds the tasks created before it), HAS_TASK and DEPENDS_ON. Idempotent by job id.
+CREATE_JOB = f"""
+OPTIONAL MATCH (old:{JOB} {{id: $id}})
+WITH count(old) AS repeats WHERE repeats = 0
+CREATE (j:{JOB} {{id: $id, name: $name, state: 'submitted', spec: $spec, submitted_at: $now, updated_at: $now,
+                 submitted_by: $node, tasks_total: size($tasks), root_id: $root_id}})
+WITH j
+UNWIND $tasks AS t
+CREATE (x:{TASK} {{id: t.id, job_id: $id, path: t.path, name: t.name, parent_path: t.parent_path, state: 'pending',
+                  replicas: t.replicas, executor: t.executor, spec: t.spec, seq: t.seq}})
+FOREACH (p IN CASE WHEN t.parent_id IS NULL THEN [j] ELSE [] END | CREATE (p)-[:{HAS_TASK}]->(x))
+FOREACH (pid IN CASE WHEN t.parent_id IS NULL THEN [] ELSE [t.parent_id] END |
+  MERGE (p:{TASK} {{id: pid}}) CREATE (p)-[:{HAS_TASK}]->(x))
+FOREACH (nid IN t.needs | MERGE (n:{TASK} {{id: nid}}) CREATE (x)-[:{DEPENDS_ON}]->(n))
+WITH j, count(x) AS tasks
+RETURN properties(j) AS j
+"""
+
+GET_JOB = f"MATCH (j:{JOB} {{id: $id}}) RETURN properties(j) AS j"
+
+LIST_JOBS = f"""
+MATCH (j:{JOB})
+WHERE ($after IS NULL OR j.id > $after) AND ($state IS NULL OR j.state = $state)
+RETURN properties(j) AS j ORDER BY j.id LIMIT $limit
+"""
+
+# Every task of the job with the allocations that executed it (id, incarnation, state).
+JOB_TASKS = f"""
+MATCH (t:{TASK})
+WHERE t.job_id = $id
+OPTIONAL MATCH (a:{A})-[:{EXECUTES}]->(t)
+RETURN properties(t) AS t, collect([a.id, a.incarnation, a.state, a.node_id, a.restart_at]) AS runs
+ORDER BY t.seq
+"""
+
+SET_TASK_STATES = f"""
+UNWIND $changes AS c
+MATCH (t:{TASK} {{id: c.id}})
+WHERE t.state IN c.expected
+SET t.state = c.to, t.updated_at = $now
+RETURN t.id
+"""
+
+SET_JOB_STATE = f"""
+MATCH (j:{JOB} {{id: $id}})
+WHERE j.state IN $expected
+SET j.state = $to, j.updated_at = $now
+SET j += $fields
+RETURN properties(j) AS j
+"""
+
+GPU_INVENTORY = f"""
+MATCH (g:{G})-[:{GPU_OWNER}]->(n:{N})
+RETURN n.id, g.model, count(g)
 """

@@ -10,16 +10,18 @@ property names. Differences, all forced by TinkerPop's model:
   itself refuses a second vertex with an id: the uniqueness constraint Cypher declares.
 - `labels`, `argv` and `gpu_ids` are stored as one property whose value is a list (not
   multi-properties), so a vertex's elementMap() is the dict the Cypher adapters read.
+- Lookups by state or status are equality lookups (one per value), which TinkerGraph
+  answers from an index when the server declared one (tests/gremlin_harness does).
 - Arithmetic on stored integers goes through the traverser's sack (assign, then
   sum/minus), which keeps integers integral; `math()` would turn them into doubles.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gremlin_python.process.graph_traversal import GraphTraversal, __
+from gremlin_python.process.graph_traversal import GraphTraversal, GraphTraversalSource, __
 from gremlin_python.process.traversal import Operator, T
 
 from graph_schema.gremlin.remote import value
@@ -36,6 +38,14 @@ GPU_OWNER = EdgeType.GPU_OWNER.value
 CLAIMS = EdgeType.CLAIMS.value
 NEIGHBOR_OF = EdgeType.NEIGHBOR_OF.value
 WATCHES = EdgeType.WATCHES.value
+
+
+def having(g: GraphTraversalSource, label: str, key: str, values: Sequence[Any]) -> GraphTraversal:
+    """Vertices of `label` whose `key` is one of `values`, as equality lookups (TinkerGraph indexes only `eq`)."""
+    vals = [value(v) for v in dict.fromkeys(values)]
+    if len(vals) == 1:
+        return g.V().has_label(label).has(key, vals[0])
+    return g.inject(0).union(*[__.V().has_label(label).has(key, v) for v in vals])
 
 
 def set_props(t: GraphTraversal, props: Mapping[str, Any], *, drop_none: bool = False) -> GraphTraversal:

@@ -19,7 +19,7 @@ from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, LIVE, RESTARTABLE, S
 from controlplane.domain.records import AllocationRecord, Event
 from graph_schema.gremlin.remote import props_of, value
 from graph_schema.gremlin.steps import (
-    A, ACTORS, CLAIMS, EV, G, GPU_OWNER, N, PARENT_OF, RUNS_ON, WATCHES, add, event_here, new_vertex, set_props, subtract,
+    A, ACTORS, CLAIMS, EV, G, GPU_OWNER, N, PARENT_OF, RUNS_ON, WATCHES, add, event_here, having, new_vertex, set_props, subtract,
 )
 from graph_schema.gremlin.writes import fits
 from graph_schema.store import CreateRefused, RestartItem, ToStop
@@ -123,7 +123,7 @@ class SupervisionMixin:
 
     def stale_nodes(self, *, heartbeat_before: float) -> list[str]:
         return list(self._remote.run(
-            lambda g: g.V().has_label(N).has("status", P.within(_STALE_OK)).has("heartbeat_at", P.lt(heartbeat_before))
+            lambda g: having(g, N, "status", _STALE_OK).has("heartbeat_at", P.lt(heartbeat_before))
             .order().by("id").values("id"),
             write=False,
         ))
@@ -188,8 +188,10 @@ class SupervisionMixin:
         return [Event.from_props(props_of(m)) for m in self._remote.run(build, write=False)]
 
     def stuck(self, *, states: Sequence[State], updated_before: float, limit: int) -> list[AllocationRecord]:
+        if not states:
+            return []
         rows = self._remote.run(
-            lambda g: g.V().has_label(A).has("state", P.within([s.value for s in states]))
+            lambda g: having(g, A, "state", [s.value for s in states])
             .has("updated_at", P.lt(updated_before)).order().by("updated_at").limit(int(limit)).element_map(),
             write=False,
         )
@@ -197,7 +199,7 @@ class SupervisionMixin:
 
     def due_restarts(self, *, before: float, limit: int) -> list[tuple[str, str, int]]:
         rows = self._remote.run(
-            lambda g: g.V().has_label(A).has("restart_at", P.lt(before)).has("state", P.within(_RESTARTABLE))
+            lambda g: having(g, A, "state", _RESTARTABLE).has("restart_at", P.lt(before))
             .order().by("restart_at").limit(int(limit))
             .project("p", "id", "inc").by("parent_id").by("id").by("incarnation"),
             write=False,

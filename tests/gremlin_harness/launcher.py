@@ -45,6 +45,10 @@ PLAIN_GRAPH_PROPERTIES = HERE / "tinkergraph-plain.properties"
 MAIN_CLASS = "harness.GremlinHarnessMain"
 DEFAULT_JAVA_HOME = Path("/usr/lib/jvm/java-17-openjdk-amd64")
 
+#: vertex property keys TinkerGraph indexes for equality lookups: what the store filters on
+#: (the Cypher engines' indexes: Node.status, Allocation.state/node_id/parent_id; events by allocation)
+VERTEX_INDEXES = ("status", "state", "node_id", "parent_id", "allocation_id")
+
 READY_RE = re.compile(r"^READY (ws://(\S+):(\d+)/gremlin)\s*$")
 
 BASE_JVM_OPTS = [
@@ -223,7 +227,7 @@ def start_gremlin(
     cmd = [
         find_java(), f"-Xmx{heap}", *base, *extra, "-cp", classpath(), MAIN_CLASS,
         "--config", str(SERVER_YAML), "--graph", str(Path(graph_properties).resolve()),
-        "--port", str(port), "--watch-pid", str(os.getpid()),
+        "--port", str(port), "--watch-pid", str(os.getpid()), "--vertex-index", ",".join(VERTEX_INDEXES),
     ]
     log_path = workdir / "gremlin-server.log"
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -13,13 +13,21 @@ import org.apache.tinkerpop.gremlin.server.GraphManager;
 import org.apache.tinkerpop.gremlin.server.GremlinServer;
 import org.apache.tinkerpop.gremlin.server.Settings;
 import org.apache.tinkerpop.gremlin.structure.Graph;
+import org.apache.tinkerpop.gremlin.structure.Vertex;
+import org.apache.tinkerpop.gremlin.tinkergraph.structure.TinkerGraph;
+import org.apache.tinkerpop.gremlin.tinkergraph.structure.TinkerTransactionGraph;
 
 /**
  * Runs a real Gremlin Server (TinkerPop 3.8) over an in-memory TinkerGraph for tests.
  *
  * <p>Usage: {@code java -cp ... harness.GremlinHarnessMain --config gremlin-server.yaml
- * --graph tinkergraph.properties [--port N] [--watch-pid PID]}. A port of 0 (the default) lets the
- * kernel pick a free port; the actual one is reported.
+ * --graph tinkergraph.properties [--port N] [--watch-pid PID] [--vertex-index k1,k2]}. A port of 0
+ * (the default) lets the kernel pick a free port; the actual one is reported.
+ *
+ * <p>{@code --vertex-index} names vertex property keys TinkerGraph indexes (equality lookups:
+ * {@code g.V().has(k, v)} then reads the index instead of every vertex). TinkerGraph has no
+ * remote API for this (JanusGraph and Neptune declare indexes in their own schema), so the
+ * server that owns the graph creates them here, the counterpart of Cypher's CREATE INDEX.
  *
  * <p>No script engine is configured (the YAML says {@code scriptEngines: {}}), so nothing runs
  * Groovy: the traversal source {@code g} that bytecode requests name is bound here, in Java, instead
@@ -40,6 +48,7 @@ public final class GremlinHarnessMain {
         Path graphProps = Path.of(option(args, "--graph", "tinkergraph.properties")).toAbsolutePath();
         int port = Integer.parseInt(option(args, "--port", "0"));
         long watchPid = Long.parseLong(option(args, "--watch-pid", "0"));
+        String indexed = option(args, "--vertex-index", "");
         if (port < 0 || port > 65535) {
             throw new IllegalArgumentException("bad port: " + port);
         }
@@ -56,6 +65,16 @@ public final class GremlinHarnessMain {
         GremlinServer server = new GremlinServer(settings);
         GraphManager graphs = server.getServerGremlinExecutor().getGraphManager();
         Graph graph = graphs.getGraph("graph");
+        for (String key : indexed.split(",")) {
+            if (key.isBlank()) {
+                continue;
+            }
+            if (graph instanceof TinkerTransactionGraph) {
+                ((TinkerTransactionGraph) graph).createIndex(key.trim(), Vertex.class);
+            } else if (graph instanceof TinkerGraph) {
+                ((TinkerGraph) graph).createIndex(key.trim(), Vertex.class);
+            }
+        }
         graphs.putTraversalSource("g", graph.traversal());
 
         server.start().get(60, TimeUnit.SECONDS);

@@ -1,0 +1,133 @@
+"""`job`: the native root of a job. Unwraps the Job DAG into the allocation hierarchy.
+
+On start and whenever allocations of the job end, it reads the job's tasks from
+the graph with the allocations that ran them, derives each task's state, and
+spawns the tasks whose needs have all succeeded: top-level tasks as its own
+children, nested tasks as children of their parent task's allocation. Each task
+is claimed (pending -> running) by one guarded write before it is spawned with
+ids derived from the task, so concurrent or repeated events spawn it once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from controlplane.domain.errors import ControlPlaneError
+from controlplane.domain.jobs import JobSpec, TaskRow, TaskSpec, flatten
+from controlplane.domain.records import AllocationRecord, TaskRecord
+
+if TYPE_CHECKING:
+    from controlplane.services.native import NativeContext
+
+log = logging.getLogger(__name__)
+TERMINAL_RUN = {"succeeded", "failed", "stopped", "lost"}
+
+
+@lru_cache(maxsize=64)
+def _rows(job_id: str, spec_json: str) -> dict[str, TaskRow]:
+    return {row.path: row for row in flatten(JobSpec.model_validate_json(spec_json))}
+
+
+def derive(task: TaskRecord) -> str:
+    """A task's state from the allocations that run it."""
+    if task.state in ("succeeded", "failed", "cancelled"):
+        return task.state
+    runs = task.runs
+    if len(runs) < task.replicas:
+        return task.state
+    if all(r.state == "succeeded" for r in runs):
+        return "succeeded"
+    if any(r.state in TERMINAL_RUN and r.state != "succeeded" and not r.restart_pending for r in runs):
+        return "failed"
+    return "running"
+
+
+def allocation_spec(task: TaskSpec, *, index: int, parent_is_root: bool) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": task.name if task.replicas == 1 else f"{task.name}-{index}",
+        "env": task.env,
+        "resources": task.resources.model_dump(),
+        "restart": task.restart.value,
+        "node_labels": task.placement.node_labels,
+    }
+    if task.executor == "process":
+        spec.update(executor="process", argv=task.argv)
+    else:
+        spec.update(executor="native", native=task.executor, config=task.config)
+    if task.supervision is not None:
+        spec["supervision"] = task.supervision.model_dump(mode="json")
+    if task.placement.affinity is not None and task.placement.affinity.near_parent:
+        spec["max_rtt_ms"] = task.placement.affinity.max_rtt_ms
+    if task.placement.spread:
+        spec["spread_key"] = task.name
+    return spec
+
+
+class JobExecutor:
+    def validate(self, config: dict[str, Any]) -> None:
+        return None
+
+    def on_start(self, ctx: NativeContext) -> None:
+        job_id = str(ctx.allocation.extra["root_of"])
+        ctx.store.set_job_state(job_id=job_id, expected=["submitted"], to="running", now=ctx.control.clock(),
+                                fields={"root_id": ctx.allocation.id, "started_at": ctx.control.clock()})
+        self.advance(ctx)
+
+    def on_children_ended(self, ctx: NativeContext, children: Sequence[AllocationRecord]) -> None:
+        self.advance(ctx)
+
+    def on_terminated(self, ctx: NativeContext, target: AllocationRecord) -> None:
+        return None
+
+    def advance(self, ctx: NativeContext) -> None:
+        store, now = ctx.store, ctx.control.clock()
+        job_id = str(ctx.allocation.extra["root_of"])
+        job = store.get_job(job_id=job_id)
+        if job is None or job.state not in ("submitted", "running"):
+            return
+        rows = _rows(job_id, job.spec_json)
+        tasks = store.job_tasks(job_id=job_id)
+        by_path = {t.path: t for t in tasks}
+        states = {t.path: derive(t) for t in tasks}
+        changed = [(t.id, [t.state], states[t.path]) for t in tasks if states[t.path] != t.state]
+        store.set_task_states(changes=changed, now=now)
+        failed = sorted(p for p, s in states.items() if s == "failed")
+        if failed:
+            store.set_job_state(job_id=job_id, expected=["submitted", "running"], to="failed", now=now,
+                                fields={"error": f"task(s) failed: {', '.join(failed)}", "finished_at": now})
+            ctx.fail(f"job {job.name}: task(s) failed: {', '.join(failed)}")
+            return
+        if all(s == "succeeded" for s in states.values()):
+            store.set_job_state(job_id=job_id, expected=["running"], to="succeeded", now=now, fields={"finished_at": now})
+            ctx.succeed(f"job {job.name}: all {len(tasks)} tasks succeeded")
+            return
+        ready = [
+            t for t in tasks
+            if states[t.path] == "pending"
+            and all(states.get(n) == "succeeded" for n in rows[t.path].needs)
+            and (t.parent_path is None or by_path[t.parent_path].runs)
+        ]
+        claimed = set(store.set_task_states(changes=[(t.id, ["pending"], "running") for t in ready], now=now))
+        # tasks claimed earlier whose spawn never happened (a crash in between): spawn again, idempotently
+        orphaned = [t for t in tasks if t.state == "running" and not t.runs]
+        spawned = [t for t in ready if t.id in claimed] + orphaned
+        for t in spawned:
+            self._spawn(ctx, t, rows[t.path].spec, by_path)
+        if any(rows[t.path].spec.children for t in spawned):
+            self.advance(ctx)  # their nested children can start now that their parent allocations exist
+
+    def _spawn(self, ctx: NativeContext, task: TaskRecord, spec: TaskSpec, by_path: dict[str, TaskRecord]) -> None:
+        parent_id = ctx.allocation.id if task.parent_path is None else by_path[task.parent_path].runs[0].allocation_id
+        specs = [allocation_spec(spec, index=i, parent_is_root=task.parent_path is None) for i in range(task.replicas)]
+        extra = {"job_id": task.job_id, "task_id": task.id}
+        try:
+            ctx.control.spawn(parent_id, specs, request_id=f"task:{task.id}", extra=[extra] * len(specs))
+        except ControlPlaneError as exc:
+            log.warning("job %s: task %s could not be spawned: %s", task.job_id, task.path, exc)
+            ctx.store.set_task_states(changes=[(task.id, ["running", "pending"], "failed")], now=ctx.control.clock())
+            ctx.store.set_job_state(job_id=task.job_id, expected=["running"], to="failed", now=ctx.control.clock(),
+                                    fields={"error": f"task {task.path} could not start: {exc}"})
+            ctx.fail(f"task {task.path} could not start: {exc}")

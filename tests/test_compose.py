@@ -1,0 +1,288 @@
+"""The deployment files: docker-compose.yml validates, and runs what the CLI really has.
+
+- `docker-compose config` accepts the file, by default and with each profile (skipped on a
+  machine without docker-compose, a failure in CI, where scripts/ensure-system-deps.sh installs it);
+- every service built from this repository runs a `controlplane` command that exists, with options
+  that command parses, and sets only environment variables that Settings reads (or NODE_NAME);
+- every stack (the default on Neo4j, the falkordb and gremlin profiles) has its API, node agents,
+  supervisors and exactly one scheduler, and its own broker database;
+- the servers and the APIs have health checks, published ports bind to BIND_ADDRESS (127.0.0.1 by
+  default), and the Dockerfile runs `controlplane` as a non-root user with setpriv installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer.main
+import yaml
+
+from controlplane.cli import app
+from controlplane.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+PROFILES: dict[str | None, set[str]] = {
+    None: {"neo4j", "redis", "api", "agent", "supervisor", "scheduler"},
+    "falkordb": {"falkordb", "api-falkordb", "agent-falkordb", "supervisor-falkordb", "scheduler-falkordb"},
+    "gremlin": {"gremlin-server", "api-gremlin", "agent-gremlin", "supervisor-gremlin", "scheduler-gremlin"},
+}
+#: what a shell expansion in an entrypoint stands for when its argv is parsed here
+SHELL_WORD = "node-from-shell"
+EXTRA_ENV = {"NODE_NAME"}  # read by the agent's entrypoint, not by Settings
+
+#: the CLI's command objects (Typer's own Click: it may vendor it, so only its interface is used)
+CLI: Any = typer.main.get_command(app)
+
+
+# --- reading the file ---------------------------------------------------------------------------
+
+_INTERPOLATION = re.compile(r"\$\$|\$\{(\w+)(?::?-([^}]*))?\}|\$(\w+)")
+
+
+def interpolate(value: str, env: dict[str, str] | None = None) -> str:
+    """Compose's variable substitution: ${VAR:-default}, ${VAR}, $VAR, and $$ for a literal $."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1) or m.group(3)
+        return (env or {}).get(name) or m.group(2) or ""
+
+    return _INTERPOLATION.sub(sub, value)
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, dict[str, Any]]:
+    """The services as written (YAML anchors and merge keys resolved, variables not substituted)."""
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+def ours(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The services built from this repository: the ones running `controlplane`."""
+    return {name: s for name, s in services.items() if "build" in s}
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):  # the KEY=value list form
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {k: interpolate(str(v)) for k, v in env.items()}
+
+
+def cli_argv(service: dict[str, Any]) -> list[str]:
+    """The arguments `controlplane` gets in this service: CMD alone, or through a shell entrypoint."""
+    command = [interpolate(str(w)) for w in service.get("command") or []]
+    entrypoint = service.get("entrypoint")
+    if entrypoint is None:  # the image's ENTRYPOINT ["controlplane"]
+        return command
+    words = [interpolate(str(w)) for w in entrypoint]
+    assert words[:2] == ["sh", "-c"], f"an entrypoint other than the image's must be `sh -c`: {words}"
+    script = shlex.split(words[2])
+    assert "controlplane" in script, f"the shell entrypoint must exec controlplane: {words[2]!r}"
+    argv: list[str] = []
+    for word in script[script.index("controlplane") + 1 :]:
+        if word == "$@":
+            argv += command  # `sh -c SCRIPT NAME ARGS...`: the service's command words
+        elif "$" in word:
+            argv.append(SHELL_WORD)
+        else:
+            argv.append(word)
+    return argv
+
+
+def parse_cli(argv: list[str]) -> Any:
+    """Parse argv as the real CLI would (types, required options), without running anything."""
+    assert argv, "no controlplane command"
+    name, *rest = argv
+    assert name in CLI.commands, f"`controlplane {name}` is not a command; the CLI has {sorted(CLI.commands)}"
+    try:
+        return CLI.commands[name].make_context(name, list(rest))
+    except Exception as exc:  # Click's UsageError / BadParameter, from whichever Click Typer uses
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        pytest.fail(f"`controlplane {' '.join(argv)}` does not parse: {message}")
+
+
+def stacks(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Our services grouped by the graph they use: service name -> CLI command, per GRAPH_URI."""
+    grouped: dict[str, dict[str, str]] = {}
+    for name, service in ours(services).items():
+        grouped.setdefault(environment(service)["GRAPH_URI"], {})[name] = cli_argv(service)[0]
+    return grouped
+
+
+def replicas(service: dict[str, Any]) -> int:
+    return int((service.get("deploy") or {}).get("replicas", 1))
+
+
+# --- (a) docker-compose accepts the file ------------------------------------------------------------
+
+
+def _compose_command() -> list[str] | None:
+    if path := shutil.which("docker-compose"):
+        return [path]
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30).returncode == 0:
+        return [docker, "compose"]
+    return None
+
+
+@pytest.fixture(scope="module")
+def compose_command() -> list[str]:
+    command = _compose_command()
+    if command is None:
+        if IN_CI:
+            pytest.fail("docker-compose is not installed in CI (scripts/ensure-system-deps.sh installs it)", pytrace=False)
+        pytest.skip("docker-compose is not installed: `apt-get install docker-compose` to validate docker-compose.yml")
+    return command
+
+
+@pytest.mark.parametrize("profile", list(PROFILES), ids=lambda p: p or "default")
+def test_docker_compose_config_validates(compose_command: list[str], profile: str | None, tmp_path: Path) -> None:
+    # only what compose itself needs: no stray NEO4J_PASSWORD or BIND_ADDRESS from this shell
+    env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL") if k in os.environ} | {"HOME": str(tmp_path)}
+    argv = [*compose_command, "-f", str(COMPOSE), *(["--profile", profile] if profile else []), "config"]
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stderr}"
+    resolved = yaml.safe_load(result.stdout)["services"]
+    assert PROFILES[None] | PROFILES[profile] <= set(resolved), f"missing services: {PROFILES[profile] - set(resolved)}"
+    for name in PROFILES[None] | PROFILES[profile]:
+        if "build" in resolved[name]:
+            assert resolved[name]["environment"]["GRAPH_URI"], name  # substituted, and not empty
+
+
+# --- (b) the commands exist in the CLI --------------------------------------------------------------
+
+
+def test_every_service_of_ours_runs_a_cli_command_that_parses(services: dict[str, dict[str, Any]]) -> None:
+    found = ours(services)
+    assert set(found) == {n for names in PROFILES.values() for n in names} - {"neo4j", "redis", "falkordb", "gremlin-server"}
+    for name, service in found.items():
+        ctx = parse_cli(cli_argv(service))
+        if ctx.info_name == "api":
+            assert ctx.params["host"] == "0.0.0.0", f"{name}: the API must listen beyond the container's loopback"
+        if ctx.info_name == "worker":
+            assert ctx.params["node"] == SHELL_WORD, f"{name}: each agent replica needs its own node name"
+
+
+def test_agents_are_named_by_node_name_or_host_name(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in ours(services).items():
+        if cli_argv(service)[0] != "worker":
+            continue
+        script = interpolate(service["entrypoint"][2])
+        assert '--node "${NODE_NAME:-$(hostname)}"' in script, f"{name}: {script!r}"
+        assert script.startswith("exec "), f"{name}: the agent must replace the shell to get signals"
+        assert "NODE_NAME" not in environment(service), f"{name}: one NODE_NAME for all replicas would clash"
+
+
+def test_scalable_services_have_no_fixed_names(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in ours(services).items():
+        assert "container_name" not in service and "hostname" not in service, f"{name} could not be scaled"
+
+
+def test_dockerfile_runs_the_cli_as_a_non_root_user_with_setpriv() -> None:
+    text = DOCKERFILE.read_text()
+    lines = [line.strip() for line in text.splitlines()]
+
+    def last(instruction: str) -> str:
+        found = [line.split(None, 1)[1] for line in lines if line.split(None, 1)[:1] == [instruction]]
+        assert found, f"no {instruction} in the Dockerfile"
+        return found[-1]
+
+    assert json.loads(last("ENTRYPOINT")) == ["controlplane"]
+    parse_cli(json.loads(last("CMD")))
+    assert last("USER") not in {"root", "0"}
+    assert last("FROM").startswith(("python:${PYTHON_VERSION}-slim", "python:3.11-slim", "python:3.12-slim"))
+    assert re.search(r"apt-get install[^\n]*util-linux", text) and "setpriv" in text
+    assert "rm -rf /var/lib/apt/lists/*" in text and "PIP_NO_CACHE_DIR=1" in text
+
+
+# --- (c) only settings the code reads ---------------------------------------------------------------
+
+
+def test_environment_variables_are_settings(services: dict[str, dict[str, Any]]) -> None:
+    known = {field.upper() for field in Settings.model_fields} | EXTRA_ENV
+    for name, service in ours(services).items():
+        unknown = {key for key in environment(service) if key.upper() not in known}
+        assert not unknown, f"{name} sets {sorted(unknown)}, which controlplane.settings.Settings does not read"
+
+
+def test_environment_values_are_valid_settings(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in ours(services).items():
+        env = {k.lower(): v for k, v in environment(service).items() if k not in EXTRA_ENV}
+        settings = Settings(**env)  # raises, naming the field, on a bad value
+        assert settings.graph_uri and settings.redis_url, f"{name} must not fall back to the embedded server"
+
+
+# --- (d) one scheduler per stack, health checks -------------------------------------------------------
+
+
+def test_each_stack_is_complete_with_exactly_one_scheduler(services: dict[str, dict[str, Any]]) -> None:
+    by_graph = stacks(services)
+    assert len(by_graph) == len(PROFILES)
+    for graph, members in by_graph.items():
+        roles = sorted(members.values())
+        assert roles == ["api", "scheduler", "supervisor", "worker"], f"stack on {graph}: {members}"
+        (scheduler,) = [n for n, role in members.items() if role == "scheduler"]
+        assert replicas(services[scheduler]) == 1, f"{scheduler} must run exactly one replica"
+    assert [n for n, s in ours(services).items() if cli_argv(s)[0] == "scheduler"] == ["scheduler", "scheduler-falkordb", "scheduler-gremlin"]
+    assert "profiles" not in services["scheduler"]
+
+
+def test_each_stack_has_its_own_broker(services: dict[str, dict[str, Any]]) -> None:
+    # queue names and the scheduler's lease key are the same in every stack: sharing a broker
+    # database would let one stack take the other's tasks and lease
+    brokers: dict[str, set[str]] = {}
+    for name, service in ours(services).items():
+        env = environment(service)
+        brokers.setdefault(env["GRAPH_URI"], set()).add(env["REDIS_URL"])
+    assert all(len(urls) == 1 for urls in brokers.values()), brokers
+    urls = [next(iter(u)) for u in brokers.values()]
+    assert len(set(urls)) == len(urls), brokers
+
+
+def test_servers_and_apis_have_health_checks_and_are_waited_for(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("neo4j", "redis", "api", "falkordb", "api-falkordb", "gremlin-server", "api-gremlin"):
+        test = (services[name].get("healthcheck") or {}).get("test")
+        assert test and test[0] in {"CMD", "CMD-SHELL"}, f"{name} has no health check"
+    assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
+    assert services["redis"]["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
+    assert services["redis"]["command"][1:] == ["--appendonly", "yes"]
+    for name, service in ours(services).items():
+        depends = service.get("depends_on") or {}
+        assert depends, f"{name} waits for nothing"
+        for dependency, condition in depends.items():
+            assert condition == {"condition": "service_healthy"}, f"{name} -> {dependency}"
+            assert services[dependency].get("healthcheck"), f"{name} waits on {dependency}, which has no health check"
+            assert set(services[dependency].get("profiles") or []) <= set(service.get("profiles") or []), (
+                f"{name} depends on {dependency}, which its profile does not start"
+            )
+
+
+def test_published_ports_bind_to_bind_address(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for port in service.get("ports") or []:
+            assert str(port).startswith("${BIND_ADDRESS:-127.0.0.1}:"), f"{name} publishes {port} on every interface"
+    api_ports = [interpolate(str(p)).split(":")[1] for n in ("api", "api-falkordb", "api-gremlin") for p in services[n]["ports"]]
+    assert len(set(api_ports)) == 3, "the stacks' APIs need their own host ports"
+
+
+def test_neo4j_is_the_lts_with_its_browser_and_persistent_volumes(services: dict[str, dict[str, Any]]) -> None:
+    neo4j = services["neo4j"]
+    assert neo4j["image"] == "neo4j:5.26"
+    assert {interpolate(p).split(":", 1)[1] for p in neo4j["ports"]} == {"7474:7474", "7687:7687"}
+    assert {v.split(":")[1] for v in neo4j["volumes"]} == {"/data", "/logs"}
+    password = environment(services["api"])["GRAPH_PASSWORD"]
+    assert interpolate(neo4j["environment"]["NEO4J_AUTH"]) == f"neo4j/{password}"
+    assert len(password) >= 8, "Neo4j 5 refuses passwords shorter than 8 characters"

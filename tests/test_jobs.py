@@ -1,0 +1,162 @@
+"""Jobs unwrapped into the allocation hierarchy, on every engine (native executors in-process, no broker).
+
+Task processes are simulated with the node agent's own guarded transitions;
+test_demo_job.py runs a job end to end with real processes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.domain.errors import InvalidInput, NotFound
+from controlplane.domain.lifecycle import State
+from controlplane.services import AgentService, ControlPlane
+from controlplane.services.agent import Exit
+from graph_schema.store import GraphStore
+
+
+@pytest.fixture
+def cp(store: GraphStore) -> ControlPlane:
+    control = ControlPlane(store, dispatcher=None)
+    control.register_node({"name": "n1", "cpu_milli": 64_000, "memory_mib": 65_536, "labels": {"zone": "eu"},
+                           "gpus": [{"model": "A100"}, {"model": "A100"}]})
+    control.register_node({"name": "n2", "cpu_milli": 8_000, "memory_mib": 16_384, "labels": {"zone": "us"}})
+    return control
+
+
+def task(name: str, *needs: str, **kw: object) -> dict:
+    return {"name": name, "argv": ["true"], "needs": list(needs), "resources": {"cpu_milli": 100, "memory_mib": 16}, **kw}
+
+
+def finish(cp: ControlPlane, job_id: str, code: int = 0, only: set[str] | None = None) -> list[str]:
+    """Run every placed allocation of the job's tasks to exit `code`, as node agents would."""
+    agent = AgentService(cp.store)
+    done = []
+    for t in cp.jobs.tasks(job_id):
+        if only is not None and t.path not in only:
+            continue
+        for run in t.runs:
+            a = cp.allocation(run.allocation_id)
+            if a.state is State.PLACED:
+                agent.begin_start([(a.id, a.incarnation)], node_id=a.node_id)
+                agent.running([((a.id, a.incarnation), 4242)])
+                ended = agent.exited([Exit((a.id, a.incarnation), code, "")])
+                cp.dispatcher.terminated(keys=[(e.id, e.incarnation) for e in ended])
+                done.append(t.path)
+    return done
+
+
+def test_a_dag_is_unwrapped_level_by_level_and_the_job_succeeds(cp: ControlPlane) -> None:
+    job = cp.jobs.submit({"name": "etl", "tasks": [
+        task("extract"), task("clean", "extract"), task("features", "extract"),
+        task("train", "clean", "features", replicas=3), task("report", "train"),
+    ]}, node="n1")
+    root = cp.jobs.root(job.id)
+    assert root is not None and root.executor == "native" and root.state is State.RUNNING and root.parent_id == "n1"
+    assert finish(cp, job.id) == ["extract"]
+    assert sorted(finish(cp, job.id)) == ["clean", "features"]
+    assert finish(cp, job.id) == ["train"] * 3
+    assert finish(cp, job.id) == ["report"]
+    assert cp.jobs.job(job.id).state == "succeeded"
+    assert cp.allocation(root.id).state is State.SUCCEEDED
+    tasks = {t.path: t for t in cp.jobs.tasks(job.id)}
+    assert {t.state for t in tasks.values()} == {"succeeded"}
+    assert len(tasks["train"].runs) == 3 and all(r.incarnation == 1 for r in tasks["train"].runs)
+    # every task allocation is a child of the root: the job DAG overlaid on the hierarchy
+    assert {a.id for a in cp.children(root.id)} == {r.allocation_id for t in tasks.values() for r in t.runs}
+
+
+def test_nested_children_are_spawned_by_their_task_allocation(cp: ControlPlane) -> None:
+    job = cp.jobs.submit({"name": "nest", "tasks": [
+        {**task("trainer"), "argv": ["sleep", "100"], "children": [task("worker", replicas=2), task("eval", "worker")]},
+    ]}, node="n1")
+    [trainer] = cp.jobs.tasks(job.id)[0].runs
+    tasks = {t.path: t for t in cp.jobs.tasks(job.id)}
+    assert {cp.allocation(r.allocation_id).parent_id for r in tasks["trainer/worker"].runs} == {trainer.allocation_id}
+    assert tasks["trainer/eval"].runs == ()
+    finish(cp, job.id, only={"trainer/worker"})
+    [ev] = {t.path: t for t in cp.jobs.tasks(job.id)}["trainer/eval"].runs
+    assert cp.allocation(ev.allocation_id).parent_id == trainer.allocation_id
+
+
+def test_a_failed_task_fails_the_job_and_stops_the_rest(cp: ControlPlane) -> None:
+    job = cp.jobs.submit({"name": "doomed", "tasks": [
+        task("a", restart="temporary"), {**task("b"), "argv": ["sleep", "100"]}, task("c", "a"),
+    ]}, node="n1")
+    finish(cp, job.id, code=3, only={"a"})
+    j = cp.jobs.job(job.id)
+    assert j.state == "failed" and "a" in (j.error or "")
+    assert cp.allocation(j.root_id).state is State.FAILED  # type: ignore[arg-type]
+    b = cp.jobs.tasks(job.id)[1].runs[0]
+    assert cp.allocation(b.allocation_id).state is State.STOPPED  # the root's end cascaded
+    assert cp.jobs.tasks(job.id)[2].runs == ()  # c never started
+
+
+def test_a_failed_task_is_restarted_per_policy_before_the_job_gives_up(cp: ControlPlane) -> None:
+    job = cp.jobs.submit({"name": "flaky", "tasks": [task("a")]}, node="n1")
+    finish(cp, job.id, code=1)
+    [t] = cp.jobs.tasks(job.id)
+    assert t.state == "running" and t.runs[0].incarnation == 2
+    finish(cp, job.id, code=0)
+    assert cp.jobs.job(job.id).state == "succeeded"
+
+
+def test_cancel_stops_the_whole_hierarchy(cp: ControlPlane) -> None:
+    job = cp.jobs.submit({"name": "long", "tasks": [{**task("svc"), "argv": ["sleep", "1000"]}]}, node="n1")
+    cancelled = cp.jobs.cancel(job.id)
+    assert cancelled.state == "cancelled"
+    root = cp.allocation(cancelled.root_id)  # type: ignore[arg-type]
+    assert root.state is State.STOPPED
+    assert all(cp.allocation(r.allocation_id).state is State.STOPPED for t in cp.jobs.tasks(job.id) for r in t.runs)
+
+
+def test_the_replicas_executor_keeps_its_copies(cp: ControlPlane) -> None:
+    [rs] = cp.spawn("n1", [{"name": "web", "executor": "native", "native": "replicas",
+                             "config": {"count": 3, "template": {"name": "web", "argv": ["sleep", "100"], "restart": "permanent",
+                                                                  "resources": {"cpu_milli": 10, "memory_mib": 8}}}}])
+    kids = cp.children(rs.id)
+    assert cp.allocation(rs.id).state is State.RUNNING and len(kids) == 3
+    agent = AgentService(cp.store)
+    a = kids[0]
+    agent.begin_start([(a.id, 1)], node_id=a.node_id)
+    ended = agent.exited([Exit((a.id, 1), 0, "")])
+    cp.dispatcher.terminated(keys=[(e.id, e.incarnation) for e in ended])
+    assert cp.allocation(a.id).incarnation == 2  # permanent: brought back even after a normal exit
+
+
+@pytest.mark.parametrize(
+    ("job", "field", "words"),
+    [
+        ({"name": "c", "tasks": [task("a", "b"), task("b", "a")]}, "job.tasks", ["cycle", "a -> b -> a"]),
+        ({"name": "m", "tasks": [task("a", "ghost")]}, "job.tasks", ["a -> ghost"]),
+        ({"name": "big", "tasks": [task("huge", resources={"cpu_milli": 999_000}), task("ok")]}, "job.tasks", ["huge", "cpu=999000m"]),
+        ({"name": "gpu", "tasks": [task("h", resources={"gpus": 1, "gpu_model": "H100"})]}, "job.tasks", ["h:", "H100"]),
+        ({"name": "x", "tasks": [task("t", resources={"gpus": 3})]}, "job.tasks", ["gpus=3"]),
+        ({"name": "n", "tasks": [{"name": "t", "executor": "warp-drive"}]}, "job.tasks", ["warp-drive"]),
+        ({"name": "l", "tasks": [task("t", placement={"node_labels": {"zone": "mars"}})]}, "job.tasks", ["zone=mars"]),
+        ({"name": "e", "tasks": []}, "job.tasks", []),
+    ],
+)
+def test_bad_jobs_are_refused_naming_the_tasks_and_nothing_is_written(cp: ControlPlane, store: GraphStore, job: dict, field: str, words: list[str]) -> None:
+    with pytest.raises(InvalidInput) as err:
+        cp.jobs.submit(job, node="n1")
+    assert err.value.field == field
+    for w in words:
+        assert w in err.value.message
+    assert store.list_jobs(after=None, limit=10) == []
+    assert store.list_allocations(after=None, limit=10) == []
+
+
+def test_unknown_submitting_node(cp: ControlPlane) -> None:
+    with pytest.raises(NotFound) as err:
+        cp.jobs.submit({"name": "j", "tasks": [task("a")]}, node="ghost")
+    assert err.value.field == "node"
+
+
+def test_submit_with_a_request_id_is_idempotent(cp: ControlPlane, store: GraphStore) -> None:
+    spec = {"name": "once", "tasks": [task("a"), task("b", "a")]}
+    first = cp.jobs.submit(spec, node="n1", request_id="r1")
+    again = cp.jobs.submit(spec, node="n1", request_id="r1")
+    assert first.id == again.id and first.root_id == again.root_id
+    assert len(store.list_jobs(after=None, limit=10)) == 1
+    assert len([t for t in cp.jobs.tasks(first.id) if t.runs]) == 1

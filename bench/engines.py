@@ -12,7 +12,7 @@ from graph_schema.store import GraphStore
 
 
 @contextlib.contextmanager
-def falkordb_store(graph: str = "bench") -> Iterator[tuple[GraphStore, FalkorDBServer]]:
+def falkordb_store(graph: str = "bench") -> Iterator[tuple[GraphStore, FalkorDBServer | None]]:
     from graph_schema.cypher.falkordb_store import FalkorDBStore
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -91,7 +91,8 @@ def run_api(settings: Settings) -> None:
     store = open_store(settings, graph_uri=ends.graph_uri)
     store.bootstrap()
     control = ControlPlane(store, CeleryDispatcher(configure(ends.broker_url)), notify=RedisNotifier(ends.broker_url).notify)
-    app = create_app(control, health_checks=health_checks(store, ends.broker_url), max_depth=settings.max_query_depth)
+    app = create_app(control, health_checks=health_checks(store, ends.broker_url), max_depth=settings.max_query_depth,
+                     max_descendants=settings.max_descendants)
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
 
 
@@ -136,7 +137,8 @@ def run_stack(
         children.append(spawn_child(settings, endpoints, "scheduler"))
         if worker:
             children.append(spawn_child(settings, endpoints, "worker", "--node", node_name, "--concurrency", str(concurrency)))
-        app = create_app(control, health_checks=health_checks(store, broker_url), max_depth=settings.max_query_depth)
+        app = create_app(control, health_checks=health_checks(store, broker_url), max_depth=settings.max_query_depth,
+                         max_descendants=settings.max_descendants)
         announce(endpoints, node_name if worker else None)
         config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         uvicorn.Server(config).run()

@@ -7,7 +7,7 @@ sentences. The conformance suite in tests/ runs every behaviour on every engine.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -188,7 +188,10 @@ class GraphStore(Protocol):
 
     def children(self, *, parent_id: str, after: str | None, limit: int) -> list[AllocationRecord]: ...
 
-    def descendants(self, *, root_id: str, max_depth: int, limit: int) -> list[AllocationRecord]: ...
+    def descendants(
+        self, *, root_id: str, max_depth: int, limit: int, fields: Collection[str] | None = None
+    ) -> list[AllocationRecord]:
+        """`fields`: read only these properties (plus the core ones); the rest of each record keeps defaults."""
 
     def ancestors(self, *, allocation_id: str) -> list[Vertex]:
         """Parent first, up to and including the root Node."""

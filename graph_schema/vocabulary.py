@@ -50,3 +50,14 @@ FILTERABLE: dict[Label, frozenset[str]] = {
     ),
 }
 ALL_FILTERABLE: frozenset[str] = frozenset().union(*FILTERABLE.values())
+
+#: properties an Allocation vertex carries that a projection may ask for
+ALLOCATION_PROPERTIES: frozenset[str] = frozenset({
+    "id", "name", "executor", "argv", "env", "state", "incarnation", "version", "parent_id", "node_id", "cpu", "memory",
+    "gpus", "gpu_model", "gpu_ids", "grace_period_s", "created_at", "updated_at", "exit_code", "error", "output_tail",
+    "pid", "seq", "restart_type", "supervision", "child_policy", "restart_log", "backoff_level", "restarts", "native",
+    "config", "job_id", "task_id", "root_of", "orphan", "orphaned_at", "restart_at", "started_at", "finished_at",
+    "stop_requested_at", "escalated", "agent", "process_exited",
+})
+#: always part of a projection: what records and relations need
+ALLOCATION_CORE: tuple[str, ...] = ("id", "state", "incarnation", "parent_id", "node_id", "executor", "name")

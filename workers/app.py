@@ -32,7 +32,13 @@ CONTROL_QUEUE = "control"
 
 
 def configure(broker_url: str) -> Celery:
-    app.conf.broker_url = broker_url
+    """Point the app at a broker; connections pooled for a previous broker are dropped."""
+    if app.conf.broker_url != broker_url:
+        if app._pool is not None:  # noqa: SLF001 - Celery keeps its pools private
+            app._pool.force_close_all()  # noqa: SLF001
+            app._pool = None  # noqa: SLF001
+        app.amqp._producer_pool = None  # noqa: SLF001
+        app.conf.broker_url = broker_url
     return app
 
 

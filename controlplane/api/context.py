@@ -14,6 +14,8 @@ distinct id per request:
 
 from __future__ import annotations
 
+from strawberry.utils.str_converters import to_snake_case
+
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -151,6 +153,11 @@ def wanted_fields(info: Info, *path: str) -> set[str]:
                 names.extend(sel.selections)
         selections = names
     return {s.name for s in _flatten(selections) if hasattr(s, "name") and not hasattr(s, "type_condition")}
+
+
+def wanted_properties(info: Info) -> set[str]:
+    """The stored properties the selected fields read: GraphQL names in snake_case (relations need only the core)."""
+    return {to_snake_case(name) for name in wanted_fields(info)}
 
 
 def _flatten(selections: Sequence[Any]) -> Iterable[Any]:

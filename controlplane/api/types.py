@@ -17,7 +17,7 @@ import strawberry
 from strawberry import Parent
 from strawberry.scalars import JSON
 
-from controlplane.api.context import Info, wanted_fields
+from controlplane.api.context import Info, wanted_fields, wanted_properties
 from controlplane.domain.errors import InvalidInput
 from controlplane.domain.lifecycle import State
 from controlplane.domain.records import AllocationRecord, GpuRecord, NeighborRecord, NodeRecord
@@ -177,7 +177,8 @@ class Allocation(Actor):
             raise InvalidInput(f"must be between 1 and {ctx.max_descendants}", field="first")
         ctx.seen(root)
         rows = await ctx.allocations(
-            lambda: ctx.control.descendants(root.id, max_depth=max_depth, limit=limit), wanted_fields(info)
+            lambda: ctx.control.descendants(root.id, max_depth=max_depth, limit=limit, fields=wanted_properties(info)),
+            wanted_fields(info),
         )
         return cast(list[Allocation], rows)
 

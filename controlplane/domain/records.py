@@ -101,14 +101,15 @@ class AllocationRecord:
 
     @classmethod
     def from_props(cls, p: dict[str, Any]) -> AllocationRecord:
-        known = set(cls.__slots__)  # type: ignore[attr-defined]
+        known = _ALLOCATION_FIELDS
+        env = p.get("env")
         return cls(
             id=p["id"],
             name=p.get("name", ""),
             executor=p.get("executor", "process"),
             argv=tuple(p.get("argv") or ()),
-            env=json.loads(p.get("env") or "{}"),
-            state=State(p["state"]),
+            env=json.loads(env) if env and env != "{}" else {},
+            state=_STATES[p["state"]],
             incarnation=int(p.get("incarnation", 1)),
             version=int(p.get("version", 0)),
             parent_id=p.get("parent_id", ""),
@@ -125,8 +126,12 @@ class AllocationRecord:
             error=p.get("error"),
             output_tail=p.get("output_tail"),
             pid=p.get("pid"),
-            extra={k: v for k, v in p.items() if k not in known and not k.startswith("_")},
+            extra={k: v for k, v in p.items() if k not in known and not k.startswith("_") and v is not None},
         )
+
+
+_ALLOCATION_FIELDS = frozenset(AllocationRecord.__slots__)  # type: ignore[attr-defined]
+_STATES = {s.value: s for s in State}
 
 
 @dataclass(frozen=True, slots=True)

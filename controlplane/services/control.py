@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from dataclasses import replace
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from controlplane.domain.errors import Conflict, InvalidInput, NoCapacity, NotFound
@@ -261,12 +261,15 @@ class ControlPlane:
     def children(self, parent_id: str, *, after: str | None = None, limit: int = 100) -> list[AllocationRecord]:
         return self.store.children(parent_id=parent_id, after=after, limit=_page(limit))
 
-    def descendants(self, root_id: str, *, max_depth: int = 64, limit: int = 10_000) -> list[AllocationRecord]:
+    def descendants(
+        self, root_id: str, *, max_depth: int = 64, limit: int = 10_000, fields: Collection[str] | None = None
+    ) -> list[AllocationRecord]:
+        """`fields`: the allocation properties the caller will read (a projection; None: all)."""
         if not 1 <= max_depth <= 256:
             raise InvalidInput("must be between 1 and 256", field="maxDepth")
         if not 1 <= limit <= 100_000:
             raise InvalidInput("must be between 1 and 100000", field="first")
-        return self.store.descendants(root_id=root_id, max_depth=max_depth, limit=limit)
+        return self.store.descendants(root_id=root_id, max_depth=max_depth, limit=limit, fields=fields)
 
     def ancestors(self, allocation_id: str) -> list[Vertex]:
         return self.store.ancestors(allocation_id=allocation_id)

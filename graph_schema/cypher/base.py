@@ -11,7 +11,7 @@ import json
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -32,6 +32,7 @@ from controlplane.domain.specs import NodeSpec
 from controlplane.domain.traversal import TraversalSpec
 from graph_schema.cypher import statements as q
 from graph_schema.cypher.traversal import compile_traversal
+from graph_schema.vocabulary import ALLOCATION_CORE, ALLOCATION_PROPERTIES
 from graph_schema.store import Change, CreateRefused, NewAllocation, NewTask, RestartItem, ToStop
 
 Row = list[Any]
@@ -276,8 +277,13 @@ class CypherStore(ABC):
         rows = self._read(q.CHILDREN, {"id": parent_id, "after": after, "limit": int(limit)})
         return [AllocationRecord.from_props(_props(r[0])) for r in rows]
 
-    def descendants(self, *, root_id: str, max_depth: int, limit: int) -> list[AllocationRecord]:
-        rows = self._read(q.descendants(max_depth), {"id": root_id, "limit": int(limit)})
+    def descendants(
+        self, *, root_id: str, max_depth: int, limit: int, fields: Collection[str] | None = None
+    ) -> list[AllocationRecord]:
+        projection = None
+        if fields is not None:
+            projection = tuple(dict.fromkeys([*ALLOCATION_CORE, *sorted(set(fields) & ALLOCATION_PROPERTIES)]))
+        rows = self._read(q.descendants(max_depth, projection), {"id": root_id, "limit": int(limit)})
         return [AllocationRecord.from_props(_props(r[0])) for r in rows]
 
     def ancestors(self, *, allocation_id: str) -> list[Vertex]:

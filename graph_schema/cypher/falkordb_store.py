@@ -3,7 +3,8 @@
 FalkorDB runs each query alone and atomically, so the one-statement rule of
 the store gives serializable check-and-set here. Dialect differences from
 Neo4j are kept to the schema bootstrap (GRAPH.CONSTRAINT instead of
-CREATE CONSTRAINT).
+CREATE CONSTRAINT) and the lock marker. (FalkorDB 4.16's toJSON() does not
+escape quotes inside strings, so results are never shipped as JSON text.)
 """
 
 from __future__ import annotations

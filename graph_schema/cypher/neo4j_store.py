@@ -50,6 +50,7 @@ class Neo4jStore(CypherStore):
 
     def __init__(self, uri: str, *, user: str | None = None, password: str | None = None, database: str | None = None) -> None:
         super().__init__()
+        self.uri = uri
         auth = (user, password) if user and password else None
         self._driver = GraphDatabase.driver(uri, auth=auth, max_connection_pool_size=64)
         self._database = database

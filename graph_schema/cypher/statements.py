@@ -209,12 +209,14 @@ RETURN properties(a) AS a ORDER BY a.id LIMIT $limit
 """
 
 
-def descendants(max_depth: int) -> str:
+def descendants(max_depth: int, fields: tuple[str, ...] | None = None) -> str:
+    """`fields`: only these properties (names checked against the vocabulary by the caller)."""
     depth = int(max_depth)
+    projection = "properties(a)" if fields is None else "a {" + ", ".join(f".{f}" for f in fields) + "}"
     return f"""
 MATCH (:{ACT} {{id: $id}})-[:{PARENT_OF}*1..{depth}]->(a:{A})
 WITH DISTINCT a
-RETURN properties(a) AS a ORDER BY a.id LIMIT $limit
+RETURN {projection} AS a ORDER BY a.id LIMIT $limit
 """
 
 

@@ -126,6 +126,19 @@ def test_killing_a_node_agent_moves_its_allocations_to_another_node(stack: Stack
     stack.control.stop(parent.id)
 
 
+def test_an_agent_restarted_within_the_grace_period_does_not_leave_ghosts(stack: Stack) -> None:
+    stack.agent("delta")
+    [a] = stack.control.spawn("delta", [spec("svc", ["sleep", "600"], node="delta")])
+    first = running(stack, a.id)
+    stack.kill9("delta")
+    stack.agent("delta")  # back at once, well within the grace period: the node is never declared lost
+    again = running(stack, a.id, 2)
+    assert again.pid != first.pid and stack.control.node("delta").status == "ready"
+    lost = [e for e in stack.control.events(a.id) if e.to_state == "lost"]
+    assert len(lost) == 1 and "restarted" in (lost[0].reason or "")
+    stack.control.stop(a.id)
+
+
 def test_restarting_the_graph_server_mid_run_loses_and_duplicates_nothing(stack: Stack) -> None:
     [parent] = stack.control.spawn("alpha", [spec("batch", ["sleep", "600"], node="alpha")])
     running(stack, parent.id)

@@ -19,12 +19,12 @@ from typing import Any, TypeVar
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from controlplane.domain.errors import Unavailable
+from controlplane.domain.lifecycle import LIVE, State
 from controlplane.domain.records import AllocationRecord, NodeRecord
 from controlplane.services.agent import AgentService, Exit, Key
-from controlplane.domain.lifecycle import LIVE
 from controlplane.services.control import ControlPlane
 from controlplane.services.supervisor import ControlDispatcher
-from graph_schema.store import GraphStore
+from graph_schema.store import Change, GraphStore
 from workers.executors import ExecutableNotFound, Handle, ProcessManager
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,31 @@ class NodeAgent:
     # --- life of the agent -------------------------------------------------------------
     def register(self) -> NodeRecord:
         return ControlPlane(self.store, self.dispatcher).register_node({"name": self.node, "labels": self.labels, **self.resources})
+
+    def recover(self) -> list[Key]:
+        """A fresh agent process runs nothing yet: what its node still shows as started died with the last agent.
+
+        Started allocations become `lost` (their parents decide), stopping ones `stopped`. Without this, an
+        agent restarted within the node's grace period would leave them `running` for ever.
+        """
+        now = time.time()
+        ended: list[Key] = []
+        for state in (State.STARTING, State.RUNNING, State.STOPPING):
+            after = None
+            while True:
+                page = _g(self.store.list_allocations, after=after, limit=1000, state=state.value, node_id=self.node)
+                moves = {State.STARTING: State.LOST, State.RUNNING: State.LOST, State.STOPPING: State.STOPPED}
+                results = _g(self.store.transition_many, changes=[
+                    Change(a.id, moves, a.incarnation, {"process_exited": True}, failure="node agent restarted",
+                           reason="node agent restarted", by=self.node) for a in page], now=now)
+                ended += [(r.allocation.id, r.allocation.incarnation) for r in results if r is not None and r.applied]
+                if len(page) < 1000:
+                    break
+                after = page[-1].id
+        if ended:
+            log.warning("node %s: %d allocations of the previous agent process ended", self.node, len(ended))
+            self.dispatcher.terminated(keys=ended)
+        return ended
 
     def start_heartbeat(self) -> None:
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)

@@ -40,6 +40,7 @@ def run_worker(
         store, CeleryDispatcher(app), node=node, work_dir=settings.data_dir, heartbeat_s=settings.heartbeat_s,
         labels=labels, resources=resources,
     )
+    agent.recover()
     record = agent.register()
     log.warning("node %s registered: %d mCPU, %d MiB", record.id, record.cpu, record.memory)
     agent.start_heartbeat()

@@ -221,6 +221,101 @@ def spawn(
         console.print(f"{a.id}  {a.state.value}  on {a.node_id}")
 
 
+def _load_spec(path: Path) -> dict:  # type: ignore[type-arg]
+    import json as _json
+
+    import yaml
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}") from None
+    try:
+        data = _json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise typer.BadParameter(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{path}: a job spec is a mapping with `name` and `tasks`")
+    return data
+
+
+@app.command()
+def submit(
+    spec: Annotated[Path, typer.Argument(help="Job spec, YAML or JSON (see `controlplane schema`)")],
+    node: Annotated[Optional[str], typer.Option(help="Submitting node: the job's root is created under it")] = None,
+    request_id: Annotated[Optional[str], typer.Option(help="Idempotency key: submitting again returns the same job")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Submit a job: its DAG goes into the graph and a native `job` root unwraps it."""
+    try:
+        control = _control(_settings(data_dir=data_dir))
+        job = control.jobs.submit(_load_spec(spec), node=node, request_id=request_id)
+        console.print(f"job {job.id} ({job.name}) {job.state}: root {job.root_id} on {job.submitted_by}")
+        while wait:
+            time.sleep(0.5)
+            job = control.jobs.job(job.id)
+            tasks = control.jobs.tasks(job.id)
+            counts: dict[str, int] = {}
+            for t in tasks:
+                counts[t.state] = counts.get(t.state, 0) + 1
+            console.print(f"  {job.state}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+            if job.state in ("succeeded", "failed", "cancelled"):
+                if job.error:
+                    console.print(f"  [red]{job.error}[/red]")
+                raise typer.Exit(0 if job.state == "succeeded" else 1)
+    except KeyboardInterrupt:
+        pass
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def jobs(
+    job_id: Annotated[Optional[str], typer.Argument(help="A job id: its tasks and the allocations that ran them")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """List jobs, or show one job's tasks."""
+    try:
+        control = _control(_settings(data_dir=data_dir))
+        if job_id is None:
+            table = Table("job", "name", "state", "tasks", "root", "submitted")
+            for j in control.jobs.jobs(limit=1000):
+                table.add_row(j.id, j.name, j.state, str(j.tasks_total), j.root_id or "-",
+                              time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.submitted_at)))
+            console.print(table)
+            return
+        job = control.jobs.job(job_id)
+        console.print(f"job {job.id} ({job.name}): {job.state}" + (f" — {job.error}" if job.error else ""))
+        table = Table("task", "state", "replicas", "allocations (incarnation, state, node)")
+        for t in control.jobs.tasks(job_id):
+            runs = ", ".join(f"{r.allocation_id} ({r.incarnation}, {r.state}, {r.node_id})" for r in t.runs) or "-"
+            table.add_row(t.path, t.state, str(t.replicas), runs)
+        console.print(table)
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def cancel(job_id: Annotated[str, typer.Argument(help="Job id")], data_dir: DataDir = None) -> None:
+    """Cancel a job: its whole hierarchy is stopped, children first."""
+    try:
+        job = _control(_settings(data_dir=data_dir)).jobs.cancel(job_id)
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+    console.print(f"job {job.id}: {job.state}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of job specs."""
+    import json as _json
+
+    from controlplane.domain.jobs import job_json_schema
+
+    print(_json.dumps(job_json_schema(), indent=2))
+
+
 @app.command()
 def stop(allocation: Annotated[str, typer.Argument(help="Allocation id")], data_dir: DataDir = None) -> None:
     """Stop an allocation (graceful, then killed after its grace period)."""

@@ -20,6 +20,7 @@ from controlplane.domain.records import (
     TransitionResult,
     Event,
     JobRecord,
+    RawResult,
     TaskRecord,
     Vertex,
 )
@@ -147,6 +148,15 @@ class GraphStore(Protocol):
 
     def node_capacities(self, *, node_ids: Sequence[str] | None = None) -> list[NodeCapacity]: ...
 
+    def candidates(
+        self, *, cpu: int, memory: int, gpus: int, gpu_model: str | None, labels: Sequence[str],
+        node_ids: Sequence[str] | None, limit: int,
+    ) -> list[NodeCapacity]:
+        """Ready nodes with room for one such demand, most free cpu first (placement as a traversal)."""
+
+    def spread_counts(self, *, keys: Sequence[str]) -> dict[tuple[str, str], int]:
+        """(spread key, node id) -> live allocations with that key on that node."""
+
     def gpu_inventory(self) -> dict[str, dict[str, int]]:
         """node id -> GPU model -> how many GPUs of it the node owns (claimed or not)."""
 
@@ -200,6 +210,14 @@ class GraphStore(Protocol):
         """'Node', 'Allocation', 'Gpu' or None: what kind of vertex has this id."""
 
     def traverse(self, *, spec: TraversalSpec) -> list[Vertex]: ...
+
+    def raw_query(self, *, text: str, timeout_s: float, limit: int) -> RawResult:
+        """Run an operator's read-only query in the engine's own language, for graph browsers and scripts.
+
+        Writes are refused by the engine itself (read-only execution), never by parsing the
+        text; malformed text is InvalidInput naming `query`; past `timeout_s` it is stopped
+        (QueryTimeout); at most `limit` rows come back (`truncated` says there were more).
+        """
 
     # supervision
     def restart_allocations(

@@ -160,3 +160,29 @@ def test_submit_with_a_request_id_is_idempotent(cp: ControlPlane, store: GraphSt
     assert first.id == again.id and first.root_id == again.root_id
     assert len(store.list_jobs(after=None, limit=10)) == 1
     assert len([t for t in cp.jobs.tasks(first.id) if t.runs]) == 1
+
+
+def test_affinity_places_near_the_parent_and_spread_uses_many_nodes(cp: ControlPlane) -> None:
+    for name in ("near", "far", "s1", "s2", "s3"):
+        cp.register_node({"name": name, "cpu_milli": 100_000, "memory_mib": 100_000})
+    cp.connect_neighbors("n2", "near", rtt_ms=2)
+    cp.connect_neighbors("n2", "far", rtt_ms=80)
+    [parent] = cp.spawn("n2", [{"name": "p", "argv": ["sleep", "9"], "node": "n2", "resources": {"cpu_milli": 8000, "memory_mib": 16}}])
+    # n2 is full now: the nearest neighbour within 10 ms wins over bigger, farther nodes
+    kids = cp.spawn(parent.id, [{"name": f"k{i}", "argv": ["true"], "max_rtt_ms": 10, "resources": {"cpu_milli": 10, "memory_mib": 1}} for i in range(3)])
+    assert {k.node_id for k in kids} == {"near"}
+    spread = cp.spawn("n1", [{"name": f"s{i}", "argv": ["true"], "spread_key": "web", "resources": {"cpu_milli": 10, "memory_mib": 1}} for i in range(6)])
+    assert len({a.node_id for a in spread}) == 6
+    from controlplane.domain.errors import NoCapacity
+
+    with pytest.raises(NoCapacity) as err:
+        cp.spawn(parent.id, [{"name": "x", "argv": ["true"], "max_rtt_ms": 1, "resources": {"cpu_milli": 10, "memory_mib": 1}}])
+    assert "within 1 ms" in err.value.message
+
+
+def test_gpu_placement_through_gpu_owner(cp: ControlPlane) -> None:
+    cp.register_node({"name": "t4box", "cpu_milli": 100_000, "memory_mib": 100_000, "gpus": [{"model": "T4"}] * 4})
+    a100 = cp.spawn("n2", [{"name": "a", "argv": ["true"], "resources": {"cpu_milli": 10, "memory_mib": 1, "gpus": 2, "gpu_model": "A100"}}])
+    t4 = cp.spawn("n2", [{"name": "t", "argv": ["true"], "resources": {"cpu_milli": 10, "memory_mib": 1, "gpus": 3, "gpu_model": "T4"}}])
+    assert (a100[0].node_id, len(a100[0].gpu_ids)) == ("n1", 2)
+    assert (t4[0].node_id, len(t4[0].gpu_ids)) == ("t4box", 3)

@@ -15,6 +15,7 @@ class ErrorCode(str, Enum):
     CONFLICT = "CONFLICT"
     NO_CAPACITY = "NO_CAPACITY"
     UNAVAILABLE = "UNAVAILABLE"
+    TIMEOUT = "TIMEOUT"
 
 
 class ControlPlaneError(Exception):
@@ -51,6 +52,12 @@ class Unavailable(ControlPlaneError):
     """A backing server (graph, broker) cannot be reached; retrying later may work."""
 
     code = ErrorCode.UNAVAILABLE
+
+
+class QueryTimeout(ControlPlaneError):
+    """A query ran past its time limit and was stopped."""
+
+    code = ErrorCode.TIMEOUT
 
 
 class IllegalTransition(Conflict):

@@ -255,3 +255,15 @@ class JobRecord:
             submitted_by=p.get("submitted_by", ""), tasks_total=int(p.get("tasks_total", 0)),
             root_id=p.get("root_id"), error=p.get("error"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class RawResult:
+    """The answer of a read-only query in the engine's own language (Cypher or Gremlin)."""
+
+    engine: str
+    language: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+    truncated: bool
+    elapsed_ms: float

@@ -16,8 +16,17 @@ from typing import Any
 
 from controlplane.domain.errors import Conflict, InvalidInput, NoCapacity, NotFound
 from controlplane.domain.lifecycle import TERMINAL, State
-from controlplane.domain.placement import Demand, place
-from controlplane.domain.records import AllocationRecord, Event, GpuRecord, NeighborRecord, NodeRecord, Vertex
+from controlplane.domain.placement import Demand, Placement, place
+from controlplane.domain.resources import NodeCapacity
+from controlplane.domain.records import (
+    AllocationRecord,
+    Event,
+    GpuRecord,
+    NeighborRecord,
+    NodeRecord,
+    RawResult,
+    Vertex,
+)
 from controlplane.domain.specs import AllocationSpec, NodeSpec, parse
 from controlplane.domain.supervision import DEFAULT_POLICY, SupervisionPolicy
 from controlplane.domain.traversal import TraversalSpec
@@ -116,12 +125,14 @@ class ControlPlane:
             if s.executor == "native":
                 where = field if single else f"{field}[{i}]"
                 executors.load(str(s.native), field=f"{where}.native").validate(dict(s.config))
-        self._check_parent(parent_id)
+        origin = self._check_parent(parent_id)
         demands = [
             Demand(
                 resources=s.resources.to_resources(),
                 node_id=s.node,
                 labels=tuple(sorted(f"{k}={v}" for k, v in s.node_labels.items())),
+                max_rtt_ms=s.max_rtt_ms,
+                spread_key=s.spread_key,
             )
             for s in parsed
         ]
@@ -129,11 +140,9 @@ class ControlPlane:
             if s.node is not None and self.store.get_node(node_id=s.node) is None:
                 raise NotFound(f"no node {s.node!r}", field=f"{field}.node" if single else f"{field}[{i}].node")
         ids = new_ids(len(parsed), request_id=request_id, parent_id=parent_id)
-        pinned = sorted({d.node_id for d in demands if d.node_id})
         created: list[AllocationRecord] | None = None
         for attempt in range(PLACEMENT_RETRIES):
-            snapshot = self.store.node_capacities(node_ids=pinned if all(d.node_id for d in demands) else None)
-            placements = place(demands, snapshot, field=field)
+            placements = self._place(demands, origin, field=field)
             new = [
                 NewAllocation(
                     id=ids[i],
@@ -157,6 +166,7 @@ class ControlPlane:
                         "backoff_level": 0,
                         "restarts": 0,
                         "native": s.native,
+                        "spread_key": s.spread_key,
                         "config": json.dumps(s.config, sort_keys=True) if s.config else None,
                         **(dict(extra[i]) if extra else {}),
                     },
@@ -177,14 +187,47 @@ class ControlPlane:
         self._dispatch_runs(created)
         return created
 
-    def _check_parent(self, parent_id: str) -> None:
+    def _check_parent(self, parent_id: str) -> str:
+        """The parent must exist and accept children; returns the node it is on (itself, for a Node)."""
         label = self.store.actor_label(actor_id=parent_id)
         if label is None or label == Label.GPU.value:
             raise NotFound(f"no node or allocation {parent_id!r}", field="parent")
         if label == Label.ALLOCATION.value:
             parent = self.store.get_allocation(allocation_id=parent_id)
-            if parent is not None and parent.state in TERMINAL | {State.STOPPING}:
+            if parent is None:
+                raise NotFound(f"no node or allocation {parent_id!r}", field="parent")
+            if parent.state in TERMINAL | {State.STOPPING}:
                 raise Conflict(f"parent {parent_id} is {parent.state.value}; it cannot create children", field="parent")
+            return parent.node_id
+        return parent_id
+
+    def _place(self, demands: Sequence[Demand], origin: str, *, field: str) -> list[Placement]:
+        """Candidates by graph traversal (room, GPUs, labels, neighbours within RTT), then the pure placement."""
+        rtt: dict[str, float] = {}
+        if any(d.max_rtt_ms is not None for d in demands):
+            rtt = {origin: 0.0, **{n.node_id: n.rtt_ms for n in self.store.neighbors(node_id=origin)}}
+        keys = sorted({d.spread_key for d in demands if d.spread_key})
+        spread = self.store.spread_counts(keys=keys) if keys else {}
+        shapes: dict[tuple[object, ...], int] = {}
+        for d in demands:
+            r = d.resources
+            shape = (r.cpu_milli, r.memory_mib, r.gpus, r.gpu_model, d.labels, d.node_id, d.max_rtt_ms)
+            shapes[shape] = shapes.get(shape, 0) + 1
+        nodes: dict[str, NodeCapacity] = {}
+        complete = True  # every node that could take one of these demands is in `nodes`
+        for (cpu, memory, gpus, model, labels, pinned, near), count in shapes.items():
+            ids = [pinned] if pinned else ([n for n, ms in rtt.items() if ms <= near] if near is not None else None)
+            found = self.store.candidates(cpu=cpu, memory=memory, gpus=gpus, gpu_model=model, labels=labels,
+                                          node_ids=ids, limit=count + 16)
+            complete = complete and len(found) < count + 16
+            nodes.update((c.node_id, c) for c in found)
+        try:
+            return place(demands, list(nodes.values()), rtt_ms=rtt, spread=spread, field=field)
+        except NoCapacity:
+            if complete:
+                raise
+            # a batch bigger than the best candidates hold: place over every ready node
+            return place(demands, self.store.node_capacities(), rtt_ms=rtt, spread=spread, field=field)
 
     def _dispatch_runs(self, allocations: Sequence[AllocationRecord]) -> None:
         by_node: dict[str, list[tuple[str, int]]] = {}
@@ -229,6 +272,11 @@ class ControlPlane:
         if allocation_id is not None and self.store.actor_label(actor_id=allocation_id) is None:
             raise NotFound(f"no node or allocation {allocation_id!r}", field="allocation")
         return self.store.events(allocation_id=allocation_id, since=since, limit=limit)
+
+    def raw_query(self, text: str, *, timeout_s: float = 10.0, limit: int = 1000) -> RawResult:
+        """A read-only query in the engine's own language (Cypher on FalkorDB/Neo4j, Gremlin on Gremlin)."""
+        check_raw_query(text, timeout_s, limit)
+        return self.store.raw_query(text=text, timeout_s=timeout_s, limit=limit)
 
     def set_policy(self, actor_id: str, policy: SupervisionPolicy | dict[str, Any]) -> None:
         """Change how a node or a live allocation supervises its children."""
@@ -279,6 +327,22 @@ class ControlPlane:
         if label is None:
             raise NotFound(f"no vertex with id {spec.start_id!r}", field="from")
         return self.store.traverse(spec=replace(spec, start_label=Label(label)))
+
+
+RAW_QUERY_MAX_CHARS = 20_000
+RAW_QUERY_MAX_ROWS = 10_000
+RAW_QUERY_MAX_TIMEOUT_S = 60.0
+
+
+def check_raw_query(text: str, timeout_s: float, limit: int) -> None:
+    if not text or not text.strip():
+        raise InvalidInput("must not be empty", field="query")
+    if len(text) > RAW_QUERY_MAX_CHARS:
+        raise InvalidInput(f"at most {RAW_QUERY_MAX_CHARS} characters", field="query")
+    if not 0 < timeout_s <= RAW_QUERY_MAX_TIMEOUT_S:
+        raise InvalidInput(f"must be between 0 and {RAW_QUERY_MAX_TIMEOUT_S:g} seconds", field="timeoutS")
+    if not 1 <= limit <= RAW_QUERY_MAX_ROWS:
+        raise InvalidInput(f"must be between 1 and {RAW_QUERY_MAX_ROWS}", field="limit")
 
 
 class InProcessDispatcher:

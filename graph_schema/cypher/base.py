@@ -47,6 +47,17 @@ def _tick() -> int:
     return time.time_ns()
 
 
+def _capacity(r: Row) -> NodeCapacity:
+    return NodeCapacity(
+        node_id=r[0],
+        status=r[1],
+        labels=tuple(r[2] or ()),
+        cpu_free=int(r[3]),
+        memory_free=int(r[4]),
+        free_gpus=tuple(sorted((FreeGpu(i, m) for i, m in zip(r[5], r[6])), key=lambda g: g.id)),
+    )
+
+
 def _props(value: Any) -> dict[str, Any]:
     return dict(value) if value is not None else {}
 
@@ -137,17 +148,19 @@ class CypherStore(ABC):
 
     def node_capacities(self, *, node_ids: Sequence[str] | None = None) -> list[NodeCapacity]:
         rows = self._read(q.NODE_CAPACITIES, {"ids": list(node_ids) if node_ids is not None else None})
-        return [
-            NodeCapacity(
-                node_id=r[0],
-                status=r[1],
-                labels=tuple(r[2] or ()),
-                cpu_free=int(r[3]),
-                memory_free=int(r[4]),
-                free_gpus=tuple(sorted((FreeGpu(i, m) for i, m in zip(r[5], r[6])), key=lambda g: g.id)),
-            )
-            for r in rows
-        ]
+        return [_capacity(r) for r in rows]
+
+    def candidates(
+        self, *, cpu: int, memory: int, gpus: int, gpu_model: str | None, labels: Sequence[str],
+        node_ids: Sequence[str] | None, limit: int,
+    ) -> list[NodeCapacity]:
+        params = {"cpu": cpu, "memory": memory, "gpus": gpus, "model": gpu_model, "labels": list(labels),
+                  "ids": list(node_ids) if node_ids is not None else None, "limit": int(limit)}
+        return [_capacity(r) for r in self._read(q.CANDIDATES_GPU if gpus else q.CANDIDATES, params)]
+
+    def spread_counts(self, *, keys: Sequence[str]) -> dict[tuple[str, str], int]:
+        rows = self._read(q.SPREAD_COUNTS, {"keys": list(keys), "live": _LIVE})
+        return {(r[0], r[1]): int(r[2]) for r in rows}
 
     def gpu_inventory(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}

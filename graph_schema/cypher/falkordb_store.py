@@ -9,14 +9,17 @@ escape quotes inside strings, so results are never shipped as JSON text.)
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
 from falkordb import FalkorDB
 from falkordb.edge import Edge
 from falkordb.node import Node as FNode
+from falkordb.path import Path
 
-from controlplane.domain.errors import Unavailable
+from controlplane.domain.errors import InvalidInput, QueryTimeout, Unavailable
+from controlplane.domain.records import RawResult
 from graph_schema.cypher.base import CypherStore, Row
 
 _UNIQUE = ("Actor", "Node", "Allocation", "Gpu", "Event", "Job", "Task")
@@ -25,6 +28,21 @@ _RANGE = (
     ("Node", "status"), ("Node", "cpu_free"), ("Event", "allocation_id"), ("Event", "at"), ("Task", "job_id"),
     ("Job", "state"),
 )
+
+
+def _browse(value: Any) -> Any:
+    """A result value as plain data for a browser: vertices and edges with their labels."""
+    if isinstance(value, FNode):
+        return {"labels": list(value.labels), "properties": dict(value.properties)}
+    if isinstance(value, Edge):
+        return {"type": value.relation, "src": value.src_node, "dst": value.dest_node, "properties": dict(value.properties)}
+    if isinstance(value, Path):
+        return {"nodes": [_browse(n) for n in value.nodes()], "edges": [_browse(e) for e in value.edges()]}
+    if isinstance(value, dict):
+        return {k: _browse(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_browse(v) for v in value]
+    return value
 
 
 def _plain(value: Any) -> Any:
@@ -61,6 +79,30 @@ class FalkorDBStore(CypherStore):
 
     def _write(self, query: str, params: dict[str, Any]) -> list[Row]:
         return self._run(False, query, params)
+
+    def raw_query(self, *, text: str, timeout_s: float, limit: int) -> RawResult:
+        started = time.perf_counter()
+        try:
+            result = self._graph.ro_query(text, timeout=max(1, int(timeout_s * 1000)))
+        except redis.TimeoutError:
+            raise QueryTimeout(f"stopped after {timeout_s:g}s", field="query") from None
+        except redis.ConnectionError as exc:
+            raise Unavailable(f"FalkorDB is unreachable: {exc}") from exc
+        except redis.ResponseError as exc:
+            message = str(exc)
+            lowered = message.lower()
+            if "timed out" in lowered or "timeout" in lowered:
+                raise QueryTimeout(f"stopped after {timeout_s:g}s", field="query") from None
+            if "read-only" in lowered or "read only" in lowered:
+                raise InvalidInput(f"read-only: this endpoint never writes ({message})", field="query") from None
+            raise InvalidInput(message, field="query") from None
+        header = tuple(str(h[1]) if isinstance(h, (list, tuple)) else str(h) for h in (result.header or []))
+        rows = result.result_set or []
+        return RawResult(
+            engine=self.engine, language="cypher", columns=header,
+            rows=tuple(tuple(_browse(v) for v in row) for row in rows[:limit]),
+            truncated=len(rows) > limit, elapsed_ms=(time.perf_counter() - started) * 1000,
+        )
 
     def bootstrap(self) -> None:
         existing = {(c["label"], tuple(c["properties"])) for c in self._constraints()}

@@ -9,14 +9,23 @@ included); every statement is idempotent, so a retry never doubles an effect.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from neo4j import GraphDatabase, RoutingControl
-from neo4j.exceptions import ConstraintError, ServiceUnavailable, SessionExpired
+from neo4j import READ_ACCESS, GraphDatabase, Query, RoutingControl
+from neo4j.exceptions import (
+    ClientError,
+    ConstraintError,
+    CypherSyntaxError,
+    ServiceUnavailable,
+    SessionExpired,
+    TransientError,
+)
 from neo4j.graph import Node as NNode
-from neo4j.graph import Relationship
+from neo4j.graph import Path, Relationship
 
-from controlplane.domain.errors import Unavailable
+from controlplane.domain.errors import InvalidInput, QueryTimeout, Unavailable
+from controlplane.domain.records import RawResult
 from graph_schema.cypher.base import CypherStore, Row
 
 _SCHEMA = (
@@ -37,6 +46,20 @@ _SCHEMA = (
     "CREATE INDEX allocation_parent IF NOT EXISTS FOR (n:Allocation) ON (n.parent_id)",
     "CREATE INDEX node_status IF NOT EXISTS FOR (n:Node) ON (n.status)",
 )
+
+
+def _browse(value: Any) -> Any:
+    if isinstance(value, NNode):
+        return {"labels": sorted(value.labels), "properties": dict(value.items())}
+    if isinstance(value, Relationship):
+        return {"type": value.type, "properties": dict(value.items())}
+    if isinstance(value, Path):
+        return {"nodes": [_browse(n) for n in value.nodes], "edges": [_browse(r) for r in value.relationships]}
+    if isinstance(value, dict):
+        return {k: _browse(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_browse(v) for v in value]
+    return value
 
 
 def _plain(value: Any) -> Any:
@@ -74,6 +97,37 @@ class Neo4jStore(CypherStore):
             # A concurrent repeat of the same create committed first: report "nothing written";
             # the caller reads back what exists.
             return []
+
+    def raw_query(self, *, text: str, timeout_s: float, limit: int) -> RawResult:
+        started = time.perf_counter()
+        try:
+            with self._driver.session(database=self._database, default_access_mode=READ_ACCESS) as session:
+                result = session.run(Query(text, timeout=timeout_s))  # type: ignore[arg-type]
+                columns = tuple(result.keys())
+                rows = []
+                for record in result:
+                    if len(rows) == limit:
+                        break
+                    rows.append(tuple(_browse(v) for v in record.values()))
+                truncated = result.peek() is not None if len(rows) == limit else False
+                result.consume()
+        except (ServiceUnavailable, SessionExpired) as exc:
+            raise Unavailable(f"Neo4j is unreachable: {exc}") from exc
+        except CypherSyntaxError as exc:
+            raise InvalidInput(exc.message or str(exc), field="query") from None
+        except ClientError as exc:
+            code = exc.code or ""
+            if "AccessMode" in code or "ForbiddenDueToTransactionType" in code:
+                raise InvalidInput(f"read-only: this endpoint never writes ({exc.message})", field="query") from None
+            if "TransactionTimedOut" in code or "Terminated" in code:
+                raise QueryTimeout(f"stopped after {timeout_s:g}s", field="query") from None
+            raise InvalidInput(exc.message or str(exc), field="query") from None
+        except TransientError as exc:
+            if "Timeout" in (exc.code or "") or "Terminated" in (exc.code or ""):
+                raise QueryTimeout(f"stopped after {timeout_s:g}s", field="query") from None
+            raise
+        return RawResult(engine=self.engine, language="cypher", columns=columns, rows=tuple(rows),
+                         truncated=truncated, elapsed_ms=(time.perf_counter() - started) * 1000)
 
     def bootstrap(self) -> None:
         for statement in _SCHEMA:

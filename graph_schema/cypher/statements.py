@@ -48,7 +48,7 @@ FOREACH (gs IN $gpus |
   MERGE (g)-[:{GPU_OWNER}]->(n))
 WITH n
 OPTIONAL MATCH (a:{A})-[:{RUNS_ON}]->(n) WHERE a.state IN $holding
-WITH n, sum(a.cpu) AS ucpu, sum(a.memory) AS umem
+WITH n, toInteger(coalesce(sum(a.cpu), 0)) AS ucpu, toInteger(coalesce(sum(a.memory), 0)) AS umem
 SET n.cpu_free = n.cpu - ucpu, n.memory_free = n.memory - umem
 RETURN properties(n) AS n
 """
@@ -454,4 +454,32 @@ RETURN properties(j) AS j
 GPU_INVENTORY = f"""
 MATCH (g:{G})-[:{GPU_OWNER}]->(n:{N})
 RETURN n.id, g.model, count(g)
+"""
+
+# Placement as a traversal: ready nodes with room for the demand (and free GPUs of the wanted
+# model through GPU_OWNER), most free cpu first; `ids` narrows to the nodes near the parent.
+CANDIDATES = f"""
+MATCH (n:{N})
+WHERE n.status = 'ready' AND n.cpu_free >= $cpu AND n.memory_free >= $memory
+  AND ($ids IS NULL OR n.id IN $ids) AND all(l IN $labels WHERE l IN n.labels)
+WITH n ORDER BY n.cpu_free DESC, n.id LIMIT $limit
+OPTIONAL MATCH (g:{G})-[:{GPU_OWNER}]->(n) WHERE g.claimed_by IS NULL
+RETURN n.id, n.status, n.labels, n.cpu_free, n.memory_free, collect(g.id), collect(g.model)
+"""
+
+CANDIDATES_GPU = f"""
+MATCH (g:{G})-[:{GPU_OWNER}]->(n:{N})
+WHERE g.claimed_by IS NULL AND ($model IS NULL OR g.model = $model)
+  AND n.status = 'ready' AND n.cpu_free >= $cpu AND n.memory_free >= $memory
+  AND ($ids IS NULL OR n.id IN $ids) AND all(l IN $labels WHERE l IN n.labels)
+WITH n, count(g) AS wanted WHERE wanted >= $gpus
+WITH n ORDER BY n.cpu_free DESC, n.id LIMIT $limit
+OPTIONAL MATCH (g:{G})-[:{GPU_OWNER}]->(n) WHERE g.claimed_by IS NULL
+RETURN n.id, n.status, n.labels, n.cpu_free, n.memory_free, collect(g.id), collect(g.model)
+"""
+
+SPREAD_COUNTS = f"""
+MATCH (a:{A})
+WHERE a.spread_key IN $keys AND a.state IN $live
+RETURN a.spread_key, a.node_id, count(a)
 """

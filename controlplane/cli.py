@@ -59,6 +59,7 @@ def up(
     node: Annotated[Optional[str], typer.Option(help="Name of the local node (default: host name)")] = None,
     worker: Annotated[bool, typer.Option(help="Start a local node agent")] = True,
     concurrency: Annotated[int, typer.Option(help="Node agent threads")] = 16,
+    demo: Annotated[bool, typer.Option("--demo", help="Seed a small topology and run a sample job")] = False,
 ) -> None:
     """Start the whole stack on this machine: embedded FalkorDB, the API, one node agent."""
     from controlplane.embedded import run_stack
@@ -76,7 +77,7 @@ def up(
         console.print("Ctrl-C stops everything.")
 
     try:
-        run_stack(settings, node=node, worker=worker, concurrency=concurrency, announce=announce)
+        run_stack(settings, node=node, worker=worker, concurrency=concurrency, announce=announce, demo=demo)
     except KeyboardInterrupt:
         pass
     except ControlPlaneError as exc:
@@ -104,19 +105,35 @@ def worker_cmd(
     node: Annotated[str, typer.Option(help="This machine's node name; its queue is node.<name>")],
     concurrency: Annotated[int, typer.Option(help="Threads taking tasks")] = 16,
     label: Annotated[Optional[list[str]], typer.Option(help="Node label key=value (repeatable)")] = None,
+    cpus: Annotated[Optional[float], typer.Option(help="Advertise this many cores instead of the machine's")] = None,
+    memory_mib: Annotated[Optional[int], typer.Option(help="Advertise this much memory instead of the machine's")] = None,
+    gpu: Annotated[Optional[list[str]], typer.Option(help="Advertise a GPU of this model (repeatable) instead of nvidia-smi's")] = None,
     data_dir: DataDir = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "WARNING",
 ) -> None:
     """Run a node agent: register this machine, heartbeat, run allocations placed on it."""
     from controlplane.embedded import resolve_endpoints
+    from workers.agent import machine_resources
     from workers.main import run_worker
 
     settings = _settings(data_dir=data_dir)
-    labels = dict(l.split("=", 1) for l in (label or []) if "=" in l)
+    bad = [l for l in (label or []) if "=" not in l]
+    if bad:
+        raise typer.BadParameter(f"labels are key=value, got {bad[0]!r}", param_hint="--label")
+    labels = dict(l.split("=", 1) for l in (label or []))
+    resources = None
+    if cpus is not None or memory_mib is not None or gpu:
+        resources = machine_resources()
+        if cpus is not None:
+            resources["cpu_milli"] = int(round(cpus * 1000))
+        if memory_mib is not None:
+            resources["memory_mib"] = memory_mib
+        if gpu:
+            resources["gpus"] = [{"model": m} for m in gpu]
     try:
         ends = resolve_endpoints(settings)
         run_worker(settings, node=node, graph_uri=ends.graph_uri, broker_url=ends.broker_url,
-                   concurrency=concurrency, labels=labels, loglevel=loglevel)
+                   concurrency=concurrency, labels=labels, resources=resources, loglevel=loglevel)
     except ControlPlaneError as exc:
         raise _fail(exc) from None
 

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from controlplane.settings import Settings
 
@@ -96,6 +97,47 @@ def run_api(settings: Settings) -> None:
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
 
 
+DEMO_NODES = (
+    # name, cores, memory MiB, GPUs, labels
+    ("edge-eu-1", 4, 8192, ["A100", "A100"], ["zone=eu"]),
+    ("edge-eu-2", 4, 8192, [], ["zone=eu"]),
+    ("edge-us-1", 4, 8192, ["T4"], ["zone=us"]),
+)
+DEMO_LINKS = (("edge-eu-1", "edge-eu-2", 2.0), ("edge-eu-1", "edge-us-1", 80.0), ("edge-eu-2", "edge-us-1", 85.0))
+DEMO_JOB = Path(__file__).resolve().parent.parent / "examples" / "demo-job.yaml"
+
+
+def start_demo(settings: Settings, endpoints: Endpoints, control: Any, local: str | None) -> list[subprocess.Popen[bytes]]:
+    """A small topology (node agents with GPUs and zones, neighbour links with RTTs) and a sample job."""
+    import threading
+    import time
+
+    import yaml
+
+    procs = []
+    for name, cores, memory, gpus, labels in DEMO_NODES:
+        args = ["worker", "--node", name, "--cpus", str(cores), "--memory-mib", str(memory), "--concurrency", "8"]
+        args += [a for g in gpus for a in ("--gpu", g)] + [a for label in labels for a in ("--label", label)]
+        procs.append(spawn_child(settings, endpoints, *args))
+
+    def seed() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if all(control.store.get_node(node_id=n[0]) for n in DEMO_NODES):
+                break
+            time.sleep(0.2)
+        for a, b, rtt in DEMO_LINKS:
+            control.connect_neighbors(a, b, rtt_ms=rtt, bandwidth=10e9)
+        if local:
+            control.connect_neighbors(local, "edge-eu-1", rtt_ms=1.0, bandwidth=10e9)
+        job = control.jobs.submit(yaml.safe_load(DEMO_JOB.read_text()), node="edge-eu-1")
+        print(f"demo: submitted job {job.id} ({job.name}); watch it: controlplane jobs {job.id}  |  "
+              f"controlplane tree edge-eu-1", flush=True)
+
+    threading.Thread(target=seed, name="demo-seed", daemon=True).start()
+    return procs
+
+
 def run_stack(
     settings: Settings,
     *,
@@ -103,6 +145,7 @@ def run_stack(
     worker: bool,
     concurrency: int,
     announce: Callable[[Endpoints, str | None], None],
+    demo: bool = False,
 ) -> None:
     import uvicorn
 
@@ -137,6 +180,8 @@ def run_stack(
         children.append(spawn_child(settings, endpoints, "scheduler"))
         if worker:
             children.append(spawn_child(settings, endpoints, "worker", "--node", node_name, "--concurrency", str(concurrency)))
+        if demo:
+            children.extend(start_demo(settings, endpoints, control, node_name if worker else None))
         app = create_app(control, health_checks=health_checks(store, broker_url), max_depth=settings.max_query_depth,
                          max_descendants=settings.max_descendants)
         announce(endpoints, node_name if worker else None)

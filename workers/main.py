@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 from controlplane.services.control import ControlPlane
 from controlplane.settings import Settings
@@ -13,6 +14,13 @@ from workers.dispatch import CeleryDispatcher
 from workers.runtime import install
 
 log = logging.getLogger(__name__)
+
+
+def _quiet_root_warning() -> None:
+    """Celery warns when run as root; node agents on a laptop and in CI are root, in the image they are not."""
+    from celery.exceptions import SecurityWarning
+
+    warnings.filterwarnings("ignore", category=SecurityWarning)
 
 
 def _worker_args(queue: str, name: str, concurrency: int, loglevel: str) -> list[str]:
@@ -40,6 +48,7 @@ def run_worker(
         store, CeleryDispatcher(app), node=node, work_dir=settings.data_dir, heartbeat_s=settings.heartbeat_s,
         labels=labels, resources=resources,
     )
+    _quiet_root_warning()
     agent.recover()
     record = agent.register()
     log.warning("node %s registered: %d mCPU, %d MiB", record.id, record.cpu, record.memory)
@@ -60,6 +69,7 @@ def run_supervisor(
     store = open_store(settings, graph_uri=graph_uri)
     store.bootstrap()
     app = configure(broker_url)
+    _quiet_root_warning()
     install(control=ControlPlane(store, CeleryDispatcher(app), notify=RedisNotifier(broker_url).notify))
     try:
         app.worker_main(_worker_args(CONTROL_QUEUE, name, concurrency, loglevel))

@@ -14,8 +14,7 @@ distinct id per request:
 
 from __future__ import annotations
 
-from strawberry.utils.str_converters import to_snake_case
-
+import copy
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -23,6 +22,7 @@ import strawberry
 from starlette.concurrency import run_in_threadpool
 from strawberry.dataloader import DataLoader
 from strawberry.fastapi import BaseContext
+from strawberry.utils.str_converters import to_snake_case
 
 from controlplane.domain.errors import InvalidInput, NotFound
 from controlplane.domain.records import AllocationRecord, NodeRecord
@@ -33,14 +33,26 @@ Actor = NodeRecord | AllocationRecord
 
 
 class ApiContext(BaseContext):
-    def __init__(self, control: ControlPlane, *, max_descendants: int) -> None:
+    def __init__(self, control: ControlPlane, *, max_descendants: int, events_redis_url: str | None = None) -> None:
         super().__init__()
         self.control = control
         self.max_descendants = max_descendants
+        #: where live event subscriptions hear the doorbell (None: they poll)
+        self.events_redis_url = events_redis_url
+        self._forget()
+
+    def _forget(self) -> None:
         self.allocations_seen: dict[str, AllocationRecord] = {}
         self.nodes_seen: dict[str, NodeRecord] = {}
         self._nodes: DataLoader[str, NodeRecord] = DataLoader(load_fn=self._load_nodes)
         self._actors: DataLoader[str, Actor] = DataLoader(load_fn=self._load_actors)
+        self._watchers: DataLoader[str, list[str]] = DataLoader(load_fn=self._load_watchers)
+
+    def fresh(self) -> ApiContext:
+        """The same connection with nothing known yet: one websocket carries many operations, each sees the graph anew."""
+        other = copy.copy(self)
+        other._forget()
+        return other
 
     async def call(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """Run one blocking service call in a worker thread."""
@@ -52,6 +64,10 @@ class ApiContext(BaseContext):
 
     def actor(self, actor_id: str) -> Actor | Awaitable[Actor]:
         return self.allocations_seen.get(actor_id) or self.nodes_seen.get(actor_id) or self._actors.load(actor_id)
+
+    def watchers(self, allocation_id: str) -> Awaitable[list[str]]:
+        """Ids of the allocations watching this one (batched over the whole answer)."""
+        return self._watchers.load(allocation_id)
 
     def seen(self, record: R) -> R:
         if isinstance(record, AllocationRecord):
@@ -122,6 +138,10 @@ class ApiContext(BaseContext):
         found = await run_in_threadpool(lambda: [self._fetch_actor(i) for i in ids])
         return [self.seen(f) for f in found]
 
+    async def _load_watchers(self, ids: list[str]) -> list[list[str]]:
+        found = await run_in_threadpool(lambda: self.control.store.watchers(target_ids=ids))
+        return [sorted(found.get(i, [])) for i in ids]
+
     def _fetch_actor(self, actor_id: str, *, maybe_node: bool = False) -> Actor | BaseException:
         if maybe_node:  # an allocation's parent with its node's id is that node (actors share one id space)
             node = _or_error(self.control.node, actor_id)
@@ -155,9 +175,13 @@ def wanted_fields(info: Info, *path: str) -> set[str]:
     return {s.name for s in _flatten(selections) if hasattr(s, "name") and not hasattr(s, "type_condition")}
 
 
+#: fields computed from more than the property of the same name
+_READS = {"job_id": ("job_id", "root_of")}
+
+
 def wanted_properties(info: Info) -> set[str]:
     """The stored properties the selected fields read: GraphQL names in snake_case (relations need only the core)."""
-    return {to_snake_case(name) for name in wanted_fields(info)}
+    return {p for name in wanted_fields(info) for p in _READS.get(to_snake_case(name), (to_snake_case(name),))}
 
 
 def _flatten(selections: Sequence[Any]) -> Iterable[Any]:

@@ -107,6 +107,7 @@ class CreateRefused(Exception):
     PARENT_NOT_LIVE = "parent_not_live"
     NO_CAPACITY = "no_capacity"
     STALE = "stale"  # a restart of an incarnation that is not the current terminal one
+    DUPLICATE = "duplicate"  # some (not all) of the ids already exist
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -1,4 +1,4 @@
-"""The FastAPI application: GraphQL at /graphql (GraphiQL on GET), /healthz and /metrics.
+"""The FastAPI application: GraphQL at /graphql (GraphiQL on GET), POST /query, /healthz and /metrics.
 
 `create_app` takes a ready ControlPlane; building the store and the dispatcher
 from settings is the caller's business (the CLI, or a test).
@@ -16,6 +16,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from controlplane.api.context import ApiContext
 from controlplane.api.metrics import ApiMetrics
+from controlplane.api.raw import raw_query_router
 from controlplane.api.schema import build_schema
 from controlplane.services.control import ControlPlane
 
@@ -29,6 +30,7 @@ def create_app(
     health_checks: dict[str, Callable[[], None]] | None = None,
     max_depth: int = 12,
     max_descendants: int = DEFAULT_MAX_DESCENDANTS,
+    events_redis_url: str | None = None,
 ) -> FastAPI:
     """The API over `control`.
 
@@ -36,13 +38,15 @@ def create_app(
         None checks the graph store (`control.store.ping`), {} checks nothing.
     max_depth: the deepest field nesting a GraphQL operation may have.
     max_descendants: the most allocations one `descendants` field may return.
+    events_redis_url: the Redis whose doorbell (controlplane.eventbus) wakes event subscriptions;
+        None: they poll the graph.
     """
     checks = {"graph": control.store.ping} if health_checks is None else dict(health_checks)
     metrics = ApiMetrics()
     schema = build_schema(max_depth=max_depth, max_descendants=max_descendants, metrics=metrics)
 
     async def context() -> ApiContext:
-        return ApiContext(control, max_descendants=max_descendants)
+        return ApiContext(control, max_descendants=max_descendants, events_redis_url=events_redis_url)
 
     graphql = GraphQLRouter(
         schema,
@@ -52,6 +56,7 @@ def create_app(
     )
     app = FastAPI(title="controlplane", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(graphql, prefix="/graphql")
+    app.include_router(raw_query_router(control))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

@@ -2,18 +2,24 @@
 
 - A ControlPlaneError keeps its message and names its field in GraphQL spelling;
   `extensions` carries `code` (NOT_FOUND, INVALID_INPUT, CONFLICT, NO_CAPACITY,
-  UNAVAILABLE) and `field`.
+  UNAVAILABLE, TIMEOUT) and `field`. A path into a JSON argument (a job spec, a
+  supervision policy) keeps the keys as the client sent them (`json_argument`).
 - A problem with the query document itself (syntax, unknown field, too deep,
   too many aliases, too costly, a variable of the wrong type) keeps its message,
   with code INVALID_QUERY.
 - Anything else is a bug: the client gets "internal error" with code INTERNAL;
   the traceback goes to the server log only.
+
+The same mapping applies to every result of a stream (operations over a
+websocket, subscription events).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 import strawberry
@@ -21,6 +27,7 @@ from graphql import GraphQLError
 from strawberry.extensions import ParserCache, SchemaExtension
 from strawberry.types import ExecutionContext, ExecutionResult
 
+from controlplane.api.context import ApiContext
 from controlplane.api.inputs import graphql_field
 from controlplane.domain.errors import ControlPlaneError
 
@@ -46,7 +53,7 @@ def client_error(error: GraphQLError) -> GraphQLError:
         return error
     original = error.original_error
     if isinstance(original, ControlPlaneError):
-        field = graphql_field(original.field)
+        field = original.field if getattr(original, _VERBATIM, False) else graphql_field(original.field)
         message = f"{field}: {original.message}" if field else original.message
         extensions = {"code": original.code.value, "field": field}
     elif is_unexpected(error):
@@ -56,6 +63,27 @@ def client_error(error: GraphQLError) -> GraphQLError:
     return GraphQLError(
         message, nodes=error.nodes, source=error.source, positions=error.positions, path=error.path, extensions=extensions
     )
+
+
+_VERBATIM = "field_is_verbatim"
+
+
+@contextlib.contextmanager
+def json_argument(argument: str, *, domain: str) -> Iterator[None]:
+    """Errors about the JSON value of `argument`, which the domain calls `domain`: `job.tasks[0]` -> `spec.tasks[0]`.
+
+    The keys inside stay as the client wrote them (no camelCase: a JSON value is not GraphQL input).
+    """
+    try:
+        yield
+    except ControlPlaneError as exc:
+        field = exc.field or ""
+        if field != domain and not field.startswith((f"{domain}.", f"{domain}[")):
+            raise
+        moved = copy.copy(exc)
+        moved.field = argument + field[len(domain):]
+        setattr(moved, _VERBATIM, True)
+        raise moved from None
 
 
 class SafeParserCache(ParserCache):
@@ -94,6 +122,12 @@ class ControlPlaneSchema(strawberry.Schema):
             result.errors = [client_error(e) for e in result.errors]
         return result
 
+    async def stream(self, query: str | None, *args: Any, **kwargs: Any) -> Any:
+        """Each operation of a websocket gets its own request-scoped context; each result its errors mapped."""
+        if isinstance(kwargs.get("context_value"), ApiContext):
+            kwargs["context_value"] = kwargs["context_value"].fresh()
+        return _mapped(await super().stream(query, *args, **kwargs))
+
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         for error in errors:
             if is_unexpected(error):
@@ -106,3 +140,11 @@ class ControlPlaneSchema(strawberry.Schema):
                 )
             else:
                 log.debug("refused: %s", error.message)
+
+
+async def _mapped(results: AsyncGenerator[Any, None]) -> AsyncIterator[Any]:
+    async with contextlib.aclosing(results):
+        async for result in results:
+            if isinstance(result, ExecutionResult) and result.errors:
+                result.errors = [client_error(e) for e in result.errors]
+            yield result

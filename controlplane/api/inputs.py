@@ -62,6 +62,10 @@ class AllocationSpecInput:
         description="How it supervises its children: strategy, deciders, default_directive, max_restarts, window_s, "
         "backoff, child_policy (snake_case keys, as in the control plane's SupervisionPolicy).",
     )
+    native: str | None = strawberry.field(
+        default=strawberry.UNSET, description="For executor `native`: which one runs it (`job`, `replicas`, a plugin's)."
+    )
+    config: JSON | None = strawberry.field(default=strawberry.UNSET, description="For executor `native`: its configuration.")
 
 
 @strawberry.input(description="A traversal filter on a property of the vertices reached.")

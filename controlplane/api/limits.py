@@ -37,9 +37,14 @@ PAGED: dict[str, tuple[int, int]] = {
     "children": (100, 1_000),
     "traverse": (100, 1_000),
     "descendants": (10_000, 10_000),
+    "events": (100, 10_000),
+    "jobs": (100, 1_000),
 }
 #: other lists of objects, at a size they rarely exceed
-LISTS: dict[str, int] = {"gpus": 16, "neighbors": 32, "ancestors": 32, "spawnAllocations": 100}
+LISTS: dict[str, int] = {
+    "gpus": 16, "neighbors": 32, "ancestors": 32, "spawnAllocations": 100, "watchers": 16, "watching": 16,
+    "tasks": 100, "runs": 4,
+}
 
 
 def operation_cost(

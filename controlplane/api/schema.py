@@ -1,13 +1,16 @@
-"""The GraphQL schema: queries and mutations, each a thin call to one ControlPlane use case.
+"""The GraphQL schema: queries, mutations and subscriptions, each a thin call to one ControlPlane use case.
 
 Resolvers parse their arguments, call the service in a worker thread and return
-its records; types.py maps records to GraphQL. No query text lives here: the
-generic traversal is built by the domain (`build_traversal`) and compiled by
-the store.
+its records; types.py and jobs.py map records to GraphQL. No query text lives
+here: the generic traversal is built by the domain (`build_traversal`) and
+compiled by the store; a raw query is the client's own text, run read-only by
+the engine.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncGenerator
 from functools import partial
 from typing import Annotated, Any, cast
 
@@ -19,13 +22,17 @@ from strawberry.extensions import (
     QueryDepthLimiter,
     ValidationCache,
 )
+from strawberry.scalars import JSON
 
 from controlplane.api.context import Info, wanted_fields
-from controlplane.api.errors import ControlPlaneSchema, ErrorMapping, SafeParserCache
+from controlplane.api.errors import ControlPlaneSchema, ErrorMapping, SafeParserCache, json_argument
 from controlplane.api.execution import InlineLeafExecutionContext
 from controlplane.api.inputs import AllocationSpecInput, Filter, NodeInput, to_spec
+from controlplane.api.jobs import Job
 from controlplane.api.limits import PAGED, QueryCost
+from controlplane.api.live import follow_events
 from controlplane.api.metrics import ApiMetrics, OperationMetrics
+from controlplane.api.raw import DEFAULT_LIMIT, DEFAULT_TIMEOUT_S, RawResult
 from controlplane.api.types import (
     DEFAULT_PAGE,
     Allocation,
@@ -33,10 +40,12 @@ from controlplane.api.types import (
     Connection,
     Direction,
     EdgeType,
+    Event,
     Node,
     Vertex,
     connection,
 )
+from controlplane.domain.jobs import job_json_schema
 from controlplane.domain.specs import NodeSpec, parse
 from controlplane.domain.traversal import MAX_TRAVERSAL_ROWS, build_traversal
 
@@ -115,6 +124,41 @@ class Query:
         )
         return cast(list[Vertex], await info.context.call(info.context.control.traverse, spec))
 
+    @strawberry.field(
+        description="The ordered history: transitions, supervision decisions, Terminated (death watch), of one "
+        "allocation or node, or of all; oldest first, after `since` (Unix seconds)."
+    )
+    async def events(
+        self, info: Info, allocation: strawberry.ID | None = None, since: float | None = None, first: int = DEFAULT_PAGE
+    ) -> list[Event]:
+        return cast(list[Event], await info.context.call(info.context.control.events, allocation, since=since, limit=first))
+
+    @strawberry.field(description="A job by id.")
+    async def job(self, info: Info, id: strawberry.ID) -> Job | None:
+        return cast(Job, await info.context.call(info.context.control.jobs.job, id))
+
+    @strawberry.field(description="Jobs ordered by id, optionally only those in `state` (submitted, running, succeeded, ...).")
+    async def jobs(
+        self, info: Info, first: int = DEFAULT_PAGE, after: str | None = None, state: str | None = None
+    ) -> Connection[Job]:
+        ctx = info.context
+        rows, more = await ctx.page(lambda a, n: ctx.control.jobs.jobs(after=a, limit=n, state=state), first=first, after=after)
+        return cast(Connection[Job], connection(rows, more))
+
+    @strawberry.field(description="The JSON Schema of the job spec that `submitJob` takes.")
+    def job_schema(self) -> JSON:
+        return job_json_schema()
+
+    @strawberry.field(
+        description="A read-only query in the engine's own language (Cypher on FalkorDB and Neo4j, Gremlin on "
+        "Gremlin Server), for graph browsers and scripts. Writes are refused; past `timeoutS` it is stopped (TIMEOUT); "
+        "at most `limit` rows come back."
+    )
+    async def raw_query(
+        self, info: Info, query: str, timeout_s: float = DEFAULT_TIMEOUT_S, limit: int = DEFAULT_LIMIT
+    ) -> RawResult:
+        return cast(RawResult, await info.context.call(info.context.control.raw_query, query, timeout_s=timeout_s, limit=limit))
+
 
 @strawberry.type
 class Mutation:
@@ -154,6 +198,57 @@ class Mutation:
     async def stop_allocation(self, info: Info, id: strawberry.ID, reason: str = "stop requested") -> Allocation:
         return cast(Allocation, await info.context.call(info.context.control.stop, id, reason=reason))
 
+    @strawberry.mutation(
+        description="Death watch: when `target` terminates, `watcher` gets a `terminated` event (at once if it "
+        "already has). Answers the target."
+    )
+    async def watch(self, info: Info, watcher: strawberry.ID, target: strawberry.ID) -> Allocation:
+        return cast(Allocation, await info.context.call(info.context.control.watch, watcher, target))
+
+    @strawberry.mutation(description="Stop watching; false when `watcher` was not watching `target`.")
+    async def unwatch(self, info: Info, watcher: strawberry.ID, target: strawberry.ID) -> bool:
+        return await info.context.call(info.context.control.unwatch, watcher, target)
+
+    @strawberry.mutation(
+        description="Change how a node or a live allocation supervises its children: a SupervisionPolicy with "
+        "snake_case keys (strategy, deciders, default_directive, max_restarts, window_s, backoff, child_policy)."
+    )
+    async def set_supervision(self, info: Info, id: strawberry.ID, policy: JSON) -> bool:
+        with json_argument("policy", domain="policy"):
+            await info.context.call(info.context.control.set_policy, id, policy)
+        return True
+
+    @strawberry.mutation(
+        description="Submit a job (see `jobSchema`) from `node` (default: the first ready node). Repeating a "
+        "`requestId` answers the job it created instead of creating another."
+    )
+    async def submit_job(
+        self, info: Info, spec: JSON, node: strawberry.ID | None = None, request_id: str | None = None
+    ) -> Job:
+        with json_argument("spec", domain="job"):
+            job = await info.context.call(info.context.control.jobs.submit, spec, node=node, request_id=request_id)
+        return cast(Job, job)
+
+    @strawberry.mutation(description="Cancel a job: its root and every task allocation are stopped. A finished job stays as it is.")
+    async def cancel_job(self, info: Info, id: strawberry.ID) -> Job:
+        return cast(Job, await info.context.call(info.context.control.jobs.cancel, id))
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="Events as they happen, of one allocation or node or of all, in order: first the history after "
+        "`since` (all of it when omitted), then each new one."
+    )
+    async def events(
+        self, info: Info, allocation: strawberry.ID | None = None, since: float | None = None
+    ) -> AsyncGenerator[Event, None]:
+        ctx = info.context
+        stream = follow_events(ctx.control, allocation, since, redis_url=ctx.events_redis_url)
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                yield cast(Event, event)
+
 
 def build_schema(*, max_depth: int, max_descendants: int, metrics: ApiMetrics) -> strawberry.Schema:
     paged = {**PAGED, "descendants": (max_descendants, max_descendants), "traverse": (DEFAULT_PAGE, MAX_TRAVERSAL_ROWS)}
@@ -172,5 +267,9 @@ def build_schema(*, max_depth: int, max_descendants: int, metrics: ApiMetrics) -
         partial(ValidationCache, maxsize=CACHED_DOCUMENTS),
     ]
     return ControlPlaneSchema(
-        query=Query, mutation=Mutation, extensions=extensions, execution_context_class=InlineLeafExecutionContext
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=extensions,
+        execution_context_class=InlineLeafExecutionContext,
     )

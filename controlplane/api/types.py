@@ -3,11 +3,13 @@
 A `Node` is answered from a NodeRecord, an `Allocation` from an
 AllocationRecord, and so on: plain fields are read off the record by name (no
 copy, no per-field resolver), so a list of a thousand allocations costs one
-query. Only relations (`node`, `parent`, `children`, ...) call the service.
+query. Only relations (`node`, `parent`, `children`, ...) call the service;
+supervision fields read the record's extra properties.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 from enum import Enum
@@ -20,9 +22,9 @@ from strawberry.scalars import JSON
 from controlplane.api.context import Info, wanted_fields, wanted_properties
 from controlplane.domain.errors import InvalidInput
 from controlplane.domain.lifecycle import State
-from controlplane.domain.records import AllocationRecord, GpuRecord, NeighborRecord, NodeRecord
+from controlplane.domain.records import AllocationRecord, Event as EventRecord, GpuRecord, NeighborRecord, NodeRecord
 from controlplane.domain.records import Vertex as VertexRecord
-from controlplane.domain.traversal import Op
+from controlplane.domain.traversal import Op, build_traversal
 from graph_schema.vocabulary import Direction as VocabularyDirection
 from graph_schema.vocabulary import EdgeType as VocabularyEdgeType
 from graph_schema.vocabulary import Label
@@ -30,6 +32,7 @@ from graph_schema.vocabulary import Label
 T = TypeVar("T")
 DEFAULT_PAGE = 100
 DEFAULT_DESCENDANTS_DEPTH = 64
+MAX_WATCHING = 1_000
 
 
 # --- enums: built from the domain's, so the two cannot drift ------------------------------
@@ -83,6 +86,15 @@ class Actor:
             lambda a, n: ctx.control.children(root.id, after=a, limit=n), first=first, after=after, wanted=wanted
         )
         return cast(Connection[Allocation], connection(rows, more))
+
+    @strawberry.field(description="Its history (transitions, supervision decisions, Terminated), oldest first, after `since`.")
+    async def events(self, root: Parent[Any], info: Info, first: int = DEFAULT_PAGE, since: float | None = None) -> list[Event]:
+        return cast(list[Event], await info.context.call(info.context.control.events, root.id, since=since, limit=first))
+
+    @strawberry.field(description="How it supervises the children it creates (SupervisionPolicy, snake_case keys); null: the default policy.")
+    def supervision(self, root: Parent[Any]) -> JSON | None:
+        raw = root.extra.get("supervision")
+        return json.loads(raw) if raw else None
 
 
 @strawberry.type(description="A machine: the root of the hierarchies it starts. cpu in millicores, memory in MiB.")
@@ -187,8 +199,64 @@ class Allocation(Actor):
         vertices = await info.context.call(info.context.control.ancestors, root.id)
         return cast(list[Actor], [info.context.seen(actor_from_vertex(v)) for v in vertices])
 
+    # --- supervision ----------------------------------------------------------------------
+    @strawberry.field(description="When its parent restarts it: `permanent`, `transient` or `temporary`.")
+    def restart_type(self, root: Parent[AllocationRecord]) -> str:
+        return str(root.extra.get("restart_type") or "transient")
 
-async def _maybe(value: Any) -> Any:
+    @strawberry.field(description="How many times it has been restarted (incarnations after the first).")
+    def restarts(self, root: Parent[AllocationRecord]) -> int:
+        return int(root.extra.get("restarts") or 0)
+
+    @strawberry.field(description="What happens to its children when it ends: `cascade` (stopped) or `abandon` (orphans).")
+    def child_policy(self, root: Parent[AllocationRecord]) -> str:
+        return str(root.extra.get("child_policy") or "cascade")
+
+    @strawberry.field(description="Its parent ended with child policy `abandon`, and it lives on.")
+    def orphan(self, root: Parent[AllocationRecord]) -> bool:
+        return bool(root.extra.get("orphan"))
+
+    @strawberry.field(description="Unix time of a decided restart that is waiting for its backoff; null if none.")
+    def restart_at(self, root: Parent[AllocationRecord]) -> float | None:
+        value = root.extra.get("restart_at")
+        return float(value) if value is not None else None
+
+    @strawberry.field(description="Why it failed as a supervisor (a child escalated to it); null if it did not.")
+    def escalated(self, root: Parent[AllocationRecord]) -> str | None:
+        value = root.extra.get("escalated")
+        return str(value) if value is not None else None
+
+    @strawberry.field(description="The job whose task it runs, or whose root it is.")
+    def job_id(self, root: Parent[AllocationRecord]) -> strawberry.ID | None:
+        value = root.extra.get("job_id") or root.extra.get("root_of")
+        return strawberry.ID(str(value)) if value else None
+
+    @strawberry.field(description="The job task it runs.")
+    def task_id(self, root: Parent[AllocationRecord]) -> strawberry.ID | None:
+        value = root.extra.get("task_id")
+        return strawberry.ID(str(value)) if value else None
+
+    @strawberry.field(description="For executor `native`: which native executor runs it (`job`, `replicas`, a plugin's).")
+    def native(self, root: Parent[AllocationRecord]) -> str | None:
+        value = root.extra.get("native")
+        return str(value) if value else None
+
+    @strawberry.field(description="Allocations watching this one (death watch): they get a `terminated` event when it ends.")
+    async def watchers(self, root: Parent[AllocationRecord], info: Info) -> list[Allocation]:
+        ids = await info.context.watchers(root.id)
+        return cast(list[Allocation], await asyncio.gather(*(maybe_await(info.context.actor(i)) for i in ids)))
+
+    @strawberry.field(description="Allocations this one watches (death watch), ordered by id.")
+    async def watching(self, root: Parent[AllocationRecord], info: Info) -> list[Allocation]:
+        spec = build_traversal(
+            start_id=root.id, edge_types=[VocabularyEdgeType.WATCHES.value], direction=VocabularyDirection.OUT.value,
+            target_label=Label.ALLOCATION.value, limit=MAX_WATCHING,
+        )
+        vertices = await info.context.call(info.context.control.traverse, spec)
+        return cast(list[Allocation], [info.context.seen(actor_from_vertex(v)) for v in vertices])
+
+
+async def maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
@@ -216,7 +284,7 @@ class Gpu:
     async def claimed_by(self, root: Parent[GpuRecord], info: Info) -> Allocation | None:
         if root.claimed_by is None:
             return None
-        return cast(Allocation, await _maybe(info.context.actor(root.claimed_by)))
+        return cast(Allocation, await maybe_await(info.context.actor(root.claimed_by)))
 
 
 @strawberry.type(description="A NEIGHBOR_OF link: the other node, round-trip time and bandwidth.")
@@ -242,3 +310,21 @@ class Vertex:
     @classmethod
     def is_type_of(cls, obj: Any, _info: Any) -> bool:
         return isinstance(obj, (cls, VertexRecord))
+
+
+@strawberry.type(description="A transition or a supervision decision, in the order it happened.")
+class Event:
+    id: strawberry.ID
+    kind: str = strawberry.field(description="`transition`, `decision`, `terminated` (death watch), `escalated`, ...")
+    allocation_id: strawberry.ID
+    incarnation: int | None
+    from_state: str | None = strawberry.field(description="The state it left (transitions).")
+    to_state: str | None = strawberry.field(description="The state it entered (transitions; for `terminated`, the watched one's).")
+    at: float = strawberry.field(description="Unix time, in seconds.")
+    reason: str | None
+    by: str | None = strawberry.field(description="Who decided: a user, a node agent, or the supervising parent's id.")
+    data: JSON = strawberry.field(description="Anything else recorded with it (`target` of a `terminated`, `directive` of a decision, ...).")
+
+    @classmethod
+    def is_type_of(cls, obj: Any, _info: Any) -> bool:
+        return isinstance(obj, (cls, EventRecord))

@@ -222,6 +222,7 @@ class TaskRecord:
     executor: str
     spec_json: str
     runs: tuple[TaskRun, ...] = ()
+    updated_at: float = 0.0
 
     @classmethod
     def from_props(cls, p: dict[str, Any], runs: list[list[Any]] | None = None) -> TaskRecord:
@@ -231,6 +232,7 @@ class TaskRecord:
             replicas=int(p.get("replicas", 1)), executor=p.get("executor", "process"), spec_json=p.get("spec", "{}"),
             runs=tuple(TaskRun(r[0], int(r[1]), r[2], r[3] or "", len(r) > 4 and r[4] is not None)
                        for r in (runs or []) if r and r[0] is not None),
+            updated_at=float(p.get("updated_at") or 0.0),
         )
 
 

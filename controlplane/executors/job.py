@@ -18,12 +18,15 @@ from typing import TYPE_CHECKING, Any
 from controlplane.domain.errors import ControlPlaneError
 from controlplane.domain.jobs import JobSpec, TaskRow, TaskSpec, flatten
 from controlplane.domain.records import AllocationRecord, TaskRecord
+from controlplane.services.ids import new_ids
 
 if TYPE_CHECKING:
     from controlplane.services.native import NativeContext
 
 log = logging.getLogger(__name__)
 TERMINAL_RUN = {"succeeded", "failed", "stopped", "lost"}
+#: a task claimed but still without an allocation this long after: its spawn was lost
+ORPHAN_AFTER_S = 30.0
 
 
 @lru_cache(maxsize=64)
@@ -45,7 +48,7 @@ def derive(task: TaskRecord) -> str:
     return "running"
 
 
-def allocation_spec(task: TaskSpec, *, index: int, parent_is_root: bool) -> dict[str, Any]:
+def allocation_spec(task: TaskSpec, *, index: int) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "name": task.name if task.replicas == 1 else f"{task.name}-{index}",
         "env": task.env,
@@ -111,23 +114,39 @@ class JobExecutor:
             and (t.parent_path is None or by_path[t.parent_path].runs)
         ]
         claimed = set(store.set_task_states(changes=[(t.id, ["pending"], "running") for t in ready], now=now))
-        # tasks claimed earlier whose spawn never happened (a crash in between): spawn again, idempotently
-        orphaned = [t for t in tasks if t.state == "running" and not t.runs]
-        spawned = [t for t in ready if t.id in claimed] + orphaned
-        for t in spawned:
-            self._spawn(ctx, t, rows[t.path].spec, by_path)
-        if any(rows[t.path].spec.children for t in spawned):
+        # tasks claimed long ago whose spawn never happened (a crash in between): spawn again, idempotently
+        orphaned = [t for t in tasks if t.state == "running" and not t.runs and t.updated_at < now - ORPHAN_AFTER_S]
+        fresh = [t for t in ready if t.id in claimed]
+        by_parent: dict[str, list[TaskRecord]] = {}
+        for t in fresh:
+            by_parent.setdefault(self._parent_of(ctx, t, by_path), []).append(t)
+        for parent_id, batch in by_parent.items():  # one atomic create per parent for all its ready tasks
+            self._spawn(ctx, parent_id, batch, rows)
+        for t in orphaned:  # rare: one at a time, so an already created one cannot fail a batch
+            self._spawn(ctx, self._parent_of(ctx, t, by_path), [t], rows)
+        if any(rows[t.path].spec.children for t in fresh + orphaned):
             self.advance(ctx)  # their nested children can start now that their parent allocations exist
 
-    def _spawn(self, ctx: NativeContext, task: TaskRecord, spec: TaskSpec, by_path: dict[str, TaskRecord]) -> None:
-        parent_id = ctx.allocation.id if task.parent_path is None else by_path[task.parent_path].runs[0].allocation_id
-        specs = [allocation_spec(spec, index=i, parent_is_root=task.parent_path is None) for i in range(task.replicas)]
-        extra = {"job_id": task.job_id, "task_id": task.id}
+    @staticmethod
+    def _parent_of(ctx: NativeContext, task: TaskRecord, by_path: dict[str, TaskRecord]) -> str:
+        return ctx.allocation.id if task.parent_path is None else by_path[task.parent_path].runs[0].allocation_id
+
+    def _spawn(self, ctx: NativeContext, parent_id: str, tasks: Sequence[TaskRecord], rows: dict[str, TaskRow]) -> None:
+        specs: list[dict[str, Any]] = []
+        extra: list[dict[str, Any]] = []
+        ids: list[str] = []
+        for task in tasks:
+            spec = rows[task.path].spec
+            specs += [allocation_spec(spec, index=i) for i in range(task.replicas)]
+            extra += [{"job_id": task.job_id, "task_id": task.id}] * task.replicas
+            ids += new_ids(task.replicas, request_id=f"task:{task.id}", parent_id=parent_id)  # stable per task
         try:
-            ctx.control.spawn(parent_id, specs, request_id=f"task:{task.id}", extra=[extra] * len(specs))
+            ctx.control.spawn(parent_id, specs, extra=extra, ids=ids)
         except ControlPlaneError as exc:
-            log.warning("job %s: task %s could not be spawned: %s", task.job_id, task.path, exc)
-            ctx.store.set_task_states(changes=[(task.id, ["running", "pending"], "failed")], now=ctx.control.clock())
-            ctx.store.set_job_state(job_id=task.job_id, expected=["running"], to="failed", now=ctx.control.clock(),
-                                    fields={"error": f"task {task.path} could not start: {exc}"})
-            ctx.fail(f"task {task.path} could not start: {exc}")
+            paths = ", ".join(t.path for t in tasks)
+            log.warning("job %s: task(s) %s could not be spawned: %s", tasks[0].job_id, paths, exc)
+            now = ctx.control.clock()
+            ctx.store.set_task_states(changes=[(t.id, ["running", "pending"], "failed") for t in tasks], now=now)
+            ctx.store.set_job_state(job_id=tasks[0].job_id, expected=["running"], to="failed", now=now,
+                                    fields={"error": f"task(s) {paths} could not start: {exc}"})
+            ctx.fail(f"task(s) {paths} could not start: {exc}")

@@ -110,10 +110,13 @@ class ControlPlane:
         request_id: str | None = None,
         field: str = "specs",
         extra: Sequence[dict[str, Any]] | None = None,
+        ids: Sequence[str] | None = None,
     ) -> list[AllocationRecord]:
         """Create allocations under `parent_id` (a Node or an Allocation): placed, reserved, dispatched.
 
-        `extra`: properties recorded with each allocation by orchestration code (job and task ids).
+        `extra`: properties recorded with each allocation by orchestration code (job and task ids);
+        `ids`: the allocation ids to use (orchestration code derives them from what they run, so a
+        repeat creates nothing twice).
         """
         if not specs:
             raise InvalidInput("give at least one allocation spec", field=field)
@@ -139,7 +142,9 @@ class ControlPlane:
         for i, s in enumerate(parsed):
             if s.node is not None and self.store.get_node(node_id=s.node) is None:
                 raise NotFound(f"no node {s.node!r}", field=f"{field}.node" if single else f"{field}[{i}].node")
-        ids = new_ids(len(parsed), request_id=request_id, parent_id=parent_id)
+        if ids is not None and len(ids) != len(parsed):
+            raise InvalidInput("one id per spec", field="ids")
+        ids = list(ids) if ids is not None else new_ids(len(parsed), request_id=request_id, parent_id=parent_id)
         created: list[AllocationRecord] | None = None
         for attempt in range(PLACEMENT_RETRIES):
             placements = self._place(demands, origin, field=field)
@@ -181,6 +186,8 @@ class ControlPlane:
                     raise NotFound(f"no node or allocation {parent_id!r}", field="parent") from None
                 if refused.reason == CreateRefused.PARENT_NOT_LIVE:
                     raise Conflict(f"parent {refused.detail}; it cannot create children", field="parent") from None
+                if refused.reason == CreateRefused.DUPLICATE:
+                    raise Conflict(f"allocations already exist: {refused.detail}", field="ids") from None
                 log.debug("placement lost a race (attempt %d): %s", attempt + 1, refused)
         if created is None:
             raise NoCapacity("capacity changed under concurrent placements; try again", field=field)

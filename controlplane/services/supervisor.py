@@ -25,6 +25,7 @@ from controlplane.domain.supervision import (
     Child,
     Decision,
     Failure,
+    RestartType,
     Situation,
     classify,
     decide,
@@ -127,10 +128,11 @@ class SupervisorService:
             return
         now = self.clock()
         self.notify_watchers(records, now)
+        with_children = self.store.live_children(parent_ids=[a.id for a in records if a.extra.get("child_policy") != "abandon"])
         for a in records:
             if a.extra.get("child_policy") == "abandon":
                 self.store.mark_orphans(parent_id=a.id, now=now)
-            else:
+            elif with_children.get(a.id):
                 self.stop(a.id, include_root=False, reason=f"parent {a.id} {a.state.value}", by=a.id)
         by_parent: dict[str, list[AllocationRecord]] = {}
         for a in records:
@@ -155,6 +157,9 @@ class SupervisorService:
             self.on_watched(watchers, records)
 
     def supervise(self, parent_id: str, failed: Sequence[AllocationRecord]) -> Decision | None:
+        if all(a.state is State.SUCCEEDED and restart_type_of(a.extra.get("restart_type")) is not RestartType.PERMANENT
+               for a in failed):
+            return None  # normal exits of non-permanent children: nothing to decide, no siblings to read
         label = self.store.actor_label(actor_id=parent_id)
         if label == Label.NODE.value:
             node = self.store.get_node(node_id=parent_id)

@@ -196,8 +196,10 @@ class CypherStore(ABC):
             return [AllocationRecord.from_props(_props(r[0])) for r in rows]
         # Nothing written: either it was already committed (a repeat), or a precondition failed.
         existing = self.get_allocations(allocation_ids=[a.id for a in allocations])
-        if existing:
+        if len(existing) == len(allocations):
             return sorted(existing, key=lambda r: r.extra.get("seq", 0))
+        if existing:
+            raise CreateRefused(CreateRefused.DUPLICATE, ", ".join(sorted(a.id for a in existing)))
         found, state, is_node = self._read(q.DIAGNOSE_PARENT, {"parent_id": parent_id})[0]
         if not found:
             raise CreateRefused(CreateRefused.PARENT_MISSING, parent_id)

@@ -72,6 +72,10 @@ class FalkorDBStore(CypherStore):
             result = fn(self._dialect(query), params, timeout=self._timeout_ms)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise Unavailable(f"FalkorDB is unreachable: {exc}") from exc
+        except redis.ResponseError as exc:
+            if "unique constraint violation" in str(exc):
+                return []  # nothing written (the query is atomic): the caller reads back what exists
+            raise
         return [[_plain(v) for v in row] for row in result.result_set]
 
     def _read(self, query: str, params: dict[str, Any]) -> list[Row]:

@@ -14,6 +14,7 @@ from typing import Any
 from controlplane.services import ControlPlane
 from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer
+from graph_schema.store import GraphStore
 from workers.app import configure
 from workers.dispatch import CeleryDispatcher
 
@@ -33,14 +34,26 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
 
 
 class Stack:
-    def __init__(self, server: FalkorDBServer, data_dir: Path, *, graph: str, heartbeat_s: float = 0.5, grace_s: float = 2.0) -> None:
+    """`server` is the Redis (and, by default, the graph); `store` another engine's store when given."""
+
+    def __init__(
+        self,
+        server: FalkorDBServer,
+        data_dir: Path,
+        *,
+        graph: str,
+        heartbeat_s: float = 0.5,
+        grace_s: float = 2.0,
+        store: GraphStore | None = None,
+        graph_uri: str | None = None,
+    ) -> None:
         self.server = server
         self.data_dir = data_dir
         self.graph = graph
         self.env = {
             **os.environ,
-            "GRAPH_BACKEND": "falkordb",
-            "GRAPH_URI": server.url,
+            "GRAPH_BACKEND": store.engine if store is not None else "falkordb",
+            "GRAPH_URI": graph_uri or server.url,
             "GRAPH_NAME": graph,
             "REDIS_URL": server.redis_url(2),
             "DATA_DIR": str(data_dir),
@@ -51,7 +64,7 @@ class Stack:
             "STARTING_DEADLINE_S": "10",
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.store = FalkorDBStore(server.url, graph=graph)
+        self.store: GraphStore = store if store is not None else FalkorDBStore(server.url, graph=graph)
         self.store.bootstrap()
         self.control = ControlPlane(self.store, CeleryDispatcher(configure(server.redis_url(2))))
 

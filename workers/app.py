@@ -9,6 +9,7 @@ every task is idempotent.
 from __future__ import annotations
 
 from celery import Celery
+from kombu import pools as kombu_pools
 
 app = Celery("controlplane", include=["workers.tasks"])
 app.conf.update(
@@ -38,6 +39,7 @@ def configure(broker_url: str) -> Celery:
             app._pool.force_close_all()  # noqa: SLF001
             app._pool = None  # noqa: SLF001
         app.amqp._producer_pool = None  # noqa: SLF001
+        kombu_pools.reset()  # kombu caches producer pools per connection, closed ones included
         app.conf.broker_url = broker_url
     return app
 

@@ -17,11 +17,14 @@ up: $(STAMP)
 	$(VENV)/bin/controlplane up $(ARGS)
 
 lint: $(STAMP)
+	$(VENV)/bin/ruff check controlplane graph_schema workers tests bench
 	$(VENV)/bin/lint-imports
 
 test: $(STAMP)
 	bash scripts/ensure-system-deps.sh
 	bash tests/neo4j_harness/prepare.sh
+	bash tests/gremlin_harness/prepare.sh
+	$(VENV)/bin/ruff check controlplane graph_schema workers tests bench
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 

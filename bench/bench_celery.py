@@ -53,7 +53,7 @@ def main() -> None:
             for i in range(0, args.total, args.batch):
                 cp.spawn(f"agent{(i // args.batch) % args.agents}", [spec] * min(args.batch, args.total - i))
             spawned = time.perf_counter() - started
-            while (done := count(store, "succeeded")) < args.total:
+            while count(store, "succeeded") < args.total:
                 failed = count(store, "failed")
                 if failed:
                     raise SystemExit(f"{failed} allocations failed")

@@ -93,7 +93,7 @@ def run_api(settings: Settings) -> None:
     store.bootstrap()
     control = ControlPlane(store, CeleryDispatcher(configure(ends.broker_url)), notify=RedisNotifier(ends.broker_url).notify)
     app = create_app(control, health_checks=health_checks(store, ends.broker_url), max_depth=settings.max_query_depth,
-                     max_descendants=settings.max_descendants)
+                     max_descendants=settings.max_descendants, events_redis_url=ends.broker_url)
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
 
 
@@ -183,7 +183,7 @@ def run_stack(
         if demo:
             children.extend(start_demo(settings, endpoints, control, node_name if worker else None))
         app = create_app(control, health_checks=health_checks(store, broker_url), max_depth=settings.max_query_depth,
-                         max_descendants=settings.max_descendants)
+                         max_descendants=settings.max_descendants, events_redis_url=broker_url)
         announce(endpoints, node_name if worker else None)
         config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         uvicorn.Server(config).run()

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from controlplane.api import create_app
-from controlplane.api.live import DOORBELL_POLL_S
+from controlplane.api.live import DOORBELL_POLL_S, PAGE, EventCursor
 from controlplane.domain.lifecycle import State
+from controlplane.domain.records import Event
 from controlplane.eventbus import RedisNotifier
 from controlplane.services import AgentService, ControlPlane
 from controlplane.services.agent import Exit
@@ -262,6 +263,42 @@ def test_events_of_an_unknown_allocation_or_too_many_are_refused(client: TestCli
 
 
 # --- the live stream ---------------------------------------------------------------------------
+def ev(event_id: str, at: float) -> Event:
+    return Event(id=event_id, kind="transition", allocation_id="a", at=at)
+
+
+def test_the_cursor_delivers_events_sharing_an_at_once_each_even_when_one_arrives_late() -> None:
+    # Given a subscriber that read two events of the same instant
+    cursor = EventCursor(since=None)
+    first = cursor.advance([ev("e1", 100.0), ev("e2", 100.0)])
+    # When the next read sees them again, with a third of that instant written meanwhile, then a later one
+    second = cursor.advance([ev("e1", 100.0), ev("e2", 100.0), ev("e3", 100.0)])
+    third = cursor.advance([ev("e3", 100.0), ev("e4", 100.5)])
+    # Then each is delivered exactly once, in order, and the next read starts just before the newest
+    assert [[e.id for e in b] for b in (first, second, third)] == [["e1", "e2"], ["e3"], ["e4"]]
+    assert cursor.since is not None and 100.0 < cursor.since < 100.5
+
+
+def test_the_cursor_tolerates_an_at_read_back_rounded() -> None:
+    cursor = EventCursor(since=None)
+    cursor.advance([ev("e1", 1795756714.981337)])
+    assert cursor.advance([ev("e1", 1795756714.98134), ev("e2", 1795756714.98134)]) == [ev("e2", 1795756714.98134)]
+
+
+def test_the_cursor_never_goes_before_the_since_asked_for() -> None:
+    cursor = EventCursor(since=50.0)
+    cursor.advance([ev("e1", 50.001)])
+    assert cursor.since == 50.0
+
+
+def test_a_full_page_of_known_events_makes_the_cursor_read_more() -> None:
+    cursor = EventCursor(since=None)
+    same_instant = [ev(f"e{i:04d}", 7.0) for i in range(PAGE)]
+    assert len(cursor.advance(same_instant)) == PAGE
+    assert cursor.advance(same_instant) == [] and cursor.limit == 2 * PAGE
+    assert cursor.advance([*same_instant, ev("late", 7.0)]) == [ev("late", 7.0)] and cursor.limit == PAGE
+
+
 @pytest.mark.timeout(60)
 def test_a_subscription_streams_history_then_each_new_transition(client: TestClient) -> None:
     # Given a placed allocation and a client subscribed to its events over graphql-transport-ws

@@ -74,6 +74,6 @@ def test_the_demo_job_runs_end_to_end(stack: Stack) -> None:
         return min(e.at for e in stack.control.events(a.id) if e.to_state == to)
     assert first(runs["preprocess"][0], "placed") >= first(runs["fetch"][0], "succeeded")
     assert first(runs["report"][0], "placed") >= first(train, "succeeded")
-    root = stack.control.allocation(done.root_id)  # type: ignore[arg-type]
-    assert root.state is State.SUCCEEDED and root.executor == "native" and root.parent_id == "eu1"
+    root = wait_for(lambda: (r := stack.control.allocation(done.root_id)).state is State.SUCCEEDED and r, 10, "the root to end")  # type: ignore[arg-type]
+    assert root.executor == "native" and root.parent_id == "eu1"
     assert "accuracy=0.93" in (runs["report"][0].output_tail or "")

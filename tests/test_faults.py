@@ -11,7 +11,6 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -146,7 +145,7 @@ def test_restarting_the_graph_server_mid_run_loses_and_duplicates_nothing(stack:
     time.sleep(0.5)
     stack.server.restart()
     done = wait_for(
-        lambda: all((a := stack.control.allocation(k.id)).state is State.SUCCEEDED for k in kids) and kids,
+        lambda: all(stack.control.allocation(k.id).state is State.SUCCEEDED for k in kids) and kids,
         40, "every job to succeed after the graph restart",
     )
     for k in done:

@@ -11,13 +11,13 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from controlplane.domain.clock import wall_clock
 from controlplane.domain.errors import Unavailable
 from controlplane.domain.lifecycle import LIVE, State
 from controlplane.domain.records import AllocationRecord, NodeRecord
@@ -83,8 +83,11 @@ class NodeAgent:
         heartbeat_s: float = 1.0,
         labels: dict[str, str] | None = None,
         resources: dict[str, object] | None = None,
+        notify: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
+        #: rings the live-events doorbell after the agent changed the graph
+        self.notify = notify or (lambda: None)
         self.node = node
         self.heartbeat_s = heartbeat_s
         self.labels = labels or {}
@@ -105,7 +108,7 @@ class NodeAgent:
         Started allocations become `lost` (their parents decide), stopping ones `stopped`. Without this, an
         agent restarted within the node's grace period would leave them `running` for ever.
         """
-        now = time.time()
+        now = wall_clock()
         ended: list[Key] = []
         for state in (State.STARTING, State.RUNNING, State.STOPPING):
             after = None
@@ -131,7 +134,7 @@ class NodeAgent:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                status = self.store.heartbeat(node_id=self.node, now=time.time())
+                status = self.store.heartbeat(node_id=self.node, now=wall_clock())
                 if status != "ready":
                     # declared lost while we were away (or never known): come back, then drop what was replaced
                     self.register()
@@ -172,6 +175,7 @@ class NodeAgent:
             except (ExecutableNotFound, OSError) as exc:
                 if _g(self.agent.failed_to_start, (rec.id, rec.incarnation), error=str(exc)):
                     self.dispatcher.terminated(keys=[(rec.id, rec.incarnation)])
+        self.notify()
         grace = {(r.id, r.incarnation): r.grace_period_s for r in claimed}
         for key in _g(self.agent.running, started):
             # stopped while starting: the stop found no process yet, so ending it is ours
@@ -198,6 +202,7 @@ class NodeAgent:
 
     def _on_exit(self, exits: list[tuple[Handle, int, str]]) -> None:
         ended = _g(self.agent.exited, [Exit(h.key, code, tail) for h, code, tail in exits])
+        self.notify()
         keys = [(a.id, a.incarnation) for a in ended]
         if keys:
             self.dispatcher.terminated(keys=keys)

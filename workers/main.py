@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 
+from controlplane.eventbus import RedisNotifier
 from controlplane.services.control import ControlPlane
 from controlplane.settings import Settings
 from controlplane.wiring import open_store
@@ -46,7 +47,7 @@ def run_worker(
     app = configure(broker_url)
     agent = NodeAgent(
         store, CeleryDispatcher(app), node=node, work_dir=settings.data_dir, heartbeat_s=settings.heartbeat_s,
-        labels=labels, resources=resources,
+        labels=labels, resources=resources, notify=RedisNotifier(broker_url).notify,
     )
     _quiet_root_warning()
     agent.recover()
@@ -64,8 +65,6 @@ def run_worker(
 def run_supervisor(
     settings: Settings, *, graph_uri: str | None, broker_url: str, concurrency: int = 8, loglevel: str = "WARNING", name: str = "supervisor"
 ) -> None:
-    from controlplane.eventbus import RedisNotifier
-
     store = open_store(settings, graph_uri=graph_uri)
     store.bootstrap()
     app = configure(broker_url)

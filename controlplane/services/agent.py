@@ -7,10 +7,10 @@ batches: one graph request for many allocations.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from controlplane.domain.clock import wall_clock
 from controlplane.domain.lifecycle import State
 from controlplane.domain.records import AllocationRecord
 from controlplane.domain.supervision import START_ERROR_PREFIX
@@ -32,7 +32,7 @@ def describe_exit(code: int) -> str:
 
 
 class AgentService:
-    def __init__(self, store: GraphStore, *, node_id: str = "", clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: GraphStore, *, node_id: str = "", clock: Callable[[], float] = wall_clock) -> None:
         self.store = store
         self.node_id = node_id
         self.clock = clock

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import replace
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+from controlplane.domain.clock import wall_clock
 from controlplane.domain.errors import Conflict, InvalidInput, NoCapacity, NotFound
 from controlplane.domain.lifecycle import TERMINAL, State
 from controlplane.domain.placement import Demand, Placement, place
@@ -51,7 +51,7 @@ class ControlPlane:
         store: GraphStore,
         dispatcher: ControlDispatcher | None,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = wall_clock,
         notify: Callable[[], None] | None = None,
     ) -> None:
         """`dispatcher` None: no node agents; supervision runs in this process (tests, tools)."""

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from controlplane import executors
+from controlplane.domain.clock import wall_clock
 from controlplane.domain.errors import Conflict, InvalidInput, NotFound
 from controlplane.domain.jobs import JobSpec, TaskRow, flatten, parse_job
 from controlplane.domain.records import AllocationRecord, JobRecord, TaskRecord
@@ -24,8 +24,11 @@ if TYPE_CHECKING:
     from controlplane.services.control import ControlPlane
 
 
+JOB_STATES = ("submitted", "running", "succeeded", "failed", "cancelled")
+
+
 class JobService:
-    def __init__(self, control: ControlPlane, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, control: ControlPlane, *, clock: Callable[[], float] = wall_clock) -> None:
         self.control = control
         self.store = control.store
         self.clock = clock
@@ -51,7 +54,6 @@ class JobService:
             root_spec["supervision"] = job.supervision.model_dump(mode="json")
         self.control.spawn(submitter, [root_spec], request_id=f"root:{job_id}", field="job", extra=[{"root_of": job_id}])
         return self.store.get_job(job_id=job_id) or record
-        return record
 
     def _submitter(self, node: str | None) -> str:
         if node is not None:
@@ -120,6 +122,8 @@ class JobService:
     def jobs(self, *, after: str | None = None, limit: int = 100, state: str | None = None) -> list[JobRecord]:
         if not 1 <= limit <= 1000:
             raise InvalidInput("must be between 1 and 1000", field="first")
+        if state is not None and state not in JOB_STATES:
+            raise InvalidInput(f"unknown job state {state!r}; expected one of {', '.join(JOB_STATES)}", field="state")
         return self.store.list_jobs(after=after, limit=limit, state=state)
 
     def tasks(self, job_id: str) -> list[TaskRecord]:

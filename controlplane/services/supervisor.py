@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
+from controlplane.domain.clock import wall_clock
 from controlplane.domain.errors import NotFound
 from controlplane.domain.lifecycle import LIVE, RESTARTABLE, TERMINAL, State
 from controlplane.domain.placement import Demand, place
@@ -63,7 +63,7 @@ class SupervisorService:
         store: GraphStore,
         dispatcher: ControlDispatcher,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = wall_clock,
         notify: Callable[[], None] | None = None,
         on_ended: Callable[[Sequence[AllocationRecord]], None] | None = None,
         on_watched: Callable[[dict[str, list[str]], Sequence[AllocationRecord]], None] | None = None,

@@ -105,11 +105,12 @@ class Neo4jStore(CypherStore):
                 result = session.run(Query(text, timeout=timeout_s))  # type: ignore[arg-type]
                 columns = tuple(result.keys())
                 rows = []
+                truncated = False
                 for record in result:
                     if len(rows) == limit:
+                        truncated = True
                         break
                     rows.append(tuple(_browse(v) for v in record.values()))
-                truncated = result.peek() is not None if len(rows) == limit else False
                 result.consume()
         except (ServiceUnavailable, SessionExpired) as exc:
             raise Unavailable(f"Neo4j is unreachable: {exc}") from exc

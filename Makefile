@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m bench.bench_spawn
 	$(VENV)/bin/python -m bench.bench_celery
 	$(VENV)/bin/python -m bench.bench_descendants
+	$(VENV)/bin/python -m bench.bench_recovery
+	$(VENV)/bin/python -m bench.bench_jobs
 
 clean:
 	rm -rf $(VENV) .controlplane tests/neo4j_harness/target

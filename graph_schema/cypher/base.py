@@ -299,7 +299,7 @@ class CypherStore(ABC):
         if fields is not None:
             projection = tuple(dict.fromkeys([*ALLOCATION_CORE, *sorted(set(fields) & ALLOCATION_PROPERTIES)]))
         rows = self._read(q.descendants(max_depth, projection), {"id": root_id, "limit": int(limit)})
-        return [AllocationRecord.from_props(_props(r[0])) for r in rows]
+        return [AllocationRecord.from_props(_props(p)) for p in (rows[0][0] if rows else [])]
 
     def ancestors(self, *, allocation_id: str) -> list[Vertex]:
         rows = self._read(q.ANCESTORS, {"id": allocation_id})

@@ -77,6 +77,13 @@ def new_vertex(label: str, vid: Any, props: Mapping[str, Any]) -> GraphTraversal
     return set_props(t, props)
 
 
+def vertex_map(label: str, props: Mapping[str, Any]) -> dict[Any, Any]:
+    """A new vertex as mergeV's map: label, our id as T.id, and its properties (None ones left out)."""
+    m: dict[Any, Any] = {T.label: label, T.id: props["id"]}
+    m.update((k, value(v)) for k, v in props.items() if v is not None)
+    return m
+
+
 def event_here(kind: str, props: Mapping[str, Any], *, from_state: Any = None) -> GraphTraversal:
     """From an allocation vertex (already moved to its new version): its transition event.
 

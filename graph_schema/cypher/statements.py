@@ -101,15 +101,10 @@ OPTIONAL MATCH (g:{G})-[:{GPU_OWNER}]->(n) WHERE g.claimed_by IS NULL
 RETURN n.id, n.status, n.labels, n.cpu_free, n.memory_free, collect(g.id), collect(g.model)
 """
 
-# (FalkorDB 4.16 keeps rows for `OPTIONAL MATCH (x) WITH x WHERE x IS NULL` even when x
-# matched, so existence checks here count instead.)
-# One request: idempotency check, parent lock and liveness, per-node locks and
-# capacity/GPU checks for the whole batch, reservation, creation, edges (PARENT_OF,
-# RUNS_ON, EXECUTES to a job's Task or Job), GPU claims.
-CREATE_ALLOCATIONS = f"""
-OPTIONAL MATCH (dup:{A} {{id: $first_id}})
-WITH count(dup) AS repeats WHERE repeats = 0
-MATCH (p:{ACT} {{id: $parent_id}})
+# The precondition shared by creating and restarting allocations: the parent (locked) is a
+# Node or accepts children, and every node of the batch (locked, in id order) is ready with
+# room for its part of the batch and the GPUs picked for it still free. Leaves `p`, `nodes`, `ds`.
+_LOCK_PARENT_AND_NODES = f"""MATCH (p:{ACT} {{id: $parent_id}})
 REMOVE p._lock
 WITH p WHERE p:{N} OR p.state IN $accepts
 UNWIND $demands AS d
@@ -121,7 +116,17 @@ WITH p, d, n, count(g) AS free_gpus
 WHERE n.status = 'ready' AND n.cpu_free >= d.cpu AND n.memory_free >= d.memory AND free_gpus = size(d.gpu_ids)
 WITH p, collect(n) AS nodes, collect(d) AS ds
 WHERE size(nodes) = size($demands)
-UNWIND range(0, size(nodes) - 1) AS i
+"""
+
+# (FalkorDB 4.16 keeps rows for `OPTIONAL MATCH (x) WITH x WHERE x IS NULL` even when x
+# matched, so existence checks here count instead.)
+# One request: idempotency check, parent lock and liveness, per-node locks and
+# capacity/GPU checks for the whole batch, reservation, creation, edges (PARENT_OF,
+# RUNS_ON, EXECUTES to a job's Task or Job), GPU claims.
+CREATE_ALLOCATIONS = f"""
+OPTIONAL MATCH (dup:{A} {{id: $first_id}})
+WITH count(dup) AS repeats WHERE repeats = 0
+{_LOCK_PARENT_AND_NODES}UNWIND range(0, size(nodes) - 1) AS i
 WITH p, nodes[i] AS n, ds[i] AS d
 SET n.cpu_free = n.cpu_free - d.cpu, n.memory_free = n.memory_free - d.memory
 WITH p, count(n) AS reserved
@@ -238,19 +243,7 @@ RETURN CASE WHEN a IS NOT NULL THEN labels(a) WHEN g IS NOT NULL THEN labels(g) 
 # (re-checked under their locks), RUNS_ON moved, GPUs claimed; the parent's restart log
 # is updated in the same request. All or nothing.
 RESTART_ALLOCATIONS = f"""
-MATCH (p:{ACT} {{id: $parent_id}})
-REMOVE p._lock
-WITH p WHERE p:{N} OR p.state IN $accepts
-UNWIND $demands AS d
-MATCH (n:{N} {{id: d.node_id}})
-REMOVE n._lock
-WITH p, d, n
-OPTIONAL MATCH (g:{G})-[:{GPU_OWNER}]->(n) WHERE g.id IN d.gpu_ids AND g.claimed_by IS NULL
-WITH p, d, n, count(g) AS free_gpus
-WHERE n.status = 'ready' AND n.cpu_free >= d.cpu AND n.memory_free >= d.memory AND free_gpus = size(d.gpu_ids)
-WITH p, collect(n) AS nodes, collect(d) AS ds
-WHERE size(nodes) = size($demands)
-UNWIND $items AS it
+{_LOCK_PARENT_AND_NODES}UNWIND $items AS it
 MATCH (p)-[:{PARENT_OF}]->(a:{A} {{id: it.id}})
 REMOVE a._lock
 WITH p, nodes, ds, collect(a) AS allocs, collect(it) AS its

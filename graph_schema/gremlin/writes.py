@@ -21,7 +21,7 @@ from gremlin_python.process.traversal import Operator, P, Pick
 from graph_schema.gremlin.remote import value
 from graph_schema.gremlin.steps import (
     A, ACTORS, CLAIMS, EV, G, GPU_OWNER, N, NEIGHBOR_OF, PARENT_OF, RUNS_ON,
-    add, event_here, set_props, subtract, vertex_map,
+    add, event_here, new_vertex, set_props, subtract, vertex_map,
 )
 
 # --- nodes ---------------------------------------------------------------------------------

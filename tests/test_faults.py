@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -136,6 +137,50 @@ def test_an_agent_restarted_within_the_grace_period_does_not_leave_ghosts(stack:
     lost = [e for e in stack.control.events(a.id) if e.to_state == "lost"]
     assert len(lost) == 1 and "restarted" in (lost[0].reason or "")
     stack.control.stop(a.id)
+
+
+def test_a_node_that_comes_back_stops_what_was_replaced_meanwhile(stack: Stack) -> None:
+    # Given an agent whose allocation runs, frozen (SIGSTOP) as by a network partition:
+    # its processes live on, its heartbeats stop
+    stack.agent("epsilon")
+    a = stack.control.spawn("epsilon", [spec("pinned", ["sleep", "600"], node="epsilon")])[0]
+    first = running(stack, a.id)
+    agent = stack.procs["epsilon"]
+    agent.send_signal(signal.SIGSTOP)
+    try:
+        # When the node is declared lost, the allocation runs again elsewhere
+        wait_for(lambda: stack.control.node("epsilon").status == "lost", 15, "epsilon lost")
+        moved = running(stack, a.id, 2)
+        assert moved.node_id != "epsilon"
+        os.kill(first.pid, 0)  # the old process still runs on the partitioned node
+    finally:
+        agent.send_signal(signal.SIGCONT)
+    # Then, back, the node re-registers and kills its replaced copy; the new one keeps running
+    wait_for(lambda: stack.control.node("epsilon").status == "ready", 15, "epsilon back")
+    def gone() -> bool:
+        try:
+            os.kill(first.pid, 0)
+        except ProcessLookupError:
+            return True
+        return "zombie" in Path(f"/proc/{first.pid}/status").read_text() if Path(f"/proc/{first.pid}/status").exists() else True
+    wait_for(gone, 15, "the replaced process to be stopped")
+    assert stack.control.allocation(a.id).state is State.RUNNING and stack.control.allocation(a.id).incarnation == 2
+    stack.control.stop(a.id)
+
+
+def test_a_lost_run_message_is_dispatched_again_by_the_reconciler(stack: Stack) -> None:
+    # Given a dispatch that never reaches the agent (a broker that lost the message)
+    from controlplane.services import ControlPlane
+    from workers.app import configure
+    from workers.dispatch import CeleryDispatcher
+
+    lossy = ControlPlane(stack.store, CeleryDispatcher(configure(stack.server.redis_url(9))))
+    [a] = lossy.spawn("alpha", [spec("patient", ["sh", "-c", "echo finally"], node="alpha")])
+    configure(stack.server.redis_url(2))  # the rest of the suite talks to the real broker again
+    assert stack.control.allocation(a.id).state is State.PLACED
+    # When it stays `placed` past the deadline, then the scheduler dispatches it again and it runs
+    done = wait_for(lambda: (x := stack.control.allocation(a.id)).state is State.SUCCEEDED and x, 30, "the re-dispatch")
+    assert "finally" in (done.output_tail or "") and done.incarnation == 1
 
 
 def test_restarting_the_graph_server_mid_run_loses_and_duplicates_nothing(stack: Stack) -> None:

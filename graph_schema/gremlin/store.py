@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -39,15 +39,18 @@ from gremlin_python.process.traversal import P
 
 from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, HOLDS_RESOURCES, LIVE, State
 from controlplane.domain.records import AllocationRecord, GpuRecord, NeighborRecord, NodeRecord, TransitionResult, Vertex
-from controlplane.domain.resources import FreeGpu, NodeCapacity
+from controlplane.domain.resources import NodeCapacity
 from controlplane.domain.specs import NodeSpec
 from controlplane.domain.traversal import TraversalSpec
 from graph_schema.gremlin import writes
 from graph_schema.gremlin.remote import Remote, props_of, split_element
 from graph_schema.gremlin.semantic import compile_traversal
-from graph_schema.gremlin.steps import A, ACTORS, G, GPU_OWNER, N, NEIGHBOR_OF, PARENT_OF, RUNS_ON
+from graph_schema.gremlin.steps import A, ACTORS, G, GPU_OWNER, N, NEIGHBOR_OF, PARENT_OF, RUNS_ON, having
+from graph_schema.gremlin.jobs import JobsMixin, capacity, capacity_projection
+from graph_schema.gremlin.raw import RawQueryMixin
 from graph_schema.gremlin.supervision import SupervisionMixin
 from graph_schema.store import Change, CreateRefused, NewAllocation
+from graph_schema.vocabulary import ALLOCATION_CORE, ALLOCATION_PROPERTIES
 
 _HOLDING = sorted(s.value for s in HOLDS_RESOURCES)
 _ACCEPTS = sorted(s.value for s in ACCEPTS_CHILDREN)
@@ -69,7 +72,7 @@ def allocation(m: dict[Any, Any]) -> AllocationRecord:
     return AllocationRecord.from_props(props_of(m))
 
 
-class GremlinStore(SupervisionMixin):
+class GremlinStore(SupervisionMixin, JobsMixin, RawQueryMixin):
     engine = "gremlin"
 
     def __init__(self, url: str, *, traversal_source: str = "g", pool_size: int = 8) -> None:
@@ -143,20 +146,9 @@ class GremlinStore(SupervisionMixin):
         if node_ids is not None and not node_ids:
             return []
         ids = list(dict.fromkeys(node_ids)) if node_ids is not None else []
-        free_gpus = __.in_(GPU_OWNER).has_label(G).not_(__.has("claimed_by")).project("id", "model").by("id").by("model").fold()
-        rows = self._read(
-            lambda g: g.V(*ids).has_label(N).has("status", "ready")
-            .project("id", "status", "labels", "cpu_free", "memory_free", "gpus")
-            .by("id").by("status").by("labels").by("cpu_free").by("memory_free").by(free_gpus)
-        )
-        return [
-            NodeCapacity(
-                node_id=r["id"], status=r["status"], labels=tuple(r.get("labels") or ()),
-                cpu_free=int(r["cpu_free"]), memory_free=int(r["memory_free"]),
-                free_gpus=tuple(sorted((FreeGpu(x["id"], x["model"]) for x in r["gpus"]), key=lambda x: x.id)),
-            )
-            for r in rows
-        ]
+        rows = self._read(lambda g: capacity_projection(
+            (g.V(*ids).has_label(N) if ids else having(g, N, "status", ["ready"])).has("status", "ready")))
+        return [capacity(r) for r in rows]
 
     # --- allocations -------------------------------------------------------------------
     def create_allocations(self, *, parent_id: str, allocations: Sequence[NewAllocation], now: float) -> list[AllocationRecord]:
@@ -257,10 +249,15 @@ class GremlinStore(SupervisionMixin):
 
         return [allocation(m) for m in self._read(build)]
 
-    def descendants(self, *, root_id: str, max_depth: int, limit: int) -> list[AllocationRecord]:
+    def descendants(
+        self, *, root_id: str, max_depth: int, limit: int, fields: Collection[str] | None = None
+    ) -> list[AllocationRecord]:
+        keys: list[str] = []
+        if fields is not None:  # only these properties (checked against the vocabulary) and the core ones
+            keys = list(dict.fromkeys([*ALLOCATION_CORE, *sorted(set(fields) & ALLOCATION_PROPERTIES)]))
         rows = self._read(
             lambda g: g.V(root_id).has_label(*ACTORS).repeat(__.out(PARENT_OF)).emit().times(int(max_depth))
-            .has_label(A).dedup().order().by("id").limit(int(limit)).element_map()
+            .has_label(A).dedup().order().by("id").limit(int(limit)).element_map(*keys)
         )
         return [allocation(m) for m in rows]
 

@@ -46,8 +46,9 @@ MAIN_CLASS = "harness.GremlinHarnessMain"
 DEFAULT_JAVA_HOME = Path("/usr/lib/jvm/java-17-openjdk-amd64")
 
 #: vertex property keys TinkerGraph indexes for equality lookups: what the store filters on
-#: (the Cypher engines' indexes: Node.status, Allocation.state/node_id/parent_id; events by allocation)
-VERTEX_INDEXES = ("status", "state", "node_id", "parent_id", "allocation_id")
+#: (the Cypher engines' indexes: Node.status, Allocation.state/node_id/parent_id; events by allocation;
+#: allocations by spread key; tasks by job)
+VERTEX_INDEXES = ("status", "state", "node_id", "parent_id", "allocation_id", "spread_key", "job_id")
 
 READY_RE = re.compile(r"^READY (ws://(\S+):(\d+)/gremlin)\s*$")
 

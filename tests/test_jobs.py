@@ -186,3 +186,9 @@ def test_gpu_placement_through_gpu_owner(cp: ControlPlane) -> None:
     t4 = cp.spawn("n2", [{"name": "t", "argv": ["true"], "resources": {"cpu_milli": 10, "memory_mib": 1, "gpus": 3, "gpu_model": "T4"}}])
     assert (a100[0].node_id, len(a100[0].gpu_ids)) == ("n1", 2)
     assert (t4[0].node_id, len(t4[0].gpu_ids)) == ("t4box", 3)
+
+
+def test_stopping_a_jobs_root_directly_cancels_the_job(cp: ControlPlane) -> None:
+    job = cp.jobs.submit({"name": "j", "tasks": [{**task("svc"), "argv": ["sleep", "100"]}]}, node="n1")
+    cp.stop(job.root_id)  # type: ignore[arg-type]
+    assert cp.jobs.job(job.id).state == "cancelled"

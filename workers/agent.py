@@ -117,7 +117,8 @@ class NodeAgent:
                 moves = {State.STARTING: State.LOST, State.RUNNING: State.LOST, State.STOPPING: State.STOPPED}
                 results = _g(self.store.transition_many, changes=[
                     Change(a.id, moves, a.incarnation, {"process_exited": True}, failure="node agent restarted",
-                           reason="node agent restarted", by=self.node) for a in page], now=now)
+                           reason="node agent restarted", by=self.node)
+                    for a in page if a.executor == "process"], now=now)  # native ones run in supervisors
                 ended += [(r.allocation.id, r.allocation.incarnation) for r in results if r is not None and r.applied]
                 if len(page) < 1000:
                     break

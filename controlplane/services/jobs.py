@@ -113,6 +113,15 @@ class JobService:
             self.control.stop(job.root_id, reason=f"job {job.name} cancelled")
         return cancelled
 
+    def root_ended(self, root: AllocationRecord) -> None:
+        """A job's root ended other than by its executor (stopped, lost, failed): the job ends with it."""
+        outcome = {"stopped": "cancelled", "succeeded": "succeeded"}.get(root.state.value, "failed")
+        self.store.set_job_state(
+            job_id=str(root.extra["root_of"]), expected=["submitted", "running"], to=outcome, now=self.clock(),
+            fields={"error": None if outcome != "failed" else f"root {root.id} {root.state.value}: {root.error or ''}".strip(),
+                    "finished_at": self.clock()},
+        )
+
     def job(self, job_id: str) -> JobRecord:
         found = self.store.get_job(job_id=job_id)
         if found is None:

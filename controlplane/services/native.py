@@ -106,6 +106,9 @@ class NativeRunner:
 
     def on_ended(self, records: Sequence[AllocationRecord]) -> None:
         """After supervision: native parents (and jobs) learn which children ended."""
+        for a in records:
+            if a.extra.get("root_of"):
+                self.control.jobs.root_ended(a)
         by_parent: dict[str, list[AllocationRecord]] = {}
         jobs: set[str] = set()
         for a in records:

@@ -318,7 +318,8 @@ RETURN n.id ORDER BY n.id
 """
 
 # The node is declared lost once (guarded by its status and stale heartbeat), and every
-# live allocation on it becomes `lost` in the same request, each with its event.
+# live process allocation on it becomes `lost` in the same request, each with its event.
+# (Native allocations run in supervisors; their node is only where they are anchored.)
 MARK_NODE_LOST = f"""
 MATCH (n:{N} {{id: $id}})
 REMOVE n._lock
@@ -326,7 +327,7 @@ WITH n WHERE n.status IN ['ready', 'draining'] AND n.heartbeat_at < $before
 SET n.status = 'lost', n.version = n.version + 1, n.status_changed_at = $now,
     n.cpu_free = n.cpu, n.memory_free = n.memory
 WITH n
-OPTIONAL MATCH (a:{A})-[:{RUNS_ON}]->(n) WHERE a.state IN $live
+OPTIONAL MATCH (a:{A})-[:{RUNS_ON}]->(n) WHERE a.state IN $live AND a.executor = 'process'
 WITH n, collect(a) AS victims
 FOREACH (a IN victims |
   CREATE (:{EV} {{id: a.id + ':' + toString(a.version + 1), kind: 'transition', allocation_id: a.id,

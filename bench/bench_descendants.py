@@ -87,12 +87,12 @@ def run(engine: str, requests: int) -> None:
 def _uri(store, server) -> str:  # type: ignore[no-untyped-def]
     if server is not None:
         return server.url
-    return store.uri  # Neo4j
+    return store.uri if hasattr(store, "uri") else store._remote.url  # noqa: SLF001 - Neo4j, Gremlin
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--engines", default="falkordb,neo4j")
+    p.add_argument("--engines", default="falkordb,neo4j,gremlin")
     p.add_argument("--requests", type=int, default=200)
     args = p.parse_args()
     for engine in args.engines.split(","):

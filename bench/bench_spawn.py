@@ -43,7 +43,7 @@ def run(engine: str, total: int, batch: int, nodes: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--engines", default="falkordb,neo4j")
+    p.add_argument("--engines", default="falkordb,neo4j,gremlin")
     p.add_argument("--total", type=int, default=20_000)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--nodes", type=int, default=10)

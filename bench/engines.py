@@ -42,5 +42,21 @@ def neo4j_store() -> Iterator[tuple[GraphStore, None]]:
             server.stop()
 
 
+@contextlib.contextmanager
+def gremlin_store() -> Iterator[tuple[GraphStore, None]]:
+    from graph_schema.gremlin.store import GremlinStore
+    from tests.gremlin_harness.launcher import start_gremlin
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_gremlin(Path(tmp))
+        store = GremlinStore(server.url)
+        store.bootstrap()
+        try:
+            yield store, None
+        finally:
+            store.close()
+            server.stop()
+
+
 def open_engine(name: str):  # type: ignore[no-untyped-def]
-    return {"falkordb": falkordb_store, "neo4j": neo4j_store}[name]()
+    return {"falkordb": falkordb_store, "neo4j": neo4j_store, "gremlin": gremlin_store}[name]()

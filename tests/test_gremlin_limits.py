@@ -107,6 +107,10 @@ def half_failing(g: GraphTraversalSource) -> None:
 def test_with_transactions_a_traversal_that_fails_half_way_writes_nothing(g: GraphTraversalSource) -> None:
     half_failing(g)
     assert g.V("x1").count().next() == 0
+    # and the server thread that rolled it back answers again (TinkerPop 3.8.1 leaves it hanging
+    # when the graph has vertex indexes but no edge index: the harness declares one of each)
+    for _ in range(3 * 8):  # every thread of the server's gremlinPool, several times
+        assert g.V("x1").count().next() == 0
 
 
 def test_without_transactions_a_traversal_that_fails_half_way_keeps_its_first_writes(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from collections.abc import Callable
 from typing import Any
 
@@ -67,10 +68,14 @@ def props_of(m: dict[Any, Any]) -> dict[str, Any]:
 class Remote:
     """A pooled connection to the traversal source `g` of one Gremlin Server."""
 
-    def __init__(self, url: str, *, traversal_source: str = "g", pool_size: int = 8, retry_for_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str, *, traversal_source: str = "g", pool_size: int = 8, retry_for_s: float = 30.0,
+        answer_timeout_s: float = 180.0,
+    ) -> None:
         logging.getLogger("gremlinpython").addFilter(_FILTER)
         self.url = url
         self._retry_for_s = retry_for_s
+        self._answer_timeout_s = answer_timeout_s
         try:
             self._conn = DriverRemoteConnection(
                 url, traversal_source, pool_size=pool_size, max_content_length=64 * 1024 * 1024
@@ -88,7 +93,7 @@ class Remote:
         delay = 0.002
         while True:
             try:
-                return list(build(self.g).to_list())
+                return self._submit(build(self.g))
             except GremlinServerError as exc:
                 if not (write and _is_retryable(exc)) or time.monotonic() > deadline:
                     raise
@@ -99,6 +104,17 @@ class Remote:
                 raise
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.1)
+
+    def _submit(self, t: GraphTraversal) -> list[Any]:
+        """Send the bytecode; wait for the answer at most answer_timeout_s (the server stops a traversal sooner)."""
+        try:
+            remote = self._conn.submit_async(t.bytecode).result(timeout=self._answer_timeout_s)
+        except FutureTimeout:
+            raise Unavailable(f"Gremlin Server at {self.url} did not answer within {self._answer_timeout_s:g}s") from None
+        out: list[Any] = []
+        for traverser in remote.traversers:
+            out.extend([traverser.object] * max(1, int(traverser.bulk)))
+        return out
 
     def one(self, build: Callable[[GraphTraversalSource], GraphTraversal], *, write: bool = True) -> Any:
         rows = self.run(build, write=write)

@@ -22,8 +22,14 @@ Guarantees, compared with the Cypher engines:
 - TinkerGraph keeps the graph in memory: a restarted Gremlin Server has lost it (unless
   gremlin.tinkergraph.graphLocation is set, which writes only on a clean close).
 - No unique constraint but the vertex id: ids are T.id, so the graph refuses duplicates
-  across Nodes, Allocations, GPUs and events (one id space; Cypher has one per label).
-- No indexes: lookups by id are hash lookups, but listing by state or node is a scan.
+  across Nodes, Allocations, GPUs, Events, Jobs and Tasks (one id space; Cypher has one
+  per label). The id formats never meet (GPU and task ids hold '/', event ids ':').
+- No remote schema API: bootstrap() declares nothing. Equality lookups on state, status,
+  node_id, parent_id, allocation_id, spread_key and job_id are fast only where the server
+  indexes them (the test harness does, in Java); elsewhere they are scans.
+- Semantic traversals walk trails like Cypher (no edge twice in one path; see semantic.py).
+- raw_query takes Gremlin text (gremlin-lang grammar, no Groovy), not Cypher, run against
+  the server's read-only traversal source `g_ro`.
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ def allocation(m: dict[Any, Any]) -> AllocationRecord:
 
 
 class GremlinStore(SupervisionMixin, JobsMixin, RawQueryMixin):
+    """The GraphStore on a Gremlin Server; the mixins hold the supervision, job and raw-query methods."""
+
     engine = "gremlin"
 
     def __init__(self, url: str, *, traversal_source: str = "g", pool_size: int = 8) -> None:

@@ -19,10 +19,15 @@ from gremlin_python.process.graph_traversal import GraphTraversal, GraphTraversa
 from gremlin_python.process.traversal import Operator, P, Pick
 
 from graph_schema.gremlin.remote import value
+from graph_schema.vocabulary import EdgeType, Label
 from graph_schema.gremlin.steps import (
     A, ACTORS, CLAIMS, EV, G, GPU_OWNER, N, NEIGHBOR_OF, PARENT_OF, RUNS_ON,
     add, event_here, new_vertex, set_props, subtract, vertex_map,
 )
+
+JOB = Label.JOB.value
+TASK = Label.TASK.value
+EXECUTES = EdgeType.EXECUTES.value
 
 # --- nodes ---------------------------------------------------------------------------------
 
@@ -116,6 +121,10 @@ def create_allocations(
         writes = writes.side_effect(created.add_e(RUNS_ON).to(__.V(node_id)))
         writes = writes.side_effect(__.constant(evs).unfold().merge_v())
     for props in allocs:
+        # a job's allocations execute its Task (or, for the job's root, the Job itself), when it exists
+        for key, label in (("task_id", TASK), ("root_of", JOB)):
+            if props.get(key) is not None:
+                writes = writes.side_effect(__.V(props[key]).has_label(label).add_e(EXECUTES).from_(__.V(props["id"])))
         for gid in props.get("gpu_ids") or ():
             writes = writes.side_effect(__.V(gid).property("claimed_by", props["id"]).add_e(CLAIMS).from_(__.V(props["id"])))
     t = g.inject(0).choose(

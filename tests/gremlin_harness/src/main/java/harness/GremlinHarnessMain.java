@@ -9,9 +9,12 @@ import java.nio.file.Path;
 import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import io.netty.channel.Channel;
+import org.apache.tinkerpop.gremlin.process.traversal.strategy.verification.ReadOnlyStrategy;
 import org.apache.tinkerpop.gremlin.server.GraphManager;
 import org.apache.tinkerpop.gremlin.server.GremlinServer;
 import org.apache.tinkerpop.gremlin.server.Settings;
+import org.apache.tinkerpop.gremlin.structure.Edge;
+import org.apache.tinkerpop.gremlin.structure.Element;
 import org.apache.tinkerpop.gremlin.structure.Graph;
 import org.apache.tinkerpop.gremlin.structure.Vertex;
 import org.apache.tinkerpop.gremlin.tinkergraph.structure.TinkerGraph;
@@ -29,9 +32,10 @@ import org.apache.tinkerpop.gremlin.tinkergraph.structure.TinkerTransactionGraph
  * remote API for this (JanusGraph and Neptune declare indexes in their own schema), so the
  * server that owns the graph creates them here, the counterpart of Cypher's CREATE INDEX.
  *
- * <p>No script engine is configured (the YAML says {@code scriptEngines: {}}), so nothing runs
- * Groovy: the traversal source {@code g} that bytecode requests name is bound here, in Java, instead
- * of by the usual Groovy init script. Bytecode without lambdas is translated with JavaTranslator.
+ * <p>No Groovy script engine is configured (only gremlin-lang, TinkerPop's Gremlin grammar), so
+ * nothing runs Groovy: the traversal sources that requests name are bound here, in Java, instead of
+ * by the usual Groovy init script: {@code g}, and {@code g_ro} (read-only) for raw text queries.
+ * Bytecode without lambdas is translated with JavaTranslator.
  *
  * <p>Protocol: exactly one line {@code READY ws://127.0.0.1:<port>/gremlin} on stdout once the port
  * is bound and {@code g} is bound (everything else goes to stderr). The server runs until stdin
@@ -65,17 +69,24 @@ public final class GremlinHarnessMain {
         GremlinServer server = new GremlinServer(settings);
         GraphManager graphs = server.getServerGremlinExecutor().getGraphManager();
         Graph graph = graphs.getGraph("graph");
+        boolean anyIndex = false;
         for (String key : indexed.split(",")) {
-            if (key.isBlank()) {
-                continue;
-            }
-            if (graph instanceof TinkerTransactionGraph) {
-                ((TinkerTransactionGraph) graph).createIndex(key.trim(), Vertex.class);
-            } else if (graph instanceof TinkerGraph) {
-                ((TinkerGraph) graph).createIndex(key.trim(), Vertex.class);
+            if (!key.isBlank()) {
+                createIndex(graph, key.trim(), Vertex.class);
+                anyIndex = true;
             }
         }
+        if (anyIndex) {
+            // TinkerPop 3.8.1 TinkerTransaction.doRollback() calls edgeIndex.rollback() when the
+            // *vertex* index exists: with vertex indexes and no edge index, every rollback throws a
+            // NullPointerException and leaves that worker thread's transaction open, so the next
+            // request on the thread never gets an answer. An edge index (on NEIGHBOR_OF's rtt_ms)
+            // keeps the edge index non-null.
+            createIndex(graph, "rtt_ms", Edge.class);
+        }
         graphs.putTraversalSource("g", graph.traversal());
+        // what raw (text) queries run against: any mutating step is refused before it runs
+        graphs.putTraversalSource("g_ro", graph.traversal().withStrategies(ReadOnlyStrategy.instance()));
 
         server.start().get(60, TimeUnit.SECONDS);
         int bound = boundPort(server, port);
@@ -94,6 +105,14 @@ public final class GremlinHarnessMain {
         System.err.println("gremlin-harness: stdin closed, shutting down");
         stop(server);
         System.exit(0);
+    }
+
+    private static <E extends Element> void createIndex(Graph graph, String key, Class<E> kind) {
+        if (graph instanceof TinkerTransactionGraph) {
+            ((TinkerTransactionGraph) graph).createIndex(key, kind);
+        } else if (graph instanceof TinkerGraph) {
+            ((TinkerGraph) graph).createIndex(key, kind);
+        }
     }
 
     /** The port Netty bound: GremlinServer keeps its server channel private and logs the configured port. */

@@ -1,7 +1,7 @@
 """Shared fixtures: real graph servers started by the tests themselves.
 
 `store` is parametrized over every engine, so each behaviour runs on each.
-Which engines: CONTROLPLANE_TEST_ENGINES (default "falkordb,neo4j"; "gremlin" also). An engine
+Which engines: CONTROLPLANE_TEST_ENGINES (default "falkordb,neo4j,gremlin"). An engine
 that cannot start skips on a laptop, but fails the run in CI (CI=true).
 """
 
@@ -17,7 +17,7 @@ import pytest
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 from graph_schema.store import GraphStore
 
-ENGINES = [e.strip() for e in os.environ.get("CONTROLPLANE_TEST_ENGINES", "falkordb,neo4j").split(",") if e.strip()]
+ENGINES = [e.strip() for e in os.environ.get("CONTROLPLANE_TEST_ENGINES", "falkordb,neo4j,gremlin").split(",") if e.strip()]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 

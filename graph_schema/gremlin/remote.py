@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from controlplane.domain.errors import Unavailable
 #: what addV says when a concurrent create of the same id committed between our read and our write
 _RETRYABLE = ("Conflict: element modified in another transaction", "with id already exists")
 _INT32 = range(-(2**31), 2**31)
+log = logging.getLogger(__name__)
 
 
 class _DropConflictLogs(logging.Filter):
@@ -66,34 +68,63 @@ def props_of(m: dict[Any, Any]) -> dict[str, Any]:
 
 
 class Remote:
-    """A pooled connection to the traversal source `g` of one Gremlin Server."""
+    """A pooled connection to the traversal source `g` of one Gremlin Server.
+
+    Gremlin Server 3.8 sometimes never answers a request whose commit lost a conflict,
+    and gremlinpython then keeps that connection checked out for ever; with every
+    connection lost that way, the next request would wait for the pool for ever. So
+    requests in flight are bounded by the pool size (waiting for a free connection
+    cannot block), every answer is awaited at most `answer_timeout_s`, and a request
+    that got no answer is sent again on a fresh connection (every write is idempotent).
+    """
 
     def __init__(
-        self, url: str, *, traversal_source: str = "g", pool_size: int = 8, retry_for_s: float = 30.0,
-        answer_timeout_s: float = 180.0,
+        self, url: str, *, traversal_source: str = "g", pool_size: int = 8, retry_for_s: float = 60.0,
+        answer_timeout_s: float = 10.0,
     ) -> None:
         logging.getLogger("gremlinpython").addFilter(_FILTER)
         self.url = url
+        self._source = traversal_source
+        self._pool_size = pool_size
         self._retry_for_s = retry_for_s
         self._answer_timeout_s = answer_timeout_s
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self._lock = threading.Lock()
+        self._connect()
+
+    def _connect(self) -> None:
         try:
             self._conn = DriverRemoteConnection(
-                url, traversal_source, pool_size=pool_size, max_content_length=64 * 1024 * 1024
+                self.url, self._source, pool_size=self._pool_size, max_content_length=64 * 1024 * 1024
             )
         except Exception as exc:  # noqa: BLE001 - any failure to connect is the same to the caller
-            raise Unavailable(f"Gremlin Server at {url} is unreachable: {exc}") from exc
+            raise Unavailable(f"Gremlin Server at {self.url} is unreachable: {exc}") from exc
         self.g: GraphTraversalSource = traversal().with_remote(self._conn)
 
-    def run(self, build: Callable[[GraphTraversalSource], GraphTraversal], *, write: bool = True) -> list[Any]:
-        """Build the traversal and iterate it to a list; rerun it when it lost an optimistic conflict.
+    def _reconnect(self, stale: DriverRemoteConnection) -> None:
+        with self._lock:
+            if self._conn is not stale:
+                return  # another thread already did
+            log.warning("Gremlin Server at %s did not answer in %.0fs: reconnecting", self.url, self._answer_timeout_s)
+            old = self._conn
+            self._connect()
+        threading.Thread(target=_close_quietly, args=(old,), daemon=True).start()
 
-        `build` is called again for each attempt (a submitted traversal cannot be resubmitted).
+    def run(self, build: Callable[[GraphTraversalSource], GraphTraversal], *, write: bool = True) -> list[Any]:
+        """Build the traversal and iterate it to a list; rerun it when it lost an optimistic conflict
+        or got no answer. `build` is called again for each attempt (a traversal cannot be resubmitted).
         """
         deadline = time.monotonic() + self._retry_for_s
         delay = 0.002
         while True:
+            conn = self._conn
             try:
-                return self._submit(build(self.g))
+                return self._submit(conn, build(traversal().with_remote(conn)))
+            except _NoAnswer:
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"Gremlin Server at {self.url} did not answer") from None
+                self._reconnect(conn)
+                continue
             except GremlinServerError as exc:
                 if not (write and _is_retryable(exc)) or time.monotonic() > deadline:
                     raise
@@ -105,16 +136,20 @@ class Remote:
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.1)
 
-    def _submit(self, t: GraphTraversal) -> list[Any]:
-        """Send the bytecode; wait for the answer at most answer_timeout_s (the server stops a traversal sooner)."""
+    def _submit(self, conn: DriverRemoteConnection, t: GraphTraversal) -> list[Any]:
+        """Send the bytecode on a free connection and wait for the answer at most answer_timeout_s."""
+        if not self._slots.acquire(timeout=self._answer_timeout_s):
+            raise _NoAnswer()
         try:
-            remote = self._conn.submit_async(t.bytecode).result(timeout=self._answer_timeout_s)
+            remote = conn.submit_async(t.bytecode).result(timeout=self._answer_timeout_s)
+            out: list[Any] = []
+            for traverser in remote.traversers:
+                out.extend([traverser.object] * max(1, int(traverser.bulk)))
+            return out
         except FutureTimeout:
-            raise Unavailable(f"Gremlin Server at {self.url} did not answer within {self._answer_timeout_s:g}s") from None
-        out: list[Any] = []
-        for traverser in remote.traversers:
-            out.extend([traverser.object] * max(1, int(traverser.bulk)))
-        return out
+            raise _NoAnswer() from None
+        finally:
+            self._slots.release()
 
     def one(self, build: Callable[[GraphTraversalSource], GraphTraversal], *, write: bool = True) -> Any:
         rows = self.run(build, write=write)
@@ -122,6 +157,17 @@ class Remote:
 
     def close(self) -> None:
         self._conn.close()
+
+
+class _NoAnswer(Exception):
+    """The server did not answer in time (or no connection came free)."""
+
+
+def _close_quietly(conn: DriverRemoteConnection) -> None:
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - a connection we are abandoning
+        log.debug("closing an abandoned Gremlin connection failed", exc_info=True)
 
 
 def _is_retryable(exc: GremlinServerError) -> bool:

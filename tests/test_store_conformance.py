@@ -171,6 +171,9 @@ def test_spawn_with_a_request_id_is_idempotent(cp: ControlPlane, store: GraphSto
     assert [a.id for a in again] == [a.id for a in first]
     assert allocation_count(store) == 2
     assert store.get_node(node_id="n1").cpu_free == 2000  # type: ignore[union-attr]
+    cp.spawn("n1", [job(cpu=2000)])  # the node is full now
+    repeat = cp.spawn("n1", [job(cpu=1000), job(cpu=1000)], request_id="req-1")
+    assert [a.id for a in repeat] == [a.id for a in first]  # still the answer, not NO_CAPACITY
 
 
 def test_names_full_of_quotes_and_keywords_are_stored_verbatim(cp: ControlPlane, store: GraphStore) -> None:

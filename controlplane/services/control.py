@@ -144,7 +144,13 @@ class ControlPlane:
                 raise NotFound(f"no node {s.node!r}", field=f"{field}.node" if single else f"{field}[{i}].node")
         if ids is not None and len(ids) != len(parsed):
             raise InvalidInput("one id per spec", field="ids")
+        derived = ids is not None or request_id is not None
         ids = list(ids) if ids is not None else new_ids(len(parsed), request_id=request_id, parent_id=parent_id)
+        if derived:
+            # a repeat of a request that committed: answer what it created, even if the nodes are full now
+            existing = self.store.get_allocations(allocation_ids=ids)
+            if len(existing) == len(ids):
+                return sorted(existing, key=lambda a: a.extra.get("seq", 0))
         created: list[AllocationRecord] | None = None
         for attempt in range(PLACEMENT_RETRIES):
             placements = self._place(demands, origin, field=field)

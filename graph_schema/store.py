@@ -100,6 +100,38 @@ class ToStop:
     depth: int
 
 
+def node_demands(items: Sequence[NewAllocation] | Sequence[RestartItem]) -> list[dict[str, Any]]:
+    """What a batch asks of each node (cpu, memory, the GPUs picked there), one entry per node in id order:
+    the order every engine locks and checks nodes in."""
+    demands: dict[str, dict[str, Any]] = {}
+    for it in items:
+        d = demands.setdefault(it.node_id, {"node_id": it.node_id, "cpu": 0, "memory": 0, "gpu_ids": []})
+        d["cpu"] += it.cpu
+        d["memory"] += it.memory
+        d["gpu_ids"].extend(it.gpu_ids)
+    return [demands[k] for k in sorted(demands)]
+
+
+class SingleTransition:
+    """`transition` for an adapter that has `transition_many`: one change, one answer."""
+
+    def transition_many(self, *, changes: Sequence[Change], now: float) -> list[TransitionResult | None]:
+        raise NotImplementedError
+
+    def transition(
+        self,
+        *,
+        allocation_id: str,
+        expected: Sequence[State],
+        to: State,
+        now: float,
+        incarnation: int | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> TransitionResult | None:
+        change = Change(allocation_id, {e: to for e in expected}, incarnation, fields or {})
+        return self.transition_many(changes=[change], now=now)[0]
+
+
 class CreateRefused(Exception):
     """The atomic create's precondition did not hold; `reason` says which one."""
 

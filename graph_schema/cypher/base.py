@@ -33,7 +33,16 @@ from controlplane.domain.traversal import TraversalSpec
 from graph_schema.cypher import statements as q
 from graph_schema.cypher.traversal import compile_traversal
 from graph_schema.vocabulary import ALLOCATION_CORE, ALLOCATION_PROPERTIES
-from graph_schema.store import Change, CreateRefused, NewAllocation, NewTask, RestartItem, ToStop
+from graph_schema.store import (
+    Change,
+    CreateRefused,
+    NewAllocation,
+    NewTask,
+    RestartItem,
+    SingleTransition,
+    ToStop,
+    node_demands,
+)
 
 Row = list[Any]
 _HOLDING = sorted(s.value for s in HOLDS_RESOURCES)
@@ -65,7 +74,7 @@ def _props(value: Any) -> dict[str, Any]:
 _LOCK_MARKER = re.compile(r"REMOVE (\w+)\._lock")
 
 
-class CypherStore(ABC):
+class CypherStore(SingleTransition, ABC):
     engine: str = "cypher"
     _dialect_cache: dict[str, str]
 
@@ -174,19 +183,13 @@ class CypherStore(ABC):
     ) -> list[AllocationRecord]:
         if not allocations:
             return []
-        demands: dict[str, dict[str, Any]] = {}
-        props: list[dict[str, Any]] = []
-        for a in allocations:
-            d = demands.setdefault(a.node_id, {"node_id": a.node_id, "cpu": 0, "memory": 0, "gpu_ids": []})
-            d["cpu"] += a.cpu
-            d["memory"] += a.memory
-            d["gpu_ids"].extend(a.gpu_ids)
-            props.append(self._allocation_props(a, parent_id=parent_id, now=now))
+        demands = node_demands(allocations)
+        props = [self._allocation_props(a, parent_id=parent_id, now=now) for a in allocations]
         params = {
             "first_id": allocations[0].id,
             "parent_id": parent_id,
             "accepts": _ACCEPTS,
-            "demands": [demands[k] for k in sorted(demands)],  # lock order: nodes by id
+            "demands": demands,  # lock order: nodes by id
             "allocs": props,
             "now": now,
             "tick": _tick(),
@@ -205,7 +208,7 @@ class CypherStore(ABC):
             raise CreateRefused(CreateRefused.PARENT_MISSING, parent_id)
         if not is_node and state not in _ACCEPTS:
             raise CreateRefused(CreateRefused.PARENT_NOT_LIVE, f"{parent_id} is {state}")
-        raise CreateRefused(CreateRefused.NO_CAPACITY, ", ".join(sorted(demands)))
+        raise CreateRefused(CreateRefused.NO_CAPACITY, ", ".join(d["node_id"] for d in demands))
 
     @staticmethod
     def _allocation_props(a: NewAllocation, *, parent_id: str, now: float) -> dict[str, Any]:
@@ -226,19 +229,6 @@ class CypherStore(ABC):
         )
         p.update({k: v for k, v in extra.items() if v is not None})
         return p
-
-    def transition(
-        self,
-        *,
-        allocation_id: str,
-        expected: Sequence[State],
-        to: State,
-        now: float,
-        incarnation: int | None = None,
-        fields: dict[str, Any] | None = None,
-    ) -> TransitionResult | None:
-        change = Change(allocation_id, {e: to for e in expected}, incarnation, fields or {})
-        return self.transition_many(changes=[change], now=now)[0]
 
     def transition_many(self, *, changes: Sequence[Change], now: float) -> list[TransitionResult | None]:
         if not changes:
@@ -320,19 +310,14 @@ class CypherStore(ABC):
     ) -> list[AllocationRecord]:
         if not items:
             return []
-        demands: dict[str, dict[str, Any]] = {}
-        for it in items:
-            d = demands.setdefault(it.node_id, {"node_id": it.node_id, "cpu": 0, "memory": 0, "gpu_ids": []})
-            d["cpu"] += it.cpu
-            d["memory"] += it.memory
-            d["gpu_ids"].extend(it.gpu_ids)
+        demands = node_demands(items)
         rows = self._write(
             q.RESTART_ALLOCATIONS,
             {
                 "parent_id": parent_id,
                 "accepts": _ACCEPTS,
                 "restartable": _RESTARTABLE,
-                "demands": [demands[k] for k in sorted(demands)],
+                "demands": demands,
                 "items": [
                     {"id": it.allocation_id, "from_incarnation": it.from_incarnation, "node_id": it.node_id,
                      "gpu_ids": list(it.gpu_ids), "backoff_level": it.backoff_level}
@@ -356,7 +341,7 @@ class CypherStore(ABC):
             a = current.get(it.allocation_id)
             if a is None or a.incarnation != it.from_incarnation or a.state not in RESTARTABLE:
                 raise CreateRefused(CreateRefused.STALE, it.allocation_id)
-        raise CreateRefused(CreateRefused.NO_CAPACITY, ", ".join(sorted(demands)))
+        raise CreateRefused(CreateRefused.NO_CAPACITY, ", ".join(d["node_id"] for d in demands))
 
     def subtree_to_stop(self, *, root_id: str, include_root: bool) -> list[ToStop]:
         rows = self._read(q.SUBTREE_TO_STOP, {"id": root_id, "include_root": include_root, "live": _LIVE})

@@ -55,7 +55,7 @@ from graph_schema.gremlin.steps import A, ACTORS, G, GPU_OWNER, N, NEIGHBOR_OF, 
 from graph_schema.gremlin.jobs import JobsMixin, capacity, capacity_projection
 from graph_schema.gremlin.raw import RawQueryMixin
 from graph_schema.gremlin.supervision import SupervisionMixin
-from graph_schema.store import Change, CreateRefused, NewAllocation
+from graph_schema.store import Change, CreateRefused, NewAllocation, SingleTransition, node_demands
 from graph_schema.vocabulary import ALLOCATION_CORE, ALLOCATION_PROPERTIES
 
 _HOLDING = sorted(s.value for s in HOLDS_RESOURCES)
@@ -78,7 +78,7 @@ def allocation(m: dict[Any, Any]) -> AllocationRecord:
     return AllocationRecord.from_props(props_of(m))
 
 
-class GremlinStore(SupervisionMixin, JobsMixin, RawQueryMixin):
+class GremlinStore(SupervisionMixin, JobsMixin, RawQueryMixin, SingleTransition):
     """The GraphStore on a Gremlin Server; the mixins hold the supervision, job and raw-query methods."""
 
     engine = "gremlin"
@@ -162,21 +162,16 @@ class GremlinStore(SupervisionMixin, JobsMixin, RawQueryMixin):
     def create_allocations(self, *, parent_id: str, allocations: Sequence[NewAllocation], now: float) -> list[AllocationRecord]:
         if not allocations:
             return []
-        demands: dict[str, dict[str, Any]] = {}
+        ordered = node_demands(allocations)
         props: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
         tick = time.time_ns()
         for a in allocations:
-            d = demands.setdefault(a.node_id, {"node_id": a.node_id, "cpu": 0, "memory": 0, "gpu_ids": []})
-            d["cpu"] += a.cpu
-            d["memory"] += a.memory
-            d["gpu_ids"].extend(a.gpu_ids)
             props.append(_allocation_props(a, parent_id=parent_id, now=now))
             events.append({
                 "id": f"{a.id}:1", "kind": "transition", "allocation_id": a.id, "incarnation": 1, "from": "pending",
                 "to": "placed", "at": now, "tick": tick, "reason": f"spawned by {parent_id} on {a.node_id}", "by": parent_id,
             })
-        ordered = [demands[k] for k in sorted(demands)]
         r = self._remote.one(lambda g: writes.create_allocations(
             g, parent_id=parent_id, demands=ordered, allocs=props, events=events, accepts=_ACCEPTS))
         outcome = r["outcome"]
@@ -186,20 +181,7 @@ class GremlinStore(SupervisionMixin, JobsMixin, RawQueryMixin):
             raise CreateRefused(CreateRefused.PARENT_MISSING, parent_id)
         if outcome == "parent_not_live":
             raise CreateRefused(CreateRefused.PARENT_NOT_LIVE, f"{parent_id} is {r['parent_state']}")
-        raise CreateRefused(CreateRefused.NO_CAPACITY, ", ".join(sorted(demands)))
-
-    def transition(
-        self,
-        *,
-        allocation_id: str,
-        expected: Sequence[State],
-        to: State,
-        now: float,
-        incarnation: int | None = None,
-        fields: dict[str, Any] | None = None,
-    ) -> TransitionResult | None:
-        change = Change(allocation_id, {e: to for e in expected}, incarnation, fields or {})
-        return self.transition_many(changes=[change], now=now)[0]
+        raise CreateRefused(CreateRefused.NO_CAPACITY, ", ".join(d["node_id"] for d in ordered))
 
     def transition_many(self, *, changes: Sequence[Change], now: float) -> list[TransitionResult | None]:
         if not changes:

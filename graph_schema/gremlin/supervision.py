@@ -22,7 +22,7 @@ from graph_schema.gremlin.steps import (
     A, ACTORS, CLAIMS, EV, G, GPU_OWNER, N, PARENT_OF, RUNS_ON, WATCHES, add, event_here, having, new_vertex, set_props, subtract,
 )
 from graph_schema.gremlin.writes import fits
-from graph_schema.store import CreateRefused, RestartItem, ToStop
+from graph_schema.store import CreateRefused, RestartItem, ToStop, node_demands
 
 if TYPE_CHECKING:
     from graph_schema.gremlin.remote import Remote
@@ -50,13 +50,7 @@ class SupervisionMixin:
     ) -> list[AllocationRecord]:
         if not items:
             return []
-        demands: dict[str, dict[str, Any]] = {}
-        for it in items:
-            d = demands.setdefault(it.node_id, {"node_id": it.node_id, "cpu": 0, "memory": 0, "gpu_ids": []})
-            d["cpu"] += it.cpu
-            d["memory"] += it.memory
-            d["gpu_ids"].extend(it.gpu_ids)
-        ordered = [demands[k] for k in sorted(demands)]
+        ordered = node_demands(items)
         log = [float(t) for t in restart_log]
         tick = time.time_ns()
         r = self._remote.one(lambda g: _restart(g, parent_id, items, ordered, log, reason, now, tick))
@@ -72,7 +66,7 @@ class SupervisionMixin:
                 a = current.get(it.allocation_id)
                 if a is None or a.get("incarnation") != it.from_incarnation or a.get("state") not in _RESTARTABLE:
                     raise CreateRefused(CreateRefused.STALE, it.allocation_id)
-        raise CreateRefused(CreateRefused.NO_CAPACITY, ", ".join(sorted(demands)))
+        raise CreateRefused(CreateRefused.NO_CAPACITY, ", ".join(d["node_id"] for d in ordered))
 
     def subtree_to_stop(self, *, root_id: str, include_root: bool) -> list[ToStop]:
         # walk down only through cascading actors; depth = vertices on the path - 1

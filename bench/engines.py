@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 from graph_schema.store import GraphStore
@@ -27,35 +28,31 @@ def falkordb_store(graph: str = "bench") -> Iterator[tuple[GraphStore, FalkorDBS
 
 
 @contextlib.contextmanager
-def neo4j_store() -> Iterator[tuple[GraphStore, None]]:
+def _jvm_store(start: Callable[[Path], Any], open_store: Callable[[Any], GraphStore]) -> Iterator[tuple[GraphStore, None]]:
+    """A JVM test server in a temporary directory, and a bootstrapped store on it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start(Path(tmp))
+        store = open_store(server)
+        store.bootstrap()
+        try:
+            yield store, None
+        finally:
+            store.close()
+            server.stop()
+
+
+def neo4j_store():  # type: ignore[no-untyped-def]
     from graph_schema.cypher.neo4j_store import Neo4jStore
     from tests.neo4j_harness.launcher import start_neo4j
 
-    with tempfile.TemporaryDirectory() as tmp:
-        server = start_neo4j(Path(tmp))
-        store = Neo4jStore(server.uri)
-        store.bootstrap()
-        try:
-            yield store, None
-        finally:
-            store.close()
-            server.stop()
+    return _jvm_store(start_neo4j, lambda server: Neo4jStore(server.uri))
 
 
-@contextlib.contextmanager
-def gremlin_store() -> Iterator[tuple[GraphStore, None]]:
+def gremlin_store():  # type: ignore[no-untyped-def]
     from graph_schema.gremlin.store import GremlinStore
     from tests.gremlin_harness.launcher import start_gremlin
 
-    with tempfile.TemporaryDirectory() as tmp:
-        server = start_gremlin(Path(tmp))
-        store = GremlinStore(server.url)
-        store.bootstrap()
-        try:
-            yield store, None
-        finally:
-            store.close()
-            server.stop()
+    return _jvm_store(start_gremlin, lambda server: GremlinStore(server.url))
 
 
 def open_engine(name: str):  # type: ignore[no-untyped-def]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,38 +39,33 @@ def falkordb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Falkor
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def neo4j_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if os.environ.get("NEO4J_TEST_URI"):
-        yield os.environ["NEO4J_TEST_URI"]
+def _jvm_server(what: str, env: str, workdir: Path, start: Callable[[Path], Any], address: str) -> Iterator[str]:
+    """A JVM test server (an external one when `env` names its address), failing the run in CI if it cannot start."""
+    if os.environ.get(env):
+        yield os.environ[env]
         return
     if shutil.which("java") is None:
-        _unavailable("Neo4j", RuntimeError("no java on PATH"))
+        _unavailable(what, RuntimeError("no java on PATH"))
+    try:
+        server = start(workdir)
+    except Exception as exc:  # noqa: BLE001
+        _unavailable(what, exc)
+    yield getattr(server, address)
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def neo4j_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from tests.neo4j_harness.launcher import start_neo4j
 
-    try:
-        server = start_neo4j(Path(tmp_path_factory.mktemp("neo4j")))
-    except Exception as exc:  # noqa: BLE001
-        _unavailable("Neo4j", exc)
-    yield server.uri
-    server.stop()
+    yield from _jvm_server("Neo4j", "NEO4J_TEST_URI", Path(tmp_path_factory.mktemp("neo4j")), start_neo4j, "uri")
 
 
 @pytest.fixture(scope="session")
 def gremlin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if os.environ.get("GREMLIN_TEST_URL"):
-        yield os.environ["GREMLIN_TEST_URL"]
-        return
-    if shutil.which("java") is None:
-        _unavailable("Gremlin Server", RuntimeError("no java on PATH"))
     from tests.gremlin_harness.launcher import start_gremlin
 
-    try:
-        server = start_gremlin(Path(tmp_path_factory.mktemp("gremlin")))
-    except Exception as exc:  # noqa: BLE001
-        _unavailable("Gremlin Server", exc)
-    yield server.url
-    server.stop()
+    yield from _jvm_server("Gremlin Server", "GREMLIN_TEST_URL", Path(tmp_path_factory.mktemp("gremlin")), start_gremlin, "url")
 
 
 def _open_store(engine: str, request: pytest.FixtureRequest) -> GraphStore:

@@ -20,13 +20,11 @@ from pathlib import Path
 
 import pytest
 
-gremlin_python = pytest.importorskip("gremlin_python")
-
-from gremlin_python.driver.driver_remote_connection import DriverRemoteConnection  # noqa: E402
-from gremlin_python.driver.protocol import GremlinServerError  # noqa: E402
-from gremlin_python.process.anonymous_traversal import traversal  # noqa: E402
-from gremlin_python.process.graph_traversal import GraphTraversalSource, __  # noqa: E402
-from gremlin_python.process.traversal import T  # noqa: E402
+from gremlin_python.driver.driver_remote_connection import DriverRemoteConnection
+from gremlin_python.driver.protocol import GremlinServerError
+from gremlin_python.process.anonymous_traversal import traversal
+from gremlin_python.process.graph_traversal import GraphTraversalSource, __
+from gremlin_python.process.traversal import T
 
 from tests.gremlin_harness.launcher import PLAIN_GRAPH_PROPERTIES, start_gremlin  # noqa: E402
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.engines import open_engine
 from controlplane.domain.lifecycle import State
-from controlplane.services import ControlPlane
+from controlplane.wiring import assemble
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 from workers.app import configure
 from workers.dispatch import CeleryDispatcher
@@ -38,14 +38,14 @@ def run(engine: str, total: int, batch: int, agents: int, concurrency: int) -> N
             for i in range(agents)
         ]
         try:
-            cp = ControlPlane(store, CeleryDispatcher(configure(broker.redis_url(1))))
+            cp = assemble(store, CeleryDispatcher(configure(broker.redis_url(1))))
             while len(store.list_nodes(after=None, limit=100)) < agents:
                 time.sleep(0.1)
             spec = {"name": "t", "argv": ["true"], "resources": {"cpu_milli": 0, "memory_mib": 1}}
             started = time.perf_counter()
             ids = []
             for i in range(0, total, batch):
-                ids += [a.id for a in cp.spawn(f"agent{(i // batch) % agents}", [spec] * min(batch, total - i))]
+                ids += [a.id for a in cp.allocations.spawn(f"agent{(i // batch) % agents}", [spec] * min(batch, total - i))]
             spawned = time.perf_counter() - started
             pending = set(ids)
             while pending:

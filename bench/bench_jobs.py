@@ -16,7 +16,7 @@ from pathlib import Path
 
 from controlplane.domain.placement import Demand
 from controlplane.domain.resources import Resources
-from controlplane.services import ControlPlane
+from controlplane.wiring import assemble
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 from tests.stack import Stack, wait_for
 
@@ -76,15 +76,15 @@ def placement_run(nodes: int, samples: int) -> None:
 
     with falkordb_store(graph="placement") as (store, _):
         store.clear()
-        cp = ControlPlane(store, dispatcher=None)
+        cp = assemble(store)
         t = time.perf_counter()
         for i in range(nodes):
             gpus = [{"model": "A100"}] * 2 if i % 10 == 0 else []
-            cp.register_node({"name": f"n{i:05d}", "cpu_milli": 4000 + (i % 7) * 1000, "memory_mib": 16384,
+            cp.nodes.register({"name": f"n{i:05d}", "cpu_milli": 4000 + (i % 7) * 1000, "memory_mib": 16384,
                               "labels": {"zone": f"z{i % 5}"}, "gpus": gpus})
         for i in range(0, nodes - 1, 1):
             if i % 100:
-                cp.connect_neighbors(f"n{i:05d}", f"n{i + 1:05d}", rtt_ms=float(i % 13), bandwidth=1e9)
+                cp.nodes.connect(f"n{i:05d}", f"n{i + 1:05d}", rtt_ms=float(i % 13), bandwidth=1e9)
         seeded = time.perf_counter() - t
         shapes = {
             "cpu+memory": Demand(Resources(500, 256)),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
-from graph_schema.store import GraphStore
+from controlplane.ports.store import GraphStore
 
 
 @contextlib.contextmanager

@@ -16,9 +16,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from controlplane.settings import Settings
+
+if TYPE_CHECKING:
+    from controlplane.services import ControlPlane
 
 STACK_FILE = "stack.json"
 
@@ -82,17 +85,11 @@ def run_api(settings: Settings) -> None:
     import uvicorn
 
     from controlplane.api import create_app
-    from controlplane.eventbus import RedisNotifier
-    from controlplane.services import ControlPlane
-    from controlplane.wiring import health_checks, open_store
-    from workers.app import configure
-    from workers.dispatch import CeleryDispatcher
+    from controlplane.wiring import control_plane, health_checks
 
     ends = resolve_endpoints(settings)
-    store = open_store(settings, graph_uri=ends.graph_uri)
-    store.bootstrap()
-    control = ControlPlane(store, CeleryDispatcher(configure(ends.broker_url)), notify=RedisNotifier(ends.broker_url).notify)
-    app = create_app(control, health_checks=health_checks(store, ends.broker_url), max_depth=settings.max_query_depth,
+    control = control_plane(settings, graph_uri=ends.graph_uri, broker_url=ends.broker_url)
+    app = create_app(control, health_checks=health_checks(control.store, ends.broker_url), max_depth=settings.max_query_depth,
                      max_descendants=settings.max_descendants, events_redis_url=ends.broker_url)
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
 
@@ -107,7 +104,7 @@ DEMO_LINKS = (("edge-eu-1", "edge-eu-2", 2.0), ("edge-eu-1", "edge-us-1", 80.0),
 DEMO_JOB = Path(__file__).resolve().parent.parent / "examples" / "demo-job.yaml"
 
 
-def start_demo(settings: Settings, endpoints: Endpoints, control: Any, local: str | None) -> list[subprocess.Popen[bytes]]:
+def start_demo(settings: Settings, endpoints: Endpoints, control: ControlPlane, local: str | None) -> list[subprocess.Popen[bytes]]:
     """A small topology (node agents with GPUs and zones, neighbour links with RTTs) and a sample job."""
     import threading
     import time
@@ -127,9 +124,9 @@ def start_demo(settings: Settings, endpoints: Endpoints, control: Any, local: st
                 break
             time.sleep(0.2)
         for a, b, rtt in DEMO_LINKS:
-            control.connect_neighbors(a, b, rtt_ms=rtt, bandwidth=10e9)
+            control.nodes.connect(a, b, rtt_ms=rtt, bandwidth=10e9)
         if local:
-            control.connect_neighbors(local, "edge-eu-1", rtt_ms=1.0, bandwidth=10e9)
+            control.nodes.connect(local, "edge-eu-1", rtt_ms=1.0, bandwidth=10e9)
         job = control.jobs.submit(yaml.safe_load(DEMO_JOB.read_text()), node="edge-eu-1")
         print(f"demo: submitted job {job.id} ({job.name}); watch it: controlplane jobs {job.id}  |  "
               f"controlplane tree edge-eu-1", flush=True)
@@ -150,11 +147,8 @@ def run_stack(
     import uvicorn
 
     from controlplane.api import create_app
-    from controlplane.services import ControlPlane
-    from controlplane.wiring import health_checks, open_store
+    from controlplane.wiring import control_plane, health_checks
     from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
-    from workers.app import configure
-    from workers.dispatch import CeleryDispatcher
 
     server: FalkorDBServer | None = None
     children: list[subprocess.Popen[bytes]] = []
@@ -166,12 +160,7 @@ def run_stack(
     if not graph_uri or not broker_url:
         raise SystemExit("set GRAPH_URI and REDIS_URL for a non-embedded engine")
     try:
-        store = open_store(settings, graph_uri=graph_uri)
-        store.bootstrap()
-        celery = configure(broker_url)
-        from controlplane.eventbus import RedisNotifier
-
-        control = ControlPlane(store, CeleryDispatcher(celery), notify=RedisNotifier(broker_url).notify)
+        control = control_plane(settings, graph_uri=graph_uri, broker_url=broker_url)
         api_url = f"http://{settings.api_host}:{settings.api_port}"
         endpoints = Endpoints(graph_uri=graph_uri, broker_url=broker_url, api_url=api_url)
         write_endpoints(settings, endpoints)
@@ -182,7 +171,7 @@ def run_stack(
             children.append(spawn_child(settings, endpoints, "worker", "--node", node_name, "--concurrency", str(concurrency)))
         if demo:
             children.extend(start_demo(settings, endpoints, control, node_name if worker else None))
-        app = create_app(control, health_checks=health_checks(store, broker_url), max_depth=settings.max_query_depth,
+        app = create_app(control, health_checks=health_checks(control.store, broker_url), max_depth=settings.max_query_depth,
                          max_descendants=settings.max_descendants, events_redis_url=broker_url)
         announce(endpoints, node_name if worker else None)
         config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")

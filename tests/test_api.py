@@ -22,15 +22,16 @@ from controlplane.api import types as api_types
 from controlplane.domain.lifecycle import State
 from controlplane.domain.traversal import Op
 from controlplane.services import ControlPlane
-from graph_schema.store import GraphStore
-from graph_schema.vocabulary import Direction, EdgeType
+from controlplane.wiring import assemble
+from controlplane.ports.store import GraphStore
+from controlplane.domain.vocabulary import Direction, EdgeType
 
 EVIL = "x'}) MATCH (n) DETACH DELETE n // \" RETURN 1"
 
 
 @pytest.fixture
 def cp(store: GraphStore) -> ControlPlane:
-    return ControlPlane(store, dispatcher=None)
+    return assemble(store)
 
 
 @pytest.fixture
@@ -439,7 +440,7 @@ def test_an_unexpected_failure_is_internal_without_details(
     def broken(node_id: str) -> None:
         raise RuntimeError("secret connection string redis://user:pw@host")
 
-    monkeypatch.setattr(cp, "node", broken)
+    monkeypatch.setattr(cp.queries, "node", broken)
     # When a client asks
     err = error(client, '{ node(id: "n1") { id } }')
     # Then it gets a generic INTERNAL error, and the details go to the server log only

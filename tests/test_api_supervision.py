@@ -1,6 +1,6 @@
 """Supervision, events, jobs and raw queries through the API, on every engine (see the `store` fixture).
 
-Supervision and native executors run in-process (`ControlPlane(store, dispatcher=None)`);
+Supervision and native executors run in-process (`assemble(store)`);
 allocations are driven through the lifecycle with the node agent's own guarded
 transitions, as in test_supervision.py. Given / When / Then, asserting on what a
 client observes: GraphQL answers, websocket messages, HTTP statuses.
@@ -16,13 +16,15 @@ import pytest
 
 from controlplane.api import create_app
 from controlplane.api.live import DOORBELL_POLL_S, PAGE, EventCursor
-from controlplane.domain.lifecycle import State
 from controlplane.domain.records import Event
 from controlplane.eventbus import RedisNotifier
-from controlplane.services import AgentService, ControlPlane
-from controlplane.services.agent import Exit
+from controlplane.domain.lifecycle import CLAIM, RUN
+from controlplane.ports.store import Change
+from controlplane.services import ControlPlane
+from controlplane.wiring import assemble
+from workers.agent import AgentReports
 from graph_schema.falkordb_server import FalkorDBServer
-from graph_schema.store import GraphStore
+from controlplane.ports.store import GraphStore
 from tests.test_api import SPAWN, TestClient, data, error, job, post, register, spawn
 
 SPAWN_POLICY = """mutation($parent: ID!, $spec: AllocationSpecInput!) {
@@ -44,7 +46,7 @@ SLOW = "UNWIND range(1, 100000000) AS x WITH x WHERE x % 7 = 3 RETURN count(x)"
 
 @pytest.fixture
 def cp(store: GraphStore) -> ControlPlane:
-    return ControlPlane(store, dispatcher=None)
+    return assemble(store)
 
 
 @pytest.fixture
@@ -56,16 +58,14 @@ def client(cp: ControlPlane) -> Iterator[TestClient]:
 
 def run(cp: ControlPlane, *ids: str) -> None:
     """What a node agent does when it starts them (no process id: nothing to signal)."""
-    for i in ids:
-        cp.store.transition(allocation_id=i, expected=[State.PLACED], to=State.STARTING, now=cp.clock())
-        cp.store.transition(allocation_id=i, expected=[State.STARTING], to=State.RUNNING, now=cp.clock(),
-                            fields={"started_at": cp.clock()})
+    cp.store.transition_many(changes=[Change(i, CLAIM) for i in ids], now=cp.clock())
+    cp.store.transition_many(changes=[Change(i, RUN, fields={"started_at": cp.clock()}) for i in ids], now=cp.clock())
 
 
 def crash(cp: ControlPlane, allocation_id: str, code: int = 1) -> None:
     """What a node agent reports when the process exits; then the supervisor reacts."""
-    current = cp.allocation(allocation_id)
-    ended = AgentService(cp.store, clock=cp.clock).exited([Exit((allocation_id, current.incarnation), code, "boom")])
+    current = cp.queries.allocation(allocation_id)
+    ended = AgentReports(cp.store, node=current.node_id, clock=cp.clock).exited([((allocation_id, current.incarnation), code, "boom")])
     cp.dispatcher.terminated(keys=[(e.id, e.incarnation) for e in ended])
 
 
@@ -344,13 +344,13 @@ def test_a_subscription_stops_reading_when_the_client_goes_away(
 ) -> None:
     # Given a subscriber that got one event, the reads of the graph counted
     reads: list[float] = []
-    real = cp.events
+    real = cp.queries.events
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         reads.append(time.monotonic())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cp, "events", counted)
+    monkeypatch.setattr(cp.queries, "events", counted)
     a = spawn(client, "n1", job("a"))
     with subscriber(client) as ws:
         sub = Subscriber(ws)
@@ -378,7 +378,7 @@ def test_a_subscription_to_an_unknown_allocation_is_not_found(client: TestClient
 def test_the_redis_doorbell_wakes_subscribers_at_once(store: GraphStore, falkordb_server: FalkorDBServer) -> None:
     # Given an API whose subscriptions listen to the doorbell the supervisor rings
     url = falkordb_server.redis_url(2)
-    cp = ControlPlane(store, dispatcher=None, notify=RedisNotifier(url).notify)
+    cp = assemble(store, notify=RedisNotifier(url).notify)
     with TestClient(create_app(cp, events_redis_url=url)) as client:
         register(client)
         a = spawn(client, "n1", job("a"))

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from controlplane.domain.errors import ControlPlaneError
 from controlplane.domain.lifecycle import HOLDS_RESOURCES
-from controlplane.services import ControlPlane
-from graph_schema.store import GraphStore
+from controlplane.wiring import assemble
+from controlplane.ports.store import GraphStore
 
 MODELS = ["A100", "T4"]
 
@@ -35,9 +35,9 @@ jobs_st = st.lists(st.lists(task_st, min_size=1, max_size=4), min_size=2, max_si
 @given(topology=nodes_st, jobs=jobs_st)
 def test_concurrent_submissions_never_overcommit(store: GraphStore, topology: list, jobs: list) -> None:
     store.clear()
-    cp = ControlPlane(store, dispatcher=None)
+    cp = assemble(store)
     for i, (cores, models) in enumerate(topology):
-        cp.register_node({"name": f"n{i}", "cpu_milli": cores * 1000, "memory_mib": 4096, "gpus": [{"model": m} for m in models]})
+        cp.nodes.register({"name": f"n{i}", "cpu_milli": cores * 1000, "memory_mib": 4096, "gpus": [{"model": m} for m in models]})
 
     def submit(j: int) -> None:
         tasks = jobs[j]

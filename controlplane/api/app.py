@@ -18,7 +18,7 @@ from controlplane.api.context import ApiContext
 from controlplane.api.metrics import ApiMetrics
 from controlplane.api.raw import raw_query_router
 from controlplane.api.schema import build_schema
-from controlplane.services.control import ControlPlane
+from controlplane.services import ControlPlane
 
 HEALTH_CHECK_TIMEOUT_S = 5.0
 DEFAULT_MAX_DESCENDANTS = 10_000

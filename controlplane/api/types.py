@@ -25,9 +25,9 @@ from controlplane.domain.lifecycle import State
 from controlplane.domain.records import AllocationRecord, Event as EventRecord, GpuRecord, NeighborRecord, NodeRecord
 from controlplane.domain.records import Vertex as VertexRecord
 from controlplane.domain.traversal import Op, build_traversal
-from graph_schema.vocabulary import Direction as VocabularyDirection
-from graph_schema.vocabulary import EdgeType as VocabularyEdgeType
-from graph_schema.vocabulary import Label
+from controlplane.domain.vocabulary import Direction as VocabularyDirection
+from controlplane.domain.vocabulary import EdgeType as VocabularyEdgeType
+from controlplane.domain.vocabulary import Label
 
 T = TypeVar("T")
 DEFAULT_PAGE = 100
@@ -83,13 +83,13 @@ class Actor:
         ctx = info.context
         wanted = wanted_fields(info, "edges", "node")
         rows, more = await ctx.page(
-            lambda a, n: ctx.control.children(root.id, after=a, limit=n), first=first, after=after, wanted=wanted
+            lambda a, n: ctx.control.queries.children(root.id, after=a, limit=n), first=first, after=after, wanted=wanted
         )
         return cast(Connection[Allocation], connection(rows, more))
 
     @strawberry.field(description="Its history (transitions, supervision decisions, Terminated), oldest first, after `since`.")
     async def events(self, root: Parent[Any], info: Info, first: int = DEFAULT_PAGE, since: float | None = None) -> list[Event]:
-        return cast(list[Event], await info.context.call(info.context.control.events, root.id, since=since, limit=first))
+        return cast(list[Event], await info.context.call(info.context.control.queries.events, root.id, since=since, limit=first))
 
     @strawberry.field(description="How it supervises the children it creates (SupervisionPolicy, snake_case keys); null: the default policy.")
     def supervision(self, root: Parent[Any]) -> JSON | None:
@@ -114,11 +114,11 @@ class Node(Actor):
 
     @strawberry.field
     async def gpus(self, root: Parent[NodeRecord], info: Info) -> list[Gpu]:
-        return cast(list[Gpu], await info.context.call(info.context.control.gpus, root.id))
+        return cast(list[Gpu], await info.context.call(info.context.control.queries.gpus, root.id))
 
     @strawberry.field(description="Nodes this one is connected to, nearest first.")
     async def neighbors(self, root: Parent[NodeRecord], info: Info) -> list[Neighbor]:
-        return cast(list[Neighbor], await info.context.call(info.context.control.neighbors, root.id))
+        return cast(list[Neighbor], await info.context.call(info.context.control.queries.neighbors, root.id))
 
     @strawberry.field(description="Allocations placed on this node (RUNS_ON), ordered by id.")
     async def allocations(
@@ -134,7 +134,7 @@ class Node(Actor):
         status = state.value if state else None
         ctx.seen(root)
         rows, more = await ctx.page(
-            lambda a, n: ctx.control.allocations(after=a, limit=n, state=status, node_id=root.id),
+            lambda a, n: ctx.control.queries.allocations(after=a, limit=n, state=status, node_id=root.id),
             first=first,
             after=after,
             wanted=wanted,
@@ -189,14 +189,14 @@ class Allocation(Actor):
             raise InvalidInput(f"must be between 1 and {ctx.max_descendants}", field="first")
         ctx.seen(root)
         rows = await ctx.allocations(
-            lambda: ctx.control.descendants(root.id, max_depth=max_depth, limit=limit, fields=wanted_properties(info)),
+            lambda: ctx.control.queries.descendants(root.id, max_depth=max_depth, limit=limit, fields=wanted_properties(info)),
             wanted_fields(info),
         )
         return cast(list[Allocation], rows)
 
     @strawberry.field(description="Parent first, up to and including the root Node.")
     async def ancestors(self, root: Parent[AllocationRecord], info: Info) -> list[Actor]:
-        vertices = await info.context.call(info.context.control.ancestors, root.id)
+        vertices = await info.context.call(info.context.control.queries.ancestors, root.id)
         return cast(list[Actor], [info.context.seen(actor_from_vertex(v)) for v in vertices])
 
     # --- supervision ----------------------------------------------------------------------
@@ -252,7 +252,7 @@ class Allocation(Actor):
             start_id=root.id, edge_types=[VocabularyEdgeType.WATCHES.value], direction=VocabularyDirection.OUT.value,
             target_label=Label.ALLOCATION.value, limit=MAX_WATCHING,
         )
-        vertices = await info.context.call(info.context.control.traverse, spec)
+        vertices = await info.context.call(info.context.control.queries.traverse, spec)
         return cast(list[Allocation], [info.context.seen(actor_from_vertex(v)) for v in vertices])
 
 

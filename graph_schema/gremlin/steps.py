@@ -25,7 +25,7 @@ from gremlin_python.process.graph_traversal import GraphTraversal, GraphTraversa
 from gremlin_python.process.traversal import Operator, T
 
 from graph_schema.gremlin.remote import value
-from graph_schema.vocabulary import EdgeType, Label
+from controlplane.domain.vocabulary import EdgeType, Label
 
 A = Label.ALLOCATION.value
 N = Label.NODE.value

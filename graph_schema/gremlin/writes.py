@@ -19,7 +19,7 @@ from gremlin_python.process.graph_traversal import GraphTraversal, GraphTraversa
 from gremlin_python.process.traversal import Operator, P, Pick
 
 from graph_schema.gremlin.remote import value
-from graph_schema.vocabulary import EdgeType, Label
+from controlplane.domain.vocabulary import EdgeType, Label
 from graph_schema.gremlin.steps import (
     A, ACTORS, CLAIMS, EV, G, GPU_OWNER, N, NEIGHBOR_OF, PARENT_OF, RUNS_ON,
     add, event_here, new_vertex, set_props, subtract, vertex_map,
@@ -60,12 +60,6 @@ def heartbeat(g: GraphTraversalSource, *, node_id: str, now: float) -> GraphTrav
         .side_effect(__.not_(__.has("heartbeat_at", P.gt(now))).property("heartbeat_at", now))
         .values("status")
     )
-
-
-def set_node_status(g: GraphTraversalSource, *, node_id: str, expected: Sequence[str], status: str, now: float) -> GraphTraversal:
-    t = g.V(node_id).has_label(N).has("status", P.within(list(expected)))
-    t = add(t.property("status", status), "version", 1).property("status_changed_at", now)
-    return t.element_map()
 
 
 def connect_neighbors(g: GraphTraversalSource, *, a: str, b: str, rtt_ms: float, bandwidth: float) -> GraphTraversal:

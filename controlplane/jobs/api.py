@@ -15,7 +15,8 @@ from strawberry.scalars import JSON
 
 from controlplane.api.context import Info
 from controlplane.api.types import Allocation, Node, maybe_await
-from controlplane.domain.records import JobRecord, TaskRecord, TaskRun as TaskRunRecord
+from controlplane.jobs.model import JobRecord, TaskRecord
+from controlplane.jobs.model import TaskRun as TaskRunRecord
 
 
 @strawberry.type(description="One allocation that executes a task: which incarnation, where, how it stands.")

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.engines import open_engine
 from controlplane.domain.lifecycle import State
@@ -26,11 +27,16 @@ from workers.app import configure
 from workers.dispatch import CeleryDispatcher
 
 
+def _uri(store: Any) -> str:
+    """Where a worker process finds the engine: Neo4j's bolt URI, or the Gremlin Server's."""
+    return str(store.uri if hasattr(store, "uri") else store.remote.url)
+
+
 def run(engine: str, total: int, batch: int, agents: int, concurrency: int) -> None:
     with open_engine(engine) as (store, graph_server), tempfile.TemporaryDirectory() as tmp:
         store.clear()
         broker = graph_server or FalkorDBServer(FalkorDBServerConfig(data_dir=Path(tmp) / "redis")).start()
-        uri = broker.url if engine == "falkordb" else (store.uri if hasattr(store, "uri") else store._remote.url)  # noqa: SLF001
+        uri = broker.url if engine == "falkordb" else _uri(store)
         env = {**os.environ, "GRAPH_BACKEND": engine, "GRAPH_URI": uri, "GRAPH_NAME": "bench",
                "REDIS_URL": broker.redis_url(1), "DATA_DIR": tmp}
         procs = [

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 import httpx
 
@@ -85,10 +86,10 @@ def run(engine: str, requests: int) -> None:
         )
 
 
-def _uri(store, server) -> str:  # type: ignore[no-untyped-def]
+def _uri(store: Any, server: Any) -> str:
     if server is not None:
-        return server.url
-    return store.uri if hasattr(store, "uri") else store._remote.url  # noqa: SLF001 - Neo4j, Gremlin
+        return str(server.url)
+    return str(store.uri if hasattr(store, "uri") else store.remote.url)  # Neo4j, Gremlin
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from controlplane.domain.placement import Demand
 from controlplane.domain.resources import Resources
@@ -21,7 +22,7 @@ from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 from tests.stack import Stack, wait_for
 
 
-def dag(depth: int, width: int) -> dict:
+def dag(depth: int, width: int) -> dict[str, Any]:
     tasks = []
     for level in range(depth):
         for i in range(width):
@@ -98,7 +99,7 @@ def placement_run(nodes: int, samples: int) -> None:
             times = []
             for k in range(samples):
                 t = time.perf_counter()
-                cp._place([demand], f"n{(k * 101) % nodes:05d}", field="spec")  # noqa: SLF001 - the decision alone
+                cp.allocations.placer.place([demand], f"n{(k * 101) % nodes:05d}", field="spec")  # the decision alone
                 times.append(time.perf_counter() - t)
             print(f"  {name:24s} p50 {statistics.median(times) * 1000:.1f} ms, p99 {statistics.quantiles(times, n=100)[98] * 1000:.1f} ms")
 

@@ -20,8 +20,7 @@ from tests.stack import Stack, wait_for
 
 
 def count(stack: Stack, state: str, node: str) -> int:
-    return int(stack.store._read(  # noqa: SLF001 - a benchmark probe
-        "MATCH (a:Allocation) WHERE a.state = $s AND a.node_id = $n RETURN count(a)", {"s": state, "n": node})[0][0])
+    return len(stack.store.list_allocations(after=None, limit=100_000, state=state, node_id=node))
 
 
 def one_round(stack: Stack, n: int, victim: str, survivor: str) -> tuple[float, float]:

@@ -94,7 +94,7 @@ def run_api(settings: Settings) -> None:
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
 
 
-DEMO_NODES = (
+DEMO_NODES: tuple[tuple[str, int, int, list[str], list[str]], ...] = (
     # name, cores, memory MiB, GPUs, labels
     ("edge-eu-1", 4, 8192, ["A100", "A100"], ["zone=eu"]),
     ("edge-eu-2", 4, 8192, [], ["zone=eu"]),

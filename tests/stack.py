@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from controlplane.ports.store import GraphStore
 from controlplane.wiring import assemble
 from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer
-from controlplane.ports.store import GraphStore
 from workers.app import configure
 from workers.dispatch import CeleryDispatcher
 

@@ -7,24 +7,20 @@ with their code and field, HTTP statuses, and the graph behind them.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
-
-with warnings.catch_warnings():  # starlette suggests httpx2; the httpx TestClient works the same
-    warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
-    from fastapi.testclient import TestClient
 
 from controlplane.api import create_app
 from controlplane.api import types as api_types
 from controlplane.domain.lifecycle import State
 from controlplane.domain.traversal import Op
+from controlplane.domain.vocabulary import Direction, EdgeType
+from controlplane.ports.store import GraphStore
 from controlplane.services import ControlPlane
 from controlplane.wiring import assemble
-from controlplane.ports.store import GraphStore
-from controlplane.domain.vocabulary import Direction, EdgeType
+from tests.http import TestClient
 
 EVIL = "x'}) MATCH (n) DETACH DELETE n // \" RETURN 1"
 
@@ -84,11 +80,11 @@ def job(name: str = "job", cpu: int = 100, memory: int = 64, gpus: int = 0, **kw
 
 
 def register(client: TestClient, **kw: Any) -> dict[str, Any]:
-    return data(client, REGISTER, input=node_input(**kw))["registerNode"]
+    return cast(dict[str, Any], data(client, REGISTER, input=node_input(**kw))["registerNode"])
 
 
 def spawn(client: TestClient, parent: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
-    return data(client, SPAWN, parent=parent, spec=spec or job())["spawnAllocation"]
+    return cast(dict[str, Any], data(client, SPAWN, parent=parent, spec=spec or job())["spawnAllocation"])
 
 
 def spawn_many(client: TestClient, parent: str, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -16,16 +16,16 @@ import pytest
 
 from controlplane.api import create_app
 from controlplane.api.live import DOORBELL_POLL_S, PAGE, EventCursor
+from controlplane.domain.lifecycle import CLAIM, RUN
 from controlplane.domain.records import Event
 from controlplane.eventbus import RedisNotifier
-from controlplane.domain.lifecycle import CLAIM, RUN
-from controlplane.ports.store import Change
+from controlplane.ports.store import Change, GraphStore
 from controlplane.services import ControlPlane
 from controlplane.wiring import assemble
-from workers.agent import AgentReports
 from graph_schema.falkordb_server import FalkorDBServer
-from controlplane.ports.store import GraphStore
-from tests.test_api import SPAWN, TestClient, data, error, job, post, register, spawn
+from tests.http import TestClient
+from tests.test_api import SPAWN, data, error, job, post, register, spawn
+from workers.agent import AgentReports
 
 SPAWN_POLICY = """mutation($parent: ID!, $spec: AllocationSpecInput!) {
   spawnAllocation(parent: $parent, spec: $spec) { id supervision restartType childPolicy restarts orphan escalated
@@ -106,12 +106,12 @@ def subscriber(client: TestClient) -> Any:
 # --- supervision policies ------------------------------------------------------------------
 def test_a_policy_given_at_spawn_is_read_back_with_the_restart_type(client: TestClient) -> None:
     # Given a parent spawned with a supervision policy and a restart type, and one spawned with neither
-    policy = {"strategy": "one_for_all", "max_restarts": 5, "window_s": 30, "child_policy": "abandon",
+    policy: dict[str, Any] = {"strategy": "one_for_all", "max_restarts": 5, "window_s": 30, "child_policy": "abandon",
               "deciders": [{"on": "exit", "exit_codes": "3-5", "directive": "stop"}]}
     custom = data(client, SPAWN_POLICY, parent="n1", spec=job("custom", restart="permanent", supervision=policy))
     plain = data(client, SPAWN_POLICY, parent="n1", spec=job("plain"))
     # Then the client reads the policy back as JSON, the defaults filled in
-    got = custom["spawnAllocation"]
+    got: dict[str, Any] = custom["spawnAllocation"]
     assert {k: got["supervision"][k] for k in policy} == {**policy, "window_s": 30.0,
                                                         "deciders": [{**policy["deciders"][0], "error_contains": None}]}
     assert got["supervision"]["backoff"]["min_s"] == 0.5

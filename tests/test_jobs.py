@@ -6,14 +6,16 @@ test_demo_job.py runs a job end to end with real processes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from controlplane.domain.errors import InvalidInput, NotFound
 from controlplane.domain.lifecycle import State
+from controlplane.ports.store import GraphStore
 from controlplane.services import ControlPlane
 from controlplane.wiring import assemble
 from workers.agent import AgentReports
-from controlplane.ports.store import GraphStore
 
 
 @pytest.fixture
@@ -25,7 +27,7 @@ def cp(store: GraphStore) -> ControlPlane:
     return control
 
 
-def task(name: str, *needs: str, **kw: object) -> dict:
+def task(name: str, *needs: str, **kw: object) -> dict[str, Any]:
     return {"name": name, "argv": ["true"], "needs": list(needs), "resources": {"cpu_milli": 100, "memory_mib": 16}, **kw}
 
 
@@ -138,7 +140,7 @@ def test_the_replicas_executor_keeps_its_copies(cp: ControlPlane) -> None:
         ({"name": "e", "tasks": []}, "job.tasks", []),
     ],
 )
-def test_bad_jobs_are_refused_naming_the_tasks_and_nothing_is_written(cp: ControlPlane, store: GraphStore, job: dict, field: str, words: list[str]) -> None:
+def test_bad_jobs_are_refused_naming_the_tasks_and_nothing_is_written(cp: ControlPlane, store: GraphStore, job: dict[str, Any], field: str, words: list[str]) -> None:
     with pytest.raises(InvalidInput) as err:
         cp.jobs.submit(job, node="n1")
     assert err.value.field == field

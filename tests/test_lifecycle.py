@@ -107,9 +107,9 @@ class Recording:
 def test_what_the_services_and_agents_do_stays_in_the_table(store: GraphStore) -> None:
     # Given a control plane over the real engine, every transition observed
     rec = Recording(store)
-    cp: ControlPlane = build(rec, job_store(store))  # type: ignore[arg-type]
+    cp: ControlPlane = build(rec, job_store(store))
     cp.nodes.register({"name": "n1", "cpu_milli": 8000, "memory_mib": 8192})
-    agent = AgentReports(rec, node="n1")  # type: ignore[arg-type]
+    agent = AgentReports(rec, node="n1")
     spec = {"name": "w", "argv": ["true"], "resources": {"cpu_milli": 10, "memory_mib": 8}}
     # When allocations are started, run, exit both ways, fail to start, are stopped, recovered and their node lost
     ok, bad, never, stopped, running, orphaned = cp.allocations.spawn("n1", [spec] * 6)

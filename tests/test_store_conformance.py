@@ -24,11 +24,11 @@ def cp(store: GraphStore) -> ControlPlane:
     return assemble(store)
 
 
-def node(name: str = "n1", cpu: int = 4000, memory: int = 8192, gpus: int = 0, model: str = "A100", **labels: str) -> dict:
+def node(name: str = "n1", cpu: int = 4000, memory: int = 8192, gpus: int = 0, model: str = "A100", **labels: str) -> dict[str, Any]:
     return {"name": name, "cpu_milli": cpu, "memory_mib": memory, "labels": labels, "gpus": [{"model": model, "memory_mib": 40960}] * gpus}
 
 
-def job(name: str = "job", cpu: int = 1000, memory: int = 256, gpus: int = 0, **kw: object) -> dict:
+def job(name: str = "job", cpu: int = 1000, memory: int = 256, gpus: int = 0, **kw: object) -> dict[str, Any]:
     return {"name": name, "argv": ["true"], "resources": {"cpu_milli": cpu, "memory_mib": memory, "gpus": gpus}, **kw}
 
 
@@ -65,7 +65,7 @@ def test_reregistering_a_node_keeps_what_its_allocations_hold(cp: ControlPlane, 
         ({**node(), "labels": {"zone": "a b"}}, "node.labels"),
     ],
 )
-def test_bad_node_is_refused_naming_the_field(cp: ControlPlane, store: GraphStore, spec: dict, field: str) -> None:
+def test_bad_node_is_refused_naming_the_field(cp: ControlPlane, store: GraphStore, spec: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidInput) as err:
         cp.nodes.register(spec)
     assert err.value.field == field
@@ -141,7 +141,7 @@ def test_spawn_under_a_stopped_parent_is_a_conflict(cp: ControlPlane, store: Gra
         ({**job(), "name": ""}, "spec.name"),
     ],
 )
-def test_bad_spawn_input_is_refused_naming_the_field(cp: ControlPlane, store: GraphStore, spec: dict, field: str) -> None:
+def test_bad_spawn_input_is_refused_naming_the_field(cp: ControlPlane, store: GraphStore, spec: dict[str, Any], field: str) -> None:
     cp.nodes.register(node())
     with pytest.raises(InvalidInput) as err:
         cp.allocations.spawn("n1", [spec], field="spec")
@@ -312,7 +312,7 @@ def test_generic_traversal_with_direction_depth_and_filters(cp: ControlPlane) ->
         ({"edge_types": ["PARENT_OF"], "filters": [("state", "like", 1)]}, "where[0].op"),
     ],
 )
-def test_bad_traversals_are_refused(kwargs: dict, field: str) -> None:
+def test_bad_traversals_are_refused(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidInput) as err:
         build_traversal(start_id="x", **kwargs)
     assert err.value.field == field

@@ -7,18 +7,17 @@ moved through the lifecycle with the same guarded transitions a node agent uses.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from controlplane.domain.errors import Conflict, InvalidInput, NotFound
-from controlplane.domain.lifecycle import State
+from controlplane.domain.lifecycle import CLAIM, RUN, State
 from controlplane.domain.records import AllocationRecord
-from controlplane.domain.lifecycle import CLAIM, RUN
-from controlplane.ports.store import Change
+from controlplane.ports.store import Change, GraphStore
 from controlplane.services import ControlPlane
 from controlplane.wiring import assemble
 from workers.agent import AgentReports
-from controlplane.ports.store import GraphStore
 
 
 class Clock:
@@ -41,7 +40,7 @@ def cp(store: GraphStore, clock: Clock) -> Iterator[ControlPlane]:
     yield control
 
 
-def spec(name: str, **kw: object) -> dict:
+def spec(name: str, **kw: object) -> dict[str, Any]:
     return {"name": name, "argv": ["sleep", "1000"], "resources": {"cpu_milli": 100, "memory_mib": 16}, **kw}
 
 
@@ -127,7 +126,7 @@ def test_past_the_intensity_the_parent_fails_and_its_parent_decides(cp: ControlP
 
 def test_a_child_that_always_crashes_escalates_to_the_node_and_stops(cp: ControlPlane, clock: Clock) -> None:
     [kid] = cp.allocations.spawn("n1", [spec("crashloop")])
-    for attempt in range(10):
+    for _ in range(10):
         run(cp, cp.queries.allocation(kid.id))
         crash(cp, cp.queries.allocation(kid.id))
         clock.now += 0.5
@@ -274,7 +273,7 @@ def test_a_node_pin_holds_the_allocation_waits_for_its_node(cp: ControlPlane, cl
         ({"deciders": [{"on": "exit", "directive": "panic"}]}, "spec.supervision.deciders[0].directive"),
     ],
 )
-def test_bad_policies_are_refused_and_nothing_is_written(cp: ControlPlane, store: GraphStore, supervision: dict, field: str) -> None:
+def test_bad_policies_are_refused_and_nothing_is_written(cp: ControlPlane, store: GraphStore, supervision: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidInput) as err:
         cp.allocations.spawn("n1", [spec("x", supervision=supervision)], field="spec")
     assert err.value.field == field

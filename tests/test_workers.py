@@ -12,8 +12,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -23,6 +25,7 @@ from controlplane.services import ControlPlane
 from controlplane.wiring import assemble
 from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer
+from tests.stack import wait_for
 from workers.app import configure
 from workers.dispatch import CeleryDispatcher
 
@@ -42,16 +45,6 @@ def start_worker(server: FalkorDBServer, data_dir: Path, node: str) -> subproces
     return subprocess.Popen([sys.executable, "-m", "controlplane", "worker", "--node", node, "--concurrency", "8"], env=env)
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def stack(falkordb_server: FalkorDBServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, subprocess.Popen[bytes]]]:
     store = FalkorDBStore(falkordb_server.url, graph=GRAPH)
@@ -68,13 +61,13 @@ def stack(falkordb_server: FalkorDBServer, tmp_path_factory: pytest.TempPathFact
 
 
 def settle(control: ControlPlane, allocation_id: str, timeout: float = 20.0) -> AllocationRecord:
-    return wait_for(  # type: ignore[return-value]
+    return cast(AllocationRecord, wait_for(
         lambda: (a := control.queries.allocation(allocation_id)).state in TERMINAL and a,
         timeout, f"{allocation_id} to finish",
-    )
+    ))
 
 
-def spec(argv: list[str], **kw: object) -> dict:
+def spec(argv: list[str], **kw: object) -> dict[str, Any]:
     return {"name": kw.pop("name", argv[0]), "argv": argv, "resources": {"cpu_milli": 10, "memory_mib": 8}, **kw}
 
 
@@ -120,7 +113,7 @@ def test_stop_sends_sigterm_then_sigkill_after_the_grace_period(stack: tuple[Con
         ],
     )
     for a in (polite, stubborn):
-        wait_for(lambda a=a: control.queries.allocation(a.id).state is State.RUNNING, what=f"{a.name} running")
+        wait_for(partial(lambda i: control.queries.allocation(i).state is State.RUNNING, a.id), what=f"{a.name} running")
     time.sleep(0.3)  # let the shell install its trap
     started = time.monotonic()
     control.allocations.stop(polite.id)
@@ -153,8 +146,8 @@ def test_killing_the_agent_kills_its_processes(falkordb_server: FalkorDBServer, 
     try:
         wait_for(lambda: store.get_node(node_id="doomed"), what="doomed to register")
         [a] = control.allocations.spawn("doomed", [spec(["sleep", "120"], node="doomed")])
-        running = wait_for(lambda: (r := control.queries.allocation(a.id)).state is State.RUNNING and r, what="running")
-        pid = running.pid  # type: ignore[union-attr]
+        started = wait_for(lambda: (r := control.queries.allocation(a.id)).state is State.RUNNING and r, what="running")
+        pid = started.pid
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         def gone() -> bool:

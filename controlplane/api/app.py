@@ -60,7 +60,7 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        results = dict(zip(checks, await asyncio.gather(*(_run_check(c) for c in checks.values()))))
+        results = dict(zip(checks, await asyncio.gather(*(_run_check(c) for c in checks.values())), strict=True))
         healthy = all(r == "ok" for r in results.values())
         return JSONResponse(
             {"status": "ok" if healthy else "failing", "checks": results}, status_code=200 if healthy else 503

@@ -103,7 +103,7 @@ class ApiContext(BaseContext):
             found = fetch(after, min(first + 1, MAX_PAGE))
             more = len(found) > first
             if not more and len(found) == first == MAX_PAGE:  # a full maximal page: look one row further
-                more = bool(fetch(getattr(found[-1], "id"), 1))
+                more = bool(fetch(cast(Any, found[-1]).id, 1))
             if wanted is not None:
                 self._prefetch(cast(list[AllocationRecord], found[:first]), wanted)
             return found[:first]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, cast
 
 import strawberry
 from fastapi import APIRouter, Request
@@ -51,7 +51,7 @@ class RawResult:
 
     @strawberry.field(description="One list of values per row, in the order of `columns`; vertices and edges as objects.")
     def rows(self, root: Parent[RawResultRecord]) -> JSON:
-        return as_json(root.rows)
+        return cast(JSON, as_json(root.rows))
 
 
 def as_json(value: Any) -> Any:

@@ -28,7 +28,6 @@ from controlplane.api.context import Info, wanted_fields
 from controlplane.api.errors import ControlPlaneSchema, ErrorMapping, SafeParserCache, json_argument
 from controlplane.api.execution import InlineLeafExecutionContext
 from controlplane.api.inputs import AllocationSpecInput, Filter, NodeInput, to_spec
-from controlplane.jobs.api import Job
 from controlplane.api.limits import PAGED, QueryCost
 from controlplane.api.live import follow_events
 from controlplane.api.metrics import ApiMetrics, OperationMetrics
@@ -45,9 +44,10 @@ from controlplane.api.types import (
     Vertex,
     connection,
 )
-from controlplane.jobs.spec import job_json_schema
 from controlplane.domain.specs import NodeSpec, parse
 from controlplane.domain.traversal import MAX_TRAVERSAL_ROWS, build_traversal
+from controlplane.jobs.api import Job
+from controlplane.jobs.spec import job_json_schema
 
 MAX_ALIASES = 50
 MAX_TOKENS = 10_000
@@ -147,7 +147,7 @@ class Query:
 
     @strawberry.field(description="The JSON Schema of the job spec that `submitJob` takes.")
     def job_schema(self) -> JSON:
-        return job_json_schema()
+        return cast(JSON, job_json_schema())
 
     @strawberry.field(
         description="A read-only query in the engine's own language (Cypher on FalkorDB and Neo4j, Gremlin on "

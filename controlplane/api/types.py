@@ -13,7 +13,7 @@ import asyncio
 import inspect
 import json
 from enum import Enum
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import strawberry
 from strawberry import Parent
@@ -22,7 +22,8 @@ from strawberry.scalars import JSON
 from controlplane.api.context import Info, wanted_fields, wanted_properties
 from controlplane.domain.errors import InvalidInput
 from controlplane.domain.lifecycle import State
-from controlplane.domain.records import AllocationRecord, Event as EventRecord, GpuRecord, NeighborRecord, NodeRecord
+from controlplane.domain.records import AllocationRecord, GpuRecord, NeighborRecord, NodeRecord
+from controlplane.domain.records import Event as EventRecord
 from controlplane.domain.records import Vertex as VertexRecord
 from controlplane.domain.traversal import Op, build_traversal
 from controlplane.domain.vocabulary import Direction as VocabularyDirection
@@ -37,10 +38,14 @@ MAX_WATCHING = 1_000
 
 # --- enums: built from the domain's, so the two cannot drift ------------------------------
 def _mirror(domain: type[Enum], name: str, description: str) -> Any:
-    return strawberry.enum(Enum(name, {m.name: m.value for m in domain}), description=description)  # type: ignore[misc]
+    mirrored: type[Enum] = Enum(name, {m.name: m.value for m in domain})  # type: ignore[misc]  # a functional Enum
+    return strawberry.enum(mirrored, description=description)
 
 
-AllocationState = _mirror(State, "AllocationState", "Lifecycle state of an allocation.")
+if TYPE_CHECKING:  # to the type checker, the mirrors are the domain's enums
+    AllocationState = State
+else:
+    AllocationState = _mirror(State, "AllocationState", "Lifecycle state of an allocation.")
 EdgeType = _mirror(VocabularyEdgeType, "EdgeType", "Edge types a traversal may follow.")
 Direction = _mirror(VocabularyDirection, "Direction", "Which way a traversal follows edges.")
 FilterOp = _mirror(Op, "FilterOp", "How a traversal filter compares a property with its value.")

@@ -25,7 +25,7 @@ class NodeRecord:
 
     @classmethod
     def from_props(cls, p: dict[str, Any]) -> NodeRecord:
-        known = set(cls.__slots__)  # type: ignore[attr-defined]
+        known = set(cls.__slots__)
         return cls(
             id=p["id"],
             name=p.get("name", p["id"]),
@@ -137,7 +137,7 @@ class AllocationRecord:
         )
 
 
-_ALLOCATION_FIELDS = frozenset(AllocationRecord.__slots__)  # type: ignore[attr-defined]
+_ALLOCATION_FIELDS = frozenset(AllocationRecord.__slots__)
 _STATES = {s.value: s for s in State}
 
 

@@ -74,7 +74,7 @@ class Job:
 
     @strawberry.field(description="The spec as accepted, with the control plane's defaults filled in (snake_case keys).")
     def spec(self, root: Parent[JobRecord]) -> JSON:
-        return json.loads(root.spec_json)
+        return cast(JSON, json.loads(root.spec_json))
 
     @strawberry.field(description="The node it was submitted from: the parent of its root.")
     def submitted_by(self, root: Parent[JobRecord], info: Info) -> Node:

@@ -18,7 +18,7 @@ from controlplane.domain.vocabulary import EdgeType, Label
 from controlplane.jobs.model import JobRecord, JobState, TaskRecord, TaskState
 from controlplane.jobs.ports import NewTask
 from graph_schema.gremlin.remote import Remote, props_of
-from graph_schema.gremlin.steps import A, G, GPU_OWNER, N, having, set_props, vertex_map
+from graph_schema.gremlin.steps import GPU_OWNER, A, G, N, having, set_props, vertex_map
 
 JOB = Label.JOB.value
 TASK = Label.TASK.value

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from controlplane.domain.clock import wall_clock
 from controlplane.domain.errors import Conflict, InvalidInput, NotFound
 from controlplane.domain.lifecycle import State
-from controlplane.domain.records import AllocationRecord
+from controlplane.domain.records import AllocationRecord, NodeRecord
 from controlplane.jobs.model import JOB_ACTIVE, JOB_FINISHED, JOB_OUTCOME_OF_ROOT, JobRecord, JobState, TaskRecord
 from controlplane.jobs.ports import JobStore, NewTask
 from controlplane.jobs.spec import JobSpec, TaskRow, flatten, parse_job
@@ -81,7 +81,7 @@ class JobService:
         return ready[0].id
 
     def _check_feasible(self, rows: list[TaskRow]) -> None:
-        nodes = []
+        nodes: list[NodeRecord] = []
         after = None
         while True:
             page = self.store.list_nodes(after=after, limit=1000)

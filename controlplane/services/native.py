@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol
 
@@ -142,7 +142,7 @@ class NativeRunner:
                 continue
             executor = self._executor(a)
             if executor is not None:
-                self._call(a, lambda e=executor, ctx=Context(self, a): e.on_start(ctx))
+                self._call(a, partial(executor.on_start, Context(self, a)))
 
     def on_ended(self, records: Sequence[AllocationRecord]) -> None:
         """After supervision: native parents learn which children ended."""
@@ -156,13 +156,13 @@ class NativeRunner:
                 continue
             executor = self._executor(parent)
             if executor is not None:
-                self._call(parent, lambda e=executor, p=parent, c=children: e.on_children_ended(Context(self, p), c))
+                self._call(parent, partial(executor.on_children_ended, Context(self, parent), children))
 
     def notify(self, allocation: AllocationRecord, children: Sequence[AllocationRecord]) -> None:
         """Tell a running native allocation that allocations it orchestrates (not only its children) ended."""
         executor = self._executor(allocation)
         if executor is not None:
-            self._call(allocation, lambda: executor.on_children_ended(Context(self, allocation), children))
+            self._call(allocation, partial(executor.on_children_ended, Context(self, allocation), children))
 
     def on_watched(self, watchers: dict[str, list[str]], targets: Sequence[AllocationRecord]) -> None:
         ids = sorted({w for ws in watchers.values() for w in ws})
@@ -175,7 +175,7 @@ class NativeRunner:
                 a = natives.get(w)
                 executor = self._executor(a) if a else None
                 if a is not None and executor is not None:
-                    self._call(a, lambda e=executor, a=a, t=target: e.on_terminated(Context(self, a), t))
+                    self._call(a, partial(executor.on_terminated, Context(self, a), target))
 
     def end(self, a: AllocationRecord, move: Move, reason: str, *, exit_code: int) -> bool:
         [r] = self.store.transition_many(

@@ -91,8 +91,8 @@ class RepairService:
         due = self.store.due_restarts(before=now, limit=limit)
         records = {a.id: a for a in self.store.get_allocations(allocation_ids=[child for _, child, _ in due])}
         for parent_id, child_id, inc in due:
-            a = records.get(child_id)
-            level = int(a.extra.get("backoff_level") or 0) + 1 if a else 1
+            record = records.get(child_id)
+            level = int(record.extra.get("backoff_level") or 0) + 1 if record else 1
             grouped.setdefault(parent_id, []).append((child_id, inc, level))
         for parent_id, items in grouped.items():
             self.supervisor.restart(parent_id, items, "reconciler: restart was due")

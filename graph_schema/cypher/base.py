@@ -53,7 +53,7 @@ def _capacity(r: Row) -> NodeCapacity:
         labels=tuple(r[2] or ()),
         cpu_free=int(r[3]),
         memory_free=int(r[4]),
-        free_gpus=tuple(sorted((FreeGpu(i, m) for i, m in zip(r[5], r[6])), key=lambda g: g.id)),
+        free_gpus=tuple(sorted((FreeGpu(i, m) for i, m in zip(r[5], r[6], strict=True)), key=lambda g: g.id)),
     )
 
 

@@ -15,7 +15,7 @@ from gremlin_python.process.traversal import Order, P
 from controlplane.domain.lifecycle import LIVE
 from controlplane.domain.resources import FreeGpu, NodeCapacity
 from graph_schema.gremlin.remote import value
-from graph_schema.gremlin.steps import A, G, GPU_OWNER, N, having
+from graph_schema.gremlin.steps import GPU_OWNER, A, G, N, having
 
 if TYPE_CHECKING:
     from graph_schema.gremlin.remote import Remote

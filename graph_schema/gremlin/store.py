@@ -47,15 +47,15 @@ from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, HOLDS_RESOURCES, LIV
 from controlplane.domain.records import AllocationRecord, GpuRecord, NeighborRecord, NodeRecord, TransitionResult, Vertex
 from controlplane.domain.specs import NodeSpec
 from controlplane.domain.traversal import TraversalSpec
+from controlplane.domain.vocabulary import ALLOCATION_CORE, ALLOCATION_PROPERTIES
+from controlplane.ports.store import Change, CreateRefused, NewAllocation, node_demands
 from graph_schema.gremlin import writes
-from graph_schema.gremlin.remote import Remote, props_of, split_element
-from graph_schema.gremlin.semantic import compile_traversal
-from graph_schema.gremlin.steps import A, ACTORS, G, GPU_OWNER, N, NEIGHBOR_OF, PARENT_OF, RUNS_ON
 from graph_schema.gremlin.placement import PlacementMixin
 from graph_schema.gremlin.raw import RawQueryMixin
+from graph_schema.gremlin.remote import Remote, props_of, split_element
+from graph_schema.gremlin.semantic import compile_traversal
+from graph_schema.gremlin.steps import ACTORS, GPU_OWNER, NEIGHBOR_OF, PARENT_OF, RUNS_ON, A, G, N
 from graph_schema.gremlin.supervision import SupervisionMixin
-from controlplane.ports.store import Change, CreateRefused, NewAllocation, node_demands
-from controlplane.domain.vocabulary import ALLOCATION_CORE, ALLOCATION_PROPERTIES
 
 _HOLDING = sorted(s.value for s in HOLDS_RESOURCES)
 _ACCEPTS = sorted(s.value for s in ACCEPTS_CHILDREN)

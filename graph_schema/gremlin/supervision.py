@@ -17,12 +17,27 @@ from gremlin_python.process.traversal import Operator, P, Scope
 
 from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, LIVE, NODE_LOST, RESTARTABLE, State
 from controlplane.domain.records import AllocationRecord, Event
+from controlplane.ports.store import CreateRefused, RestartItem, ToStop, node_demands
 from graph_schema.gremlin.remote import props_of, value
 from graph_schema.gremlin.steps import (
-    A, ACTORS, CLAIMS, EV, G, GPU_OWNER, N, PARENT_OF, RUNS_ON, WATCHES, add, event_here, having, new_vertex, set_props, subtract,
+    ACTORS,
+    CLAIMS,
+    EV,
+    GPU_OWNER,
+    PARENT_OF,
+    RUNS_ON,
+    WATCHES,
+    A,
+    G,
+    N,
+    add,
+    event_here,
+    having,
+    new_vertex,
+    set_props,
+    subtract,
 )
 from graph_schema.gremlin.writes import fits
-from controlplane.ports.store import CreateRefused, RestartItem, ToStop, node_demands
 
 if TYPE_CHECKING:
     from graph_schema.gremlin.remote import Remote

@@ -18,11 +18,25 @@ from typing import Any
 from gremlin_python.process.graph_traversal import GraphTraversal, GraphTraversalSource, __
 from gremlin_python.process.traversal import Operator, P, Pick
 
-from graph_schema.gremlin.remote import value
 from controlplane.domain.vocabulary import EdgeType, Label
+from graph_schema.gremlin.remote import value
 from graph_schema.gremlin.steps import (
-    A, ACTORS, CLAIMS, EV, G, GPU_OWNER, N, NEIGHBOR_OF, PARENT_OF, RUNS_ON,
-    add, event_here, new_vertex, set_props, subtract, vertex_map,
+    ACTORS,
+    CLAIMS,
+    EV,
+    GPU_OWNER,
+    NEIGHBOR_OF,
+    PARENT_OF,
+    RUNS_ON,
+    A,
+    G,
+    N,
+    add,
+    event_here,
+    new_vertex,
+    set_props,
+    subtract,
+    vertex_map,
 )
 
 JOB = Label.JOB.value
@@ -106,7 +120,7 @@ def create_allocations(
     # The batch travels as data (one list of property maps per node, created by mergeV), so
     # the traversal has as many steps for 10,000 allocations as for one.
     by_node: dict[str, tuple[list[dict[Any, Any]], list[dict[Any, Any]]]] = {}
-    for props, ev in zip(allocs, events):
+    for props, ev in zip(allocs, events, strict=True):
         group = by_node.setdefault(props["node_id"], ([], []))
         group[0].append(vertex_map(A, props))
         group[1].append(vertex_map(EV, ev))

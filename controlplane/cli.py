@@ -87,7 +87,7 @@ def up(
 
 @app.command()
 def api(
-    host: Annotated[str, typer.Option(help="Listen address [env API_HOST]")] = None,  # type: ignore[assignment]
+    host: Annotated[Optional[str], typer.Option(help="Listen address [env API_HOST]")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port [env API_PORT]")] = None,
     data_dir: DataDir = None,
 ) -> None:

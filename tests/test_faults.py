@@ -13,11 +13,12 @@ import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from controlplane.domain.lifecycle import State
+from controlplane.domain.records import AllocationRecord
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 from tests.stack import Stack, wait_for
 
@@ -42,11 +43,17 @@ def spec(name: str, argv: list[str], **kw: object) -> dict[str, Any]:
     return {"name": name, "argv": argv, "resources": {"cpu_milli": 10, "memory_mib": 8}, "grace_period_s": 1.0, **kw}
 
 
-def running(stack: Stack, allocation_id: str, incarnation: int = 1, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    return wait_for(
+def running(stack: Stack, allocation_id: str, incarnation: int = 1, timeout: float = 20.0) -> AllocationRecord:
+    return cast(AllocationRecord, wait_for(
         lambda: (a := stack.control.queries.allocation(allocation_id)).state is State.RUNNING and a.incarnation >= incarnation and a,
         timeout, f"{allocation_id} running (incarnation >= {incarnation})",
-    )
+    ))
+
+
+def pid_of(stack: Stack, allocation_id: str) -> int:
+    pid = stack.control.queries.allocation(allocation_id).pid
+    assert pid is not None, f"{allocation_id} has no process"
+    return pid
 
 
 def test_killing_an_allocation_process_restarts_it_with_backoff_then_escalates(stack: Stack) -> None:
@@ -57,7 +64,7 @@ def test_killing_an_allocation_process_restarts_it_with_backoff_then_escalates(s
     pids = []
     for inc in (1, 2, 3):
         a = running(stack, kid.id, inc)
-        assert a.incarnation == inc
+        assert a.incarnation == inc and a.pid is not None
         pids.append(a.pid)
         os.kill(a.pid, signal.SIGKILL)
         if inc < 3:
@@ -95,7 +102,7 @@ def test_group_strategies_restart_exactly_their_set_in_order(stack: Stack, strat
     kids = stack.control.allocations.spawn(parent.id, [spec(f"k{i}", ["sleep", "600"], node="alpha") for i in range(4)])
     for k in kids:
         running(stack, k.id)
-    os.kill(stack.control.queries.allocation(kids[1].id).pid, signal.SIGKILL)  # type: ignore[arg-type]
+    os.kill(pid_of(stack, kids[1].id), signal.SIGKILL)
     for k, inc in zip(kids, expected, strict=True):
         running(stack, k.id, inc)
     time.sleep(0.5)
@@ -151,6 +158,7 @@ def test_a_node_that_comes_back_stops_what_was_replaced_meanwhile(stack: Stack) 
     a = stack.control.allocations.spawn("alpha", [spec("movable", ["sleep", "600"], node_labels={"pool": "partition"})])[0]
     first = running(stack, a.id)
     assert first.node_id == "epsilon"
+    old_pid = pid_of(stack, a.id)
     stack.agent("eta", pool="partition")
     agent = stack.procs["epsilon"]
     agent.send_signal(signal.SIGSTOP)
@@ -159,17 +167,18 @@ def test_a_node_that_comes_back_stops_what_was_replaced_meanwhile(stack: Stack) 
         wait_for(lambda: stack.control.queries.node("epsilon").status == "lost", 15, "epsilon lost")
         moved = running(stack, a.id, 2)
         assert moved.node_id == "eta"
-        os.kill(first.pid, 0)  # the old process still runs on the partitioned node
+        os.kill(old_pid, 0)  # the old process still runs on the partitioned node
     finally:
         agent.send_signal(signal.SIGCONT)
     # Then, back, the node re-registers and kills its replaced copy; the new one keeps running
     wait_for(lambda: stack.control.queries.node("epsilon").status == "ready", 15, "epsilon back")
     def gone() -> bool:
         try:
-            os.kill(first.pid, 0)
+            os.kill(old_pid, 0)
         except ProcessLookupError:
             return True
-        return "zombie" in Path(f"/proc/{first.pid}/status").read_text() if Path(f"/proc/{first.pid}/status").exists() else True
+        status = Path(f"/proc/{old_pid}/status")
+        return "zombie" in status.read_text() if status.exists() else True
     wait_for(gone, 15, "the replaced process to be stopped")
     assert stack.control.queries.allocation(a.id).state is State.RUNNING and stack.control.queries.allocation(a.id).incarnation == 2
     stack.control.allocations.stop(a.id)

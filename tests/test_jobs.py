@@ -89,7 +89,7 @@ def test_a_failed_task_fails_the_job_and_stops_the_rest(cp: ControlPlane) -> Non
     finish(cp, job.id, code=3, only={"a"})
     j = cp.jobs.job(job.id)
     assert j.state == "failed" and "a" in (j.error or "")
-    assert cp.queries.allocation(j.root_id).state is State.FAILED  # type: ignore[arg-type]
+    assert j.root_id is not None and cp.queries.allocation(j.root_id).state is State.FAILED
     b = cp.jobs.tasks(job.id)[1].runs[0]
     assert cp.queries.allocation(b.allocation_id).state is State.STOPPED  # the root's end cascaded
     assert cp.jobs.tasks(job.id)[2].runs == ()  # c never started
@@ -108,7 +108,8 @@ def test_cancel_stops_the_whole_hierarchy(cp: ControlPlane) -> None:
     job = cp.jobs.submit({"name": "long", "tasks": [{**task("svc"), "argv": ["sleep", "1000"]}]}, node="n1")
     cancelled = cp.jobs.cancel(job.id)
     assert cancelled.state == "cancelled"
-    root = cp.queries.allocation(cancelled.root_id)  # type: ignore[arg-type]
+    assert cancelled.root_id is not None
+    root = cp.queries.allocation(cancelled.root_id)
     assert root.state is State.STOPPED
     assert all(cp.queries.allocation(r.allocation_id).state is State.STOPPED for t in cp.jobs.tasks(job.id) for r in t.runs)
 
@@ -193,5 +194,6 @@ def test_gpu_placement_through_gpu_owner(cp: ControlPlane) -> None:
 
 def test_stopping_a_jobs_root_directly_cancels_the_job(cp: ControlPlane) -> None:
     job = cp.jobs.submit({"name": "j", "tasks": [{**task("svc"), "argv": ["sleep", "100"]}]}, node="n1")
-    cp.allocations.stop(job.root_id)  # type: ignore[arg-type]
+    assert job.root_id is not None
+    cp.allocations.stop(job.root_id)
     assert cp.jobs.job(job.id).state == "cancelled"

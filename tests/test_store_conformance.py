@@ -116,7 +116,7 @@ def test_spawn_under_missing_parent_is_not_found_and_writes_nothing(cp: ControlP
         cp.allocations.spawn("no-such-parent", [job()])
     assert err.value.field == "parent"
     assert allocation_count(store) == 0
-    assert store.get_node(node_id="n1").cpu_free == 4000  # type: ignore[union-attr]
+    assert cp.queries.node("n1").cpu_free == 4000
 
 
 def test_spawn_under_a_stopped_parent_is_a_conflict(cp: ControlPlane, store: GraphStore) -> None:
@@ -154,7 +154,7 @@ def test_a_batch_that_does_not_fit_writes_nothing(cp: ControlPlane, store: Graph
     with pytest.raises(NoCapacity):
         cp.allocations.spawn("n1", [job(cpu=1000), job(cpu=1000), job(cpu=1000)])
     assert allocation_count(store) == 0
-    assert store.get_node(node_id="n1").cpu_free == 2000  # type: ignore[union-attr]
+    assert cp.queries.node("n1").cpu_free == 2000
 
 
 def test_resources_no_node_offers_are_no_capacity(cp: ControlPlane) -> None:
@@ -173,7 +173,7 @@ def test_spawn_with_a_request_id_is_idempotent(cp: ControlPlane, store: GraphSto
     again = cp.allocations.spawn("n1", [job(cpu=1000), job(cpu=1000)], request_id="req-1")
     assert [a.id for a in again] == [a.id for a in first]
     assert allocation_count(store) == 2
-    assert store.get_node(node_id="n1").cpu_free == 2000  # type: ignore[union-attr]
+    assert cp.queries.node("n1").cpu_free == 2000
     cp.allocations.spawn("n1", [job(cpu=2000)])  # the node is full now
     repeat = cp.allocations.spawn("n1", [job(cpu=1000), job(cpu=1000)], request_id="req-1")
     assert [a.id for a in repeat] == [a.id for a in first]  # still the answer, not NO_CAPACITY
@@ -223,11 +223,11 @@ def test_lifecycle_moves_only_along_the_table(cp: ControlPlane, store: GraphStor
     move(store, a.id, RUN, 3.0)
     done = move(store, a.id, EXIT_OK, 4.0, fields={"exit_code": 0})
     assert done is not None and done.applied and done.allocation.state is State.SUCCEEDED and done.allocation.exit_code == 0
-    assert store.get_node(node_id="n1").cpu_free == 4000  # type: ignore[union-attr]
+    assert cp.queries.node("n1").cpu_free == 4000
     # repeating the terminal transition (a redelivered task) releases nothing twice
     again = move(store, a.id, EXIT_OK, 5.0)
     assert again is not None and not again.applied
-    assert store.get_node(node_id="n1").cpu_free == 4000  # type: ignore[union-attr]
+    assert cp.queries.node("n1").cpu_free == 4000
     assert move(store, "missing", EXIT_FAILED, 6.0) is None
 
 

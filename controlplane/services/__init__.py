@@ -54,8 +54,10 @@ def build(
     notify: Callable[[], None] | None = None,
 ) -> ControlPlane:
     """`dispatcher` None: no node agents; supervision runs in this process (tests, tools)."""
-    inprocess = InProcessDispatcher() if dispatcher is None else None
-    send: Dispatcher = inprocess or dispatcher  # type: ignore[assignment]  # one of the two is set
+    inprocess: InProcessDispatcher | None = None
+    if dispatcher is None:
+        dispatcher = inprocess = InProcessDispatcher()
+    send: Dispatcher = dispatcher
     hooks = Hooks()
     placer = Placer(store)
     supervisor = SupervisorService(store, send, placer, clock=clock, notify=notify, hooks=hooks)

@@ -1,8 +1,11 @@
 """`controlplane up`: the whole stack on one machine from the embedded default.
 
-Embedded FalkorDB (also Celery's Redis, database 1), the API in this process,
-a supervisor, the scheduler and one local node agent as child processes. Ctrl-C stops everything cleanly. The
-addresses are written to <data_dir>/stack.json so other CLI commands find them.
+Embedded FalkorDB for the graph, a second redis-server from the same package for
+the broker (Celery, node leases, the events doorbell), the API in this process, a
+supervisor, the scheduler and one local node agent as child processes. Ctrl-C stops
+everything cleanly. The addresses are written to <data_dir>/stack.json so other CLI
+commands find them. Two servers, because a FalkorDB write waiting for its graph's lock
+holds the whole redis-server: liveness and Celery must not share it with the graph.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def run_api(settings: Settings) -> None:
     from controlplane.wiring import control_plane, health_checks
 
     ends = resolve_endpoints(settings)
-    control = control_plane(settings, graph_uri=ends.graph_uri, broker_url=ends.broker_url)
+    control = control_plane(settings, graph_uri=ends.graph_uri, broker_url=ends.broker_url, readers=True)
     app = create_app(control, health_checks=health_checks(control.store, ends.broker_url), max_depth=settings.max_query_depth,
                      max_descendants=settings.max_descendants, events_redis_url=ends.broker_url)
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
@@ -150,17 +153,21 @@ def run_stack(
     from controlplane.wiring import control_plane, health_checks
     from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 
-    server: FalkorDBServer | None = None
+    servers: list[FalkorDBServer] = []
     children: list[subprocess.Popen[bytes]] = []
     graph_uri, broker_url = settings.graph_uri, settings.redis_url
     if settings.graph_backend == "falkordb" and not graph_uri:
-        server = FalkorDBServer(FalkorDBServerConfig(data_dir=settings.data_dir / "falkordb")).start()
-        graph_uri = server.url
-        broker_url = broker_url or server.redis_url(1)
+        servers.append(FalkorDBServer(FalkorDBServerConfig(data_dir=settings.data_dir / "falkordb")).start())
+        graph_uri = servers[0].url
+    if not broker_url:
+        # the broker (Celery, node leases, the doorbell) on a server of its own: a graph write queued behind a long
+        # read holds FalkorDB's whole server, and liveness must never wait for that
+        servers.append(FalkorDBServer(FalkorDBServerConfig(data_dir=settings.data_dir / "broker", graph=False)).start())
+        broker_url = servers[-1].redis_url(0)
     if not graph_uri or not broker_url:
         raise SystemExit("set GRAPH_URI and REDIS_URL for a non-embedded engine")
     try:
-        control = control_plane(settings, graph_uri=graph_uri, broker_url=broker_url)
+        control = control_plane(settings, graph_uri=graph_uri, broker_url=broker_url, readers=True)
         api_url = f"http://{settings.api_host}:{settings.api_port}"
         endpoints = Endpoints(graph_uri=graph_uri, broker_url=broker_url, api_url=api_url)
         write_endpoints(settings, endpoints)
@@ -186,6 +193,6 @@ def run_stack(
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-        if server is not None:
+        for server in reversed(servers):
             server.stop()
         (settings.data_dir / STACK_FILE).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ class ErrorCode(str, Enum):
     NO_CAPACITY = "NO_CAPACITY"
     UNAVAILABLE = "UNAVAILABLE"
     TIMEOUT = "TIMEOUT"
+    BUSY = "BUSY"
 
 
 class ControlPlaneError(Exception):
@@ -58,6 +59,12 @@ class QueryTimeout(ControlPlaneError):
     """A query ran past its time limit and was stopped."""
 
     code = ErrorCode.TIMEOUT
+
+
+class Busy(ControlPlaneError):
+    """Too many expensive queries run at once; retry shortly (control traffic keeps its share)."""
+
+    code = ErrorCode.BUSY
 
 
 class IllegalTransition(Conflict):

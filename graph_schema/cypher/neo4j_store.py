@@ -74,20 +74,30 @@ def _plain(value: Any) -> Any:
 class Neo4jStore(CypherStore):
     engine = "neo4j"
 
-    def __init__(self, uri: str, *, user: str | None = None, password: str | None = None, database: str | None = None) -> None:
+    def __init__(
+        self, uri: str, *, user: str | None = None, password: str | None = None, database: str | None = None,
+        read_timeout_s: float | None = None,
+    ) -> None:
+        """`read_timeout_s`: reads run as transactions that Neo4j itself stops after this long."""
         super().__init__()
         self.uri = uri
         auth = (user, password) if user and password else None
         self._driver = GraphDatabase.driver(uri, auth=auth, max_connection_pool_size=64)
         self._database = database
+        self._read_timeout_s = read_timeout_s
 
     def _run(self, routing: RoutingControl, query: str, params: dict[str, Any]) -> list[Row]:
+        timeout = self._read_timeout_s if routing is RoutingControl.READ else None
         try:
             records, _, _ = self._driver.execute_query(
-                self._dialect(query), params, database_=self._database, routing_=routing
+                Query(self._dialect(query), timeout=timeout), params, database_=self._database, routing_=routing
             )
         except (ServiceUnavailable, SessionExpired) as exc:
             raise Unavailable(f"Neo4j is unreachable: {exc}") from exc
+        except ClientError as exc:
+            if timeout is not None and "TransactionTimedOut" in (exc.code or ""):
+                raise QueryTimeout(f"stopped after {timeout:g}s", field="query") from None
+            raise
         return [[_plain(v) for v in r.values()] for r in records]
 
     def _read(self, query: str, params: dict[str, Any]) -> list[Row]:

@@ -252,6 +252,30 @@ def test_a_malformed_query_shows_the_engines_error_naming_the_field(up: UpStack,
     assert "read-only" in page.inner_text("#error")
 
 
+def test_every_saved_query_runs_on_the_engine(up: UpStack, page: Any) -> None:
+    # Given an allocation under the node, and the node drawn and selected (its id stands for $id)
+    child = up.spawn("saved-queries", ["sleep", "600"])
+    run_query(page, q(up, "node"))
+    click_vertex(page, NODE)
+    page.wait_for_selector('#panel [data-field="status"]')
+    saved = page.locator("#saved li")
+    assert saved.count() == 8
+    for i in range(saved.count()):
+        # When the person picks a saved query and runs it
+        name = saved.nth(i).inner_text()
+        saved.nth(i).click()
+        page.evaluate("() => { document.getElementById('status').textContent = ''; }")
+        page.click("#run")
+        page.wait_for_function("() => !document.getElementById('run').disabled && (document.getElementById('status')"
+                               ".textContent.includes('rows') || !document.getElementById('error').hidden)")
+        # Then the engine answers it
+        assert page.is_hidden("#error"), f"{name}: {page.inner_text('#error')}"
+        if name == "Nodes":
+            assert NODE in drawn(page)["vertices"]
+        if name == "Descendants of $id":
+            assert [NODE, "PARENT_OF", child] in drawn(page)["edges"]
+
+
 def test_an_answer_past_the_limit_says_it_is_truncated(up: UpStack, page: Any) -> None:
     run_query(page, q(up, "many"), limit=100)
     assert "More rows matched than the limit of 100: only the first 100 are here" in page.inner_text("#notice")

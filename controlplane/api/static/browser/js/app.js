@@ -16,6 +16,8 @@ const RAW = `query($q: String!, $limit: Int!, $t: Float!) {
   rawQuery(query: $q, limit: $limit, timeoutS: $t) { engine language columns rows truncated elapsedMs } }`;
 // more vertices than this are not drawn (the table still has every row)
 const DRAW_MAX = 5000;
+// a hierarchy this small is laid out again when allocations appear in it
+const RELAYOUT_MAX = 500;
 
 const cfg = await config();
 const queries = new Queries(cfg.language);
@@ -139,9 +141,27 @@ function renderLists() {
 
 // --- live: states change as events arrive; allocations created under a drawn parent appear ---
 // The creation event (incarnation 1, pending -> placed) is by its parent: if that parent is drawn
-// when the event arrives (not replayed from before the page opened), the new allocation is drawn.
-const born = new Set();
+// (or about to be: created a moment before) when the event arrives, and the event is not replayed
+// from before the page opened, the new allocation is drawn under it. Batches run one after the
+// other, so a parent is drawn before its children.
+const born = [];
+const expected = new Set();
+let adopting = Promise.resolve();
 let adoptTimer = null;
+function adoptSoon() {
+  if (adoptTimer) return;
+  adoptTimer = setTimeout(() => {
+    adoptTimer = null;
+    const ids = born.splice(0);
+    adopting = adopting.then(async () => {
+      const drawn = await adopt(view, ids).catch(() => []);
+      ids.forEach((id) => expected.delete(id));
+      if (!drawn.length) return;
+      status(`appeared: ${drawn.join(", ")}`);
+      if (view.lastLayout === "dagre" && view.cy.nodes().length <= RELAYOUT_MAX) view.layout({ hierarchy: true });
+    });
+  }, 150);
+}
 const live = new Live($("#events"), $("#live"), {
   serverTime: cfg.serverTime,
   onPick: (key) => { if (view.has(key)) select(key); },
@@ -151,20 +171,28 @@ const live = new Live($("#events"), $("#live"), {
       if (e.incarnation) props.incarnation = e.incarnation;
       const drawn = view.update(e.allocationId, props);
       const creation = e.fromState === "pending" && e.incarnation === 1 && e.at >= cfg.serverTime;
-      if (!drawn && creation && e.by && view.has(e.by)) born.add(e.allocationId);
+      if (!drawn && creation && e.by && (view.has(e.by) || expected.has(e.by)) && !expected.has(e.allocationId)) {
+        born.push(e.allocationId);
+        expected.add(e.allocationId);
+        adoptSoon();
+      }
+      const job = drawn && view.vertex(e.allocationId).props.root_of;
+      if (job && view.has(String(job))) refreshJob(String(job));
     }
     if (panel.key === e.allocationId) panel.refreshSoon();
-    if (born.size && !adoptTimer) {
-      adoptTimer = setTimeout(async () => {
-        const ids = [...born];
-        born.clear();
-        adoptTimer = null;
-        const drawn = await adopt(view, ids).catch(() => []);
-        if (drawn.length) status(`appeared: ${drawn.join(", ")}`);
-      }, 150);
-    }
   },
 });
+
+// A job's state follows its root allocation's: re-read it when the root moves.
+const jobTimers = new Map();
+function refreshJob(id) {
+  clearTimeout(jobTimers.get(id));
+  jobTimers.set(id, setTimeout(async () => {
+    jobTimers.delete(id);
+    const data = await graphql("query($id: ID!) { job(id: $id) { state } }", { id }).catch(() => null);
+    if (data?.job) view.update(id, { state: data.job.state });
+  }, 400));
+}
 
 // --- wiring ----------------------------------------------------------------------------------
 $("#engine").textContent = `${cfg.engine} · ${cfg.language}`;

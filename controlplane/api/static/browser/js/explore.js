@@ -123,7 +123,7 @@ export async function overlay(view, type, on) {
   const fresh = vertices.filter((v) => !view.has(v.id));
   const added = view.merge(fresh, [], { classes: cls });
   view.merge([], edges, { classes: cls });
-  view.settle(added);
+  if (added.length) view.layout(); // new vertices (nodes, GPUs, neighbours) get a place in the drawing
   return edges.length;
 }
 

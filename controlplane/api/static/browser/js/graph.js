@@ -37,9 +37,10 @@ const STYLE = [
   { selector: "node", style: {
     label: "data(caption)", "text-wrap": "wrap", "text-valign": "center", "font-size": 9, "min-zoomed-font-size": 7,
     "background-color": "data(colour)", "border-width": 1, "border-color": "#475569", shape: "data(shape)",
-    width: 58, height: 30, color: "#0f172a", "text-max-width": 90,
+    width: 80, height: 32, color: "#0f172a", "text-max-width": 96,
   } },
-  { selector: 'node[label = "Node"]', style: { width: 78, height: 34, "border-width": 2, "font-weight": "bold" } },
+  { selector: 'node[label = "Node"]', style: { width: 96, height: 36, "border-width": 2, "font-weight": "bold" } },
+  { selector: 'node[label = "Job"]', style: { width: 96, height: 40 } },
   { selector: 'node[label = "Gpu"]', style: { width: 44, height: 44, "font-size": 8 } },
   { selector: 'node[label = "Event"]', style: { width: 20, height: 20, "font-size": 7 } },
   { selector: "node.stub", style: { "border-style": "dashed", "background-color": "#fff" } },
@@ -72,6 +73,7 @@ export class GraphView {
   clear() {
     this.cy.elements().remove();
     this.engineKeys.clear();
+    this.lastLayout = null;
     this.renderLegend();
   }
 
@@ -123,26 +125,7 @@ export class GraphView {
     const p = anchor.position();
     const k = anchor.outgoers("node").length + index; // 0, +1, -1, +2, -2, ... columns under the anchor
     const column = (k % 7 === 0 ? 0 : (k % 7 + 1) >> 1) * ((k % 7) % 2 ? 1 : -1);
-    return { x: p.x + column * 75, y: p.y + 90 + Math.floor(k / 7) * 50 };
-  }
-
-  /** Put vertices drawn without a position next to a drawn neighbour, fanned out so they do not stack. */
-  settle(keys) {
-    const fresh = new Set(keys);
-    const count = new Map();
-    this.cy.batch(() => {
-      for (const key of keys) {
-        const n = this.cy.getElementById(key);
-        const anchor = n.neighborhood("node").filter((m) => !fresh.has(m.id()))[0];
-        if (!anchor) continue;
-        const i = count.get(anchor.id()) ?? 0;
-        count.set(anchor.id(), i + 1);
-        const p = anchor.position();
-        const angle = (i * 2 * Math.PI) / 8 + Math.PI / 8;
-        const r = 110 + 40 * Math.floor(i / 8);
-        n.position({ x: p.x + r * Math.cos(angle), y: p.y + r * Math.sin(angle) });
-      }
-    });
+    return { x: p.x + column * 95, y: p.y + 90 + Math.floor(k / 7) * 50 };
   }
 
   /** A new state: the vertex's colour (and caption) change in place. */
@@ -181,7 +164,8 @@ export class GraphView {
     const tree = hierarchy ?? this.cy.edges().some((e) => HIERARCHY_EDGES.has(e.data("type")));
     let options;
     if (tree && n <= DAGRE_MAX) {
-      options = { name: "dagre", rankDir: "TB", nodeSep: 12, rankSep: 60, edgeSep: 6, animate: false, fit };
+      options = { name: "dagre", rankDir: "TB", nodeSep: 12, rankSep: 60, edgeSep: 6, animate: false, fit,
+        nodeDimensionsIncludeLabels: true };
     } else if (n <= COSE_MAX && this.cy.edges().length) {
       options = { name: "cose", animate: false, fit, nodeRepulsion: 8000, idealEdgeLength: 80, numIter: 600 };
     } else {
@@ -192,6 +176,7 @@ export class GraphView {
       if (fit && this.cy.zoom() > FIT_MAX_ZOOM) { this.cy.zoom(FIT_MAX_ZOOM); this.cy.center(); }
     });
     layout.run();
+    this.lastLayout = options.name;
     return options.name;
   }
 

@@ -301,6 +301,16 @@ def test_thousands_of_vertices_are_drawn_and_stay_interactive(up: UpStack, page:
     answered_in = time.monotonic() - started
     assert answered_in < 3, f"a click took {answered_in:.1f}s with {BULK} vertices drawn"
     shot(page, up.engine, "09-thousands")
+    # And a hierarchy this big is laid out top-down as well (our layered tree: dagre would take seconds)
+    laid = page.evaluate("""() => {
+      const {view, cy} = window.controlplaneBrowser;
+      cy.edges().forEach((e) => { e.data('type', 'PARENT_OF'); });  // the chain read as a hierarchy
+      const started = performance.now();
+      const name = view.layout();
+      const below = cy.edges().every((e) => e.target().position('y') > e.source().position('y'));
+      return {name, below, ms: performance.now() - started};
+    }""")
+    assert laid["name"] == "tree" and laid["below"] and laid["ms"] < 5000, laid
     # And a refused action shows the API's error in the panel: these vertices are outside the vocabulary
     page.click('#panel [data-action="expand"]')
     page.wait_for_selector("#panel .panel-error:not([hidden])")

@@ -3,6 +3,7 @@
 // hierarchy, force-directed for small graphs, a grid when a graph is too big for either.
 // Elements merge by key (elements.js), so a state change recolours the vertex in place.
 import { esc } from "./dom.js";
+import { gridPositions, treePositions } from "./layout.js";
 
 export const STATE_COLOURS = {
   pending: "#e2e8f0", placed: "#bfdbfe", starting: "#fde68a", running: "#4ade80", stopping: "#fdba74",
@@ -20,8 +21,10 @@ export const EDGE_STYLES = {
 };
 const HIERARCHY_EDGES = new Set(["PARENT_OF", "HAS_TASK", "EXECUTES", "DEPENDS_ON"]);
 // beyond these sizes a layout would freeze the page: dagre, then the force-directed one
-const DAGRE_MAX = 3000;
+const DAGRE_MAX = 600;
 const COSE_MAX = 300;
+// drawings with more vertices than this pan and zoom as a snapshot
+const BIG = 1500;
 // a small graph is not blown up to fill the canvas
 const FIT_MAX_ZOOM = 1.3;
 
@@ -157,27 +160,41 @@ export class GraphView {
     if (n.nonempty()) n.select();
   }
 
-  /** Lay the view out again: dagre top-down when it is a hierarchy (or asked for), else by size. */
+  /**
+   * Lay the view out again: dagre top-down for a hierarchy (a layered tree of our own past
+   * DAGRE_MAX), force-directed for small graphs, rows and columns for big ones.
+   */
   layout({ hierarchy = null, fit = true } = {}) {
     const n = this.cy.nodes().length;
     if (n === 0) return "none";
     const tree = hierarchy ?? this.cy.edges().some((e) => HIERARCHY_EDGES.has(e.data("type")));
     let options;
+    let name;
     if (tree && n <= DAGRE_MAX) {
-      options = { name: "dagre", rankDir: "TB", nodeSep: 12, rankSep: 60, edgeSep: 6, animate: false, fit,
-        nodeDimensionsIncludeLabels: true };
+      name = "dagre";
+      options = { name, rankDir: "TB", nodeSep: 12, rankSep: 60, edgeSep: 6, nodeDimensionsIncludeLabels: true };
+    } else if (tree) {
+      name = "tree";
+      options = { name: "preset", positions: treePositions(this.cy, HIERARCHY_EDGES) };
     } else if (n <= COSE_MAX && this.cy.edges().length) {
-      options = { name: "cose", animate: false, fit, nodeRepulsion: 8000, idealEdgeLength: 80, numIter: 600 };
+      name = "cose";
+      options = { name, nodeRepulsion: 8000, idealEdgeLength: 80, numIter: 600 };
     } else {
-      options = { name: "grid", fit, avoidOverlap: true, condense: true };
+      name = "grid";
+      options = { name: "preset", positions: gridPositions(this.cy) };
     }
-    const layout = this.cy.layout(options);
+    // Past BIG, panning and zooming move a snapshot of the drawing, without edges, until they stop
+    // (cytoscape's textureOnViewport / hideEdgesOnViewport, switched on its renderer as the size changes).
+    const renderer = this.cy.renderer();
+    renderer.textureOnViewport = n > BIG;
+    renderer.hideEdgesOnViewport = n > BIG;
+    const layout = this.cy.layout({ ...options, animate: false, fit });
     layout.one("layoutstop", () => {
       if (fit && this.cy.zoom() > FIT_MAX_ZOOM) { this.cy.zoom(FIT_MAX_ZOOM); this.cy.center(); }
     });
     layout.run();
-    this.lastLayout = options.name;
-    return options.name;
+    this.lastLayout = name;
+    return name;
   }
 
   renderLegend() {

@@ -141,7 +141,6 @@ export class GraphView {
     const caption = n.data("caption").split("\n")[0] + (v.state ? `\n${v.state}` : "");
     n.data({ props: merged, state: v.state, colour: vertexColour(v.label, v.state), caption });
     if (flash) n.flashClass("flash", 600);
-    this.renderLegend();
     return true;
   }
 

@@ -10,6 +10,7 @@ const EVENTS = `subscription($since: Float) { events(since: $since) {
 const SHOWN = 300;
 const BACKLOG_S = 300;
 const RESUME_WINDOW_S = 1;
+const SEEN_MAX = 20_000;
 
 export class Live {
   constructor(list, badge, { serverTime, onEvent, onPick }) {
@@ -39,6 +40,7 @@ export class Live {
   receive(e) {
     if (this.seen.has(e.id)) return;
     this.seen.add(e.id);
+    if (this.seen.size > SEEN_MAX) this.seen = new Set([...this.seen].slice(-SEEN_MAX / 2)); // oldest first out
     this.since = Math.max(this.since, e.at - RESUME_WINDOW_S);
     this.count += 1;
     const move = e.fromState || e.toState ? `${e.fromState ?? "∅"} → ${e.toState ?? ""}` : "";

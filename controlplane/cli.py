@@ -69,6 +69,7 @@ def up(
     def announce(ends: Endpoints, node_name: str | None) -> None:
         console.print(f"[bold green]control plane up[/bold green] ({settings.graph_backend})")
         console.print(f"  GraphQL   {ends.api_url}/graphql")
+        console.print(f"  browser   {ends.api_url}/browser")
         console.print(f"  health    {ends.api_url}/healthz")
         console.print(f"  graph     {ends.graph_uri}  (graph '{settings.graph_name}')")
         console.print(f"  broker    {ends.broker_url}")

@@ -20,6 +20,7 @@ from falkordb.path import Path
 
 from controlplane.domain.errors import InvalidInput, QueryTimeout, Unavailable
 from controlplane.domain.records import RawResult
+from graph_schema import raw_elements
 from graph_schema.cypher.base import CypherStore, Row
 
 _UNIQUE = ("Actor", "Node", "Allocation", "Gpu", "Event", "Job", "Task")
@@ -33,11 +34,12 @@ _RANGE = (
 def _browse(value: Any) -> Any:
     """A result value as plain data for a browser: vertices and edges with their labels."""
     if isinstance(value, FNode):
-        return {"labels": list(value.labels), "properties": dict(value.properties)}
+        return raw_elements.vertex(value.id, value.labels, value.properties)
     if isinstance(value, Edge):
-        return {"type": value.relation, "src": value.src_node, "dst": value.dest_node, "properties": dict(value.properties)}
+        return raw_elements.edge(value.id, value.relation, getattr(value.src_node, "id", value.src_node),
+                                 getattr(value.dest_node, "id", value.dest_node), value.properties)
     if isinstance(value, Path):
-        return {"nodes": [_browse(n) for n in value.nodes()], "edges": [_browse(e) for e in value.edges()]}
+        return raw_elements.path([_browse(n) for n in value.nodes()], [_browse(e) for e in value.edges()])
     if isinstance(value, dict):
         return {k: _browse(v) for k, v in value.items()}
     if isinstance(value, list):

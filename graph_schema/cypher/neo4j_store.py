@@ -27,6 +27,7 @@ from neo4j.graph import Path, Relationship
 
 from controlplane.domain.errors import InvalidInput, QueryTimeout, Unavailable
 from controlplane.domain.records import RawResult
+from graph_schema import raw_elements
 from graph_schema.cypher.base import CypherStore, Row
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,13 @@ _SCHEMA = (
 
 def _browse(value: Any) -> Any:
     if isinstance(value, NNode):
-        return {"labels": sorted(value.labels), "properties": dict(value.items())}
+        return raw_elements.vertex(value.element_id, value.labels, dict(value.items()))
     if isinstance(value, Relationship):
-        return {"type": value.type, "properties": dict(value.items())}
+        start, end = value.start_node, value.end_node
+        return raw_elements.edge(value.element_id, value.type, start.element_id if start is not None else None,
+                                 end.element_id if end is not None else None, dict(value.items()))
     if isinstance(value, Path):
-        return {"nodes": [_browse(n) for n in value.nodes], "edges": [_browse(r) for r in value.relationships]}
+        return raw_elements.path([_browse(n) for n in value.nodes], [_browse(r) for r in value.relationships])
     if isinstance(value, dict):
         return {k: _browse(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -123,7 +123,7 @@ def start_demo(settings: Settings, endpoints: Endpoints, control: ControlPlane, 
     def seed() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if all(control.store.get_node(node_id=n[0]) for n in DEMO_NODES):
+            if all(control.store.get_node(node_id=n) for n in [*(d[0] for d in DEMO_NODES), *([local] if local else [])]):
                 break
             time.sleep(0.2)
         for a, b, rtt in DEMO_LINKS:
@@ -136,6 +136,10 @@ def start_demo(settings: Settings, endpoints: Endpoints, control: ControlPlane, 
 
     threading.Thread(target=seed, name="demo-seed", daemon=True).start()
     return procs
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def run_stack(
@@ -182,6 +186,9 @@ def run_stack(
                          max_descendants=settings.max_descendants, events_redis_url=broker_url)
         announce(endpoints, node_name if worker else None)
         config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
+        # uvicorn re-raises the signal that stopped it once it is done: make SIGTERM end this process through
+        # the `finally` below (as Ctrl-C does), so the children and servers are stopped, never orphaned
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         uvicorn.Server(config).run()
     finally:
         for child in reversed(children):

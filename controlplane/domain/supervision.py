@@ -34,6 +34,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from controlplane.domain.text import Line, Text
+
 
 class Strategy(str, Enum):
     ONE_FOR_ONE = "one_for_one"
@@ -82,14 +84,14 @@ class DeciderRule(_Model):
     """`directive` for failures of kind `on` (and, for exits, exit codes in `exit_codes`, e.g. "1-3,7")."""
 
     on: Literal["exit", "signal", "error", "lost", "escalated", "any"] = "any"
-    exit_codes: str | None = None
-    error_contains: Annotated[str | None, Field(max_length=200)] = None
+    exit_codes: Annotated[str | None, Line(max_length=200)] = None
+    error_contains: Annotated[str | None, Text(max_length=200)] = None
     directive: Directive
 
     @field_validator("exit_codes")
     @classmethod
     def _codes(cls, v: str | None) -> str | None:
-        if v is not None and not _CODES.match(v):
+        if v is not None and not _CODES.fullmatch(v):
             raise ValueError("must be a list of codes and ranges like '1-3,7'")
         return v
 

@@ -12,10 +12,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from controlplane.domain.specs import ResourceSpec, parse
+from controlplane.domain.specs import ResourceSpec, check_env, check_labels, parse
 from controlplane.domain.supervision import RestartType, SupervisionPolicy
+from controlplane.domain.text import Json, Line, Text
 
 TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 MAX_TASKS = 20_000
@@ -38,23 +39,33 @@ class Placement(_Model):
     #: spread the replicas of a task over as many nodes as possible
     spread: bool = False
 
+    @field_validator("node_labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_labels(v)
+
 
 class TaskSpec(_Model):
     name: Annotated[str, Field(pattern=TASK_NAME)]
     #: "process", or the name of a native executor ("job", "replicas", or a plugin's)
-    executor: Annotated[str, Field(min_length=1, max_length=64)] = "process"
-    argv: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=1024)
+    executor: Annotated[str, Line(min_length=1, max_length=64)] = "process"
+    argv: list[Annotated[str, Text(max_length=4096)]] = Field(default_factory=list, max_length=1024)
     env: dict[str, str] = Field(default_factory=dict)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     replicas: Annotated[int, Field(ge=1, le=10_000)] = 1
-    needs: list[str] = Field(default_factory=list)
+    needs: list[Annotated[str, Line(max_length=63)]] = Field(default_factory=list)
     restart: RestartType = RestartType.TRANSIENT
     supervision: SupervisionPolicy | None = None
     #: configuration of a native executor
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: Annotated[dict[str, Any], Json()] = Field(default_factory=dict)
     placement: Placement = Field(default_factory=Placement)
     #: this task's own sub-hierarchy: spawned with the task's allocation as their parent
     children: list[TaskSpec] = Field(default_factory=list)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_env(v)
 
     @model_validator(mode="after")
     def _shape(self) -> TaskSpec:

@@ -23,6 +23,7 @@ from controlplane.domain.errors import Conflict, NoCapacity, NotFound
 from controlplane.domain.lifecycle import LIVE, RESTARTABLE, STOP, STOPPED, TERMINAL, State
 from controlplane.domain.records import AllocationRecord, Event
 from controlplane.domain.specs import parse
+from controlplane.domain.text import Id, checked
 from controlplane.domain.supervision import (
     Child,
     Decision,
@@ -372,6 +373,7 @@ class SupervisorService:
         return [float(t) for t in parent.extra.get("restart_log") or []]
 
     # --- policy -------------------------------------------------------------------------
+    @checked(actor_id=Id("id"))
     def set_policy(self, actor_id: str, policy: SupervisionPolicy | dict[str, Any]) -> None:
         """Change how a node or a live allocation supervises its children."""
         parsed = parse(SupervisionPolicy, policy, field="policy")

@@ -81,35 +81,38 @@ class NodeSpec(_Spec):
 
 
 class ResourceSpec(_Spec):
-    cpu_milli: Annotated[int, Field(ge=0, le=MAX_CPU_MILLI)] = 100
-    memory_mib: Annotated[int, Field(ge=0, le=MAX_MEMORY_MIB)] = 64
-    gpus: Annotated[int, Field(ge=0, le=MAX_GPUS)] = 0
-    gpu_model: Annotated[str | None, Line(min_length=1, max_length=64)] = None
+    """What an allocation reserves on its node."""
+
+    cpu_milli: Annotated[int, Field(ge=0, le=MAX_CPU_MILLI, description="CPU in millicores")] = 100
+    memory_mib: Annotated[int, Field(ge=0, le=MAX_MEMORY_MIB, description="memory in MiB")] = 64
+    gpus: Annotated[int, Field(ge=0, le=MAX_GPUS, description="GPUs claimed exclusively")] = 0
+    gpu_model: Annotated[str | None, Line(min_length=1, max_length=64), Field(description="only GPUs of this model")] = None
 
     def to_resources(self) -> Resources:
         return Resources(self.cpu_milli, self.memory_mib, self.gpus, self.gpu_model)
 
 
 class AllocationSpec(_Spec):
+    """An allocation to create. Omitted fields take the control plane's defaults."""
+
     name: Annotated[str, Line(min_length=1, max_length=200)]
     executor: Executor = "process"
-    argv: list[Annotated[str, Text(max_length=4096)]] = Field(default_factory=list, max_length=1024)
-    env: dict[str, str] = Field(default_factory=dict)
+    argv: list[Annotated[str, Text(max_length=4096)]] = Field(default_factory=list, max_length=1024,
+                                                              description="the command, for executor process")
+    env: dict[str, str] = Field(default_factory=dict, description='environment variables, e.g. {"A": "1"}')
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
-    node: Annotated[str | None, Id()] = None  # place on this node (by name) instead of the first that fits
-    node_labels: dict[str, str] = Field(default_factory=dict)  # placement constraint
-    grace_period_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
-    #: when this allocation is restarted by its parent
-    restart: RestartType = RestartType.TRANSIENT
-    #: how this allocation supervises the children it creates (None: the default policy)
-    supervision: SupervisionPolicy | None = None
-    #: for executor "native": which native executor runs it ("job", "replicas", a plugin's), and its configuration
-    native: Annotated[str | None, Line(min_length=1, max_length=64)] = None
-    config: Annotated[dict[str, Any], Json()] = Field(default_factory=dict)
-    #: placement affinity: on the parent's node or a NEIGHBOR_OF node within this RTT
-    max_rtt_ms: Annotated[float | None, Field(ge=0, le=600_000)] = None
-    #: placement spread: prefer nodes holding the fewest allocations with the same key
-    spread_key: Annotated[str | None, Line(min_length=1, max_length=200)] = None
+    node: Annotated[str | None, Id(), Field(description="place on this node instead of the first that fits")] = None
+    node_labels: dict[str, str] = Field(default_factory=dict, description='only nodes with these labels, e.g. {"zone": "eu"}')
+    grace_period_s: Annotated[float, Field(ge=0, le=3600, description="a stop kills it this long after asking")] = 10.0
+    restart: RestartType = Field(RestartType.TRANSIENT, description="when its parent restarts it")
+    supervision: SupervisionPolicy | None = Field(None, description="how it supervises its children (null: the default policy)")
+    native: Annotated[str | None, Line(min_length=1, max_length=64),
+                      Field(description="for executor native: which one runs it (job, replicas, a plugin's)")] = None
+    config: Annotated[dict[str, Any], Json()] = Field(default_factory=dict, description="for executor native: its configuration")
+    max_rtt_ms: Annotated[float | None, Field(ge=0, le=600_000, description="affinity: on its parent's node or a "
+                                                                            "NEIGHBOR_OF node within this RTT")] = None
+    spread_key: Annotated[str | None, Line(min_length=1, max_length=200),
+                          Field(description="spread: prefer nodes with the fewest allocations of this key")] = None
 
     @field_validator("node_labels")
     @classmethod

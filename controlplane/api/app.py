@@ -1,4 +1,4 @@
-"""The FastAPI application: GraphQL at /graphql (GraphiQL on GET), POST /query, /healthz and /metrics.
+"""The FastAPI application: GraphQL at /graphql (GraphiQL on GET; graphql_http.py for media types), POST /query, /healthz and /metrics.
 
 `create_app` takes a ready ControlPlane; building the store and the dispatcher
 from settings is the caller's business (the CLI, or a test).
@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
-from strawberry.fastapi import GraphQLRouter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from controlplane.api.context import ApiContext
+from controlplane.api.graphql_http import GraphQLHTTPRouter
 from controlplane.api.metrics import ApiMetrics
 from controlplane.api.raw import raw_query_router
 from controlplane.api.schema import build_schema
@@ -48,7 +48,7 @@ def create_app(
     async def context() -> ApiContext:
         return ApiContext(control, max_descendants=max_descendants, events_redis_url=events_redis_url)
 
-    graphql = GraphQLRouter(
+    graphql = GraphQLHTTPRouter(
         schema,
         graphql_ide="graphiql",
         context_getter=context,

@@ -33,6 +33,7 @@ drift this module exists to avoid.
 from __future__ import annotations
 
 import enum
+import json
 import sys
 import types
 from collections.abc import Callable, Mapping
@@ -77,6 +78,7 @@ class InputTypes:
     _enums: dict[str, type[enum.Enum]] = field(default_factory=dict, init=False)
     _pending: set[type[BaseModel]] = field(default_factory=set, init=False)
     _fields: dict[type[BaseModel], dict[str, Any]] = field(default_factory=dict, init=False)
+    _json_fields: dict[type[BaseModel], set[str]] = field(default_factory=dict, init=False)
 
     def input_type(self, model: type[BaseModel]) -> type:
         """The strawberry input type of `model` (generated on first use)."""
@@ -91,10 +93,14 @@ class InputTypes:
             namespace: dict[str, Any] = {"__module__": __name__, "__annotations__": annotations, "__qualname__": name}
             for python_name, info in model.model_fields.items():
                 annotation, limits = self._graphql_type(model, python_name, info.annotation, list(info.metadata))
+                if annotation is JSON:  # graphql-core cannot introspect an object default: optional, the domain's default
+                    annotation, limits = Optional[JSON], [*limits, f"default {_json_default(info)}"]  # noqa: UP045
+                    default: dict[str, Any] = {"default": strawberry.UNSET}
+                    self._json_fields.setdefault(model, set()).add(python_name)
+                else:
+                    default = self._default(info, annotation)
                 annotations[python_name] = annotation
-                namespace[python_name] = strawberry.field(
-                    description=_description(info, limits), **self._default(info, annotation)
-                )
+                namespace[python_name] = strawberry.field(description=_description(info, limits), **default)
             cls = strawberry.input(type(name, (), namespace), name=name, description=self._type_description(model))
         finally:
             self._pending.discard(model)
@@ -181,8 +187,8 @@ class InputTypes:
             return annotation(value.value if isinstance(value, enum.Enum) else value)
         if isinstance(value, BaseModel):
             model = type(value)
-            cls, fields = self.input_type(model), self._fields[model]
-            return cls(**{k: self._convert(getattr(value, k), fields[k]) for k in fields})
+            cls, fields, left_out = self.input_type(model), self._fields[model], self._json_fields.get(model, set())
+            return cls(**{k: self._convert(getattr(value, k), fields[k]) for k in fields if k not in left_out})
         return value
 
     def _name(self, model: type[BaseModel]) -> str:
@@ -199,6 +205,11 @@ def _description(info: FieldInfo, limits: list[str]) -> str | None:
     """The field's own description, then its limits: "The first delay, in seconds. At least 0; at most 3600." """
     parts = [p for p in (info.description, "; ".join(limits)) if p]
     return " ".join(p[0].upper() + p[1:].rstrip(".") + "." for p in parts) or None
+
+
+def _json_default(info: FieldInfo) -> str:
+    value = info.default_factory() if info.default_factory is not None else info.default  # type: ignore[call-arg]
+    return "none (required)" if value is PydanticUndefined else json.dumps(value)
 
 
 def _limits(metadata: list[Any], *, unit: str | None) -> list[str]:

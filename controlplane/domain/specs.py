@@ -9,6 +9,7 @@ engine cannot carry gets past a spec.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -32,19 +33,30 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
-def check_labels(v: dict[str, str]) -> dict[str, str]:
+def _string_map(v: Any) -> bool:
+    """A map of strings to strings; anything else is left to pydantic, whose error says what is wrong."""
+    return isinstance(v, Mapping) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
+
+
+def check_labels(v: Any) -> Any:
+    """Node labels (a validator before pydantic's own, so that a bad character is named as such)."""
+    if not _string_map(v):
+        return v
+    check_mapping(v, keys=Line(max_length=64), values=Line(max_length=64), what="label")
     for k, val in v.items():
         if not LABEL_RE.fullmatch(f"{k}={val}"):
             raise ValueError(f"label {k!r}={val!r} must be key=value of letters, digits, '.', '_', '/', '-'")
     return v
 
 
-def check_env(v: dict[str, str]) -> dict[str, str]:
-    """Environment variables: names are identifiers, values free text."""
+def check_env(v: Any) -> Any:
+    """Environment variables: names are identifiers, values free text (a validator before pydantic's own)."""
+    if not _string_map(v):
+        return v
+    check_mapping(v, keys=Line(max_length=256), values=ENV_VALUE, what="environment variable")
     for k in v:
         if not ENV_NAME_RE.fullmatch(k):
             raise ValueError(f"environment variable name {k[:40]!r} is not a valid identifier")
-    check_mapping(v, keys=Line(max_length=256), values=ENV_VALUE, what="environment variable")
     return v
 
 
@@ -71,9 +83,9 @@ class NodeSpec(_Spec):
             )
         return v
 
-    @field_validator("labels")
+    @field_validator("labels", mode="before")
     @classmethod
-    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+    def _labels(cls, v: Any) -> Any:
         return check_labels(v)
 
     def label_list(self) -> tuple[str, ...]:
@@ -99,7 +111,7 @@ class AllocationSpec(_Spec):
     executor: Executor = "process"
     argv: list[Annotated[str, Text(max_length=4096)]] = Field(default_factory=list, max_length=1024,
                                                               description="the command, for executor process")
-    env: dict[str, str] = Field(default_factory=dict, description='environment variables, e.g. {"A": "1"}')
+    env: dict[str, Annotated[str, ENV_VALUE]] = Field(default_factory=dict, description='environment variables, e.g. {"A": "1"}')
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     node: Annotated[str | None, Id(), Field(description="place on this node instead of the first that fits")] = None
     node_labels: dict[str, str] = Field(default_factory=dict, description='only nodes with these labels, e.g. {"zone": "eu"}')
@@ -114,18 +126,18 @@ class AllocationSpec(_Spec):
     spread_key: Annotated[str | None, Line(min_length=1, max_length=200),
                           Field(description="spread: prefer nodes with the fewest allocations of this key")] = None
 
-    @field_validator("node_labels")
+    @field_validator("node_labels", mode="before")
     @classmethod
-    def _node_labels(cls, v: dict[str, str]) -> dict[str, str]:
+    def _node_labels(cls, v: Any) -> Any:
         return check_labels(v)
 
     def label_list(self) -> tuple[str, ...]:
         """The node labels this allocation needs, as the "key=value" strings nodes carry."""
         return tuple(sorted(f"{k}={v}" for k, v in self.node_labels.items()))
 
-    @field_validator("env")
+    @field_validator("env", mode="before")
     @classmethod
-    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+    def _env(cls, v: Any) -> Any:
         return check_env(v)
 
     def model_post_init(self, __context: Any) -> None:

@@ -14,7 +14,8 @@ refused with an InvalidInput that names the field:
 - a **line** (names, request ids, keys): text on one line, no control
   character at all;
 - a **text** (argv items, environment values, reasons, raw queries): like a
-  line, but tab, newline and carriage return are allowed;
+  line, but tab, newline and carriage return are allowed, and it is kept
+  verbatim (never stripped of surrounding whitespace);
 - every kind: no lone surrogate (U+D800 to U+DFFF), a bounded length.
 
 "Control character" means U+0000 to U+001F and U+007F. Quotes, backslashes,
@@ -98,11 +99,11 @@ class _Rule:
         return f"one line, at most {self.max_length} characters, no control characters"
 
     def check(self, value: Any, *, field: str | None = None) -> Any:
-        """`value` if it passes (None, a string, or a sequence of strings checked one by one); else InvalidInput."""
+        """`value` if it passes (None, a string, or a collection of strings checked one by one); else InvalidInput."""
         where = field if field is not None else self.field
         if value is None:
             return value
-        if isinstance(value, (list, tuple)):
+        if isinstance(value, (list, tuple, set, frozenset)):
             for i, item in enumerate(value):
                 self.check(item, field=f"{where}[{i}]")
             return value
@@ -161,6 +162,14 @@ class Text(_Rule):
 
     def describe(self) -> str:
         return f"at most {self.max_length} characters; no control characters except tab, newline and carriage return"
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        """Free text is kept verbatim, even in a model that strips the whitespace around its names."""
+        inner: Any = handler(source)
+        target = inner["schema"] if inner.get("type") == "nullable" else inner
+        if target.get("type") == "str":
+            target["strip_whitespace"] = False
+        return core_schema.no_info_after_validator_function(self._validate, inner)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from controlplane.domain.specs import ResourceSpec, check_env, check_labels, parse
+from controlplane.domain.specs import ENV_VALUE, ResourceSpec, check_env, check_labels, parse
 from controlplane.domain.supervision import RestartType, SupervisionPolicy
 from controlplane.domain.text import Json, Line, Text
 
@@ -40,9 +40,9 @@ class Placement(_Model):
     affinity: Affinity | None = None
     spread: bool = Field(False, description="spread the replicas of a task over as many nodes as possible")
 
-    @field_validator("node_labels")
+    @field_validator("node_labels", mode="before")
     @classmethod
-    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+    def _labels(cls, v: Any) -> Any:
         return check_labels(v)
 
 
@@ -54,7 +54,7 @@ class TaskSpec(_Model):
                         Field(description="process, or the name of a native executor (job, replicas, a plugin's)")] = "process"
     argv: list[Annotated[str, Text(max_length=4096)]] = Field(default_factory=list, max_length=1024,
                                                               description="the command, for executor process")
-    env: dict[str, str] = Field(default_factory=dict, description='environment variables, e.g. {"A": "1"}')
+    env: dict[str, Annotated[str, ENV_VALUE]] = Field(default_factory=dict, description='environment variables, e.g. {"A": "1"}')
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     replicas: Annotated[int, Field(ge=1, le=10_000, description="how many identical allocations run it")] = 1
     needs: list[Annotated[str, Line(max_length=63)]] = Field(default_factory=list,
@@ -66,9 +66,9 @@ class TaskSpec(_Model):
     children: list[TaskSpec] = Field(default_factory=list, description="its own sub-hierarchy: spawned with "
                                                                        "this task's allocation as their parent")
 
-    @field_validator("env")
+    @field_validator("env", mode="before")
     @classmethod
-    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+    def _env(cls, v: Any) -> Any:
         return check_env(v)
 
     @model_validator(mode="after")

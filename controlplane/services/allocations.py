@@ -58,7 +58,7 @@ class AllocationService:
         self.natives = natives
         self.clock = clock
 
-    @checked(parent_id=Id("parent"), request_id=Line("requestId", max_length=REQUEST_ID_MAX))
+    @checked(parent_id=Id("parent"), request_id=Line("requestId", max_length=REQUEST_ID_MAX), ids=Id("ids"))
     def spawn(
         self,
         parent_id: str,

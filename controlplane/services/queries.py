@@ -72,7 +72,7 @@ class GraphQueries:
     def children(self, parent_id: str, *, after: str | None = None, limit: int = 100) -> list[AllocationRecord]:
         return self.store.children(parent_id=parent_id, after=after, limit=page(limit))
 
-    @checked(root_id=Id("id"))
+    @checked(root_id=Id("id"), fields=Line("fields", max_length=64))
     def descendants(
         self, root_id: str, *, max_depth: int = 64, limit: int = 10_000, fields: Collection[str] | None = None
     ) -> list[AllocationRecord]:

@@ -8,6 +8,7 @@ do not depend on the graph engine, so the tests run on the embedded FalkorDB.
 
 from __future__ import annotations
 
+import warnings
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,10 @@ import yaml
 from pydantic import BaseModel
 from strawberry.utils.str_converters import to_camel_case
 
+with warnings.catch_warnings():  # starlette suggests httpx2; the httpx TestClient works the same (as in test_api.py)
+    warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
+    from fastapi.testclient import TestClient
+
 from controlplane.api import create_app
 from controlplane.domain.specs import EXECUTORS, AllocationSpec, ResourceSpec
 from controlplane.domain.supervision import Backoff, ChildPolicy, DeciderRule, Directive, RestartType, Strategy, SupervisionPolicy
@@ -26,7 +31,7 @@ from controlplane.services import ControlPlane
 from controlplane.wiring import assemble
 from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer
-from tests.test_api import SPAWN, TestClient, data, job, register
+from tests.test_api import SPAWN, data, job, register
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 ROOT = Path(__file__).resolve().parent.parent

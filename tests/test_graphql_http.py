@@ -7,11 +7,16 @@ https://graphql.github.io/graphql-over-http/draft/#sec-Status-Codes
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+
+with warnings.catch_warnings():  # starlette suggests httpx2; the httpx TestClient works the same (as in test_api.py)
+    warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
+    from fastapi.testclient import TestClient
 
 from controlplane.api import create_app
 from controlplane.api.graphql_http import APPLICATION_JSON, GRAPHQL_RESPONSE_JSON, negotiate
@@ -19,7 +24,7 @@ from controlplane.services import ControlPlane
 from controlplane.wiring import assemble
 from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer
-from tests.test_api import REGISTER, TestClient, data, node_input, register
+from tests.test_api import REGISTER, data, node_input, register
 
 NO_ACCEPT = object()
 
@@ -49,7 +54,8 @@ def send(client: TestClient, accept: Any, *, method: str = "POST", body: Any = N
         del request.headers["accept"]
     else:
         request.headers["accept"] = accept
-    return client.send(request)
+    response: httpx.Response = client.send(request)
+    return response
 
 
 def media_type(r: httpx.Response) -> str:

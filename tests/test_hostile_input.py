@@ -12,6 +12,7 @@ declare their outside arguments.
 
 from __future__ import annotations
 
+import warnings
 import inspect
 import json
 import re
@@ -21,6 +22,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+with warnings.catch_warnings():  # starlette suggests httpx2; the httpx TestClient works the same (as in test_api.py)
+    warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
+    from fastapi.testclient import TestClient
 
 from controlplane.api import create_app
 from controlplane.domain.errors import InvalidInput
@@ -35,7 +40,7 @@ from controlplane.services.queries import GraphQueries
 from controlplane.services.supervisor import SupervisorService
 from controlplane.wiring import assemble
 from controlplane.ports.store import GraphStore
-from tests.test_api import EVIL, REGISTER, SPAWN, TestClient, data, job, node_input, register, spawn
+from tests.test_api import EVIL, REGISTER, SPAWN, data, job, node_input, register, spawn
 from workers.agent import AgentReports
 
 # --- the strings ---------------------------------------------------------------------------------

@@ -93,7 +93,8 @@ def _matches(pattern: str, media_type: str) -> int:
 
 def is_request_error(result: ExecutionResult) -> bool:
     """Refused before execution (parse, validation, variable coercion): no data, and no error belongs to a field."""
-    return result.data is None and bool(result.errors) and all(e.path is None for e in result.errors)
+    errors = result.errors or []
+    return result.data is None and bool(errors) and all(e.path is None for e in errors)
 
 
 class GraphQLHTTPRouter(GraphQLRouter[ApiContext, RootValue]):

@@ -38,7 +38,7 @@ import sys
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, Union, cast, get_args, get_origin
 
 import annotated_types
 import strawberry
@@ -123,8 +123,8 @@ class InputTypes:
         if unknown:
             raise TypeError(f"{spec.name} describes values that do not exist: {', '.join(unknown)}")
         members = {v: strawberry.enum_value(v, description=spec.values.get(v)) for v in values}
-        generated = strawberry.enum(enum.Enum(spec.name, members), name=spec.name,  # type: ignore[misc]
-                                    description=f"{spec.description} {self.enum_note}".strip())
+        python_enum = cast(type[enum.Enum], enum.Enum(spec.name, members))  # the functional API: a class, not a member
+        generated = strawberry.enum(python_enum, name=spec.name, description=f"{spec.description} {self.enum_note}".strip())
         self._enums[spec.name] = generated
         setattr(_MODULE, spec.name, generated)
         return generated

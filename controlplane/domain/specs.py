@@ -116,8 +116,8 @@ class AllocationSpec(_Spec):
     node: Annotated[str | None, Id(), Field(description="place on this node instead of the first that fits")] = None
     node_labels: dict[str, str] = Field(default_factory=dict, description='only nodes with these labels, e.g. {"zone": "eu"}')
     grace_period_s: Annotated[float, Field(ge=0, le=3600, description="a stop kills it this long after asking")] = 10.0
-    restart: RestartType = Field(RestartType.TRANSIENT, description="when its parent restarts it")
-    supervision: SupervisionPolicy | None = Field(None, description="how it supervises its children (null: the default policy)")
+    restart: RestartType = Field(default=RestartType.TRANSIENT, description="when its parent restarts it")
+    supervision: SupervisionPolicy | None = Field(default=None, description="how it supervises its children (null: the default policy)")
     native: Annotated[str | None, Line(min_length=1, max_length=64),
                       Field(description="for executor native: which one runs it (job, replicas, a plugin's)")] = None
     config: Annotated[dict[str, Any], Json()] = Field(default_factory=dict, description="for executor native: its configuration")

@@ -144,15 +144,15 @@ class Backoff(_Model):
 class SupervisionPolicy(_Model):
     """How a parent supervises its children (Akka/OTP style)."""
 
-    strategy: Strategy = Field(Strategy.ONE_FOR_ONE, description="which children restart when one fails")
+    strategy: Strategy = Field(default=Strategy.ONE_FOR_ONE, description="which children restart when one fails")
     deciders: list[DeciderRule] = Field(default_factory=list, max_length=32,
                                         description="per failure, the first rule that matches decides")
-    default_directive: Directive = Field(Directive.RESTART, description="what happens when no decider matches")
+    default_directive: Directive = Field(default=Directive.RESTART, description="what happens when no decider matches")
     max_restarts: Annotated[int, Field(ge=0, le=10_000, description="restart intensity: at most this many "
                                                                    "restarts within window_s, else the parent fails")] = 3
     window_s: Annotated[float, Field(gt=0, le=86_400 * 7, description="the intensity window, in seconds")] = 60.0
     backoff: Backoff = Field(default_factory=Backoff, description="delays between restarts")
-    child_policy: ChildPolicy = Field(ChildPolicy.CASCADE, description="what happens to the children when this parent ends")
+    child_policy: ChildPolicy = Field(default=ChildPolicy.CASCADE, description="what happens to the children when this parent ends")
 
     def directive_for(self, kind: FailureKind, exit_code: int | None, error: str | None) -> Directive:
         for rule in self.deciders:

@@ -38,7 +38,7 @@ class Placement(_Model):
 
     node_labels: dict[str, str] = Field(default_factory=dict, description='only nodes with these labels, e.g. {"zone": "eu"}')
     affinity: Affinity | None = None
-    spread: bool = Field(False, description="spread the replicas of a task over as many nodes as possible")
+    spread: bool = Field(default=False, description="spread the replicas of a task over as many nodes as possible")
 
     @field_validator("node_labels", mode="before")
     @classmethod
@@ -59,8 +59,8 @@ class TaskSpec(_Model):
     replicas: Annotated[int, Field(ge=1, le=10_000, description="how many identical allocations run it")] = 1
     needs: list[Annotated[str, Line(max_length=63)]] = Field(default_factory=list,
                                                              description="names of sibling tasks that must succeed first")
-    restart: RestartType = Field(RestartType.TRANSIENT, description="when its parent restarts it")
-    supervision: SupervisionPolicy | None = Field(None, description="how it supervises its child tasks (null: the default)")
+    restart: RestartType = Field(default=RestartType.TRANSIENT, description="when its parent restarts it")
+    supervision: SupervisionPolicy | None = Field(default=None, description="how it supervises its child tasks (null: the default)")
     config: Annotated[dict[str, Any], Json()] = Field(default_factory=dict, description="configuration of a native executor")
     placement: Placement = Field(default_factory=Placement)
     children: list[TaskSpec] = Field(default_factory=list, description="its own sub-hierarchy: spawned with "
@@ -84,7 +84,7 @@ class JobSpec(_Model):
 
     name: Annotated[str, Field(pattern=TASK_NAME)]
     tasks: list[TaskSpec] = Field(min_length=1)
-    supervision: SupervisionPolicy | None = Field(None, description="how the job's root supervises its tasks (null: the default)")
+    supervision: SupervisionPolicy | None = Field(default=None, description="how the job's root supervises its tasks (null: the default)")
 
     @model_validator(mode="after")
     def _dag(self) -> JobSpec:

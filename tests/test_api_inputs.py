@@ -8,8 +8,8 @@ do not depend on the graph engine, so the tests run on the embedded FalkorDB.
 
 from __future__ import annotations
 
-import warnings
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, get_args

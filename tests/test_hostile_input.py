@@ -12,10 +12,10 @@ declare their outside arguments.
 
 from __future__ import annotations
 
-import warnings
 import inspect
 import json
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,14 +32,13 @@ from controlplane.domain.errors import InvalidInput
 from controlplane.domain.lifecycle import CLAIM, RUN
 from controlplane.domain.text import Id, Line, Text, printable, rules_of
 from controlplane.jobs.service import JobService
-from controlplane.ports.store import Change
+from controlplane.ports.store import Change, GraphStore
 from controlplane.services import ControlPlane
 from controlplane.services.allocations import AllocationService
 from controlplane.services.nodes import NodeService
 from controlplane.services.queries import GraphQueries
 from controlplane.services.supervisor import SupervisorService
 from controlplane.wiring import assemble
-from controlplane.ports.store import GraphStore
 from tests.test_api import EVIL, REGISTER, SPAWN, data, job, node_input, register, spawn
 from workers.agent import AgentReports
 

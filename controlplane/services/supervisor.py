@@ -23,7 +23,6 @@ from controlplane.domain.errors import Conflict, NoCapacity, NotFound
 from controlplane.domain.lifecycle import LIVE, RESTARTABLE, STOP, STOPPED, TERMINAL, State
 from controlplane.domain.records import AllocationRecord, Event
 from controlplane.domain.specs import parse
-from controlplane.domain.text import Id, checked
 from controlplane.domain.supervision import (
     Child,
     Decision,
@@ -38,6 +37,7 @@ from controlplane.domain.supervision import (
     policy_from_json,
     restart_type_of,
 )
+from controlplane.domain.text import Id, checked
 from controlplane.domain.vocabulary import Label
 from controlplane.ports.dispatch import Dispatcher, Key, RestartKey
 from controlplane.ports.store import Change, CreateRefused, Hierarchy, History, Ledger, RestartItem, Topology

@@ -1,4 +1,5 @@
-"""The FastAPI application: GraphQL at /graphql (GraphiQL on GET), POST /query, the graph browser, /healthz and /metrics.
+"""The FastAPI application: GraphQL at /graphql (GraphiQL on GET; graphql_http.py for media types), POST /query,
+the graph browser, /healthz and /metrics.
 
 `create_app` takes a ready ControlPlane; building the store and the dispatcher
 from settings is the caller's business (the CLI, or a test).

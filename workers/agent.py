@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +24,9 @@ from controlplane.services.control import ControlPlane
 from controlplane.services.supervisor import ControlDispatcher
 from graph_schema.store import Change, GraphStore
 from workers.executors import ExecutableNotFound, Handle, ProcessManager
+from workers.isolation import Reservation, Sandbox, SandboxConfig
+from workers.isolation.gpus import query_gpus
+from workers.isolation.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,20 +56,9 @@ def machine_resources() -> dict[str, object]:
                     break
     except OSError:
         pass
-    gpus: list[dict[str, object]] = []
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run(
-                [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                capture_output=True, text=True, timeout=10, check=True,
-            ).stdout
-            for line in out.strip().splitlines():
-                name, mem = (p.strip() for p in line.split(",", 1))
-                model = "".join(ch if ch.isalnum() or ch in " ._-" else "-" for ch in name)[:64]
-                gpus.append({"model": model, "memory_mib": int(float(mem))})
-        except (subprocess.SubprocessError, OSError, ValueError):
-            log.warning("nvidia-smi did not answer; registering no GPUs")
+    gpus: list[dict[str, object]] = [
+        {"model": g.model, "memory_mib": g.memory_mib, "uuid": g.uuid, "index": g.index} for g in query_gpus()
+    ]
     return {"cpu_milli": cpu * 1000, "memory_mib": memory_mib, "gpus": gpus}
 
 
@@ -84,6 +74,8 @@ class NodeAgent:
         labels: dict[str, str] | None = None,
         resources: dict[str, object] | None = None,
         notify: Callable[[], None] | None = None,
+        isolation: SandboxConfig | None = None,
+        usage_period_s: float = 10.0,
     ) -> None:
         self.store = store
         #: rings the live-events doorbell after the agent changed the graph
@@ -94,13 +86,17 @@ class NodeAgent:
         self.resources = resources or machine_resources()
         self.dispatcher = dispatcher
         self.agent = AgentService(store, node_id=node)
-        self.processes = ProcessManager(work_dir / "runs" / node, self._on_exit)
+        gpus = self.resources.get("gpus") or []
+        self.sandbox = Sandbox(isolation or SandboxConfig(), node=node, data_dir=work_dir, gpus=gpus)  # type: ignore[arg-type]
+        self.processes = ProcessManager(work_dir / "runs" / node, self._on_exit, self.sandbox)
+        self.usage = UsageRecorder(self.processes, self._record_usage, period_s=usage_period_s)
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
     # --- life of the agent -------------------------------------------------------------
     def register(self) -> NodeRecord:
-        return ControlPlane(self.store, self.dispatcher).register_node({"name": self.node, "labels": self.labels, **self.resources})
+        return ControlPlane(self.store, self.dispatcher).register_node(
+            {"name": self.node, "labels": self.labels, **self.resources, "isolation": self.sandbox.isolation})
 
     def recover(self) -> list[Key]:
         """A fresh agent process runs nothing yet: what its node still shows as started died with the last agent.
@@ -108,6 +104,7 @@ class NodeAgent:
         Started allocations become `lost` (their parents decide), stopping ones `stopped`. Without this, an
         agent restarted within the node's grace period would leave them `running` for ever.
         """
+        self.sandbox.recover()  # first every process the last agent left, then the graph
         now = wall_clock()
         ended: list[Key] = []
         for state in (State.STARTING, State.RUNNING, State.STOPPING):
@@ -131,6 +128,7 @@ class NodeAgent:
     def start_heartbeat(self) -> None:
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self._heartbeat.start()
+        self.usage.start()
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
@@ -159,6 +157,7 @@ class NodeAgent:
 
     def shutdown(self) -> None:
         self._stop.set()
+        self.usage.stop()
         self.processes.kill_all()
         self.processes.close()
 
@@ -168,7 +167,10 @@ class NodeAgent:
         claimed = _g(self.agent.begin_start, keys, node_id=self.node)
         if not claimed:
             return
-        futures = self.processes.start_many([((r.id, r.incarnation), list(r.argv), self._env(r)) for r in claimed])
+        futures = self.processes.start_many(
+            [((r.id, r.incarnation), list(r.argv), self._env(r)) for r in claimed],
+            {(r.id, r.incarnation): Reservation(r.cpu, r.memory, r.gpu_ids) for r in claimed},
+        )
         started: list[tuple[Key, int]] = []
         for rec, fut in zip(claimed, futures):
             try:
@@ -183,16 +185,16 @@ class NodeAgent:
             self.processes.stop(key, grace_s=grace[key])
 
     def _env(self, rec: AllocationRecord) -> dict[str, str]:
-        return {
-            "PATH": os.environ.get("PATH", os.defpath),
-            "HOME": os.environ.get("HOME", "/"),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            **rec.env,
+        """Its whole environment: PATH, HOME (its working directory), LANG, its spec's env, these, its GPUs."""
+        return self.sandbox.environment((rec.id, rec.incarnation), spec_env=rec.env, gpu_ids=rec.gpu_ids, controlplane={
             "CONTROLPLANE_ALLOCATION_ID": rec.id,
             "CONTROLPLANE_INCARNATION": str(rec.incarnation),
             "CONTROLPLANE_NODE": self.node,
             "CONTROLPLANE_PARENT_ID": rec.parent_id,
-        }
+        })
+
+    def _record_usage(self, key: Key, fields: dict[str, object]) -> None:
+        self.store.set_fields(allocation_id=key[0], incarnation=key[1], fields={**fields, "usage_at": wall_clock()})
 
     def stop(self, allocation_id: str, incarnation: int) -> None:
         rec = _g(self.store.get_allocation, allocation_id=allocation_id)
@@ -202,7 +204,7 @@ class NodeAgent:
                 self.dispatcher.terminated(keys=[(allocation_id, incarnation)])
 
     def _on_exit(self, exits: list[tuple[Handle, int, str]]) -> None:
-        ended = _g(self.agent.exited, [Exit(h.key, code, tail) for h, code, tail in exits])
+        ended = _g(self.agent.exited, [Exit(h.key, code, tail, h.outcome.failure, h.outcome.fields) for h, code, tail in exits])
         self.notify()
         keys = [(a.id, a.incarnation) for a in ended]
         if keys:

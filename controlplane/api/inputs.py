@@ -53,6 +53,9 @@ class AllocationSpecInput:
     resources: ResourcesInput | None = strawberry.UNSET
     node: str | None = strawberry.field(default=strawberry.UNSET, description="Place on this node instead of the first that fits.")
     node_labels: JSON | None = strawberry.field(default=strawberry.UNSET, description="Only nodes with these labels.")
+    require_isolation: bool | None = strawberry.field(
+        default=strawberry.UNSET, description="Only nodes whose agent enforces the reservation with cgroups (label isolation=cgroup)."
+    )
     grace_period_s: float | None = strawberry.UNSET
     restart: str | None = strawberry.field(
         default=strawberry.UNSET, description="When its parent restarts it: `permanent`, `transient` (default) or `temporary`."

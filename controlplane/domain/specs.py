@@ -29,6 +29,14 @@ class _Spec(BaseModel):
 class GpuSpec(_Spec):
     model: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")]
     memory_mib: Annotated[int, Field(ge=0, le=1024 * 1024)] = 0
+    #: the device as the node agent found it (nvidia-smi): what it gives a process that claims this GPU
+    uuid: Annotated[str | None, Field(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")] = None
+    index: Annotated[int | None, Field(ge=0, le=1024)] = None
+
+
+#: the node label an agent sets from what it enforces, and that `require_isolation` asks for
+ISOLATION_LABEL = "isolation"
+ISOLATION_ENFORCED = "cgroup"
 
 
 class NodeSpec(_Spec):
@@ -39,6 +47,8 @@ class NodeSpec(_Spec):
     gpus: list[GpuSpec] = Field(default_factory=list, max_length=MAX_GPUS)
     #: how this node supervises the allocations it creates (None: the default policy)
     supervision: SupervisionPolicy | None = None
+    #: what its agent enforces on allocations: cgroup limits, or none (None: not reported)
+    isolation: Literal["cgroup", "none"] | None = None
 
     @field_validator("name")
     @classmethod
@@ -58,7 +68,11 @@ class NodeSpec(_Spec):
         return v
 
     def label_list(self) -> tuple[str, ...]:
-        return tuple(sorted(f"{k}={v}" for k, v in self.labels.items()))
+        """The labels, with `isolation=` set by what the agent reported (a label of that name is not the caller's to set)."""
+        labels = {k: v for k, v in self.labels.items() if self.isolation is None or k != ISOLATION_LABEL}
+        if self.isolation is not None:
+            labels[ISOLATION_LABEL] = self.isolation
+        return tuple(sorted(f"{k}={v}" for k, v in labels.items()))
 
 
 class ResourceSpec(_Spec):
@@ -91,6 +105,8 @@ class AllocationSpec(_Spec):
     max_rtt_ms: Annotated[float | None, Field(ge=0, le=600_000)] = None
     #: placement spread: prefer nodes holding the fewest allocations with the same key
     spread_key: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    #: only nodes whose agent enforces its limits (label isolation=cgroup)
+    require_isolation: bool = False
 
     @field_validator("env")
     @classmethod
@@ -99,6 +115,12 @@ class AllocationSpec(_Spec):
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
                 raise ValueError(f"environment variable name {k!r} is not a valid identifier")
         return v
+
+    def placement_labels(self) -> tuple[str, ...]:
+        labels = dict(self.node_labels)
+        if self.require_isolation:
+            labels[ISOLATION_LABEL] = ISOLATION_ENFORCED
+        return tuple(sorted(f"{k}={v}" for k, v in labels.items()))
 
     def model_post_init(self, __context: Any) -> None:
         if self.executor == "process" and not self.argv:

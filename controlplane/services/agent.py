@@ -7,8 +7,9 @@ batches: one graph request for many allocations.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from controlplane.domain.clock import wall_clock
 from controlplane.domain.lifecycle import State
@@ -25,6 +26,10 @@ class Exit:
     key: Key
     exit_code: int
     output_tail: str
+    #: why it failed when the exit code does not say it (e.g. "oom_killed: memory limit ...")
+    failure: str | None = None
+    #: what was measured (usage_cpu_s, usage_memory_peak_mib, ...), recorded with the exit
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 def describe_exit(code: int) -> str:
@@ -70,14 +75,15 @@ class AgentService:
         changes = []
         for e in exits:
             outcome = State.SUCCEEDED if e.exit_code == 0 else State.FAILED
+            why = e.failure or describe_exit(e.exit_code)
             changes.append(
                 Change(
                     e.key[0],
                     {State.STOPPING: State.STOPPED, State.STARTING: outcome, State.RUNNING: outcome},
                     e.key[1],
-                    {"exit_code": e.exit_code, "output_tail": e.output_tail[-OUTPUT_TAIL_CHARS:], "finished_at": now},
-                    failure=describe_exit(e.exit_code),
-                    reason=describe_exit(e.exit_code),
+                    {**e.fields, "exit_code": e.exit_code, "output_tail": e.output_tail[-OUTPUT_TAIL_CHARS:], "finished_at": now},
+                    failure=why,
+                    reason=why,
                     by=self.node_id,
                     leaf_only=True,
                 )
@@ -92,7 +98,7 @@ class AgentService:
             elif r.allocation.state is State.STOPPING and r.allocation.incarnation == e.key[1]:
                 self.store.set_fields(
                     allocation_id=e.key[0], incarnation=e.key[1],
-                    fields={"process_exited": True, "exit_code": e.exit_code,
+                    fields={**e.fields, "process_exited": True, "exit_code": e.exit_code,
                             "output_tail": e.output_tail[-OUTPUT_TAIL_CHARS:], "finished_at": now},
                 )
         return ended

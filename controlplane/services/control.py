@@ -133,7 +133,7 @@ class ControlPlane:
             Demand(
                 resources=s.resources.to_resources(),
                 node_id=s.node,
-                labels=tuple(sorted(f"{k}={v}" for k, v in s.node_labels.items())),
+                labels=s.placement_labels(),
                 max_rtt_ms=s.max_rtt_ms,
                 spread_key=s.spread_key,
             )

@@ -23,6 +23,7 @@ from controlplane.services import ControlPlane
 from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer
 from workers.app import configure
+from tests.stack import clean_node
 from workers.dispatch import CeleryDispatcher
 
 GRAPH = "workers"
@@ -166,4 +167,5 @@ def test_killing_the_agent_kills_its_processes(falkordb_server: FalkorDBServer, 
     finally:
         if proc.poll() is None:
             proc.kill()
+        clean_node("doomed", tmp_path)
         store.close()

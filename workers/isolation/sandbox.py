@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 Key = tuple[str, int]
 Mode = Literal["auto", "cgroup", "none"]
 KeepWorkdir = Literal["never", "failed", "always"]
-GATE = 'read -r _ || exit 125; exec "$@" </dev/null'
+GATE = 'read -r _ || exit 125; unset PWD; exec "$@" </dev/null'  # sh exports PWD: not the allocation's
 MIB = 1024 * 1024
 
 
@@ -350,3 +350,7 @@ class Sandbox:
         self.pump.close()
         if self.layout.usable:
             cgroups.release(self.layout)
+        try:
+            self.work_root.rmdir()  # only when empty: kept directories stay
+        except OSError:
+            pass

@@ -2,9 +2,12 @@
 
 Starts the graph engine, the embedded FalkorDB as Redis (the broker) and real
 node agents (`controlplane worker`), spawns N allocations in batches and waits
-until every one has succeeded.
+until every one has succeeded. `--isolation off,on` runs it without the agents'
+isolation (ISOLATION=none, the agent's user) and with it (a cgroup, a user and a
+working directory per allocation), one line each.
 
     python -m bench.bench_celery [--engines falkordb,neo4j,gremlin] [--total 3000] [--agents 1] [--concurrency 16]
+                                 [--isolation off,on]
 """
 
 from __future__ import annotations
@@ -26,13 +29,20 @@ from workers.app import configure
 from workers.dispatch import CeleryDispatcher
 
 
-def run(engine: str, total: int, batch: int, agents: int, concurrency: int) -> None:
+ISOLATION_ENV = {
+    "off": {"ISOLATION": "none", "ISOLATION_USER": "agent"},
+    "on": {"ISOLATION": "auto", "ISOLATION_USER": "auto"},
+}
+
+
+def run(engine: str, total: int, batch: int, agents: int, concurrency: int, isolation: str = "off") -> None:
     with open_engine(engine) as (store, graph_server), tempfile.TemporaryDirectory() as tmp:
         store.clear()
         broker = graph_server or FalkorDBServer(FalkorDBServerConfig(data_dir=Path(tmp) / "redis")).start()
         uri = broker.url if engine == "falkordb" else (store.uri if hasattr(store, "uri") else store._remote.url)  # noqa: SLF001
         env = {**os.environ, "GRAPH_BACKEND": engine, "GRAPH_URI": uri, "GRAPH_NAME": "bench",
-               "REDIS_URL": broker.redis_url(1), "DATA_DIR": tmp}
+               "REDIS_URL": broker.redis_url(1), "DATA_DIR": tmp, "ISOLATION_WORK_ROOT": f"{tmp}/work",
+               **ISOLATION_ENV[isolation]}
         procs = [
             subprocess.Popen([sys.executable, "-m", "controlplane", "worker", "--node", f"agent{i}", "--concurrency", str(concurrency)], env=env)
             for i in range(agents)
@@ -55,7 +65,10 @@ def run(engine: str, total: int, batch: int, agents: int, concurrency: int) -> N
                 pending -= {a.id for a in page if a.state is State.SUCCEEDED}
                 time.sleep(0.25)  # a light probe: the graph serves the workers, not the benchmark
             elapsed = time.perf_counter() - started
-            print(f"{engine:9s} celery+process: {total} allocations spawn->running->succeeded in {elapsed:.2f}s = "
+            node = store.get_node(node_id="agent0")
+            enforced = node.extra.get("isolation") if node else None
+            print(f"{engine:9s} celery+process isolation {isolation:3s} ({enforced}): {total} allocations "
+                  f"spawn->running->succeeded in {elapsed:.2f}s = "
                   f"{total / elapsed:,.0f}/s ({agents} agent(s) x {concurrency} threads; spawning took {spawned:.2f}s)")
         finally:
             for p in procs:
@@ -73,9 +86,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--agents", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--isolation", default="off,on", help="off, on, or both in turn (off,on)")
     args = p.parse_args()
     for engine in args.engines.split(","):
-        run(engine, args.total, args.batch, args.agents, args.concurrency)
+        for isolation in args.isolation.split(","):
+            run(engine, args.total, args.batch, args.agents, args.concurrency, isolation)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from controlplane.services.supervisor import ControlDispatcher
 from graph_schema.store import Change, GraphStore
 from workers.executors import ExecutableNotFound, Handle, ProcessManager
 from workers.isolation import Reservation, Sandbox, SandboxConfig
+from workers.isolation.cgroups import IsolationError
 from workers.isolation.gpus import query_gpus
 from workers.isolation.usage import UsageRecorder
 
@@ -175,7 +176,7 @@ class NodeAgent:
         for rec, fut in zip(claimed, futures):
             try:
                 started.append(((rec.id, rec.incarnation), fut.result(timeout=60).pid))
-            except (ExecutableNotFound, OSError) as exc:
+            except (ExecutableNotFound, OSError, IsolationError) as exc:
                 if _g(self.agent.failed_to_start, (rec.id, rec.incarnation), error=str(exc)):
                     self.dispatcher.terminated(keys=[(rec.id, rec.incarnation)])
         self.notify()

@@ -38,7 +38,11 @@ CPU_PERIOD_US = 100_000
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
-class CgroupError(Exception):
+class IsolationError(Exception):
+    """An allocation could not be confined as configured (so it does not start); the message says why."""
+
+
+class CgroupError(IsolationError):
     """A cgroup could not be created, joined or configured; the message says which file and why."""
 
 
@@ -186,8 +190,10 @@ def _enable_v2(mount: Path, base: Path, wanted: Iterable[str]) -> set[str]:
     return enabled
 
 
-def discover(*, instance: str, versions: Versions = "auto", parent: str | None = None) -> Layout:
-    """The hierarchies this agent can use for limits and tracking, probed by creating a cgroup in each."""
+def discover(*, instance: str, versions: Versions = "auto", parent: str | None = None, unused: Iterable[str] = ()) -> Layout:
+    """The hierarchies this agent can use for limits and tracking, probed by creating a cgroup in each.
+
+    `unused`: optional controllers not to use (devices on a node without GPUs: one hierarchy fewer per cgroup)."""
     instance = _SAFE.sub("_", instance)
     try:
         mounts = _mounts()
@@ -217,7 +223,7 @@ def discover(*, instance: str, versions: Versions = "auto", parent: str | None =
             break
     if versions in ("auto", "v1"):
         # with v2 tracking, the v1 freezer is not needed, and v2's cpu.stat counts cpu time as cpuacct would
-        wanted = set(V1_WANTED) - ({"freezer", "cpuacct"} if tracker is not None else set())
+        wanted = set(V1_WANTED) - ({"freezer", "cpuacct"} if tracker is not None else set()) - (set(unused) - set(REQUIRED))
         for fstype, mount, root, opts in mounts:
             ctrls = frozenset(c for c in opts if c in wanted) - set(by_controller)
             if fstype != "cgroup" or not ctrls:
@@ -446,6 +452,48 @@ def leftovers(layout: Layout) -> list[Cgroup]:
         cg.dirs = {h.mount: h.base / name for h in layout.hierarchies if (h.base / name).is_dir()}
         found.append(cg)
     return found
+
+
+def sweep(*, instance: str, parent: str | None, keep: Iterable[Path] = ()) -> int:
+    """Kill and remove this instance's allocation cgroups in every hierarchy, whatever layout made them; returns
+    how many still had processes. The fallback of a new agent, after the precise kill through its own layout.
+    Base directories not in `keep` (those of hierarchies the agent no longer uses) are removed too."""
+    kept = set(keep)
+    instance = _SAFE.sub("_", instance)
+    try:
+        mounts = _mounts()
+        own_v1, own_v2 = _own_paths()
+    except OSError:
+        return 0
+    killed = 0
+    for fstype, mount, root, opts in mounts:
+        ctrls = frozenset(c for c in opts if c in V1_WANTED)
+        own = own_v2 if fstype == "cgroup2" else next((p for k, p in own_v1.items() if ctrls and ctrls <= k), None)
+        if own is None:
+            continue
+        base = _under(mount, root, own, parent, instance)
+        if not base.is_dir():
+            continue
+        for d in [p for p in base.iterdir() if p.is_dir()]:
+            procs = d / "cgroup.procs"
+            pids = procs.read_text().split() if procs.exists() else []
+            killed += bool(pids)
+            deadline = time.monotonic() + 5
+            while pids and time.monotonic() < deadline:
+                for pid in pids:
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.01)
+                pids = procs.read_text().split()
+            _rmdir(d)
+        if base not in kept and _rmdir(base, attempts=1):
+            try:
+                base.parent.rmdir()
+            except OSError:
+                pass
+    return killed
 
 
 def release(layout: Layout) -> None:

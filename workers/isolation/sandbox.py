@@ -220,7 +220,9 @@ class Sandbox:
                                 uid_base=config.uid_base, uid_count=config.uid_count)
         if self.users.switches_user and self.setpriv is None:
             raise RuntimeError("running allocations as their own users needs util-linux setpriv on PATH")
-        self.layout = (cgroups.discover(instance=self.instance, versions=config.cgroup_versions, parent=config.cgroup_parent)
+        self.gpus = devices_of(node, list(gpus))
+        self.layout = (cgroups.discover(instance=self.instance, versions=config.cgroup_versions, parent=config.cgroup_parent,
+                                        unused=() if self.gpus else ("devices",))  # no GPU to hide: no devices cgroup
                        if config.mode != "none" else cgroups.Layout({}, None, reason="isolation is off (ISOLATION=none)"))
         if config.mode == "cgroup" and not self.layout.usable:
             raise RuntimeError(f"ISOLATION=cgroup but cgroups cannot be used here: {self.layout.reason}")
@@ -231,7 +233,6 @@ class Sandbox:
             os.chmod(d, 0o711)  # others may pass through to their own directory, never list it
         agent_path = os.environ.get("PATH", os.defpath)
         self.path = searchable_path(agent_path) if self.users.switches_user else agent_path
-        self.gpus = devices_of(node, list(gpus))
         self.pump = LogPump()
         self._closed = False
 
@@ -334,6 +335,9 @@ class Sandbox:
                 killed += 1
             cg.kill()
             cg.remove()
+        # and whatever other hierarchies the last agent used (another ISOLATION_* setting, GPUs it had)
+        killed += cgroups.sweep(instance=self.instance, parent=self.config.cgroup_parent,
+                                keep=[h.base for h in self.layout.hierarchies])
         released = self.users.release_owned()
         for d in self.work_root.iterdir():
             if d.is_dir():

@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.isolation.cgroups import IsolationError
+
 log = logging.getLogger(__name__)
 
 
@@ -81,7 +83,7 @@ class UserPolicy:
             with os.fdopen(fd, "w") as f:
                 f.write(f"{self.owner}\n{key}\n")
             return Identity(uid, uid, claimed=True)
-        raise RuntimeError(f"no free uid left in {self.uid_base}-{self.uid_base + self.uid_count - 1}")
+        raise IsolationError(f"no free uid left in {self.uid_base}-{self.uid_base + self.uid_count - 1}")
 
     def release(self, identity: Identity) -> None:
         if identity.claimed:

@@ -167,6 +167,13 @@ def _probe(base: Path, *, need: Iterable[str] = ()) -> None:
         _rmdir(probe)
 
 
+def _offered(mount: Path, wanted: Iterable[str]) -> bool:
+    try:
+        return set(wanted) <= set((mount / "cgroup.controllers").read_text().split())
+    except OSError:
+        return False
+
+
 def _enable_v2(mount: Path, base: Path, wanted: Iterable[str]) -> set[str]:
     """Enable the wanted controllers from the root of the unified hierarchy down to `base`; returns those enabled."""
     try:
@@ -213,6 +220,13 @@ def discover(*, instance: str, versions: Versions = "auto", parent: str | None =
             try:
                 _probe(base, need=("cgroup.kill",))
                 enabled = _enable_v2(mount, base, V2_WANTED)
+                if parent is None and own_v2 != "/" and not set(V2_WANTED) <= enabled and _offered(mount, V2_WANTED):
+                    # the agent's own cgroup holds processes, so it cannot hand controllers down (no internal
+                    # processes in v2): beside it instead, at /controlplane, as the kubelet does with /kubepods
+                    _rmdir(base, attempts=1)
+                    base = _under(mount, root, "/", "/controlplane", instance)
+                    _probe(base, need=("cgroup.kill",))
+                    enabled = _enable_v2(mount, base, V2_WANTED)
             except (CgroupError, OSError) as exc:
                 reasons.append(f"v2: {exc}")
                 break

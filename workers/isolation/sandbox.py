@@ -150,11 +150,17 @@ class Confinement:
         self.identity, self.workdir, self.drained = identity, workdir, drained
         self.memory_bytes = memory_bytes
         self._last = (time.monotonic(), 0.0)  # (monotonic time, cpu s) of the last sample
+        self.finished = False
 
     def signal(self, sig: int) -> None:
         """SIGKILL: every process in the cgroup; other signals: the process group (a graceful stop)."""
+        if self.finished:
+            return  # its exit was handled: the cgroup is gone, the pid may be another process's
         if sig == signal.SIGKILL and self.cgroup is not None:
-            self.cgroup.kill()
+            try:
+                self.cgroup.kill()
+            except cgroups.CgroupError as exc:  # removed meanwhile by its exit
+                log.info("%s: %s", self.key, exc)
             return
         try:
             os.killpg(self.proc.pid, sig)
@@ -163,7 +169,7 @@ class Confinement:
 
     def usage(self) -> dict[str, Any] | None:
         """Measured usage now, with the average cpu since the last sample in millicores (as `cpu` is reserved)."""
-        if self.cgroup is None:
+        if self.cgroup is None or self.finished:
             return None
         stats = self.cgroup.stats()
         now = time.monotonic()
@@ -176,6 +182,7 @@ class Confinement:
     def finish(self, exit_code: int, *, stop_requested: bool) -> Outcome:
         """The main process has exited: kill what it left, read what the kernel counted, clean up."""
         stats = None
+        self.finished = True
         emptied = True
         if self.cgroup is not None:
             emptied = self.cgroup.kill()

@@ -27,7 +27,7 @@ from controlplane.domain.records import AllocationRecord
 from graph_schema.falkordb_server import FalkorDBServer
 from tests.conftest import IN_CI
 from tests.stack import Stack, wait_for
-from workers.isolation import cgroups
+from workers.isolation import cgroups, discovery
 
 PY = "/usr/bin/python3"  # reachable by the allocations' users (the test's own interpreter may live under /root)
 STAND_IN_SMI = """#!/bin/sh
@@ -40,7 +40,7 @@ echo "1, GPU-5b4f1a2e-0000-4000-8000-000000000001, NVIDIA A100-SXM4-40GB, 40960"
 def _cgroups_usable() -> str | None:
     if os.geteuid() != 0:
         return "not root"
-    layout = cgroups.discover(instance=f"probe-{os.getpid()}")
+    layout = discovery.discover(instance=f"probe-{os.getpid()}")
     cgroups.release(layout)
     return None if layout.usable else layout.reason
 

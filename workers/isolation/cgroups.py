@@ -22,7 +22,6 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -35,7 +34,7 @@ REQUIRED = ("memory", "cpu", "pids")
 V1_WANTED = ("memory", "cpu", "cpuacct", "pids", "devices", "freezer")
 V2_WANTED = ("memory", "cpu", "pids")
 CPU_PERIOD_US = 100_000
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class IsolationError(Exception):
@@ -107,40 +106,7 @@ class Layout:
         return " ".join(parts) + f" kill={kill}"
 
 
-# --- discovery ---------------------------------------------------------------------------------
-def _mounts() -> list[tuple[str, Path, str, set[str]]]:
-    """(fstype, mount point, root inside the hierarchy, super options) of every cgroup mount."""
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            lf, rf = left.split(), right.split()
-            if rf and rf[0] in ("cgroup", "cgroup2"):
-                out.append((rf[0], Path(lf[4]), lf[3], set(rf[2].split(",")) if len(rf) > 2 else set()))
-    return out
-
-
-def _own_paths() -> tuple[dict[frozenset[str], str], str | None]:
-    """This process's cgroup in each v1 hierarchy (by its controllers) and in v2."""
-    v1: dict[frozenset[str], str] = {}
-    v2 = None
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            hid, ctrls, path = line.rstrip("\n").split(":", 2)
-            if hid == "0" and not ctrls:
-                v2 = path
-            else:
-                v1[frozenset(c for c in ctrls.split(",") if c)] = path
-    return v1, v2
-
-
-def _under(mount: Path, root: str, own: str, parent: str | None, instance: str) -> Path:
-    rel = own[len(root):] if root != "/" and own.startswith(root) else own
-    where = parent if parent is not None else rel.rstrip("/") + "/controlplane"
-    return mount / where.strip("/") / instance
-
-
-def _write(path: Path, value: str) -> None:
+def write_file(path: Path, value: str) -> None:
     try:
         fd = os.open(path, os.O_WRONLY)
         try:
@@ -151,121 +117,8 @@ def _write(path: Path, value: str) -> None:
         raise CgroupError(f"cannot write {value.strip()!r} to {path}: {exc.strerror}") from None
 
 
-def _probe(base: Path, *, need: Iterable[str] = ()) -> None:
-    """Create the base and a throwaway child in it; the child must have the files `need` names."""
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        probe = base / f".probe-{os.getpid()}"
-        probe.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise CgroupError(f"cannot create cgroups under {base}: {exc.strerror}") from None
-    try:
-        missing = [n for n in need if not (probe / n).exists()]
-        if missing:
-            raise CgroupError(f"{base} has no {', '.join(missing)}")
-    finally:
-        _rmdir(probe)
-
-
-def _offered(mount: Path, wanted: Iterable[str]) -> bool:
-    try:
-        return set(wanted) <= set((mount / "cgroup.controllers").read_text().split())
-    except OSError:
-        return False
-
-
-def _enable_v2(mount: Path, base: Path, wanted: Iterable[str]) -> set[str]:
-    """Enable the wanted controllers from the root of the unified hierarchy down to `base`; returns those enabled."""
-    try:
-        available = set((mount / "cgroup.controllers").read_text().split())
-    except OSError:
-        return set()
-    enabled = {c for c in wanted if c in available}
-    if not enabled:
-        return set()
-    base.mkdir(parents=True, exist_ok=True)
-    chain = [mount, *reversed([p for p in base.parents if p != mount and mount in p.parents]), base]
-    for d in chain:
-        have = set((d / "cgroup.subtree_control").read_text().split())
-        for c in sorted(enabled - have):
-            try:
-                _write(d / "cgroup.subtree_control", f"+{c}")
-            except CgroupError as exc:
-                # a non-root cgroup with processes in it cannot hand controllers down (no internal processes)
-                log.warning("cgroup v2: %s not available below %s (%s)", c, d, exc)
-                enabled.discard(c)
-    return enabled
-
-
-def discover(*, instance: str, versions: Versions = "auto", parent: str | None = None, unused: Iterable[str] = ()) -> Layout:
-    """The hierarchies this agent can use for limits and tracking, probed by creating a cgroup in each.
-
-    `unused`: optional controllers not to use (devices on a node without GPUs: one hierarchy fewer per cgroup)."""
-    instance = _SAFE.sub("_", instance)
-    try:
-        mounts = _mounts()
-        own_v1, own_v2 = _own_paths()
-    except OSError as exc:
-        return Layout({}, None, reason=f"cannot read /proc/self: {exc.strerror}")
-    if not mounts:
-        return Layout({}, None, reason="no cgroup filesystem is mounted")
-    by_controller: dict[str, Hierarchy] = {}
-    tracker: Hierarchy | None = None
-    reasons: list[str] = []
-    if versions in ("auto", "v2"):
-        for fstype, mount, root, _ in mounts:
-            if fstype != "cgroup2" or own_v2 is None:
-                continue
-            base = _under(mount, root, own_v2, parent, instance)
-            try:
-                _probe(base, need=("cgroup.kill",))
-                enabled = _enable_v2(mount, base, V2_WANTED)
-                if parent is None and own_v2 != "/" and not set(V2_WANTED) <= enabled and _offered(mount, V2_WANTED):
-                    # the agent's own cgroup holds processes, so it cannot hand controllers down (no internal
-                    # processes in v2): beside it instead, at /controlplane, as the kubelet does with /kubepods
-                    _rmdir(base, attempts=1)
-                    base = _under(mount, root, "/", "/controlplane", instance)
-                    _probe(base, need=("cgroup.kill",))
-                    enabled = _enable_v2(mount, base, V2_WANTED)
-            except (CgroupError, OSError) as exc:
-                reasons.append(f"v2: {exc}")
-                break
-            h = Hierarchy(2, mount, frozenset(enabled), base)
-            tracker = h
-            for c in enabled:
-                by_controller[c] = h
-            break
-    if versions in ("auto", "v1"):
-        # with v2 tracking, the v1 freezer is not needed, and v2's cpu.stat counts cpu time as cpuacct would
-        wanted = set(V1_WANTED) - ({"freezer", "cpuacct"} if tracker is not None else set()) - (set(unused) - set(REQUIRED))
-        for fstype, mount, root, opts in mounts:
-            ctrls = frozenset(c for c in opts if c in wanted) - set(by_controller)
-            if fstype != "cgroup" or not ctrls:
-                continue
-            own = next((p for k, p in own_v1.items() if ctrls <= k), None)
-            if own is None:
-                continue
-            base = _under(mount, root, own, parent, instance)
-            try:
-                _probe(base)
-            except CgroupError as exc:
-                reasons.append(f"v1 {'+'.join(sorted(ctrls))}: {exc}")
-                continue
-            h = Hierarchy(1, mount, ctrls, base)
-            for c in ctrls:
-                by_controller[c] = h
-            if "freezer" in ctrls and tracker is None:
-                tracker = h
-    missing = [c for c in REQUIRED if c not in by_controller]
-    if missing:
-        reasons.append(f"no writable {', '.join(missing)} controller")
-    if tracker is None:
-        reasons.append("nothing to kill a cgroup with (no v2 cgroup.kill, no v1 freezer)")
-    return Layout(by_controller, tracker, reason="; ".join(reasons))
-
-
 # --- one allocation's cgroup -------------------------------------------------------------------
-def _rmdir(path: Path, attempts: int = 50) -> bool:
+def remove_dir(path: Path, attempts: int = 50) -> bool:
     for _ in range(attempts):
         try:
             path.rmdir()
@@ -335,33 +188,33 @@ class Cgroup:
         quota = max(1000, limits.cpu_milli * CPU_PERIOD_US // 1000) if limits.cpu_milli > 0 else None
         if mem is not None:
             if v["memory"] == 2:
-                _write(mem / "memory.max", str(limits.memory_bytes))
+                write_file(mem / "memory.max", str(limits.memory_bytes))
                 if (mem / "memory.swap.max").exists():
-                    _write(mem / "memory.swap.max", "0")
-                _write(mem / "memory.oom.group", "1")
+                    write_file(mem / "memory.swap.max", "0")
+                write_file(mem / "memory.oom.group", "1")
             else:
-                _write(mem / "memory.limit_in_bytes", str(limits.memory_bytes))
+                write_file(mem / "memory.limit_in_bytes", str(limits.memory_bytes))
                 if (mem / "memory.memsw.limit_in_bytes").exists():  # absent without swap accounting
-                    _write(mem / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
+                    write_file(mem / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
         if cpu is not None:
             shares = max(2, limits.cpu_milli * 1024 // 1000)
             if v["cpu"] == 2:
-                _write(cpu / "cpu.max", f"{quota if quota else 'max'} {CPU_PERIOD_US}")
-                _write(cpu / "cpu.weight", str(max(1, min(10000, 1 + (shares - 2) * 9999 // 262142))))
+                write_file(cpu / "cpu.max", f"{quota if quota else 'max'} {CPU_PERIOD_US}")
+                write_file(cpu / "cpu.weight", str(max(1, min(10000, 1 + (shares - 2) * 9999 // 262142))))
             else:  # a new cgroup has the default period (100 ms) and no quota
                 if quota:
-                    _write(cpu / "cpu.cfs_quota_us", str(quota))
-                _write(cpu / "cpu.shares", str(shares))
+                    write_file(cpu / "cpu.cfs_quota_us", str(quota))
+                write_file(cpu / "cpu.shares", str(shares))
         if pids is not None:
-            _write(pids / "pids.max", str(limits.pids_max))
+            write_file(pids / "pids.max", str(limits.pids_max))
         if dev is not None:
             for rule in limits.deny_devices:
-                _write(dev / "devices.deny", f"{rule} rwm")
+                write_file(dev / "devices.deny", f"{rule} rwm")
 
     def add(self, pid: int) -> None:
         """Move a process into every hierarchy of this cgroup (before it runs the allocation's code)."""
         for d in self.dirs.values():
-            _write(d / "cgroup.procs", str(pid))
+            write_file(d / "cgroup.procs", str(pid))
 
     # --- observing -------------------------------------------------------------------------
     def pids(self) -> list[int]:
@@ -413,7 +266,7 @@ class Cgroup:
         deadline = time.monotonic() + timeout_s
         track = self._track
         if self.layout.tracker.version == 2:
-            _write(track / "cgroup.kill", "1")
+            write_file(track / "cgroup.kill", "1")
             while time.monotonic() < deadline:
                 if _read_keyed(track / "cgroup.events").get("populated", 0) == 0:
                     return True
@@ -427,7 +280,7 @@ class Cgroup:
                 self._freeze(freezer, deadline)
             self.signal(signal.SIGKILL)
             if freezer is not None:
-                _write(freezer / "freezer.state", "THAWED")  # a frozen task dies only once thawed
+                write_file(freezer / "freezer.state", "THAWED")  # a frozen task dies only once thawed
             settle = time.monotonic() + 0.2
             while self.pids() and time.monotonic() < min(settle, deadline):
                 time.sleep(0.005)
@@ -435,7 +288,7 @@ class Cgroup:
 
     @staticmethod
     def _freeze(freezer: Path, deadline: float) -> None:
-        _write(freezer / "freezer.state", "FROZEN")
+        write_file(freezer / "freezer.state", "FROZEN")
         while time.monotonic() < deadline:
             try:
                 if freezer.joinpath("freezer.state").read_text().strip() == "FROZEN":
@@ -448,7 +301,7 @@ class Cgroup:
         """Remove the (empty) cgroup from every hierarchy; a busy one is left and logged."""
         ok = True
         for d in self.dirs.values():
-            ok = _rmdir(d) and ok
+            ok = remove_dir(d) and ok
         return ok
 
 
@@ -468,52 +321,10 @@ def leftovers(layout: Layout) -> list[Cgroup]:
     return found
 
 
-def sweep(*, instance: str, parent: str | None, keep: Iterable[Path] = ()) -> int:
-    """Kill and remove this instance's allocation cgroups in every hierarchy, whatever layout made them; returns
-    how many still had processes. The fallback of a new agent, after the precise kill through its own layout.
-    Base directories not in `keep` (those of hierarchies the agent no longer uses) are removed too."""
-    kept = set(keep)
-    instance = _SAFE.sub("_", instance)
-    try:
-        mounts = _mounts()
-        own_v1, own_v2 = _own_paths()
-    except OSError:
-        return 0
-    killed = 0
-    for fstype, mount, root, opts in mounts:
-        ctrls = frozenset(c for c in opts if c in V1_WANTED)
-        own = own_v2 if fstype == "cgroup2" else next((p for k, p in own_v1.items() if ctrls and ctrls <= k), None)
-        if own is None:
-            continue
-        base = _under(mount, root, own, parent, instance)
-        if not base.is_dir():
-            continue
-        for d in [p for p in base.iterdir() if p.is_dir()]:
-            procs = d / "cgroup.procs"
-            pids = procs.read_text().split() if procs.exists() else []
-            killed += bool(pids)
-            deadline = time.monotonic() + 5
-            while pids and time.monotonic() < deadline:
-                for pid in pids:
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                time.sleep(0.01)
-                pids = procs.read_text().split()
-            _rmdir(d)
-        if base not in kept and _rmdir(base, attempts=1):
-            try:
-                base.parent.rmdir()
-            except OSError:
-                pass
-    return killed
-
-
 def release(layout: Layout) -> None:
     """Remove this agent's (empty) base directories, and the shared parent when no other agent uses it."""
     for h in layout.hierarchies:
-        if _rmdir(h.base, attempts=1):
+        if remove_dir(h.base, attempts=1):
             try:
                 h.base.parent.rmdir()
             except OSError:
@@ -521,4 +332,4 @@ def release(layout: Layout) -> None:
 
 
 def cgroup_name(allocation_id: str, incarnation: int) -> str:
-    return f"{_SAFE.sub('_', allocation_id)[:200]}.{incarnation}"
+    return f"{UNSAFE_CHARS.sub('_', allocation_id)[:200]}.{incarnation}"

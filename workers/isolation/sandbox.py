@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from controlplane.domain.supervision import OOM_KILLED
-from workers.isolation import cgroups
+from workers.isolation import cgroups, discovery
 from workers.isolation.gpus import NVIDIA_MAJOR, GpuDevice, devices_of
 from workers.isolation.logs import LogPump, RotatingLog
 from workers.isolation.users import Identity, UserPolicy, setpriv_args
@@ -228,7 +228,7 @@ class Sandbox:
         if self.users.switches_user and self.setpriv is None:
             raise RuntimeError("running allocations as their own users needs util-linux setpriv on PATH")
         self.gpus = devices_of(node, list(gpus))
-        self.layout = (cgroups.discover(instance=self.instance, versions=config.cgroup_versions, parent=config.cgroup_parent,
+        self.layout = (discovery.discover(instance=self.instance, versions=config.cgroup_versions, parent=config.cgroup_parent,
                                         unused=() if self.gpus else ("devices",))  # no GPU to hide: no devices cgroup
                        if config.mode != "none" else cgroups.Layout({}, None, reason="isolation is off (ISOLATION=none)"))
         if config.mode == "cgroup" and not self.layout.usable:
@@ -343,7 +343,7 @@ class Sandbox:
             cg.kill()
             cg.remove()
         # and whatever other hierarchies the last agent used (another ISOLATION_* setting, GPUs it had)
-        killed += cgroups.sweep(instance=self.instance, parent=self.config.cgroup_parent,
+        killed += discovery.sweep(instance=self.instance, parent=self.config.cgroup_parent,
                                 keep=[h.base for h in self.layout.hierarchies])
         released = self.users.release_owned()
         for d in self.work_root.iterdir():

@@ -64,6 +64,7 @@ def stack(falkordb_server: FalkorDBServer, tmp_path_factory: pytest.TempPathFact
     })
     s.store.clear()
     s.start("supervisor", "supervisor")
+    s.start("scheduler", "scheduler")
     s.agent("iso")
     yield s
     s.close()
@@ -229,6 +230,29 @@ def test_after_kill_9_of_the_agent_a_new_agent_leaves_nothing_running_unobserved
     again = running(stack, a.id, 2)
     assert processes_of(a.id, 1) == []  # by the time the graph shows it restarted, the old tree is gone
     assert again.pid in processes_of(a.id, 2)
+    stack.control.stop(a.id)
+    settle(stack, a.id)
+
+
+def test_a_node_back_from_a_partition_kills_the_whole_tree_of_what_was_replaced(stack: Stack) -> None:
+    # Given an allocation with background processes on a node whose agent freezes (a partition)
+    stack.agent("island")
+    [a] = stack.control.spawn("island", [spec("bg-island", BACKGROUND, node="island")])
+    running(stack, a.id)
+    wait_for(lambda: len(processes_of(a.id, 1)) >= 4, 10, "the background processes")
+    agent = stack.procs["island"]
+    agent.send_signal(signal.SIGSTOP)
+    try:
+        # When the node is declared lost and the allocation runs again elsewhere
+        wait_for(lambda: stack.control.node("island").status == "lost", 15, "island lost")
+        moved = running(stack, a.id, 2)
+        assert moved.node_id != "island" and len(processes_of(a.id, 1)) >= 4  # the old copy lives on, cut off
+    finally:
+        agent.send_signal(signal.SIGCONT)
+    # Then the node, back, kills every process of the replaced copy, not only its process group
+    wait_for(lambda: stack.control.node("island").status == "ready", 15, "island back")
+    wait_for(lambda: processes_of(a.id, 1) == [], 15, "nothing left of the replaced copy")
+    assert stack.control.allocation(a.id).state is State.RUNNING and len(processes_of(a.id, 2)) >= 4
     stack.control.stop(a.id)
     settle(stack, a.id)
 

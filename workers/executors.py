@@ -82,6 +82,8 @@ class ProcessManager:
         self._exits: queue.SimpleQueue[tuple[Handle, int, str] | None] = queue.SimpleQueue()
         #: ending a confinement (kill leftovers, read counters, remove cgroup and directory) for several exits at once
         self._finisher = ThreadPoolExecutor(4, thread_name_prefix="exit-finisher")
+        #: moving new processes into their cgroups, off the forking thread
+        self._admitter = ThreadPoolExecutor(4, thread_name_prefix="cgroup-admitter")
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="process-manager", daemon=True)
         self._thread.start()
@@ -162,6 +164,7 @@ class ProcessManager:
         self._thread.join(timeout=5)
         self._exits.put(None)
         self._reporter.join(timeout=30)
+        self._admitter.shutdown(wait=True)
         self._finisher.shutdown(wait=True)
         self.sandbox.close()
 
@@ -186,8 +189,21 @@ class ProcessManager:
                 self._handles[key] = handle
                 self._by_fd[fd] = handle
             self._selector.register(fd, selectors.EVENT_READ)
-            fut.set_result(handle)
+            if confinement.admitted:
+                fut.set_result(handle)
+            else:
+                self._admitter.submit(self._admit, handle, fut)
         except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            fut.set_exception(exc)
+
+    @staticmethod
+    def _admit(handle: Handle, fut: Future[Handle]) -> None:
+        assert handle.confinement is not None
+        try:
+            handle.confinement.admit()
+            fut.set_result(handle)
+        except BaseException as exc:  # noqa: BLE001 - it never ran its argv; its exit cleans up as any other
+            handle.proc.kill()
             fut.set_exception(exc)
 
     def _loop(self) -> None:

@@ -266,6 +266,8 @@ class Cgroup:
         deadline = time.monotonic() + timeout_s
         track = self._track
         if self.layout.tracker.version == 2:
+            if _read_keyed(track / "cgroup.events").get("populated", 1) == 0:
+                return True  # the common end: its main process was all there was
             write_file(track / "cgroup.kill", "1")
             while time.monotonic() < deadline:
                 if _read_keyed(track / "cgroup.events").get("populated", 0) == 0:

@@ -2,10 +2,11 @@
 
 The process manager forks; this module decides what it forks and confines it. Each process starts as
 
-    setpriv [--reuid/--regid/--clear-groups/caps dropped] --no-new-privs --pdeathsig KILL -- /bin/sh -c GATE argv...
+    setpriv [--reuid --regid --clear-groups] --no-new-privs --pdeathsig KILL -- /bin/sh -c GATE argv...
 
-with stdin a pipe: the gate (a POSIX shell, a millisecond) waits on it while the agent writes the pid into
-every cgroup of the allocation, and only then execs the allocation's argv. So not one instruction of the
+with stdin a pipe: the gate (a POSIX shell, under a millisecond) waits on it while the agent writes the pid
+into every cgroup of the allocation (`Confinement.admit`, off the forking thread: the kernel makes a move
+between cgroups wait for an RCU grace period), and only then execs the allocation's argv. So not one instruction of the
 allocation's own code, nor any process it forks, runs outside its cgroup; no `preexec_fn` runs in the forked
 child (unsafe in a threaded agent), and a failure to join a cgroup is an error in the agent, reported as
 "could not start", never a half-confined process. Why not CLONE_INTO_CGROUP: Python's subprocess does not
@@ -145,12 +146,30 @@ class Confinement:
     """One running incarnation: its process and everything that confines it; `finish` undoes all of it."""
 
     def __init__(self, sandbox: Sandbox, key: Key, proc: subprocess.Popen[bytes], cgroup: cgroups.Cgroup | None,
-                 identity: Identity, workdir: Path, drained: threading.Event, memory_bytes: int) -> None:
+                 identity: Identity, workdir: Path, drained: threading.Event, memory_bytes: int, gate: int | None = None) -> None:
         self.sandbox, self.key, self.proc, self.cgroup = sandbox, key, proc, cgroup
+        self._gate = gate  # the write end of the pipe its gate waits on
         self.identity, self.workdir, self.drained = identity, workdir, drained
         self.memory_bytes = memory_bytes
         self._last = (time.monotonic(), 0.0)  # (monotonic time, cpu s) of the last sample
         self.finished = False
+
+    @property
+    def admitted(self) -> bool:
+        return self._gate is None
+
+    def admit(self) -> None:
+        """Move the process into its cgroup, then let it run its argv. Writing cgroup.procs waits for an RCU grace
+        period (the kernel's cgroup_threadgroup_rwsem), so it is done off the forking thread, several at a time."""
+        if self._gate is None:
+            return
+        try:
+            assert self.cgroup is not None
+            self.cgroup.add(self.proc.pid)
+            os.write(self._gate, b"go\n")
+        finally:
+            os.close(self._gate)
+            self._gate = None
 
     def signal(self, sig: int) -> None:
         """SIGKILL: every process in the cgroup; other signals: the process group (a graceful stop)."""
@@ -287,7 +306,9 @@ class Sandbox:
         return Prepared(key, identity, workdir, cgroup, limits)
 
     def launch(self, prepared: Prepared, argv: list[str], env: dict[str, str], log_path: Path) -> Confinement:
-        """Fork argv; returns once its process is in its cgroup and runs the allocation's code."""
+        """Fork argv, held at its gate until `Confinement.admit` (none to pass without a cgroup).
+
+        Once forked, whatever happens to the process ends in its exit and `finish`, which undoes `prepare`."""
         cgroup = prepared.cgroup
         try:
             prefix = setpriv_args(self.setpriv, prepared.identity, switch=self.users.switches_user) if self.setpriv else []
@@ -303,23 +324,14 @@ class Sandbox:
                         os.close(fd)
                 raise
             os.close(out_w)
-            drained = self.pump.add(out_r, RotatingLog(log_path, max_bytes=self.config.log_max_bytes, backups=self.config.log_backups))
             if cgroup is not None:
                 os.close(gate_r)
-                try:
-                    cgroup.add(proc.pid)
-                    os.write(gate_w, b"go\n")
-                except BaseException:
-                    proc.kill()
-                    proc.wait()
-                    raise
-                finally:
-                    os.close(gate_w)
         except BaseException:
             prepared.discard(self)
             raise
+        drained = self.pump.add(out_r, RotatingLog(log_path, max_bytes=self.config.log_max_bytes, backups=self.config.log_backups))
         return Confinement(self, prepared.key, proc, cgroup, prepared.identity, prepared.workdir, drained,
-                           prepared.limits.memory_bytes)
+                           prepared.limits.memory_bytes, gate=gate_w if cgroup is not None else None)
 
     def dispose_workdir(self, workdir: Path, *, failed: bool) -> None:
         keep = self.config.keep_workdir == "always" or (self.config.keep_workdir == "failed" and failed)
@@ -329,7 +341,10 @@ class Sandbox:
                 os.chown(workdir, os.geteuid(), os.getegid())
                 os.chmod(workdir, 0o700)
             else:
-                shutil.rmtree(workdir, ignore_errors=True)
+                try:
+                    workdir.rmdir()  # most are empty: a single syscall
+                except OSError:
+                    shutil.rmtree(workdir, ignore_errors=True)
         except OSError as exc:
             log.warning("cannot dispose of %s: %s", workdir, exc)
 

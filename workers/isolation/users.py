@@ -80,8 +80,10 @@ class UserPolicy:
                 fd = os.open(self.claims_dir / str(uid), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{self.owner}\n{key}\n")
+            try:
+                os.write(fd, f"{self.owner}\n{key}\n".encode())
+            finally:
+                os.close(fd)
             return Identity(uid, uid, claimed=True)
         raise IsolationError(f"no free uid left in {self.uid_base}-{self.uid_base + self.uid_count - 1}")
 
@@ -108,9 +110,11 @@ class UserPolicy:
 
 
 def setpriv_args(setpriv: str, identity: Identity | None, *, switch: bool) -> list[str]:
-    """util-linux setpriv: the new user (groups cleared, no capabilities), no_new_privs, killed with its agent."""
+    """util-linux setpriv: the new user (groups cleared), no_new_privs, killed with its agent.
+
+    Root's capabilities go with the change to a non-zero uid (permitted, effective and ambient sets are cleared),
+    and no_new_privs makes file capabilities and set-uid bits inert, so nothing can bring them back."""
     args = [setpriv]
     if switch and identity is not None:
-        args += [f"--reuid={identity.uid}", f"--regid={identity.gid}", "--clear-groups",
-                 "--inh-caps=-all", "--bounding-set=-all"]
+        args += [f"--reuid={identity.uid}", f"--regid={identity.gid}", "--clear-groups"]
     return args + ["--no-new-privs", "--pdeathsig", "KILL", "--"]

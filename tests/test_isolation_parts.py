@@ -14,6 +14,8 @@ from controlplane.domain.placement import Demand, place
 from controlplane.domain.resources import NodeCapacity, Resources
 from controlplane.domain.specs import AllocationSpec, NodeSpec
 from controlplane.domain.supervision import DeciderRule, Directive, FailureKind, classify
+from controlplane.services import ControlPlane
+from graph_schema.store import GraphStore
 from workers.isolation.cgroups import IsolationError
 from workers.isolation.gpus import GpuDevice
 from workers.isolation.logs import RotatingLog, tail
@@ -99,3 +101,14 @@ def test_two_agents_on_one_machine_never_hand_out_the_same_uid(tmp_path: Path) -
         a.acquire("one too many")
     assert b.release_owned() == 4  # a new agent of beta gives back beta's claims, never alpha's
     assert sorted(p.read_text().split()[0] for p in tmp_path.iterdir()) == ["alpha-1"] * 4
+
+
+def test_every_engine_keeps_what_an_agent_enforces_and_its_gpus_as_devices(store: GraphStore) -> None:
+    cp = ControlPlane(store, dispatcher=None)
+    cp.register_node({"name": "box", "cpu_milli": 4000, "memory_mib": 4096, "labels": {"isolation": "cgroup"}, "isolation": "none",
+                      "gpus": [{"model": "A100", "uuid": "GPU-aaaa", "index": 0}, {"model": "A100", "uuid": "GPU-bbbb", "index": 1}]})
+    node = cp.node("box")
+    assert node.extra.get("isolation") == "none" and "isolation=none" in node.labels and "isolation=cgroup" not in node.labels
+    assert sorted((g.id, g.uuid, g.index) for g in cp.gpus("box")) == [("box/gpu0", "GPU-aaaa", 0), ("box/gpu1", "GPU-bbbb", 1)]
+    with pytest.raises(NoCapacity):
+        cp.spawn("box", [{"name": "strict", "argv": ["true"], "require_isolation": True}])

@@ -222,15 +222,39 @@ def test_a_restart_leaves_no_process_of_the_previous_incarnation(stack: Stack) -
     wait_for(lambda: processes_of(a.id) == [], 5, "no process left")
 
 
-def test_after_kill_9_of_the_agent_a_new_agent_leaves_nothing_running_unobserved(stack: Stack) -> None:
+def watchdog_of(node: str) -> int:
+    [pid] = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and b"workers.isolation.watchdog" in
+             _cmdline(d) and f"{node}-".encode() in _cmdline(d)]
+    return pid
+
+
+def _cmdline(d: Path) -> bytes:
+    try:
+        return (d / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_kill_9_of_the_agent_ends_the_whole_tree_at_once(stack: Stack) -> None:
+    stack.agent("doomed")
+    [a] = stack.control.spawn("doomed", [spec("bg-doomed", BACKGROUND, node="doomed")])
+    running(stack, a.id)
+    wait_for(lambda: len(processes_of(a.id, 1)) >= 4, 10, "the background processes")
+    stack.kill9("doomed")
+    # its watchdog kills every cgroup of the agent: grandchildren that left the process group too
+    wait_for(lambda: processes_of(a.id, 1) == [], 5, "the whole tree to die with its agent")
+
+
+def test_after_kill_9_of_the_agent_and_its_watchdog_a_new_agent_leaves_nothing_running_unobserved(stack: Stack) -> None:
     stack.agent("crashy")
     [a] = stack.control.spawn("crashy", [spec("bg-crash", BACKGROUND, node="crashy")])
-    first = running(stack, a.id)
+    running(stack, a.id)
     wait_for(lambda: len(processes_of(a.id, 1)) >= 4, 10, "the background processes")
+    watchdog = watchdog_of("crashy")
+    os.kill(watchdog, signal.SIGKILL)
     stack.kill9("crashy")
-    # the main process dies with its agent (pdeathsig); what it forked outlives the agent, for now
-    wait_for(lambda: first.pid not in processes_of(a.id, 1), 5, "the main process to die with the agent")
-    assert processes_of(a.id, 1), "nothing escaped: this test would not show a new agent's cleanup"
+    time.sleep(0.5)
+    assert processes_of(a.id, 1), "nothing outlived the agent: this test would not show a new agent's cleanup"
     stack.agent("crashy")
     # the new agent kills the old tree as it starts (the reaper may have restarted the allocation elsewhere already)
     wait_for(lambda: processes_of(a.id, 1) == [], 20, "nothing left of the old agent's allocation")

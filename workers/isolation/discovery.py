@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from workers.isolation.cgroups import (
-    REQUIRED, UNSAFE_CHARS, V1_WANTED, V2_WANTED, CgroupError, Hierarchy, Layout, Versions, remove_dir, write_file,
+    REQUIRED, UNSAFE_CHARS, V1_WANTED, V2_WANTED, Cgroup, CgroupError, Hierarchy, Layout, Versions, remove_dir, write_file,
 )
 
 log = logging.getLogger(__name__)
@@ -166,43 +164,47 @@ def discover(*, instance: str, versions: Versions = "auto", parent: str | None =
     return Layout(by_controller, tracker, reason="; ".join(reasons))
 
 
-def sweep(*, instance: str, parent: str | None, keep: Iterable[Path] = ()) -> int:
+def sweep(*, instance: str, parent: str | None, keep: Iterable[Path] | None = ()) -> int:
     """Kill and remove this instance's allocation cgroups in every hierarchy, whatever layout made them; returns
-    how many still had processes. The fallback of a new agent, after the precise kill through its own layout.
-    Base directories not in `keep` (those of hierarchies the agent no longer uses) are removed too."""
-    kept = set(keep)
+    how many still had processes. Each is killed through its v2 directory (`cgroup.kill`) when it has one, else
+    frozen and killed through its v1 freezer, else by SIGKILL until empty. Base directories not in `keep`
+    (hierarchies no longer used) are removed too; `keep=None` keeps them all."""
+    kept = None if keep is None else set(keep)
     instance = UNSAFE_CHARS.sub("_", instance)
     try:
         mounts = _mounts()
         own_v1, own_v2 = _own_paths()
     except OSError:
         return 0
-    killed = 0
+    bases: list[tuple[int, str, Path]] = []  # (order, kind, base): v2 first, then the freezer, then the rest
     for fstype, mount, root, opts in mounts:
         ctrls = frozenset(c for c in opts if c in V1_WANTED)
         own = own_v2 if fstype == "cgroup2" else next((p for k, p in own_v1.items() if ctrls and ctrls <= k), None)
         if own is None:
             continue
         base = _under(mount, root, own, parent, instance)
-        if not base.is_dir():
-            continue
-        for d in [p for p in base.iterdir() if p.is_dir()]:
-            procs = d / "cgroup.procs"
-            pids = procs.read_text().split() if procs.exists() else []
-            killed += bool(pids)
-            deadline = time.monotonic() + 5
-            while pids and time.monotonic() < deadline:
-                for pid in pids:
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                time.sleep(0.01)
-                pids = procs.read_text().split()
+        if base.is_dir():
+            kind = "v2" if fstype == "cgroup2" else "freezer" if "freezer" in ctrls else "v1"
+            bases.append(({"v2": 0, "freezer": 1, "v1": 2}[kind], kind, base))
+    bases.sort(key=lambda b: b[0])
+    killed: set[str] = set()
+    for _, kind, base in bases:
+        for d in sorted(p for p in base.iterdir() if p.is_dir()):
+            if (d / "cgroup.procs").exists() and (d / "cgroup.procs").read_text().split():
+                killed.add(d.name)
+                _kill_dir(d, kind)
             remove_dir(d)
-        if base not in kept and remove_dir(base, attempts=1):
+    for _, _, base in bases:
+        if kept is not None and base not in kept and remove_dir(base, attempts=1):
             try:
                 base.parent.rmdir()
             except OSError:
                 pass
-    return killed
+    return len(killed)
+
+
+def _kill_dir(d: Path, kind: str) -> None:
+    h = Hierarchy(2 if kind == "v2" else 1, d.parent.parent, frozenset({"freezer"} if kind == "freezer" else ()), d.parent)
+    cg = Cgroup(d.name, Layout({}, h), dirs={h.mount: d})
+    if not cg.kill(timeout_s=5.0):
+        log.warning("processes survive in %s", d)

@@ -2,11 +2,14 @@
 
 The process manager forks; this module decides what it forks and confines it. Each process starts as
 
-    setpriv [--reuid --regid --clear-groups] --no-new-privs --pdeathsig KILL -- /bin/sh -c GATE argv...
+    /bin/sh -c GATE argv...   as its own user (subprocess's setgroups/setregid/setreuid), no_new_privs
 
 with stdin a pipe: the gate (a POSIX shell, under a millisecond) waits on it while the agent writes the pid
 into every cgroup of the allocation (`Confinement.admit`, off the forking thread: the kernel makes a move
-between cgroups wait for an RCU grace period), and only then execs the allocation's argv. So not one instruction of the
+between cgroups wait for an RCU grace period), and only then execs the allocation's argv. no_new_privs is
+set once on the forking thread, whose children inherit it; the agent's watchdog (watchdog.py) kills every
+cgroup of the agent when the agent dies. Without cgroups there is no gate nor watchdog:
+`setpriv [--reuid ...] --no-new-privs --pdeathsig KILL -- argv` ties the main process to its agent. So not one instruction of the
 allocation's own code, nor any process it forks, runs outside its cgroup; no `preexec_fn` runs in the forked
 child (unsafe in a threaded agent), and a failure to join a cgroup is an error in the agent, reported as
 "could not start", never a half-confined process. Why not CLONE_INTO_CGROUP: Python's subprocess does not
@@ -25,6 +28,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -36,7 +40,7 @@ from controlplane.domain.supervision import OOM_KILLED
 from workers.isolation import cgroups, discovery
 from workers.isolation.gpus import NVIDIA_MAJOR, GpuDevice, devices_of
 from workers.isolation.logs import LogPump, RotatingLog
-from workers.isolation.users import Identity, UserPolicy, setpriv_args
+from workers.isolation.users import Identity, UserPolicy, set_no_new_privs, setpriv_args
 
 log = logging.getLogger(__name__)
 
@@ -244,14 +248,14 @@ class Sandbox:
         self.setpriv = shutil.which("setpriv")
         self.users = UserPolicy(config.user, owner=self.instance, claims_dir=config.claims_dir,
                                 uid_base=config.uid_base, uid_count=config.uid_count)
-        if self.users.switches_user and self.setpriv is None:
-            raise RuntimeError("running allocations as their own users needs util-linux setpriv on PATH")
         self.gpus = devices_of(node, list(gpus))
         self.layout = (discovery.discover(instance=self.instance, versions=config.cgroup_versions, parent=config.cgroup_parent,
                                         unused=() if self.gpus else ("devices",))  # no GPU to hide: no devices cgroup
                        if config.mode != "none" else cgroups.Layout({}, None, reason="isolation is off (ISOLATION=none)"))
         if config.mode == "cgroup" and not self.layout.usable:
             raise RuntimeError(f"ISOLATION=cgroup but cgroups cannot be used here: {self.layout.reason}")
+        if self.users.switches_user and self.setpriv is None and not self.layout.usable:
+            raise RuntimeError("running allocations as their own users without cgroups needs util-linux setpriv on PATH")
         root = config.work_root or (Path("/var/lib/controlplane/work") if self.users.switches_user else data_dir / "work")
         self.work_root = root / self.instance
         for d in (root, self.work_root):
@@ -261,6 +265,14 @@ class Sandbox:
         self.path = searchable_path(agent_path) if self.users.switches_user else agent_path
         self.pump = LogPump()
         self._closed = False
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._watchdog_pipe = -1
+        if self.layout.usable:
+            r, self._watchdog_pipe = os.pipe()
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-m", "workers.isolation.watchdog", self.instance, config.cgroup_parent or ""],
+                stdin=r, stdout=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+            os.close(r)
 
     # --- what the agent reports --------------------------------------------------------------
     @property
@@ -311,13 +323,20 @@ class Sandbox:
         Once forked, whatever happens to the process ends in its exit and `finish`, which undoes `prepare`."""
         cgroup = prepared.cgroup
         try:
-            prefix = setpriv_args(self.setpriv, prepared.identity, switch=self.users.switches_user) if self.setpriv else []
-            gated = [*prefix, "/bin/sh", "-c", GATE, "controlplane-gate", *argv] if cgroup is not None else [*prefix, *argv]
+            user: dict[str, Any] = {}
+            if cgroup is not None:
+                set_no_new_privs()  # on this (forking) thread, once: its children inherit it
+                command = ["/bin/sh", "-c", GATE, "controlplane-gate", *argv]
+                if self.users.switches_user:
+                    user = {"user": prepared.identity.uid, "group": prepared.identity.gid, "extra_groups": []}
+            else:
+                command = [*(setpriv_args(self.setpriv, prepared.identity, switch=self.users.switches_user)
+                             if self.setpriv else []), *argv]
             gate_r, gate_w = os.pipe() if cgroup is not None else (subprocess.DEVNULL, -1)
             out_r, out_w = os.pipe()
             try:
-                proc = subprocess.Popen(gated, stdin=gate_r, stdout=out_w, stderr=subprocess.STDOUT, env=env,
-                                        cwd=prepared.workdir, start_new_session=True, close_fds=True)
+                proc = subprocess.Popen(command, stdin=gate_r, stdout=out_w, stderr=subprocess.STDOUT, env=env,
+                                        cwd=prepared.workdir, start_new_session=True, close_fds=True, **user)
             except BaseException:
                 for fd in (gate_r, gate_w, out_r, out_w):
                     if fd >= 0:
@@ -374,6 +393,12 @@ class Sandbox:
             return
         self._closed = True
         self.pump.close()
+        if self._watchdog is not None:
+            os.close(self._watchdog_pipe)  # it sweeps what is left (nothing, after a clean shutdown) and exits
+            try:
+                self._watchdog.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._watchdog.kill()
         if self.layout.usable:
             cgroups.release(self.layout)
         try:

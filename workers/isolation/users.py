@@ -10,9 +10,11 @@ owner (after a crash) releases the claims of the one before once it has killed w
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +109,20 @@ class UserPolicy:
             except OSError:
                 continue
         return released
+
+
+_nnp = threading.local()
+
+
+def set_no_new_privs() -> None:
+    """PR_SET_NO_NEW_PRIVS on the calling thread (once): every process it forks inherits it, and no execve can
+    grant privileges again (set-uid bits, file capabilities). The agent's other threads are not affected."""
+    if getattr(_nnp, "set", False):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        raise IsolationError(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
+    _nnp.set = True
 
 
 def setpriv_args(setpriv: str, identity: Identity | None, *, switch: bool) -> list[str]:

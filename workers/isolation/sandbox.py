@@ -1,19 +1,21 @@
 """Where and how an allocation's process runs: its cgroup, user, working directory, environment, devices and log.
 
-The process manager forks; this module decides what it forks and confines it. Each process starts as
+The process manager forks; this module decides what it forks and confines it. With cgroups each process starts as
 
-    /bin/sh -c GATE argv...   as its own user (subprocess's setgroups/setregid/setreuid), no_new_privs
+    [setpriv --reuid=U --regid=U --clear-groups --no-new-privs --pdeathsig KILL --] /bin/sh -c GATE argv...
 
-with stdin a pipe: the gate (a POSIX shell, under a millisecond) waits on it while the agent writes the pid
-into every cgroup of the allocation (`Confinement.admit`, off the forking thread: the kernel makes a move
-between cgroups wait for an RCU grace period), and only then execs the allocation's argv. no_new_privs is
-set once on the forking thread, whose children inherit it; the agent's watchdog (watchdog.py) kills every
-cgroup of the agent when the agent dies. Without cgroups there is no gate nor watchdog:
-`setpriv [--reuid ...] --no-new-privs --pdeathsig KILL -- argv` ties the main process to its agent. So not one instruction of the
-allocation's own code, nor any process it forks, runs outside its cgroup; no `preexec_fn` runs in the forked
-child (unsafe in a threaded agent), and a failure to join a cgroup is an error in the agent, reported as
-"could not start", never a half-confined process. Why not CLONE_INTO_CGROUP: Python's subprocess does not
-offer it, and on v1 hierarchies it does not exist.
+(setpriv when it runs as a user of its own) with stdin a pipe: the gate, a POSIX shell, waits on it while the
+agent writes the pid into every cgroup of the allocation (`Confinement.admit`, off the forking thread: the
+kernel makes a move between cgroups wait for an RCU grace period), and only then execs the allocation's argv.
+So not one instruction of the allocation's code, nor any process it forks, runs outside its cgroup; no
+`preexec_fn` runs in the forked child (unsafe in a threaded agent); a failure to join a cgroup is an error in
+the agent, reported as "could not start", never a half-confined process. no_new_privs is also set on the
+forking thread, whose children inherit it, and the agent's watchdog (watchdog.py) kills every cgroup of the
+agent the moment the agent dies. Without cgroups: `setpriv ... -- argv`, no gate, no watchdog.
+
+Why not CLONE_INTO_CGROUP: Python's subprocess does not offer it, and v1 hierarchies do not have it. Why
+setpriv and not subprocess's `user=`: that turns off vfork, and a fork of the agent's address space costs
+more than the exec of setpriv.
 
 A stop ends everything in the cgroup; a finished process's leftovers (background jobs, daemons) are killed
 when its main process exits, since its reservation ends with it. What the kernel counted (OOM kills, peak
@@ -254,8 +256,8 @@ class Sandbox:
                        if config.mode != "none" else cgroups.Layout({}, None, reason="isolation is off (ISOLATION=none)"))
         if config.mode == "cgroup" and not self.layout.usable:
             raise RuntimeError(f"ISOLATION=cgroup but cgroups cannot be used here: {self.layout.reason}")
-        if self.users.switches_user and self.setpriv is None and not self.layout.usable:
-            raise RuntimeError("running allocations as their own users without cgroups needs util-linux setpriv on PATH")
+        if self.users.switches_user and self.setpriv is None:
+            raise RuntimeError("running allocations as their own users needs util-linux setpriv on PATH")
         root = config.work_root or (Path("/var/lib/controlplane/work") if self.users.switches_user else data_dir / "work")
         self.work_root = root / self.instance
         for d in (root, self.work_root):
@@ -323,12 +325,12 @@ class Sandbox:
         Once forked, whatever happens to the process ends in its exit and `finish`, which undoes `prepare`."""
         cgroup = prepared.cgroup
         try:
-            user: dict[str, Any] = {}
             if cgroup is not None:
                 set_no_new_privs()  # on this (forking) thread, once: its children inherit it
-                command = ["/bin/sh", "-c", GATE, "controlplane-gate", *argv]
-                if self.users.switches_user:
-                    user = {"user": prepared.identity.uid, "group": prepared.identity.gid, "extra_groups": []}
+                # another user through setpriv, not subprocess's user=: that disables vfork, and a fork of the
+                # agent's whole address space costs more than the exec of setpriv
+                switch = setpriv_args(self.setpriv, prepared.identity, switch=True) if self.users.switches_user else []
+                command = [*switch, "/bin/sh", "-c", GATE, "controlplane-gate", *argv]
             else:
                 command = [*(setpriv_args(self.setpriv, prepared.identity, switch=self.users.switches_user)
                              if self.setpriv else []), *argv]
@@ -336,7 +338,7 @@ class Sandbox:
             out_r, out_w = os.pipe()
             try:
                 proc = subprocess.Popen(command, stdin=gate_r, stdout=out_w, stderr=subprocess.STDOUT, env=env,
-                                        cwd=prepared.workdir, start_new_session=True, close_fds=True, **user)
+                                        cwd=prepared.workdir, start_new_session=True, close_fds=True)
             except BaseException:
                 for fd in (gate_r, gate_w, out_r, out_w):
                     if fd >= 0:

@@ -82,8 +82,10 @@ def devices_of(node: str, gpus: list[dict[str, object]]) -> dict[str, GpuDevice]
     minors = _minors()
     out = {}
     for i, g in enumerate(gpus):
-        index = int(g["index"]) if isinstance(g.get("index"), int) else i  # type: ignore[call-overload]
+        index = g.get("index")
+        index = index if isinstance(index, int) else i
         uuid = str(g.get("uuid") or "")
-        out[f"{node}/gpu{i}"] = GpuDevice(index, uuid, str(g.get("model", "")), int(g.get("memory_mib", 0) or 0),  # type: ignore[call-overload]
+        memory = g.get("memory_mib")
+        out[f"{node}/gpu{i}"] = GpuDevice(index, uuid, str(g.get("model", "")), memory if isinstance(memory, int) else 0,
                                           minors.get(uuid, index))
     return out

@@ -243,7 +243,7 @@ class Confinement:
 class Sandbox:
     """The isolation of one node agent: built once at start, it says what it can enforce (`isolation`)."""
 
-    def __init__(self, config: SandboxConfig, *, node: str, data_dir: Path, gpus: Sequence[Mapping[str, object]] = ()) -> None:
+    def __init__(self, config: SandboxConfig, *, node: str, data_dir: Path, gpus: Sequence[dict[str, object]] = ()) -> None:
         self.config = config
         self.node = node
         self.instance = f"{node}-{hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]}"
@@ -329,7 +329,8 @@ class Sandbox:
                 set_no_new_privs()  # on this (forking) thread, once: its children inherit it
                 # another user through setpriv, not subprocess's user=: that disables vfork, and a fork of the
                 # agent's whole address space costs more than the exec of setpriv
-                switch = setpriv_args(self.setpriv, prepared.identity, switch=True) if self.users.switches_user else []
+                switch = (setpriv_args(self.setpriv, prepared.identity, switch=True)
+                          if self.users.switches_user and self.setpriv else [])  # no setpriv: refused at start
                 command = [*switch, "/bin/sh", "-c", GATE, "controlplane-gate", *argv]
             else:
                 command = [*(setpriv_args(self.setpriv, prepared.identity, switch=self.users.switches_user)

@@ -28,6 +28,7 @@ from graph_schema.falkordb_server import FalkorDBServer
 from tests.conftest import IN_CI
 from tests.stack import Stack, wait_for
 from workers.isolation import cgroups, discovery
+from workers.isolation.gpus import query_gpus
 
 PY = "/usr/bin/python3"  # reachable by the allocations' users (the test's own interpreter may live under /root)
 STAND_IN_SMI = """#!/bin/sh
@@ -35,6 +36,9 @@ STAND_IN_SMI = """#!/bin/sh
 echo "0, GPU-5b4f1a2e-0000-4000-8000-000000000000, NVIDIA A100-SXM4-40GB, 40960"
 echo "1, GPU-5b4f1a2e-0000-4000-8000-000000000001, NVIDIA A100-SXM4-40GB, 40960"
 """
+
+
+REAL_GPUS = query_gpus()
 
 
 def _cgroups_usable() -> str | None:
@@ -52,14 +56,16 @@ def stack(falkordb_server: FalkorDBServer, tmp_path_factory: pytest.TempPathFact
         if IN_CI:
             pytest.fail(f"cgroups unusable in CI: {why}", pytrace=False)
         pytest.skip(f"cgroups unusable here: {why}")
-    bin_dir = tmp_path_factory.mktemp("bin")
-    bin_dir.chmod(0o755)
-    smi = bin_dir / "nvidia-smi"
-    smi.write_text(STAND_IN_SMI)
-    smi.chmod(0o755)
     s = Stack(falkordb_server, tmp_path_factory.mktemp("isolation"), graph="isolation")
+    if not REAL_GPUS:  # a machine with NVIDIA GPUs runs the same tests on them
+        bin_dir = tmp_path_factory.mktemp("bin")
+        bin_dir.chmod(0o755)
+        smi = bin_dir / "nvidia-smi"
+        smi.write_text(STAND_IN_SMI)
+        smi.chmod(0o755)
+        s.env["PATH"] = f"{bin_dir}:{s.env['PATH']}"
     s.env.update({
-        "PATH": f"{bin_dir}:{s.env['PATH']}", "USAGE_PERIOD_S": "0.5", "ISOLATION_PIDS_MAX": "64",
+        "USAGE_PERIOD_S": "0.5", "ISOLATION_PIDS_MAX": "64",
         "LOG_MAX_BYTES": "65536", "LOG_BACKUPS": "1", "AGENT_SECRET": "s3cret-of-the-agent",
     })
     s.store.clear()
@@ -114,8 +120,9 @@ def test_the_node_says_what_it_enforces_and_its_gpus_are_devices(stack: Stack) -
     node = stack.control.node("iso")
     assert node.extra.get("isolation") == "cgroup" and "isolation=cgroup" in node.labels
     gpus = sorted(stack.control.gpus("iso"), key=lambda g: g.index or 0)
-    assert [(g.index, g.uuid) for g in gpus] == [(0, "GPU-5b4f1a2e-0000-4000-8000-000000000000"),
-                                                  (1, "GPU-5b4f1a2e-0000-4000-8000-000000000001")]
+    expected = [(g.index, g.uuid) for g in REAL_GPUS] or [(0, "GPU-5b4f1a2e-0000-4000-8000-000000000000"),
+                                                           (1, "GPU-5b4f1a2e-0000-4000-8000-000000000001")]
+    assert [(g.index, g.uuid) for g in gpus] == expected
 
 
 def test_a_memory_hog_over_its_limit_is_oom_killed_and_deciders_can_match_it(stack: Stack) -> None:
@@ -336,8 +343,12 @@ import time; time.sleep(0 if other else 30)
 
 @pytest.fixture
 def gpu_devices() -> Iterator[Path]:
-    """Device nodes of the two stand-in GPUs (major 195, as /dev/nvidiaN); no driver behind them, so an open the
-    devices cgroup allows fails with ENXIO, one it denies with EPERM. In /tmp: the allocations' users can reach it."""
+    """/dev on a machine with GPUs; else device nodes of the two stand-in GPUs (major 195, as /dev/nvidiaN) with no
+    driver behind them, so an open the devices cgroup allows fails with ENXIO, one it denies with EPERM. In /tmp:
+    the allocations' users can reach it."""
+    if REAL_GPUS:
+        yield Path("/dev")
+        return
     devices = Path(tempfile.mkdtemp(prefix="controlplane-dev-"))
     devices.chmod(0o755)
     for minor in (0, 1):
@@ -349,12 +360,13 @@ def gpu_devices() -> Iterator[Path]:
 
 def test_a_gpu_allocation_sees_exactly_its_gpus(stack: Stack, gpu_devices: Path) -> None:
     devices = gpu_devices
-    probe = """
+    minors = [g.minor for g in REAL_GPUS] or [0, 1]
+    probe = f"""
 import json, os, sys
-out = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")}
-for m in (0, 1):
+out = {{k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")}}
+for m in {minors}:
     try:
-        open(f"{sys.argv[1]}/nvidia{m}", "rb"); out[m] = "opened"
+        open(f"{{sys.argv[1]}}/nvidia{{m}}", "rb"); out[m] = "opened"
     except OSError as e:
         out[m] = e.strerror
 print(json.dumps(out))
@@ -366,12 +378,13 @@ print(json.dumps(out))
     [claimed] = stack.control.allocation(g.id).gpu_ids
     gpu = next(x for x in stack.control.gpus("iso") if x.id == claimed)
     assert seen["CUDA_VISIBLE_DEVICES"] == seen["NVIDIA_VISIBLE_DEVICES"] == gpu.uuid
-    other = 1 - int(gpu.index or 0)
-    assert seen[str(gpu.index)] == "No such device or address"  # allowed by its devices cgroup
-    assert seen[str(other)] == "Operation not permitted"  # the GPU it did not claim
+    mine = str(next((g.minor for g in REAL_GPUS if g.uuid == gpu.uuid), gpu.index))
+    # allowed by its devices cgroup (with no driver behind the stand-in's device nodes: ENXIO)
+    assert seen[mine] == ("opened" if REAL_GPUS else "No such device or address")
+    assert all(seen[str(m)] == "Operation not permitted" for m in minors if str(m) != mine)  # the GPUs it did not claim
     none = json.loads((settle(stack, plain.id).output_tail or "").strip().splitlines()[-1])
     assert none["CUDA_VISIBLE_DEVICES"] == "" and none["NVIDIA_VISIBLE_DEVICES"] == "void"
-    assert none["0"] == none["1"] == "Operation not permitted"
+    assert all(none[str(m)] == "Operation not permitted" for m in minors)
 
 
 def test_output_logs_are_capped_and_rotated_with_the_tail_in_the_graph(stack: Stack) -> None:

@@ -174,7 +174,10 @@ class Cgroup:
         try:
             for h in self.layout.hierarchies:
                 d = h.base / self.name
-                d.mkdir(exist_ok=True)
+                try:
+                    d.mkdir(exist_ok=True)
+                except FileNotFoundError:  # the base was removed by the watchdog of the agent before this one
+                    d.mkdir(parents=True, exist_ok=True)
                 self.dirs[h.mount] = d
             self._configure(limits)
         except (OSError, CgroupError) as exc:

@@ -56,7 +56,10 @@ def _probe(base: Path, *, need: Iterable[str] = ()) -> None:
     try:
         base.mkdir(parents=True, exist_ok=True)
         probe = base / f".probe-{os.getpid()}"
-        probe.mkdir(exist_ok=True)
+        try:
+            probe.mkdir(exist_ok=True)
+        except FileNotFoundError:  # removed meanwhile by the watchdog of a dead agent of this instance
+            probe.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CgroupError(f"cannot create cgroups under {base}: {exc.strerror}") from None
     try:

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
             continue
         except OSError:
             break
-    killed = sweep(instance=instance, parent=parent, keep=None)  # a new agent may be creating its bases already
+    killed = sweep(instance=instance, parent=parent)  # and the agent's base directories, when empty
     if killed:
         print(f"controlplane watchdog: node agent {instance} ended; killed {killed} allocation cgroups", file=sys.stderr)
     return 0

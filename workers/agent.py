@@ -329,6 +329,8 @@ class NodeAgent:
     def stop(self, allocation_id: str, incarnation: int) -> None:
         rec = _g(self.store.get_allocation, allocation_id=allocation_id)
         grace = rec.grace_period_s if rec else 10.0
+        if rec is not None and rec.extra.get("stop_grace_s") is not None:  # a drain's deadline
+            grace = min(grace, float(rec.extra["stop_grace_s"]))
         if not self.processes.stop((allocation_id, incarnation), grace_s=grace):
             if _g(self.reports.stop_unstarted, (allocation_id, incarnation)):
                 self.dispatcher.terminated(keys=[(allocation_id, incarnation)])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +79,22 @@ def processes_of(allocation_id: str) -> dict[int, list[int]]:
             continue  # gone, or not ours to read
         found.setdefault(int(env.get("CONTROLPLANE_INCARNATION", "0")), []).append(int(proc.name))
     return found
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A Celery message as the Redis transport keeps it until acked: the payload, where it was sent."""
+
+    payload: dict[str, Any]
+    exchange: str
+    routing_key: str
+
+    @property
+    def args(self) -> list[Any]:
+        body = self.payload["body"]
+        raw = base64.b64decode(body) if self.payload.get("properties", {}).get("body_encoding") == "base64" else body
+        args: list[Any] = json.loads(raw)[0]
+        return args
 
 
 class Stack:
@@ -147,6 +166,30 @@ class Stack:
             for _ in range(3):  # idle three times in a row: nothing in between was sent by what just ran
                 wait_for(idle, timeout, "the broker to have delivered and acked every message", every=0.1)
                 time.sleep(0.1)
+        finally:
+            broker.close()
+
+    def taken(self, task: str) -> list[Taken]:
+        """Messages of `task` that a worker has taken and not acked yet (acks are late: while the task runs,
+        or waits for its countdown, its message stays in the broker's `unacked` hash, ready to be restored)."""
+        import redis
+
+        broker = redis.Redis.from_url(self.broker_url)
+        try:
+            found = [Taken(*json.loads(raw)) for raw in broker.hvals("unacked")]
+        finally:
+            broker.close()
+        return [t for t in found if t.payload.get("headers", {}).get("task") == task]
+
+    def redeliver(self, message: Taken, copies: int = 1) -> None:
+        """Put the very message back on its queue, as the broker does with one whose worker died unacked."""
+        import redis
+
+        payload = {**message.payload, "headers": {**message.payload.get("headers", {}), "redelivered": True}}
+        broker = redis.Redis.from_url(self.broker_url)
+        try:
+            for _ in range(copies):
+                broker.lpush(message.routing_key, json.dumps(payload))
         finally:
             broker.close()
 

@@ -163,23 +163,25 @@ def test_one_crash_whose_terminated_arrives_three_times_is_one_restart(stack: St
 
 @pytest.mark.parametrize("strategy", ["one_for_one", "one_for_all"])
 def test_a_restart_delivered_again_starts_no_new_incarnation(stack: Stack, strategy: str) -> None:
-    # Given three children restarted after the first one crashed
+    # Given three children under a parent; the first one crashes
     before = room_taken(stack)
-    policy = {"strategy": strategy, "backoff": {"min_s": 0.1, "jitter": 0}}
+    policy = {"strategy": strategy, "backoff": {"min_s": 0.5, "jitter": 0}}
     [parent] = stack.control.allocations.spawn("alpha", [spec("sup", ["sleep", "600"], supervision=policy)])
     running(stack, parent.id)
     kids = stack.control.allocations.spawn(parent.id, [spec(f"k{i}", ["sleep", "600"]) for i in range(3)])
     for k in kids:
         running(stack, k.id)
     os.kill(stack.control.queries.allocation(kids[0].id).pid, signal.SIGKILL)  # type: ignore[arg-type]
+    # the very `restart` the supervisor sent, copied while it waits for its backoff
+    [restart] = wait_for(lambda: [t for t in stack.taken(RESTART) if t.args[0] == parent.id], what="the restart to be sent",
+                         every=0.01)
     expected = [2, 1, 1] if strategy == "one_for_one" else [2, 2, 2]
     now = {k.id: running(stack, k.id, inc) for k, inc in zip(kids, expected, strict=True)}
     stack.settled()
-    # When the restart it carried out arrives twice at once, and once more after that
-    items = [[k.id, 1, 1] for k, inc in zip(kids, expected, strict=True) if inc == 2]
-    send(stack, RESTART, [parent.id, items, "redelivered"], CONTROL_QUEUE)
+    # When that message is delivered again, twice at once, then once more
+    stack.redeliver(restart, copies=2)
     stack.settled()
-    send(stack, RESTART, [parent.id, items, "redelivered"], CONTROL_QUEUE, copies=1)
+    stack.redeliver(restart)
     stack.settled()
     # Then nothing restarted again: the same processes, one per child, and one restart per restarted child
     for k, inc in zip(kids, expected, strict=True):

@@ -212,6 +212,29 @@ def test_a_node_escalation_delivered_again_reports_once(cp: ControlPlane, broker
     assert (k.state, k.incarnation) == (State.FAILED, 1)
 
 
+def test_a_correlated_crash_delivered_again_between_restart_waves_is_still_one_decision(cp: ControlPlane, broker: HeldBroker) -> None:
+    # Given eight children of one parent (default policy: one_for_one, jittered backoff), all crashing at once
+    [parent] = cp.allocations.spawn("n1", [spec("parent")], request_id="waves-parent")
+    start(cp, parent)
+    kids = cp.allocations.spawn(parent.id, [spec(f"c{i}") for i in range(8)], request_id="waves-kids")
+    start(cp, *kids)
+    ended = AgentReports(cp.store, node="n1", clock=cp.clock).exited([((k.id, 1), 1, "boom") for k in kids])
+    cp.dispatcher.terminated(keys=[(a.id, a.incarnation) for a in ended])
+    [crash] = broker.take(TERMINATED)
+    broker.deliver(crash)
+    first, *later = sorted(broker.take(RESTART), key=lambda m: m.countdown)
+    assert later, "the restarts go out in more than one wave"
+    # When the first wave is carried out, and then the same `terminated` arrives again
+    broker.deliver(first)
+    broker.deliver(crash)
+    for m in later + broker.take(RESTART):
+        broker.deliver(m)
+    # Then it found the decision made for all eight: one entry in the restart log, one restart each
+    assert decisions(cp, parent.id) == ["restart"]
+    assert len(cp.queries.allocation(parent.id).extra["restart_log"]) == 1
+    assert [cp.queries.allocation(k.id).incarnation for k in kids] == [2] * 8
+
+
 # --- restart ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("strategy", ["one_for_one", "one_for_all", "rest_for_one"])
 def test_a_restart_delivered_again_restarts_each_child_once(cp: ControlPlane, broker: HeldBroker, strategy: str) -> None:

@@ -155,7 +155,9 @@ def test_restarts_after_a_correlated_failure_are_spread_by_jitter_and_the_same_e
 def _holder(client: redis.Redis) -> int | None:
     """The pid of the scheduler holding the lease (its token is host:pid:time), or None."""
     token = client.get(LOCK_KEY)
-    return int(token.decode().split(":")[1]) if token else None
+    if not isinstance(token, bytes):
+        return None
+    return int(token.decode().split(":")[1])
 
 
 @pytest.mark.slow

@@ -147,9 +147,12 @@ class Stack:
         return proc
 
     def agent(self, node: str, **labels: str) -> subprocess.Popen[bytes]:
+        """Start a node agent and wait until it has registered (a restarted one too: a heartbeat of its own)."""
+        started = time.time()
         proc = self.start(node, "worker", "--node", node, "--concurrency", "8",
                           *[a for k, v in labels.items() for a in ("--label", f"{k}={v}")])
-        wait_for(lambda: (n := self.store.get_node(node_id=node)) and n.status == "ready", what=f"agent {node} to register")
+        wait_for(lambda: (n := self.store.get_node(node_id=node)) and n.status == "ready" and n.heartbeat_at >= started,
+                 60, f"agent {node} to register")
         return proc
 
     def settled(self, timeout: float = 30.0) -> None:

@@ -58,10 +58,14 @@ def send(stack: Stack, task: str, args: list[Any], queue: str, copies: int = 2) 
 
 
 def running(stack: Stack, allocation_id: str, incarnation: int = 1, timeout: float = 30.0) -> AllocationRecord:
-    found: AllocationRecord = wait_for(
-        lambda: (a := stack.control.queries.allocation(allocation_id)).state is State.RUNNING and a.incarnation == incarnation and a,
-        timeout, f"{allocation_id} running as incarnation {incarnation}",
-    )
+    try:
+        found: AllocationRecord = wait_for(
+            lambda: (a := stack.control.queries.allocation(allocation_id)).state is State.RUNNING and a.incarnation == incarnation and a,
+            timeout, f"{allocation_id} running as incarnation {incarnation}",
+        )
+    except AssertionError as exc:
+        a = stack.control.queries.allocation(allocation_id)
+        raise AssertionError(f"{exc}; it is {a.state.value} as incarnation {a.incarnation}: {moves(stack, allocation_id)}") from None
     return found
 
 

@@ -66,7 +66,8 @@ def engine_graph(engine: str, request: pytest.FixtureRequest, server: FalkorDBSe
 
 
 def processes_of(allocation_id: str) -> dict[int, list[int]]:
-    """The process table's view of an allocation: incarnation -> pids of live processes started for it."""
+    """The process table's view of an allocation: incarnation -> pids of the live processes that carry its id
+    in their environment (the process the agent started, and whatever that one started)."""
     found: dict[int, list[int]] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():

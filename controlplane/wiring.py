@@ -29,6 +29,13 @@ def open_store(settings: Settings, *, graph_uri: str | None = None) -> GraphStor
         if not uri:
             raise InvalidInput("set the Gremlin Server address, e.g. ws://localhost:8182/gremlin", field="GRAPH_URI")
         return GremlinStore(uri)
+    if settings.graph_backend == "janusgraph":
+        from graph_schema.gremlin.janusgraph import JanusGraphStore
+
+        if not uri:
+            raise InvalidInput("set the JanusGraph Server address(es), e.g. ws://jg1:8182/gremlin,ws://jg2:8182/gremlin",
+                               field="GRAPH_URI")
+        return JanusGraphStore(uri)
     raise InvalidInput(f"unknown graph engine {settings.graph_backend!r}", field="GRAPH_BACKEND")
 
 

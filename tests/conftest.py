@@ -1,7 +1,7 @@
 """Shared fixtures: real graph servers started by the tests themselves.
 
 `store` is parametrized over every engine, so each behaviour runs on each.
-Which engines: CONTROLPLANE_TEST_ENGINES (default "falkordb,neo4j,gremlin"). An engine
+Which engines: CONTROLPLANE_TEST_ENGINES (default "falkordb,neo4j,gremlin,janusgraph"). An engine
 that cannot start skips on a laptop, but fails the run in CI (CI=true).
 """
 
@@ -18,7 +18,7 @@ import pytest
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 from graph_schema.store import GraphStore
 
-ENGINES = [e.strip() for e in os.environ.get("CONTROLPLANE_TEST_ENGINES", "falkordb,neo4j,gremlin").split(",") if e.strip()]
+ENGINES = [e.strip() for e in os.environ.get("CONTROLPLANE_TEST_ENGINES", "falkordb,neo4j,gremlin,janusgraph").split(",") if e.strip()]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
@@ -68,6 +68,14 @@ def gremlin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield from _jvm_server("Gremlin Server", "GREMLIN_TEST_URL", Path(tmp_path_factory.mktemp("gremlin")), start_gremlin, "url")
 
 
+@pytest.fixture(scope="session")
+def janusgraph_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """JanusGraph Server 1.1 over a single Cassandra 5.0 node (the ring is tests/test_janusgraph_ring.py's)."""
+    from tests.janusgraph_harness.launcher import start_single
+
+    yield from _jvm_server("JanusGraph", "JANUSGRAPH_TEST_URL", Path(tmp_path_factory.mktemp("janusgraph")), start_single, "url")
+
+
 def _open_store(engine: str, request: pytest.FixtureRequest) -> GraphStore:
     if engine == "falkordb":
         from graph_schema.cypher.falkordb_store import FalkorDBStore
@@ -82,6 +90,10 @@ def _open_store(engine: str, request: pytest.FixtureRequest) -> GraphStore:
         from graph_schema.gremlin.store import GremlinStore
 
         return GremlinStore(request.getfixturevalue("gremlin_url"))
+    if engine == "janusgraph":
+        from graph_schema.gremlin.janusgraph import JanusGraphStore
+
+        return JanusGraphStore(request.getfixturevalue("janusgraph_url"))
     raise ValueError(f"unknown engine {engine}")
 
 

@@ -126,7 +126,7 @@ class Remote:
                 self._reconnect(conn)
                 continue
             except GremlinServerError as exc:
-                if not (write and _is_retryable(exc)) or time.monotonic() > deadline:
+                if not (write and self._retryable(exc)) or time.monotonic() > deadline:
                     raise
             except Exception as exc:
                 # aiohttp's client errors are not all OSErrors
@@ -135,6 +135,10 @@ class Remote:
                 raise
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.1)
+
+    def _retryable(self, exc: GremlinServerError) -> bool:
+        """Whether the server refused a write that a rerun may commit (an engine names its own conflicts)."""
+        return _is_retryable(exc)
 
     def _submit(self, conn: DriverRemoteConnection, t: GraphTraversal) -> list[Any]:
         """Send the bytecode on a free connection and wait for the answer at most answer_timeout_s."""

@@ -49,8 +49,11 @@ from gremlin_python.process.traversal import Bytecode, P, T, TextP
 
 from graph_schema.vocabulary import EdgeType, Label
 
-#: properties whose values are lists
-LIST_KEYS = frozenset({"labels", "argv", "gpu_ids", "restart_log"})
+#: properties whose values are lists (`children` and `restarts` of a decision Event too)
+LIST_KEYS = frozenset({"labels", "argv", "gpu_ids", "restart_log", "children"})
+#: a list under a key JanusGraph types as a number (a decision Event's `restarts`, the ids it restarted,
+#: where an Allocation's `restarts` counts them) is kept under the key with this suffix
+LIST_SUFFIX = "__list"
 
 #: keys whose writes are compare-and-set (ConsistencyModifier.LOCK)
 LOCKED = frozenset({"cpu_free", "memory_free", "claimed_by", "version", "state", "status", "incarnation", "id"})
@@ -70,6 +73,7 @@ _DOUBLE = (
     "restart_at", "started_at", "finished_at", "stop_requested_at", "at", "submitted_at", "rtt_ms", "bandwidth", "since",
 )
 _BOOLEAN = ("orphan", "process_exited")
+_NUMERIC = frozenset((*_LONG, *_DOUBLE, *_BOOLEAN))
 
 #: (property key, data type, locked); keys not named here are created by JanusGraph on first use
 PROPERTY_KEYS: tuple[tuple[str, str, bool], ...] = tuple(
@@ -183,6 +187,10 @@ def _list_contains(steps: list[list[Any]]) -> list[Any] | None:
     return ["has", key, TextP.containing(json.dumps(wanted))]
 
 
+def _list_key(key: Any) -> Any:
+    return f"{key}{LIST_SUFFIX}" if key in _NUMERIC else key
+
+
 def _instruction(ins: list[Any]) -> list[Any]:
     name, args = ins[0], [_arg(a) for a in ins[1:]]
     if name in ("V", "hasId"):
@@ -194,6 +202,7 @@ def _instruction(ins: list[Any]) -> list[Any]:
             args[1] = vertex_id(args[1])
     elif name == "property" and args and isinstance(args[-1], (list, tuple)):
         args[-1] = _json(args[-1])
+        args[-2] = _list_key(args[-2])
     return [name, *args]
 
 
@@ -204,7 +213,11 @@ def _arg(a: Any) -> Any:
         if not (T.label in a or T.id in a):
             return {k: _arg(v) for k, v in a.items()}
         # a mergeV map: its list values are property values, its T.id a vertex id
-        return {k: vertex_id(v) if k == T.id else _json(v) if isinstance(v, (list, tuple)) else _arg(v) for k, v in a.items()}
+        return {
+            _list_key(k) if isinstance(v, (list, tuple)) else k:
+            vertex_id(v) if k == T.id else _json(v) if isinstance(v, (list, tuple)) else _arg(v)
+            for k, v in a.items()
+        }
     if isinstance(a, list):
         return [_arg(x) for x in a]
     return a
@@ -213,7 +226,13 @@ def _arg(a: Any) -> Any:
 def decode(v: Any) -> Any:
     """An answer with the JSON text of list-valued properties back as lists."""
     if isinstance(v, dict):
-        return {k: _loads(x) if k in LIST_KEYS and isinstance(x, str) else decode(x) for k, x in v.items()}
+        out: dict[Any, Any] = {}
+        for k, x in v.items():
+            if isinstance(k, str) and k.endswith(LIST_SUFFIX) and isinstance(x, str):
+                out[k[: -len(LIST_SUFFIX)]] = _loads(x)
+            else:
+                out[k] = _loads(x) if k in LIST_KEYS and isinstance(x, str) else decode(x)
+        return out
     if isinstance(v, list):
         return [decode(x) for x in v]
     return v

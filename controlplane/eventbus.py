@@ -12,9 +12,10 @@ import contextlib
 import logging
 
 import redis
-import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from controlplane.redis_urls import async_client, sync_client
 
 CHANNEL = "controlplane:events"
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 class RedisNotifier:
     def __init__(self, url: str) -> None:
-        self._redis = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+        self._redis = sync_client(url, socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
 
     def notify(self) -> None:
         try:
@@ -39,7 +40,7 @@ class Doorbell:
 
     @contextlib.asynccontextmanager
     async def listen(self):  # type: ignore[no-untyped-def]
-        client = aioredis.Redis.from_url(self._url)
+        client = async_client(self._url)
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(CHANNEL)

@@ -41,11 +41,12 @@ def open_store(settings: Settings, *, graph_uri: str | None = None) -> GraphStor
 
 def health_checks(store: GraphStore, broker_url: str) -> dict[str, Callable[[], None]]:
     """What /healthz checks: the graph answers a query, and the broker answers PING."""
-    import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    broker = redis.Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
+    from controlplane.redis_urls import sync_client
+
+    broker = sync_client(broker_url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
 
     def check_broker() -> None:
         broker.ping()

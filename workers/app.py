@@ -11,6 +11,8 @@ from __future__ import annotations
 from celery import Celery
 from kombu import pools as kombu_pools
 
+from controlplane.redis_urls import celery_broker
+
 app = Celery("controlplane", include=["workers.tasks"])
 app.conf.update(
     task_serializer="json",
@@ -33,7 +35,9 @@ CONTROL_QUEUE = "control"
 
 
 def configure(broker_url: str) -> Celery:
-    """Point the app at a broker; connections pooled for a previous broker are dropped."""
+    """Point the app at a broker (a Redis, or its Sentinels); connections pooled for a previous broker are dropped."""
+    broker_url, options = celery_broker(broker_url)
+    app.conf.broker_transport_options = {"visibility_timeout": 120, **options}
     if app.conf.broker_url != broker_url:
         if app._pool is not None:  # noqa: SLF001 - Celery keeps its pools private
             app._pool.force_close_all()  # noqa: SLF001

@@ -16,6 +16,7 @@ import time
 import redis
 
 from controlplane.eventbus import RedisNotifier
+from controlplane.redis_urls import sync_client
 from controlplane.services.control import ControlPlane
 from controlplane.settings import Settings
 from controlplane.wiring import open_store
@@ -53,7 +54,7 @@ def run_scheduler(settings: Settings, *, graph_uri: str | None, broker_url: str,
     store = open_store(settings, graph_uri=graph_uri)
     store.bootstrap()
     supervisor = ControlPlane(store, CeleryDispatcher(configure(broker_url)), notify=RedisNotifier(broker_url).notify).supervisor
-    lock = LeaderLock(redis.Redis.from_url(broker_url), ttl_s=max(2.0, settings.scheduler_interval_s * 4))
+    lock = LeaderLock(sync_client(broker_url), ttl_s=max(2.0, settings.scheduler_interval_s * 4))
     stop = stop or threading.Event()
     leader = False
     try:

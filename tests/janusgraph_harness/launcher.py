@@ -91,7 +91,8 @@ class JanusGraphServer:
         cmd = lifeline_cmd(find_java("JANUSGRAPH_HARNESS_JAVA"), opts, HARNESS.classpath(), MAIN_CLASS,
                            [str(self.workdir / "janusgraph-server.yaml")], ready=[f"127.0.0.1:{self.port}"])
         self.server = start_jvm(f"JanusGraph Server :{self.port}", cmd, self.workdir, log_name="janusgraph-server.log",
-                                timeout=timeout, verify=lambda _address, deadline: _verify(self.url, deadline))
+                                timeout=timeout, verify=lambda _address, deadline: _verify(self.url, deadline),
+                                fail_re=r"JanusGraph Server was unable to start")
         self.server.url = self.url
         self.server.port = self.port
         return self
@@ -164,7 +165,18 @@ class RingStack:
     def start(self, *, timeout: float = 300.0) -> RingStack:
         self.ring.start(timeout=timeout)
         try:
-            for j in self.janusgraphs:  # the first creates the keyspace and the graph's tables
+            for attempt in range(8):
+                # The first server creates the keyspace and the graph's tables one after the other, and
+                # uses each at once; on a busy ring a node that has not applied the new table yet answers
+                # "table ... does not exist" and the server gives up. Each start gets further (the tables
+                # made so far stay); a few starts make them all.
+                try:
+                    self.janusgraphs[0].start(timeout=timeout)
+                    break
+                except RuntimeError:
+                    if attempt == 7:
+                        raise
+            for j in self.janusgraphs[1:]:
                 j.start(timeout=timeout)
         except BaseException:
             self.stop()

@@ -129,6 +129,7 @@ class JvmServer:
         self.startup_seconds = 0.0
         self._output: collections.deque[str] = collections.deque(maxlen=400)
         self._ready = threading.Event()
+        self._failed = ""  # the line that said the server will not start
         self._reader: threading.Thread | None = None
         self._stop_lock = threading.Lock()
 
@@ -184,7 +185,7 @@ class JvmServer:
         state = "running" if self.is_running() else f"exited({self.process.returncode})"
         return f"<{self.name} {self.address or '(starting)'} pid={self.pid} {state}>"
 
-    def _pump(self, stream: IO[bytes], ready_re: re.Pattern[str], found: list[str]) -> None:
+    def _pump(self, stream: IO[bytes], ready_re: re.Pattern[str], found: list[str], fail_re: re.Pattern[str] | None) -> None:
         with open(self.log_path, "a", encoding="utf-8") as log:
             try:
                 for raw in iter(stream.readline, b""):
@@ -194,6 +195,9 @@ class JvmServer:
                     log.flush()
                     if not found and (m := ready_re.match(line)):
                         found.append(m.group(1))
+                        self._ready.set()
+                    elif not found and fail_re is not None and fail_re.search(line):
+                        self._failed = line
                         self._ready.set()
             finally:
                 self._ready.set()  # also wakes the waiter when the JVM exits without READY
@@ -210,8 +214,11 @@ def start_jvm(
     ready_re: str = r"^READY (\S+)\s*$",
     verify: Callable[[str, float], None] | None = None,
     env: dict[str, str] | None = None,
+    fail_re: str | None = None,
 ) -> JvmServer:
     """Start `cmd`, wait for its READY line, then for `verify(address, deadline)` (a real request).
+
+    `fail_re`: a line saying the server gave up starting (some stay alive after that, never ready).
 
     Raises RuntimeError with the tail of the JVM's output if it is not ready within `timeout`.
     """
@@ -226,7 +233,7 @@ def start_jvm(
     server = JvmServer(name, proc, workdir, log_path)
     found: list[str] = []
     assert proc.stdout is not None
-    server._reader = threading.Thread(target=server._pump, args=(proc.stdout, re.compile(ready_re), found),
+    server._reader = threading.Thread(target=server._pump, args=(proc.stdout, re.compile(ready_re), found, re.compile(fail_re) if fail_re else None),
                                       name=f"{name}-output-{proc.pid}", daemon=True)
     server._reader.start()
     with _live_lock:
@@ -240,6 +247,8 @@ def start_jvm(
     while not server._ready.wait(0.1):
         if time.monotonic() >= deadline:
             raise fail(f"did not print READY within {timeout:.0f}s")
+    if server._failed:
+        raise fail(f"gave up starting: {server._failed}")
     if not found:
         raise fail("exited before it was ready")
     server.address = found[0]

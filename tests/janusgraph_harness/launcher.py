@@ -165,16 +165,16 @@ class RingStack:
     def start(self, *, timeout: float = 300.0) -> RingStack:
         self.ring.start(timeout=timeout)
         try:
-            for attempt in range(8):
+            for attempt in range(15):
                 # The first server creates the keyspace and the graph's tables one after the other, and
                 # uses each at once; on a busy ring a node that has not applied the new table yet answers
                 # "table ... does not exist" and the server gives up. Each start gets further (the tables
-                # made so far stay); a few starts make them all.
+                # made so far stay); a few starts make them all (nine tables: at most one start each).
                 try:
                     self.janusgraphs[0].start(timeout=timeout)
                     break
                 except RuntimeError:
-                    if attempt == 7:
+                    if attempt == 14:
                         raise
             for j in self.janusgraphs[1:]:
                 j.start(timeout=timeout)

@@ -35,11 +35,13 @@ from typing import Any
 from gremlin_python.driver.client import Client
 from gremlin_python.driver.driver_remote_connection import DriverRemoteConnection
 from gremlin_python.driver.protocol import GremlinServerError
+from gremlin_python.driver.serializer import GraphSONSerializersV3d0
 from gremlin_python.process.graph_traversal import GraphTraversal, GraphTraversalSource, __
 from gremlin_python.process.traversal import Scope
 
 from controlplane.domain.errors import Unavailable
 from graph_schema.gremlin.janusgraph_schema import BOOTSTRAP_SCRIPT, bootstrap_bindings, decode, encode
+from graph_schema.gremlin.raw import READ_ONLY_SOURCE
 from graph_schema.gremlin.remote import Remote
 from graph_schema.gremlin.store import GremlinStore
 
@@ -163,7 +165,13 @@ class JanusGraphStore(GremlinStore):
                 time.sleep(0.5)
         self.ping()
 
+    def _raw_client(self) -> Client:
+        """GraphSON 3 for operators' raw queries: an element's property and edge ids are JanusGraph
+        RelationIdentifiers, a custom GraphBinary type gremlinpython cannot read; in GraphSON they
+        arrive as plain typed maps."""
+        return Client(self._remote.url, READ_ONLY_SOURCE, pool_size=1, message_serializer=GraphSONSerializersV3d0())
+
     def clear(self) -> None:
-        # in bounded transactions: dropping a vertex releases its locked keys and index entries, each a lock
-        while self._remote.one(lambda g: g.V().limit(200).fold().side_effect(__.unfold().drop()).count(Scope.local)):
+        # in small transactions: dropping a vertex drops its locked keys and unique index entry, each a lock
+        while self._remote.one(lambda g: g.V().limit(25).fold().side_effect(__.unfold().drop()).count(Scope.local)):
             pass

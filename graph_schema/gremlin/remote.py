@@ -129,8 +129,11 @@ class Remote:
                 if not (write and self._retryable(exc)) or time.monotonic() > deadline:
                     raise
             except Exception as exc:
-                # aiohttp's client errors are not all OSErrors
-                if isinstance(exc, (OSError, TimeoutError)) or type(exc).__module__.startswith("aiohttp"):
+                # aiohttp's client errors are not all OSErrors; a connection the server closed (it died)
+                # is a RuntimeError of gremlinpython's transport
+                if isinstance(exc, (OSError, TimeoutError)) or type(exc).__module__.startswith("aiohttp") or (
+                    isinstance(exc, RuntimeError) and "Connection was already closed" in str(exc)
+                ):
                     raise Unavailable(f"Gremlin Server at {self.url} is unreachable: {exc}") from exc
                 raise
             time.sleep(delay * (0.5 + random.random()))

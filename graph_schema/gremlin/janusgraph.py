@@ -66,8 +66,10 @@ class _DropRetriedLogs(logging.Filter):
 class JanusGraphRemote(Remote):
     """A Remote over one of several JanusGraph Servers, moving to the next when one stops answering."""
 
-    def __init__(self, urls: Sequence[str], *, traversal_source: str = "g", pool_size: int = 8, retry_for_s: float = 60.0,
-                 answer_timeout_s: float = 20.0) -> None:
+    def __init__(self, urls: Sequence[str], *, traversal_source: str = "g", pool_size: int = 8, retry_for_s: float = 120.0,
+                 answer_timeout_s: float = 60.0) -> None:
+        # a 500-allocation create takes one lock per new id: 10-40 s on a busy 2-core machine, so an answer
+        # is awaited longer than on TinkerGraph before the request is sent again
         logging.getLogger("gremlinpython").addFilter(_DropRetriedLogs())
         self.urls = list(urls)
         self._at = os.getpid() % len(self.urls)  # spread processes over the servers

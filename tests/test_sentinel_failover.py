@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.domain.errors import ControlPlaneError
+from controlplane.domain.errors import ControlPlaneError, InvalidInput
 from controlplane.domain.lifecycle import State
 from controlplane.eventbus import RedisNotifier
-from controlplane.redis_urls import sync_client
+from controlplane.redis_urls import SentinelURL, celery_broker, parse_sentinel, sync_client
 from controlplane.services import ControlPlane
 from graph_schema.falkordb_server import FalkorDBServer
 from tests.sentinel_harness import ReplicatedRedis
@@ -93,3 +93,18 @@ def test_killing_the_redis_primary_loses_no_allocation_and_starts_none_twice(
     client = sync_client(broker.url, socket_timeout=2)
     assert client.connection_pool.get_master_address()[1] == new_primary
     assert client.info("replication")["role"] == "master"
+
+
+def test_a_sentinel_url_names_its_sentinels_database_and_primary() -> None:
+    s = parse_sentinel("sentinel://:pw@10.0.0.1:26379,10.0.0.2:26380/3?master=prod")
+    assert s == SentinelURL(sentinels=(("10.0.0.1", 26379), ("10.0.0.2", 26380)), master="prod", db=3, password="pw")
+    broker, options = celery_broker("sentinel://a:1,b:2/3?master=prod")
+    assert (broker, options) == ("sentinel://a:1/3;sentinel://b:2/3", {"master_name": "prod"})
+    assert parse_sentinel("redis://127.0.0.1:6379/1") is None and celery_broker("redis://h:1/2") == ("redis://h:1/2", {})
+
+
+@pytest.mark.parametrize("url", ["sentinel://h1,h2:1/0", "sentinel://h:1/x"])
+def test_a_bad_sentinel_url_is_refused_naming_redis_url(url: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        parse_sentinel(url)
+    assert err.value.field == "REDIS_URL"

@@ -47,11 +47,7 @@ def ring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RingStack]:
 
 def client(ring: RingStack, first: int) -> ControlPlane:
     """A control plane whose store starts on server `first` and knows the other one."""
-    urls = ring.urls[first:] + ring.urls[:first]
-    store = JanusGraphStore(urls)
-    store._remote._at = 0  # noqa: SLF001 - pinned to `first` (processes spread by pid; here two clients in one)
-    store._remote._connect()  # noqa: SLF001
-    return ControlPlane(store, dispatcher=None)
+    return ControlPlane(JanusGraphStore(ring.urls, start_at=first), dispatcher=None)
 
 
 def retried(what: Callable[[], Any], *, for_s: float = 120.0) -> Any:

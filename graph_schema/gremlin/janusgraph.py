@@ -67,12 +67,13 @@ class JanusGraphRemote(Remote):
     """A Remote over one of several JanusGraph Servers, moving to the next when one stops answering."""
 
     def __init__(self, urls: Sequence[str], *, traversal_source: str = "g", pool_size: int = 8, retry_for_s: float = 120.0,
-                 answer_timeout_s: float = 60.0) -> None:
+                 answer_timeout_s: float = 60.0, start_at: int | None = None) -> None:
         # a 500-allocation create takes one lock per new id: 10-40 s on a busy 2-core machine, so an answer
         # is awaited longer than on TinkerGraph before the request is sent again
         logging.getLogger("gremlinpython").addFilter(_DropRetriedLogs())
         self.urls = list(urls)
-        self._at = os.getpid() % len(self.urls)  # spread processes over the servers
+        # spread processes over the servers (or start where told)
+        self._at = (os.getpid() if start_at is None else start_at) % len(self.urls)
         super().__init__(self.urls[self._at], traversal_source=traversal_source, pool_size=pool_size,
                          retry_for_s=retry_for_s, answer_timeout_s=answer_timeout_s)
 
@@ -141,9 +142,12 @@ class JanusGraphStore(GremlinStore):
 
     engine = "janusgraph"
 
-    def __init__(self, url: str | Sequence[str], *, traversal_source: str = "g", pool_size: int = 8) -> None:
+    def __init__(self, url: str | Sequence[str], *, traversal_source: str = "g", pool_size: int = 8,
+                 start_at: int | None = None) -> None:
+        """`url`: one server, or several (a list or comma-separated); `start_at`: which first (default: by process id)."""
         urls = [u.strip() for u in url.split(",")] if isinstance(url, str) else list(url)
-        self._remote = JanusGraphRemote([u for u in urls if u], traversal_source=traversal_source, pool_size=pool_size)
+        self._remote = JanusGraphRemote([u for u in urls if u], traversal_source=traversal_source, pool_size=pool_size,
+                                        start_at=start_at)
 
     @property
     def url(self) -> str:

@@ -6,17 +6,19 @@ the tests now assert order and outcome, the timing lives here.) The allocations 
 only the victim and, once they run, a standby node carry: a node pin would hold them to the victim.
 (Nomad declares a node down after ~20 s by default, Ray after 15-50 s, Kubernetes evicts after ~5 min 40 s.)
 
-    python -m bench.bench_recovery [--allocations 1000] [--rounds 3]
+    python -m bench.bench_recovery [--allocations 1000] [--rounds 3] [--engine falkordb|neo4j|gremlin|janusgraph]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from bench.engines import open_engine
 from controlplane.domain.lifecycle import State
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 from tests.stack import Stack, wait_for
@@ -53,10 +55,16 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--allocations", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--engine", default="falkordb", help="the graph; FalkorDB is the broker either way")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as engines:
         server = FalkorDBServer(FalkorDBServerConfig(data_dir=Path(tmp) / "db")).start()
-        stack = Stack(server, Path(tmp), graph="recovery", heartbeat_s=1.0, grace_s=3.0)
+        store, uri = None, None
+        if args.engine != "falkordb":
+            store, _ = engines.enter_context(open_engine(args.engine))
+            store.clear()
+            uri = store.uri if hasattr(store, "uri") else store.remote.url  # type: ignore[attr-defined]
+        stack = Stack(server, Path(tmp), graph="recovery", heartbeat_s=1.0, grace_s=3.0, store=store, graph_uri=uri)
         try:
             stack.start("supervisor", "supervisor")
             stack.start("scheduler", "scheduler")
@@ -67,7 +75,7 @@ def main() -> None:
             server.stop()
     det = [d for d, _ in results]
     rec = [r for _, r in results]
-    print(f"node loss with {args.allocations} allocations, heartbeat 1 s, grace 3 s, {args.rounds} rounds:")
+    print(f"{args.engine}: node loss with {args.allocations} allocations, heartbeat 1 s, grace 3 s, {args.rounds} rounds:")
     print(f"  detection  p50 {statistics.median(det):.2f} s, max {max(det):.2f} s")
     print(f"  all running elsewhere  p50 {statistics.median(rec):.2f} s, max {max(rec):.2f} s after the kill")
     print(f"  targets: detection <= 5 s ({'met' if max(det) <= 5 else 'MISSED'}), "

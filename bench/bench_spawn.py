@@ -1,6 +1,6 @@
 """Allocations committed to the graph per second through the batch spawn (target: >= 1,500/s).
 
-    python -m bench.bench_spawn [--engines falkordb,neo4j] [--total 20000] [--batch 500]
+    python -m bench.bench_spawn [--engines falkordb,neo4j,gremlin,janusgraph] [--total 20000] [--batch 500] [--singles 200]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from bench.engines import open_engine
 from controlplane.wiring import assemble
 
 
-def run(engine: str, total: int, batch: int, nodes: int) -> None:
+def run(engine: str, total: int, batch: int, nodes: int, singles: int = 200) -> None:
     with open_engine(engine) as (store, _):
         store.clear()
         cp = assemble(store)
@@ -35,9 +35,9 @@ def run(engine: str, total: int, batch: int, nodes: int) -> None:
             f"(batch {batch}: p50 {statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms)"
         )
         t = time.perf_counter()
-        for _ in range(200):
+        for _ in range(singles):
             cp.allocations.spawn(root.id, [spec])
-        single = 200 / (time.perf_counter() - t)
+        single = singles / (time.perf_counter() - t)
         print(f"{engine:9s} single spawn: {single:,.0f}/s (one request per allocation)")
 
 
@@ -47,9 +47,10 @@ def main() -> None:
     p.add_argument("--total", type=int, default=20_000)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--nodes", type=int, default=10)
+    p.add_argument("--singles", type=int, default=200, help="single spawns, one request each")
     args = p.parse_args()
     for engine in args.engines.split(","):
-        run(engine, args.total, args.batch, args.nodes)
+        run(engine, args.total, args.batch, args.nodes, args.singles)
 
 
 if __name__ == "__main__":

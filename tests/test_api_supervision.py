@@ -448,7 +448,7 @@ def test_a_cyclic_job_is_refused_listing_the_cycle_and_nothing_is_written(client
     [
         ({"name": "j", "tasks": [{"name": "t"}]}, "spec.tasks[0].argv", ["must not be empty"]),
         ({"name": "j", "tasks": [task("t", resources={"cpu_milli": -1})]}, "spec.tasks[0].resources.cpu_milli", []),
-        ({"name": "j", "tasks": [task("t", resources={"cpu_milli": 999_000})]}, "spec.tasks", ["t:", "cpu=999000m"]),
+        ({"name": "j", "tasks": [task("t", resources={"cpu_milli": 999_000})]}, "spec.tasks", ["t.resources.cpu_milli: no node offers cpu=999000m"]),
         ({"name": "j", "tasks": []}, "spec.tasks", []),
         ({"name": "bad name", "tasks": [task("t")]}, "spec.name", []),
         ({"name": "j", "tasks": [task("t")], "colour": "red"}, "spec.colour", []),

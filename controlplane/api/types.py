@@ -226,6 +226,15 @@ class Allocation(Actor):
         value = root.extra.get("restart_at")
         return float(value) if value is not None else None
 
+    @strawberry.field(
+        description="What its restart waits for when no node can take it, e.g. \"waiting for a ready node with "
+        "zone=eu, 1 A100 and room for cpu=500m memory=256MiB\" (retried; each change is a `waiting` event saying "
+        "what stands in the way); null when it waits for nothing. `stopAllocation` ends the wait."
+    )
+    def waiting(self, root: Parent[AllocationRecord]) -> str | None:
+        value = root.extra.get("waiting")
+        return str(value) if value is not None else None
+
     @strawberry.field(description="Why it failed as a supervisor (a child escalated to it); null if it did not.")
     def escalated(self, root: Parent[AllocationRecord]) -> str | None:
         value = root.extra.get("escalated")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from controlplane.domain.lifecycle import Move, State
+from controlplane.domain.placement import NodeInventory
 from controlplane.domain.records import (
     AllocationRecord,
     Event,
@@ -160,6 +161,10 @@ class PlacementReads(Protocol):
 
     def spread_counts(self, *, keys: Sequence[str]) -> dict[tuple[str, str], int]:
         """(spread key, node id) -> live allocations with that key on that node."""
+
+    def node_inventory(self, *, labels: Sequence[str], node_ids: Sequence[str] | None, limit: int) -> list[NodeInventory]:
+        """Nodes carrying every label (and among `node_ids` when given), whatever their status, most cpu first:
+        what they are and what they have free (why a placement failed)."""
 
 
 class Hierarchy(Protocol):

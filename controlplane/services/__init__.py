@@ -68,7 +68,7 @@ def build(
     hooks = Hooks()
     placer = Placer(store)
     supervisor = SupervisorService(store, send, placer, clock=clock, notify=notify, hooks=hooks)
-    executors = NativeExecutors({"job": JobExecutor(jobs)})
+    executors = NativeExecutors({"job": JobExecutor(jobs, store)})
     allocations = AllocationService(store, send, placer, supervisor, executors.get, clock=clock)
     native = NativeRunner(store, send, allocations, supervisor, executors, clock=clock)
     job_service = JobService(jobs, store, allocations, executors.get, clock=clock)

@@ -16,6 +16,7 @@ from dataclasses import asdict
 from typing import Any
 
 from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, HOLDS_RESOURCES, LIVE, NODE_LOST, RESTARTABLE, State
+from controlplane.domain.placement import NodeInventory
 from controlplane.domain.records import (
     AllocationRecord,
     Event,
@@ -161,6 +162,19 @@ class CypherStore(ABC):
     def spread_counts(self, *, keys: Sequence[str]) -> dict[tuple[str, str], int]:
         rows = self._read(q.SPREAD_COUNTS, {"keys": list(keys), "live": _LIVE})
         return {(r[0], r[1]): int(r[2]) for r in rows}
+
+    def node_inventory(self, *, labels: Sequence[str], node_ids: Sequence[str] | None, limit: int) -> list[NodeInventory]:
+        rows = self._read(q.NODE_INVENTORY, {"labels": list(labels), "ids": list(node_ids) if node_ids is not None else None,
+                                             "limit": int(limit)})
+        out = []
+        for r in rows:
+            gpus = sorted((str(m), bool(free)) for m, free in r[7] if m is not None)
+            out.append(NodeInventory(
+                node_id=r[0], status=r[1], labels=tuple(r[2] or ()), cpu=int(r[3]), memory=int(r[4]),
+                cpu_free=int(r[5]), memory_free=int(r[6]), gpu_models=tuple(m for m, _ in gpus),
+                free_gpu_models=tuple(m for m, free in gpus if free),
+            ))
+        return out
 
     # --- allocations -------------------------------------------------------------------
     def create_allocations(

@@ -426,6 +426,17 @@ OPTIONAL MATCH (g:{G})-[:{GPU_OWNER}]->(n) WHERE g.claimed_by IS NULL
 RETURN n.id, n.status, n.labels, n.cpu_free, n.memory_free, collect(g.id), collect(g.model)
 """
 
+# Why a placement failed: what the nodes with the labels are, whatever their status (totals and every
+# GPU they own, each with whether it is free), most cpu first. Read only when nothing fits.
+NODE_INVENTORY = f"""
+MATCH (n:{N})
+WHERE ($ids IS NULL OR n.id IN $ids) AND all(l IN $labels WHERE l IN n.labels)
+WITH n ORDER BY n.cpu DESC, n.id LIMIT $limit
+OPTIONAL MATCH (g:{G})-[:{GPU_OWNER}]->(n)
+RETURN n.id, n.status, n.labels, n.cpu, n.memory, n.cpu_free, n.memory_free,
+       collect([g.model, g.claimed_by IS NULL])
+"""
+
 SPREAD_COUNTS = f"""
 MATCH (a:{A})
 WHERE a.spread_key IN $keys AND a.state IN $live

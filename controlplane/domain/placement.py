@@ -211,6 +211,9 @@ def explain(
         reasons.append(f"{len(pool) - EXPLAINED_NODES} more")
     after = f" left for {field} after the {placed_before} before it" if placed_before else " now"
     detail = "; ".join(reasons)
+    if pin:
+        asked = ", ".join([f"cpu={r.cpu_milli}m memory={r.memory_mib}MiB"] + ([_gpus(r)] if r.gpus else []))
+        return NoRoom(f"node {pin} cannot take {asked}{after}: {detail}", field=field, detail=detail)
     return NoRoom(f"no {waiting_for(d).removeprefix('a ')}{after}: {detail}", field=field, detail=detail)
 
 

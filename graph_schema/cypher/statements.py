@@ -248,7 +248,7 @@ SET a.state = 'placed', a.incarnation = a.incarnation + 1, a.version = a.version
     a.gpu_ids = it.gpu_ids, a.updated_at = $now, a.restarts = coalesce(a.restarts, 0) + 1,
     a.backoff_level = it.backoff_level, a.exit_code = null, a.pid = null, a.error = null,
     a.output_tail = null, a.agent = null, a.started_at = null, a.finished_at = null, a.restart_at = null,
-    a.stop_requested_at = null, a.process_exited = null, a.escalated = null, a.waiting = null
+    a.stop_requested_at = null, a.process_exited = null, a.escalated = null, a.waiting = null, a.log_path = null
 CREATE (a)-[:{RUNS_ON}]->(n)
 CREATE (:{EV} {{id: a.id + ':' + toString(a.version), kind: 'transition', allocation_id: a.id,
   incarnation: a.incarnation, from: prev, to: 'placed', at: $now, tick: $tick, reason: $reason, by: p.id}})

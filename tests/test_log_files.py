@@ -69,12 +69,20 @@ def test_following_a_log_sees_every_line_through_a_rotation_and_stops_when_the_w
 
 
 def test_following_from_now_skips_what_was_there_and_waits_for_a_file_yet_to_appear(tmp_path: Path) -> None:
+    def later(path: Path, text: str) -> threading.Event:
+        written = threading.Event()
+
+        def go() -> None:
+            write(path, text)
+            written.set()
+
+        threading.Timer(0.1, go).start()
+        return written
+
     path = tmp_path / "a.1.log"
     write(path, "old\n")
-    done = threading.Event()
-    threading.Timer(0.1, lambda: (write(path, "new\n"), done.set())).start()
+    done = later(path, "new\n")
     assert b"".join(logs.follow(path, done=done.is_set, poll_s=0.01, from_start=False)) == b"new\n"
-    later = tmp_path / "b.1.log"
-    appeared = threading.Event()
-    threading.Timer(0.1, lambda: (write(later, "hi\n"), appeared.set())).start()
-    assert b"".join(logs.follow(later, done=appeared.is_set, poll_s=0.01)) == b"hi\n"
+    new = tmp_path / "b.1.log"
+    appeared = later(new, "hi\n")
+    assert b"".join(logs.follow(new, done=appeared.is_set, poll_s=0.01)) == b"hi\n"

@@ -9,11 +9,12 @@ conformance suite in tests/ runs each behaviour on each engine.
 | role | for | who uses it |
 | --- | --- | --- |
 | Topology | nodes, GPUs, neighbour links | node service, node agents, placement, queries |
-| PlacementReads | candidate nodes, spread counts | the placer |
+| PlacementReads | candidate nodes, spread counts, what nodes are (why nothing fits) | the placer, jobs |
 | Ledger | creating, moving, restarting allocations; watches; decisions | allocations, supervisor, agents, native runner |
 | Hierarchy | reading allocations and the PARENT_OF tree | nearly everyone |
 | History | the ordered events | supervisor, queries |
 | Repair | what the reaper and the reconciler look for | repair |
+| Retention | pruning old events and ended allocations in small batches | retention |
 | Admin | schema, health, raw read-only queries | wiring, queries, tests |
 """
 
@@ -267,6 +268,25 @@ class Repair(Protocol):
         """(parent id, allocation id, incarnation) of decided restarts that should have happened by `before`."""
 
 
+class Retention(Protocol):
+    """History and ended allocations do not grow for ever: each call deletes a small batch, so writers never wait long."""
+
+    def event_cutoff(self, *, keep: int) -> float | None:
+        """The `at` of the oldest of the `keep` newest events (those strictly older are over the count); None when
+        there are fewer."""
+
+    def prune_events(self, *, before: float, limit: int) -> int:
+        """Delete at most `limit` events with `at < before`; returns how many went."""
+
+    def allocation_cutoff(self, *, keep: int) -> float | None:
+        """The last change (`updated_at`) of the longest ended of the `keep` most recently ended allocations."""
+
+    def prune_allocations(self, *, before: float, limit: int) -> list[str]:
+        """Delete at most `limit` ended allocations, oldest first, last changed before `before`, that nothing
+        depends on: terminal, no restart decided, no children (a live allocation's parent chain is never touched;
+        a parent goes once its children have). Each goes with all its edges. Returns their ids."""
+
+
 class Admin(Protocol):
     engine: str
 
@@ -290,5 +310,5 @@ class Admin(Protocol):
         """
 
 
-class GraphStore(Topology, PlacementReads, Hierarchy, Ledger, History, Repair, Admin, Protocol):
+class GraphStore(Topology, PlacementReads, Hierarchy, Ledger, History, Repair, Retention, Admin, Protocol):
     """Every role: what an engine adapter implements, and what the assembly point holds."""

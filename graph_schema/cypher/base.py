@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, HOLDS_RESOURCES, LIVE, NODE_LOST, RESTARTABLE, State
+from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, HOLDS_RESOURCES, LIVE, NODE_LOST, RESTARTABLE, TERMINAL, State
 from controlplane.domain.placement import NodeInventory
 from controlplane.domain.records import (
     AllocationRecord,
@@ -39,6 +39,7 @@ _HOLDING = sorted(s.value for s in HOLDS_RESOURCES)
 _ACCEPTS = sorted(s.value for s in ACCEPTS_CHILDREN)
 _LIVE = sorted(s.value for s in LIVE)
 _RESTARTABLE = sorted(s.value for s in RESTARTABLE)
+_TERMINAL = sorted(s.value for s in TERMINAL)
 _NODE_LOST_FROM = sorted(s.value for s in NODE_LOST.steps)
 
 
@@ -413,6 +414,23 @@ class CypherStore(ABC):
     def due_restarts(self, *, before: float, limit: int) -> list[tuple[str, str, int]]:
         rows = self._read(q.DUE_RESTARTS, {"before": before, "limit": int(limit), "restartable": _RESTARTABLE})
         return [(r[0], r[1], int(r[2])) for r in rows]
+
+    # --- retention -----------------------------------------------------------------------
+    def event_cutoff(self, *, keep: int) -> float | None:
+        rows = self._read(q.EVENT_CUTOFF, {"skip": max(0, int(keep) - 1)}) if keep > 0 else []
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def prune_events(self, *, before: float, limit: int) -> int:
+        rows = self._write(q.PRUNE_EVENTS, {"before": float(before), "limit": int(limit)})
+        return int(rows[0][0]) if rows else 0
+
+    def allocation_cutoff(self, *, keep: int) -> float | None:
+        rows = self._read(q.ALLOCATION_CUTOFF, {"skip": max(0, int(keep) - 1), "terminal": _TERMINAL}) if keep > 0 else []
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def prune_allocations(self, *, before: float, limit: int) -> list[str]:
+        rows = self._write(q.PRUNE_ALLOCATIONS, {"before": float(before), "limit": int(limit), "terminal": _TERMINAL})
+        return [r[0] for r in rows]
 
     @staticmethod
     def _primary_label(labels: Sequence[str]) -> str:

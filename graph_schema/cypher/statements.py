@@ -442,3 +442,50 @@ MATCH (a:{A})
 WHERE a.spread_key IN $keys AND a.state IN $live
 RETURN a.spread_key, a.node_id, count(a)
 """
+
+# --- retention: history and ended allocations pruned in small batches ------------------------
+
+# The `at` of the oldest of the `keep` newest events: those strictly older are over the count.
+EVENT_CUTOFF = f"""
+MATCH (e:{EV})
+WITH e.at AS at ORDER BY at DESC SKIP $skip LIMIT 1
+RETURN at
+"""
+
+# At most `limit` events older than `before`, through the index on `at` (events have no edges).
+PRUNE_EVENTS = f"""
+MATCH (e:{EV})
+WHERE e.at < $before
+WITH e LIMIT $limit
+DELETE e
+RETURN count(*)
+"""
+
+# The last change of the longest ended of the `keep` most recently ended allocations.
+ALLOCATION_CUTOFF = f"""
+MATCH (a:{A})
+WHERE a.state IN $terminal
+WITH a.updated_at AS at ORDER BY at DESC SKIP $skip LIMIT 1
+RETURN at
+"""
+
+# Ended allocations that nothing depends on, oldest first: terminal, no restart decided, no children (so no
+# live allocation's parent chain goes through one; their parents become leaves for the next batch). Each is
+# locked and checked again before it goes, with every edge it has (PARENT_OF from its parent, RUNS_ON,
+# WATCHES, EXECUTES).
+PRUNE_ALLOCATIONS = f"""
+MATCH (a:{A})
+WHERE a.updated_at < $before AND a.state IN $terminal AND a.restart_at IS NULL
+OPTIONAL MATCH (a)-[:{PARENT_OF}]->(k:{A})
+WITH a, count(k) AS kids
+WHERE kids = 0
+WITH a ORDER BY a.updated_at LIMIT $limit
+REMOVE a._lock
+WITH a
+OPTIONAL MATCH (a)-[:{PARENT_OF}]->(k:{A})
+WITH a, count(k) AS kids
+WHERE kids = 0 AND a.state IN $terminal AND a.restart_at IS NULL
+WITH a, a.id AS id
+DETACH DELETE a
+RETURN id
+"""

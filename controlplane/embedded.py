@@ -18,10 +18,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controlplane.settings import Settings
+from controlplane.stack_supervisor import StackSupervisor
 
 if TYPE_CHECKING:
     from controlplane.services import ControlPlane
@@ -108,18 +110,18 @@ DEMO_LINKS = (("edge-eu-1", "edge-eu-2", 2.0), ("edge-eu-1", "edge-us-1", 80.0),
 DEMO_JOB = Path(__file__).resolve().parent.parent / "examples" / "demo-job.yaml"
 
 
-def start_demo(settings: Settings, endpoints: Endpoints, control: ControlPlane, local: str | None) -> list[subprocess.Popen[bytes]]:
+def start_demo(settings: Settings, endpoints: Endpoints, control: ControlPlane, local: str | None,
+               children: StackSupervisor) -> None:
     """A small topology (node agents with GPUs and zones, neighbour links with RTTs) and a sample job."""
     import threading
     import time
 
     import yaml
 
-    procs = []
     for name, cores, memory, gpus, labels in DEMO_NODES:
         args = ["worker", "--node", name, "--cpus", str(cores), "--memory-mib", str(memory), "--concurrency", "8"]
         args += [a for g in gpus for a in ("--gpu", g)] + [a for label in labels for a in ("--label", label)]
-        procs.append(spawn_child(settings, endpoints, *args))
+        children.add(f"node agent {name}", partial(spawn_child, settings, endpoints, *args))
 
     def seed() -> None:
         deadline = time.monotonic() + 60
@@ -136,7 +138,6 @@ def start_demo(settings: Settings, endpoints: Endpoints, control: ControlPlane, 
               f"controlplane tree edge-eu-1", flush=True)
 
     threading.Thread(target=seed, name="demo-seed", daemon=True).start()
-    return procs
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -159,7 +160,7 @@ def run_stack(
     from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 
     servers: list[FalkorDBServer] = []
-    children: list[subprocess.Popen[bytes]] = []
+    children = StackSupervisor(say=lambda line: print(f"controlplane up: {line}", flush=True))
     graph_uri, broker_url = settings.graph_uri, settings.redis_url
     if settings.graph_backend == "falkordb" and not graph_uri:
         servers.append(FalkorDBServer(FalkorDBServerConfig(data_dir=settings.data_dir / "falkordb")).start())
@@ -177,13 +178,15 @@ def run_stack(
         endpoints = Endpoints(graph_uri=graph_uri, broker_url=broker_url, api_url=api_url)
         write_endpoints(settings, endpoints)
         node_name = node or local_node_name()
-        children.append(spawn_child(settings, endpoints, "supervisor"))
-        children.append(spawn_child(settings, endpoints, "scheduler"))
+        children.add("supervisor", partial(spawn_child, settings, endpoints, "supervisor"))
+        children.add("scheduler", partial(spawn_child, settings, endpoints, "scheduler"))
         if worker:
-            children.append(spawn_child(settings, endpoints, "worker", "--node", node_name, "--concurrency", str(concurrency)))
+            children.add(f"node agent {node_name}", partial(
+                spawn_child, settings, endpoints, "worker", "--node", node_name, "--concurrency", str(concurrency)))
         if demo:
-            children.extend(start_demo(settings, endpoints, control, node_name if worker else None))
-        app = create_app(control, health_checks=health_checks(control.store, broker_url), max_depth=settings.max_query_depth,
+            start_demo(settings, endpoints, control, node_name if worker else None, children)
+        app = create_app(control, health_checks=health_checks(control.store, broker_url),
+                         health_probes={"components": children.down}, max_depth=settings.max_query_depth,
                          max_descendants=settings.max_descendants, events_redis_url=broker_url,
                          runs_dir=settings.data_dir.absolute() / "runs")
         announce(endpoints, node_name if worker else None)
@@ -193,15 +196,7 @@ def run_stack(
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
         uvicorn.Server(config).run()
     finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in reversed(children):
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        children.stop()
         for server in reversed(servers):
             server.stop()
         (settings.data_dir / STACK_FILE).unlink(missing_ok=True)

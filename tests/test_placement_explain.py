@@ -66,6 +66,8 @@ NOT_NOW = [
      "no ready node with room for cpu=1000m memory=64MiB now: a has 500m cpu free; b has 200m cpu and 10MiB memory free"),
     ("its GPUs are claimed", Demand(Resources(100, 64, 1, "A100")), [inv("g", gpus=("A100",), free_gpus=())],
      "no ready node with 1 A100 and room for cpu=100m memory=64MiB now: g has 0 A100 free"),
+    ("its node is cordoned", Demand(Resources(100, 64)), [NodeInventory("c", "ready", (), 4000, 8192, 4000, 8192, cordoned=True)],
+     "no ready node with room for cpu=100m memory=64MiB now: c is cordoned"),
     ("a pinned node draining", Demand(Resources(100, 64), node_id="eu-1"), [inv("eu-1", status="draining")],
      "node eu-1 cannot take cpu=100m memory=64MiB now: eu-1 is draining"),
     ("many nodes, the likeliest named", Demand(Resources(1000, 64)), [inv(f"n{i}", cpu_free=i) for i in range(6)],

@@ -1,5 +1,5 @@
-"""The README's tour as written: every GraphQL operation in it is valid against the schema, and every
-`controlplane` command it shows exists with the options it uses.
+"""The README's tour as written: every `controlplane` command it shows exists with the options it uses, and
+every GraphQL operation of any of its blocks is valid against the schema (test_api_inputs.py runs the tour's).
 
 (The tour was also run by hand against `controlplane up` and `controlplane up --demo`; this keeps the text and
 the product from drifting apart.)

@@ -22,7 +22,7 @@ from controlplane.services.retention import MIN_AGE_S, RetentionPolicy
 from controlplane.wiring import assemble
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 from tests.stack import Stack, wait_for
-from workers.agent import AgentReports
+from workers.agent import AgentReports, Exit
 
 DAY = 86_400.0
 
@@ -59,7 +59,7 @@ def run(cp: ControlPlane, a: AllocationRecord) -> None:
 
 def end(cp: ControlPlane, a: AllocationRecord, code: int = 0) -> None:
     """Its process exits (as its node agent reports), then supervision hears of it."""
-    ended = AgentReports(cp.store, node=a.node_id, clock=cp.clock).exited([((a.id, a.incarnation), code, "bye")])
+    ended = AgentReports(cp.store, node=a.node_id, clock=cp.clock).exited([Exit((a.id, a.incarnation), code, "bye")])
     cp.dispatcher.terminated(keys=[(e.id, e.incarnation) for e in ended])
 
 

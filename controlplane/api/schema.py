@@ -25,9 +25,9 @@ from strawberry.extensions import (
 from strawberry.scalars import JSON
 
 from controlplane.api.context import Info, wanted_fields
-from controlplane.api.errors import ControlPlaneSchema, ErrorMapping, SafeParserCache, json_argument
+from controlplane.api.errors import ControlPlaneSchema, ErrorMapping, SafeParserCache, renamed_field
 from controlplane.api.execution import InlineLeafExecutionContext
-from controlplane.api.inputs import AllocationSpecInput, Filter, NodeInput, to_spec
+from controlplane.api.inputs import AllocationSpecInput, Filter, JobSpecInput, NodeInput, SupervisionPolicyInput, to_spec
 from controlplane.api.limits import PAGED, QueryCost
 from controlplane.api.live import follow_events
 from controlplane.api.metrics import ApiMetrics, OperationMetrics
@@ -175,6 +175,29 @@ class Mutation:
         await ctx.call(ctx.control.nodes.connect, a, b, rtt_ms=rtt_ms, bandwidth=bandwidth)
         return cast(Node, ctx.seen(await ctx.call(ctx.control.queries.node, a)))
 
+    @strawberry.mutation(description="Cordon a node: nothing new is placed on it; what runs there stays.")
+    async def cordon_node(self, info: Info, id: strawberry.ID) -> Node:
+        return cast(Node, await info.context.call(info.context.control.nodes.cordon, id))
+
+    @strawberry.mutation(description="Allow placements on a cordoned or drained node again.")
+    async def uncordon_node(self, info: Info, id: strawberry.ID) -> Node:
+        return cast(Node, await info.context.call(info.context.control.nodes.uncordon, id))
+
+    @strawberry.mutation(
+        description="Drain a node: cordon it and move its allocations off, each by its restart type (permanent and "
+        "transient ones restarted elsewhere by their parents, temporary ones stopped), each stopped within `deadlineS`."
+    )
+    async def drain_node(self, info: Info, id: strawberry.ID, deadline_s: float = 30.0) -> Node:
+        return cast(Node, await info.context.call(info.context.control.nodes.drain, id, deadline_s=deadline_s))
+
+    @strawberry.mutation(
+        description="Remove a node with no live work from the graph (with its GPUs); refused (CONFLICT) with the "
+        "count while allocations run on it or were created by it and live. Answers its id."
+    )
+    async def deregister_node(self, info: Info, id: strawberry.ID) -> strawberry.ID:
+        await info.context.call(info.context.control.nodes.deregister, id)
+        return id
+
     @strawberry.mutation(
         description="Create one allocation under `parent` (a Node or an Allocation). Repeating a `requestId` "
         "answers the allocation it created instead of creating another."
@@ -210,23 +233,21 @@ class Mutation:
         return await info.context.call(info.context.control.allocations.unwatch, watcher, target)
 
     @strawberry.mutation(
-        description="Change how a node or a live allocation supervises its children: a SupervisionPolicy with "
-        "snake_case keys (strategy, deciders, default_directive, max_restarts, window_s, backoff, child_policy)."
+        description="Change how a node or a live allocation supervises its children (omitted fields: the defaults)."
     )
-    async def set_supervision(self, info: Info, id: strawberry.ID, policy: JSON) -> bool:
-        with json_argument("policy", domain="policy"):
-            await info.context.call(info.context.control.supervisor.set_policy, id, policy)
+    async def set_supervision(self, info: Info, id: strawberry.ID, policy: SupervisionPolicyInput) -> bool:
+        await info.context.call(info.context.control.supervisor.set_policy, id, to_spec(policy))
         return True
 
     @strawberry.mutation(
-        description="Submit a job (see `jobSchema`) from `node` (default: the first ready node). Repeating a "
-        "`requestId` answers the job it created instead of creating another."
+        description="Submit a job from `node` (default: the first ready node). Repeating a `requestId` answers "
+        "the job it created instead of creating another. `jobSchema` is the same spec as a JSON Schema, for files."
     )
     async def submit_job(
-        self, info: Info, spec: JSON, node: strawberry.ID | None = None, request_id: str | None = None
+        self, info: Info, spec: JobSpecInput, node: strawberry.ID | None = None, request_id: str | None = None
     ) -> Job:
-        with json_argument("spec", domain="job"):
-            job = await info.context.call(info.context.control.jobs.submit, spec, node=node, request_id=request_id)
+        with renamed_field("spec", domain="job"):
+            job = await info.context.call(info.context.control.jobs.submit, to_spec(spec), node=node, request_id=request_id)
         return cast(Job, job)
 
     @strawberry.mutation(description="Cancel a job: its root and every task allocation are stopped. A finished job stays as it is.")

@@ -59,6 +59,7 @@ class NodeInventory:
     memory_free: int
     gpu_models: tuple[str, ...] = ()  # one entry per GPU it owns, claimed or not
     free_gpu_models: tuple[str, ...] = ()  # one entry per GPU not claimed now
+    cordoned: bool = False  # takes no new placements (see node lifecycle)
 
 
 class NoRoom(NoCapacity):
@@ -205,7 +206,7 @@ def explain(
     if not pool:
         return never(f"offers cpu={r.cpu_milli}m and memory={r.memory_mib}MiB together", "", "resources")
     # Some node could take it, none can now: say what stands in the way on the likeliest ones.
-    likeliest = sorted(pool, key=lambda n: (n.status != "ready", -n.cpu_free, n.node_id))
+    likeliest = sorted(pool, key=lambda n: (n.status != "ready" or n.cordoned, -n.cpu_free, n.node_id))
     reasons = [_in_the_way(n, r) for n in likeliest[:EXPLAINED_NODES]]
     if len(pool) > EXPLAINED_NODES:
         reasons.append(f"{len(pool) - EXPLAINED_NODES} more")
@@ -220,6 +221,8 @@ def explain(
 def _in_the_way(n: NodeInventory, r: Resources) -> str:
     if n.status != "ready":
         return f"{n.node_id} is {n.status}"
+    if n.cordoned:
+        return f"{n.node_id} is cordoned"
     short = []
     if n.cpu_free < r.cpu_milli:
         short.append(f"{n.cpu_free}m cpu")

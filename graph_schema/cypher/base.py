@@ -113,7 +113,8 @@ class CypherStore(ABC):
 
     # --- nodes -------------------------------------------------------------------------
     def register_node(self, *, spec: NodeSpec, now: float) -> NodeRecord:
-        gpus = [{"id": f"{spec.name}/gpu{i}", "model": g.model, "memory": g.memory_mib} for i, g in enumerate(spec.gpus)]
+        gpus = [{"id": f"{spec.name}/gpu{i}", "model": g.model, "memory": g.memory_mib, "uuid": g.uuid, "index": g.index}
+                for i, g in enumerate(spec.gpus)]
         rows = self._write(
             q.REGISTER_NODE,
             {
@@ -125,6 +126,7 @@ class CypherStore(ABC):
                 "gpus": gpus,
                 "holding": _HOLDING,
                 "supervision": spec.supervision.model_dump_json() if spec.supervision else None,
+                "isolation": spec.isolation,
                 "now": now,
             },
         )
@@ -133,6 +135,17 @@ class CypherStore(ABC):
     def heartbeat(self, *, node_id: str, now: float) -> str | None:
         rows = self._write(q.HEARTBEAT, {"id": node_id, "now": now})
         return rows[0][0] if rows else None
+
+    def set_node_scheduling(self, *, node_id: str, cordoned: bool, drain: bool) -> NodeRecord | None:
+        rows = self._write(q.SET_NODE_SCHEDULING, {"id": node_id, "cordoned": cordoned, "drain": drain})
+        return NodeRecord.from_props(props_of(rows[0][0])) if rows else None
+
+    def deregister_node(self, *, node_id: str) -> int | None:
+        if self._write(q.DEREGISTER_NODE, {"id": node_id, "live": _LIVE}):
+            return 0
+        if self.get_node(node_id=node_id) is None:
+            return None
+        return int(self._read(q.NODE_WORK, {"id": node_id, "live": _LIVE})[0][0])
 
     def connect_neighbors(self, *, a: str, b: str, rtt_ms: float, bandwidth: float) -> bool:
         return bool(self._write(q.CONNECT_NEIGHBORS, {"a": a, "b": b, "rtt_ms": float(rtt_ms), "bandwidth": float(bandwidth)}))
@@ -173,7 +186,7 @@ class CypherStore(ABC):
             out.append(NodeInventory(
                 node_id=r[0], status=r[1], labels=tuple(r[2] or ()), cpu=int(r[3]), memory=int(r[4]),
                 cpu_free=int(r[5]), memory_free=int(r[6]), gpu_models=tuple(m for m, _ in gpus),
-                free_gpu_models=tuple(m for m, free in gpus if free),
+                free_gpu_models=tuple(m for m, free in gpus if free), cordoned=bool(r[8]),
             ))
         return out
 

@@ -53,7 +53,8 @@ class PlacementMixin:
 
         def build(g: Any) -> GraphTraversal:
             t = g.V(*dict.fromkeys(node_ids)).has_label(N) if node_ids is not None else having(g, N, "status", ["ready"])
-            t = t.has("status", "ready").has("cpu_free", P.gte(value(cpu))).has("memory_free", P.gte(value(memory)))
+            t = t.has("status", "ready").not_(__.has("cordoned", True))
+            t = t.has("cpu_free", P.gte(value(cpu))).has("memory_free", P.gte(value(memory)))
             for label in labels:
                 t = t.where(__.values("labels").unfold().is_(label))
             if gpus:
@@ -77,8 +78,9 @@ class PlacementMixin:
                 __.choose(__.has("claimed_by"), __.constant(False), __.constant(True))).fold()
             return (
                 t.order().by("cpu", Order.desc).by("id").limit(int(limit))
-                .project("id", "status", "labels", "cpu", "memory", "cpu_free", "memory_free", "gpus")
+                .project("id", "status", "labels", "cpu", "memory", "cpu_free", "memory_free", "gpus", "cordoned")
                 .by("id").by("status").by("labels").by("cpu").by("memory").by("cpu_free").by("memory_free").by(gpus)
+                .by(__.coalesce(__.values("cordoned"), __.constant(False)))
             )
 
         out = []
@@ -88,6 +90,7 @@ class PlacementMixin:
                 node_id=r["id"], status=r["status"], labels=tuple(r.get("labels") or ()), cpu=int(r["cpu"]),
                 memory=int(r["memory"]), cpu_free=int(r["cpu_free"]), memory_free=int(r["memory_free"]),
                 gpu_models=tuple(m for m, _ in gpus), free_gpu_models=tuple(m for m, free in gpus if free),
+                cordoned=bool(r["cordoned"]),
             ))
         return out
 

@@ -101,7 +101,7 @@ class Remote:
             )
         except Exception as exc:  # noqa: BLE001 - any failure to connect is the same to the caller
             raise Unavailable(f"Gremlin Server at {self.url} is unreachable: {exc}") from exc
-        self.g: GraphTraversalSource = traversal().with_remote(self._conn)
+        self.g: GraphTraversalSource = traversal().with_(self._conn)
 
     def _reconnect(self, stale: DriverRemoteConnection) -> None:
         with self._lock:
@@ -120,7 +120,7 @@ class Remote:
         delay = 0.002
         while True:
             conn = self._conn
-            source = traversal().with_remote(conn)
+            source = traversal().with_(conn)
             if not write and self._read_timeout_ms:
                 source = source.with_("evaluationTimeout", self._read_timeout_ms)
             try:

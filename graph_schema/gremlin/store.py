@@ -108,18 +108,27 @@ class GremlinStore(SupervisionMixin, PlacementMixin, RawQueryMixin, RetentionMix
     def register_node(self, *, spec: NodeSpec, now: float) -> NodeRecord:
         node = {
             "id": spec.name, "name": spec.name, "labels": list(spec.label_list()),
-            "cpu": spec.cpu_milli, "memory": spec.memory_mib,
+            "cpu": spec.cpu_milli, "memory": spec.memory_mib, "isolation": spec.isolation,
         }
         supervision = getattr(spec, "supervision", None)
         if supervision is not None:
             node["supervision"] = supervision.model_dump_json()
-        gpus = [{"id": f"{spec.name}/gpu{i}", "model": g.model, "memory": g.memory_mib} for i, g in enumerate(spec.gpus)]
+        gpus = [{"id": f"{spec.name}/gpu{i}", "model": g.model, "memory": g.memory_mib, "uuid": g.uuid, "index": g.index}
+                for i, g in enumerate(spec.gpus)]
         m = self._remote.one(lambda g: writes.register_node(g, node=node, gpus=gpus, holding=_HOLDING, now=now))
         return NodeRecord.from_props(props_of(m))
 
     def heartbeat(self, *, node_id: str, now: float) -> str | None:
         status = self._remote.one(lambda g: writes.heartbeat(g, node_id=node_id, now=now))
         return str(status) if status is not None else None
+
+    def set_node_scheduling(self, *, node_id: str, cordoned: bool, drain: bool) -> NodeRecord | None:
+        m = self._remote.one(lambda g: writes.set_node_scheduling(g, node_id=node_id, cordoned=cordoned, drain=drain))
+        return NodeRecord.from_props(props_of(m)) if m else None
+
+    def deregister_node(self, *, node_id: str) -> int | None:
+        r = self._remote.one(lambda g: writes.deregister_node(g, node_id=node_id, live=_LIVE))
+        return int(r) if r is not None else None
 
     def connect_neighbors(self, *, a: str, b: str, rtt_ms: float, bandwidth: float) -> bool:
         return bool(self._remote.run(lambda g: writes.connect_neighbors(g, a=a, b=b, rtt_ms=rtt_ms, bandwidth=bandwidth)))

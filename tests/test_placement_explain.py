@@ -45,6 +45,10 @@ NEVER = [
      "spec.node_labels", "node us-1 does not have zone=eu"),
     ("a pinned node too small", Demand(Resources(5000, 64), node_id="eu-1"), [EU, US],
      "spec.resources.cpu_milli", "node eu-1 offers cpu=4000m, not cpu=5000m"),
+    ("isolation no node enforces", Demand(Resources(100, 64), labels=("isolation=cgroup", "zone=eu")), [EU, US],
+     "spec.require_isolation", "no node with zone=eu enforces isolation (label isolation=cgroup)"),
+    ("a pinned node that does not enforce isolation", Demand(Resources(100, 64), node_id="eu-1", labels=("isolation=cgroup",)),
+     [EU], "spec.require_isolation", "node eu-1 does not enforce isolation (label isolation=cgroup)"),
     ("no node near the parent", Demand(Resources(100, 64), max_rtt_ms=5), [EU, US],
      "spec.max_rtt_ms", "no node is within 5 ms of the parent's node"),
 ]

@@ -25,9 +25,12 @@ from dataclasses import dataclass
 
 from controlplane.domain.errors import ControlPlaneError, NoCapacity, Unsatisfiable
 from controlplane.domain.resources import NodeCapacity, Resources
+from controlplane.domain.specs import ISOLATION_ENFORCED, ISOLATION_LABEL
 
 #: at most this many nodes are named in a "not now" explanation
 EXPLAINED_NODES = 3
+#: the label `require_isolation` places by
+ISOLATED = f"{ISOLATION_LABEL}={ISOLATION_ENFORCED}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,16 +171,22 @@ def explain(
         return Unsatisfiable(f"node {pin} {pinned}" if pin else f"{some} {unpinned}", field=f"{field}.{where}")
 
     pool = [n for n in inventory if all(label in n.labels for label in d.labels)]
+    asked = [label for label in d.labels if label != ISOLATED]  # the labels asked for by name
     if pin is not None:
         node = next((n for n in inventory if n.node_id == pin), None)
         if node is None:
             return Unsatisfiable(f"no node {pin} is registered", field=f"{field}.node")
-        missing = [label for label in d.labels if label not in node.labels]
+        missing = [label for label in asked if label not in node.labels]
         if missing:
             return Unsatisfiable(f"node {pin} does not have {' and '.join(missing)}", field=f"{field}.node_labels")
+        if ISOLATED in d.labels and ISOLATED not in node.labels:
+            return Unsatisfiable(f"node {pin} does not enforce isolation (label {ISOLATED})", field=f"{field}.require_isolation")
         pool = [node]
     if not pool:
-        return Unsatisfiable(f"no node has {' and '.join(d.labels)}", field=f"{field}.node_labels")
+        if not any(all(label in n.labels for label in asked) for n in inventory):
+            return Unsatisfiable(f"no node has {' and '.join(asked)}", field=f"{field}.node_labels")
+        with_asked = f" with {', '.join(asked)}" if asked else ""
+        return Unsatisfiable(f"no node{with_asked} enforces isolation (label {ISOLATED})", field=f"{field}.require_isolation")
     if d.max_rtt_ms is not None:
         rtt = rtt_ms or {}
         pool = [n for n in pool if rtt.get(n.node_id, float("inf")) <= d.max_rtt_ms]
@@ -213,8 +222,8 @@ def explain(
     after = f" left for {field} after the {placed_before} before it" if placed_before else " now"
     detail = "; ".join(reasons)
     if pin:
-        asked = ", ".join([f"cpu={r.cpu_milli}m memory={r.memory_mib}MiB"] + ([_gpus(r)] if r.gpus else []))
-        return NoRoom(f"node {pin} cannot take {asked}{after}: {detail}", field=field, detail=detail)
+        wants = ", ".join([f"cpu={r.cpu_milli}m memory={r.memory_mib}MiB"] + ([_gpus(r)] if r.gpus else []))
+        return NoRoom(f"node {pin} cannot take {wants}{after}: {detail}", field=field, detail=detail)
     return NoRoom(f"no {waiting_for(d).removeprefix('a ')}{after}: {detail}", field=field, detail=detail)
 
 

@@ -430,7 +430,10 @@ class CypherStore(ABC):
 
     # --- retention -----------------------------------------------------------------------
     def event_cutoff(self, *, keep: int) -> float | None:
-        rows = self._read(q.EVENT_CUTOFF, {"skip": max(0, int(keep) - 1)}) if keep > 0 else []
+        excess = int(self._read(q.EVENT_COUNT, {})[0][0]) - max(1, int(keep))
+        if excess <= 0:
+            return None
+        rows = self._read(q.EVENT_CUTOFF, {"skip": excess})
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def prune_events(self, *, before: float, limit: int) -> int:
@@ -438,7 +441,10 @@ class CypherStore(ABC):
         return int(rows[0][0]) if rows else 0
 
     def allocation_cutoff(self, *, keep: int) -> float | None:
-        rows = self._read(q.ALLOCATION_CUTOFF, {"skip": max(0, int(keep) - 1), "terminal": _TERMINAL}) if keep > 0 else []
+        excess = int(self._read(q.ENDED_COUNT, {"terminal": _TERMINAL})[0][0]) - max(1, int(keep))
+        if excess <= 0:
+            return None
+        rows = self._read(q.ALLOCATION_CUTOFF, {"skip": excess, "terminal": _TERMINAL})
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def prune_allocations(self, *, before: float, limit: int) -> list[str]:

@@ -480,10 +480,13 @@ RETURN a.spread_key, a.node_id, count(a)
 
 # --- retention: history and ended allocations pruned in small batches ------------------------
 
-# The `at` of the oldest of the `keep` newest events: those strictly older are over the count.
+EVENT_COUNT = f"MATCH (e:{EV}) RETURN count(e)"
+
+# The `at` of the oldest event to keep: `skip` (the excess over the count) older ones go. Ascending, so an
+# engine walks only the excess (the index on `at`), not the events kept.
 EVENT_CUTOFF = f"""
 MATCH (e:{EV})
-WITH e.at AS at ORDER BY at DESC SKIP $skip LIMIT 1
+WITH e.at AS at ORDER BY at SKIP $skip LIMIT 1
 RETURN at
 """
 
@@ -496,11 +499,13 @@ DELETE e
 RETURN count(*)
 """
 
-# The last change of the longest ended of the `keep` most recently ended allocations.
+ENDED_COUNT = f"MATCH (a:{A}) WHERE a.state IN $terminal RETURN count(a)"
+
+# The last change of the longest ended allocation to keep: `skip` (the excess over the count) go before it.
 ALLOCATION_CUTOFF = f"""
 MATCH (a:{A})
 WHERE a.state IN $terminal
-WITH a.updated_at AS at ORDER BY at DESC SKIP $skip LIMIT 1
+WITH a.updated_at AS at ORDER BY at SKIP $skip LIMIT 1
 RETURN at
 """
 

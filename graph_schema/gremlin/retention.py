@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gremlin_python.process.graph_traversal import GraphTraversal, __
-from gremlin_python.process.traversal import Order, P, Scope
+from gremlin_python.process.traversal import P, Scope
 
 from controlplane.domain.lifecycle import TERMINAL
 from graph_schema.gremlin.steps import EV, PARENT_OF, A, having
@@ -33,10 +33,10 @@ class RetentionMixin:
     _remote: Remote
 
     def event_cutoff(self, *, keep: int) -> float | None:
-        if keep < 1:
+        excess = int(self._remote.one(lambda g: g.V().has_label(EV).count(), write=False)) - max(1, int(keep))
+        if excess <= 0:
             return None
-        found = self._remote.run(
-            lambda g: g.V().has_label(EV).values("at").order().by(Order.desc).skip(int(keep) - 1).limit(1), write=False)
+        found = self._remote.run(lambda g: g.V().has_label(EV).values("at").order().skip(excess).limit(1), write=False)
         return float(found[0]) if found else None
 
     def prune_events(self, *, before: float, limit: int) -> int:
@@ -47,12 +47,11 @@ class RetentionMixin:
         return int(n or 0)
 
     def allocation_cutoff(self, *, keep: int) -> float | None:
-        if keep < 1:
+        excess = int(self._remote.one(lambda g: having(g, A, "state", _TERMINAL).count(), write=False)) - max(1, int(keep))
+        if excess <= 0:
             return None
         found = self._remote.run(
-            lambda g: having(g, A, "state", _TERMINAL).values("updated_at").order().by(Order.desc).skip(int(keep) - 1).limit(1),
-            write=False,
-        )
+            lambda g: having(g, A, "state", _TERMINAL).values("updated_at").order().skip(excess).limit(1), write=False)
         return float(found[0]) if found else None
 
     def prune_allocations(self, *, before: float, limit: int) -> list[str]:

@@ -112,13 +112,15 @@ def test_ended_allocations_nothing_depends_on_are_pruned_with_their_edges(cp: Co
     run(cp, abandoner)
     [orphan] = cp.allocations.spawn(abandoner.id, [spec("orphan")])
     run(cp, orphan)
-    [restarting] = cp.allocations.spawn("n1", [spec("restarting", restart="permanent")])
+    [restarting] = cp.allocations.spawn("n1", [spec("restarting")])
     run(cp, restarting)
     cp.allocations.watch(live.id, gone.id)
     for a in (gone, kid, parent, abandoner):
         end(cp, a)
-    end(cp, restarting, code=1)  # its parent decides a restart, due later
+    end(cp, restarting, code=1)
+    # (as when its parent decided a restart that waits for its backoff or for a node)
     cp.store.set_fields(allocation_id=restarting.id, incarnation=None, fields={"restart_at": clock.now + 30 * DAY})
+    assert cp.queries.allocation(restarting.id).state is State.FAILED
     clock.now += 10 * DAY
     [recent] = cp.allocations.spawn("n1", [spec("recent")])
     run(cp, recent)
@@ -139,7 +141,7 @@ def test_ended_allocations_nothing_depends_on_are_pruned_with_their_edges(cp: Co
     watching = build_traversal(start_id=live.id, edge_types=["WATCHES"], direction="OUT", target_label="Allocation")
     assert cp.queries.traverse(watching) == [] and cp.queries.watchers([gone.id]) == {}
     assert [g.claimed_by for g in cp.store.gpus(node_id="n1")] == [None]
-    assert cp.queries.node("n1").cpu_free == 64_000 - 3 * 100  # live, abandoner's orphan... only live ones hold
+    assert cp.queries.node("n1").cpu_free == 64_000 - 2 * 100  # what the two live ones hold
     # And nothing live, or on a live one's parent chain, or waiting for its restart, was touched
     assert cp.queries.allocation(orphan.id).state is State.RUNNING and cp.queries.allocation(restarting.id).extra["restart_at"]
 

@@ -8,6 +8,7 @@ from settings is the caller's business (the CLI, or a test).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
@@ -33,6 +34,7 @@ def create_app(
     max_depth: int = 12,
     max_descendants: int = DEFAULT_MAX_DESCENDANTS,
     events_redis_url: str | None = None,
+    runs_dir: Path | None = None,
 ) -> FastAPI:
     """The API over `control`.
 
@@ -43,6 +45,8 @@ def create_app(
     max_descendants: the most allocations one `descendants` field may return.
     events_redis_url: the Redis whose doorbell (controlplane.eventbus) wakes event subscriptions;
         None: they poll the graph.
+    runs_dir: where node agents on this machine write allocations' output (<data_dir>/runs), for
+        `Allocation.output`; None: only what the graph kept.
     """
     checks = {"graph": control.store.ping} if health_checks is None else dict(health_checks)
     health = Health(checks, {"nodes": nodes_probe(lambda: _statuses(control)), **(health_probes or {})})
@@ -50,7 +54,7 @@ def create_app(
     schema = build_schema(max_depth=max_depth, max_descendants=max_descendants, metrics=metrics)
 
     async def context() -> ApiContext:
-        return ApiContext(control, max_descendants=max_descendants, events_redis_url=events_redis_url)
+        return ApiContext(control, max_descendants=max_descendants, events_redis_url=events_redis_url, runs_dir=runs_dir)
 
     graphql = OfflineGraphQLRouter(
         schema,

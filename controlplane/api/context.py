@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import strawberry
@@ -34,12 +35,16 @@ Actor = NodeRecord | AllocationRecord
 
 
 class ApiContext(BaseContext):
-    def __init__(self, control: ControlPlane, *, max_descendants: int, events_redis_url: str | None = None) -> None:
+    def __init__(
+        self, control: ControlPlane, *, max_descendants: int, events_redis_url: str | None = None, runs_dir: Path | None = None,
+    ) -> None:
         super().__init__()
         self.control = control
         self.max_descendants = max_descendants
         #: where live event subscriptions hear the doorbell (None: they poll)
         self.events_redis_url = events_redis_url
+        #: where the node agents of this machine write their allocations' output (None: no local logs)
+        self.runs_dir = runs_dir
         self._forget()
 
     def _forget(self) -> None:

@@ -29,7 +29,8 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check controlplane graph_schema workers tests bench
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not ring" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m ring $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	bash tests/jvm_harness/prepare.sh $(JVM_HARNESSES)

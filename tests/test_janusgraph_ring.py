@@ -29,7 +29,7 @@ from tests.janusgraph_harness.launcher import RingStack
 from workers.agent import AgentReports, Exit
 
 # the ring takes minutes to start on a busy 2-core machine, and every request there is a QUORUM round trip
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.ring, pytest.mark.timeout(900)]
 
 EXPECTED_MOVES = [("pending", "placed"), ("placed", "starting"), ("starting", "running"), ("running", "failed"),
                   ("failed", "placed")]

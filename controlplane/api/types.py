@@ -19,6 +19,7 @@ import strawberry
 from strawberry import Parent
 from strawberry.scalars import JSON
 
+from controlplane.api.auth import HIDDEN, may_read, reads_everything, sees_secrets
 from controlplane.api.context import Info, wanted_fields, wanted_properties
 from controlplane.domain.errors import InvalidInput
 from controlplane.domain.lifecycle import State
@@ -139,6 +140,8 @@ class Node(Actor):
             after=after,
             wanted=wanted,
         )
+        if not reads_everything(ctx):  # placed on this node is not created under it
+            rows = [r for r in rows if await may_read(ctx, r.id)]
         return cast(Connection[Allocation], connection(rows, more))
 
 
@@ -146,7 +149,6 @@ class Node(Actor):
 class Allocation(Actor):
     executor: str
     argv: list[str]
-    env: JSON
     state: AllocationState
     incarnation: int
     version: int
@@ -169,10 +171,18 @@ class Allocation(Actor):
     def is_type_of(cls, obj: Any, _info: Any) -> bool:
         return isinstance(obj, (cls, AllocationRecord))
 
+    @strawberry.field(description="Its environment; the values are hidden from callers who may not spawn there.")
+    async def env(self, root: Parent[AllocationRecord], info: Info) -> JSON:
+        if await sees_secrets(info.context, root.id):
+            return root.env
+        return {k: HIDDEN for k in root.env}
+
     # `parent` and `node` are sync: they answer at once when the request knows the record, else an awaitable.
     @strawberry.field(description="The Node or Allocation that created this one.")
     def parent(self, root: Parent[AllocationRecord], info: Info) -> Actor:
         ctx = info.context
+        if not reads_everything(ctx):
+            return cast(Actor, _readable_parent(ctx, root))
         return cast(Actor, ctx.node(root.parent_id) if root.parent_id == root.node_id else ctx.actor(root.parent_id))
 
     @strawberry.field(description="The node it runs on (RUNS_ON).")
@@ -197,6 +207,8 @@ class Allocation(Actor):
     @strawberry.field(description="Parent first, up to and including the root Node.")
     async def ancestors(self, root: Parent[AllocationRecord], info: Info) -> list[Actor]:
         vertices = await info.context.call(info.context.control.ancestors, root.id)
+        if not reads_everything(info.context):
+            vertices = [v for v in vertices if await may_read(info.context, v.id)]
         return cast(list[Actor], [info.context.seen(actor_from_vertex(v)) for v in vertices])
 
     # --- supervision ----------------------------------------------------------------------
@@ -244,6 +256,8 @@ class Allocation(Actor):
     @strawberry.field(description="Allocations watching this one (death watch): they get a `terminated` event when it ends.")
     async def watchers(self, root: Parent[AllocationRecord], info: Info) -> list[Allocation]:
         ids = await info.context.watchers(root.id)
+        if not reads_everything(info.context):
+            ids = [i for i in ids if await may_read(info.context, i)]
         return cast(list[Allocation], await asyncio.gather(*(maybe_await(info.context.actor(i)) for i in ids)))
 
     @strawberry.field(description="Allocations this one watches (death watch), ordered by id.")
@@ -253,7 +267,17 @@ class Allocation(Actor):
             target_label=Label.ALLOCATION.value, limit=MAX_WATCHING,
         )
         vertices = await info.context.call(info.context.control.traverse, spec)
+        if not reads_everything(info.context):
+            vertices = [v for v in vertices if await may_read(info.context, v.id)]
         return cast(list[Allocation], [info.context.seen(actor_from_vertex(v)) for v in vertices])
+
+
+async def _readable_parent(ctx: Any, root: AllocationRecord) -> Any:
+    from controlplane.domain.errors import Forbidden
+
+    if not await may_read(ctx, root.parent_id):
+        raise Forbidden(f"the parent of {root.id} is outside the subtrees this credential covers", field="parent")
+    return await maybe_await(ctx.node(root.parent_id) if root.parent_id == root.node_id else ctx.actor(root.parent_id))
 
 
 async def maybe_await(value: Any) -> Any:

@@ -16,6 +16,8 @@ class ErrorCode(str, Enum):
     NO_CAPACITY = "NO_CAPACITY"
     UNAVAILABLE = "UNAVAILABLE"
     TIMEOUT = "TIMEOUT"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN = "FORBIDDEN"
 
 
 class ControlPlaneError(Exception):
@@ -58,6 +60,18 @@ class QueryTimeout(ControlPlaneError):
     """A query ran past its time limit and was stopped."""
 
     code = ErrorCode.TIMEOUT
+
+
+class Unauthenticated(ControlPlaneError):
+    """No credential, or one that does not verify (expired, tampered, unknown key, revoked, ended)."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class Forbidden(ControlPlaneError):
+    """A valid credential that does not cover this verb on this subtree."""
+
+    code = ErrorCode.FORBIDDEN
 
 
 class IllegalTransition(Conflict):

@@ -111,12 +111,13 @@ class ControlPlane:
         field: str = "specs",
         extra: Sequence[dict[str, Any]] | None = None,
         ids: Sequence[str] | None = None,
+        by: str | None = None,
     ) -> list[AllocationRecord]:
         """Create allocations under `parent_id` (a Node or an Allocation): placed, reserved, dispatched.
 
         `extra`: properties recorded with each allocation by orchestration code (job and task ids);
         `ids`: the allocation ids to use (orchestration code derives them from what they run, so a
-        repeat creates nothing twice).
+        repeat creates nothing twice); `by`: the principal asking, recorded on the allocations and their events.
         """
         if not specs:
             raise InvalidInput("give at least one allocation spec", field=field)
@@ -180,6 +181,7 @@ class ControlPlane:
                         "spread_key": s.spread_key,
                         "config": json.dumps(s.config, sort_keys=True) if s.config else None,
                         **(dict(extra[i]) if extra else {}),
+                        **({"created_by": by} if by else {}),
                     },
                 )
                 for i, (s, p) in enumerate(zip(parsed, placements))
@@ -256,11 +258,11 @@ class ControlPlane:
             except Exception:  # the reconciler re-dispatches allocations stuck in `placed`
                 log.exception("could not dispatch %d allocations to %s", len(items), node_id)
 
-    def stop(self, allocation_id: str, *, reason: str = "stop requested") -> AllocationRecord:
+    def stop(self, allocation_id: str, *, reason: str = "stop requested", by: str = "user") -> AllocationRecord:
         """Stop an allocation and its subtree, children first; unstarted ones end at once."""
         current = self.allocation(allocation_id)
         if current.state not in TERMINAL:
-            self.supervisor.stop(allocation_id, include_root=True, reason=reason, by="user")
+            self.supervisor.stop(allocation_id, include_root=True, reason=reason, by=by)
         return self.allocation(allocation_id)
 
     def watch(self, watcher_id: str, target_id: str) -> AllocationRecord:

@@ -33,7 +33,9 @@ class JobService:
         self.store = control.store
         self.clock = clock
 
-    def submit(self, spec: JobSpec | dict[str, Any], *, node: str | None = None, request_id: str | None = None) -> JobRecord:
+    def submit(
+        self, spec: JobSpec | dict[str, Any], *, node: str | None = None, request_id: str | None = None, by: str | None = None
+    ) -> JobRecord:
         job = parse_job(spec)
         rows = flatten(job)
         submitter = self._submitter(node)
@@ -52,7 +54,7 @@ class JobService:
         }
         if job.supervision is not None:
             root_spec["supervision"] = job.supervision.model_dump(mode="json")
-        self.control.spawn(submitter, [root_spec], request_id=f"root:{job_id}", field="job", extra=[{"root_of": job_id}])
+        self.control.spawn(submitter, [root_spec], request_id=f"root:{job_id}", field="job", extra=[{"root_of": job_id}], by=by)
         return self.store.get_job(job_id=job_id) or record
 
     def _submitter(self, node: str | None) -> str:
@@ -103,14 +105,14 @@ class JobService:
         if problems:
             raise InvalidInput("; ".join(problems), field="job.tasks")
 
-    def cancel(self, job_id: str) -> JobRecord:
+    def cancel(self, job_id: str, *, by: str = "user") -> JobRecord:
         job = self.job(job_id)
         if job.state in ("succeeded", "failed", "cancelled"):
             return job
         cancelled = self.store.set_job_state(job_id=job_id, expected=["submitted", "running"], to="cancelled",
                                              now=self.clock(), fields={"finished_at": self.clock()}) or job
         if job.root_id:
-            self.control.stop(job.root_id, reason=f"job {job.name} cancelled")
+            self.control.stop(job.root_id, reason=f"job {job.name} cancelled", by=by)
         return cancelled
 
     def root_ended(self, root: AllocationRecord) -> None:

@@ -17,13 +17,14 @@ with warnings.catch_warnings():  # starlette suggests httpx2; the httpx TestClie
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
     from fastapi.testclient import TestClient
 
-from controlplane.api import create_app
 from controlplane.api import types as api_types
 from controlplane.domain.lifecycle import State
 from controlplane.domain.traversal import Op
 from controlplane.services import ControlPlane
 from graph_schema.store import GraphStore
 from graph_schema.vocabulary import Direction, EdgeType
+from tests.credentials import app_with_auth
+from tests.credentials import client as client_with
 
 EVIL = "x'}) MATCH (n) DETACH DELETE n // \" RETURN 1"
 
@@ -34,8 +35,10 @@ def cp(store: GraphStore) -> ControlPlane:
 
 
 @pytest.fixture
-def client(cp: ControlPlane) -> Iterator[TestClient]:
-    with TestClient(create_app(cp)) as c:
+def client(cp: ControlPlane, tmp_path: Any) -> Iterator[TestClient]:
+    """An admin's client: the token of the API's first start, sent as a bearer token."""
+    app, admin = app_with_auth(cp, tmp_path)
+    with client_with(app, admin) as c:
         yield c
 
 
@@ -478,11 +481,12 @@ def test_healthz_is_ok_when_every_check_passes(client: TestClient) -> None:
     assert (r.status_code, r.json()) == (200, {"status": "ok", "checks": {"graph": "ok"}})
 
 
-def test_healthz_is_503_naming_the_failing_check(cp: ControlPlane) -> None:
+def test_healthz_is_503_naming_the_failing_check(cp: ControlPlane, tmp_path: Any) -> None:
     def broker() -> None:
         raise ConnectionError("broker unreachable at redis://localhost:1")
 
-    with TestClient(create_app(cp, health_checks={"graph": cp.store.ping, "broker": broker})) as c:
+    app, _ = app_with_auth(cp, tmp_path, health_checks={"graph": cp.store.ping, "broker": broker})
+    with client_with(app, None) as c:  # /healthz is open
         r = c.get("/healthz")
     assert r.status_code == 503
     assert r.json() == {

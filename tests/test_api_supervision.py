@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from controlplane.api import create_app
 from controlplane.api.live import DOORBELL_POLL_S, PAGE, EventCursor
 from controlplane.domain.lifecycle import State
 from controlplane.domain.records import Event
@@ -23,6 +23,8 @@ from controlplane.services import AgentService, ControlPlane
 from controlplane.services.agent import Exit
 from graph_schema.falkordb_server import FalkorDBServer
 from graph_schema.store import GraphStore
+from tests.credentials import app_with_auth
+from tests.credentials import client as client_with
 from tests.test_api import SPAWN, TestClient, data, error, job, post, register, spawn
 
 SPAWN_POLICY = """mutation($parent: ID!, $spec: AllocationSpecInput!) {
@@ -48,8 +50,9 @@ def cp(store: GraphStore) -> ControlPlane:
 
 
 @pytest.fixture
-def client(cp: ControlPlane) -> Iterator[TestClient]:
-    with TestClient(create_app(cp)) as c:
+def client(cp: ControlPlane, tmp_path: Path) -> Iterator[TestClient]:
+    app, admin = app_with_auth(cp, tmp_path)
+    with client_with(app, admin) as c:
         register(c, cpu=64_000, memory=65_536)
         yield c
 
@@ -237,7 +240,7 @@ def test_the_events_of_an_allocation_come_in_order(client: TestClient, cp: Contr
     assert {(e["allocationId"], e["incarnation"]) for e in every} == {(a["id"], 1)}
     assert two == every[:2] and [e["id"] for e in field] == [e["id"] for e in every]
     # And the stop says who asked for it
-    assert next(e for e in every if e["toState"] == "stopping")["by"] == "user"
+    assert next(e for e in every if e["toState"] == "stopping")["by"] == "admin:admin"
 
 
 def test_events_after_since_and_across_allocations(client: TestClient) -> None:
@@ -316,7 +319,7 @@ def test_a_subscription_streams_history_then_each_new_transition(client: TestCli
     assert history == {"id": "1", "type": "next", "payload": {"data": {"events": {
         "kind": "transition", "allocationId": a["id"], "fromState": "pending", "toState": "placed", "by": placed["by"]}}}}
     assert live["type"] == "next" and live["payload"]["data"]["events"] == {
-        "kind": "transition", "allocationId": a["id"], "fromState": "placed", "toState": "stopped", "by": "user",
+        "kind": "transition", "allocationId": a["id"], "fromState": "placed", "toState": "stopped", "by": "admin:admin",
     }
 
 
@@ -375,11 +378,12 @@ def test_a_subscription_to_an_unknown_allocation_is_not_found(client: TestClient
 
 
 @pytest.mark.timeout(60)
-def test_the_redis_doorbell_wakes_subscribers_at_once(store: GraphStore, falkordb_server: FalkorDBServer) -> None:
+def test_the_redis_doorbell_wakes_subscribers_at_once(store: GraphStore, falkordb_server: FalkorDBServer, tmp_path: Path) -> None:
     # Given an API whose subscriptions listen to the doorbell the supervisor rings
     url = falkordb_server.redis_url(2)
     cp = ControlPlane(store, dispatcher=None, notify=RedisNotifier(url).notify)
-    with TestClient(create_app(cp, events_redis_url=url)) as client:
+    app, admin = app_with_auth(cp, tmp_path, events_redis_url=url)
+    with client_with(app, admin) as client:
         register(client)
         a = spawn(client, "n1", job("a"))
         with subscriber(client) as ws:

@@ -116,15 +116,17 @@ class Guard:
         cap = principal.capability
         if verb in cap.verbs and cap.everything:
             return
+        if verb not in cap.verbs:
+            self.refuse(principal, verb, what, f"its credential does not grant {verb.value}")
         if targets is None:
             if not cap.covers(verb, None):
                 self.refuse(principal, verb, what, "needs it over everything")
             return
         for target in targets:
-            lineage = await self.lineage(target)
+            # a node is its own root, registered or not yet
+            lineage = (target,) if verb is Verb.REGISTER else await self.lineage(target)
             if not cap.covers(verb, lineage):
-                self.refuse(principal, verb, what, f"{target} is not in its subtrees ({', '.join(sorted(cap.roots))})"
-                            if verb in cap.verbs else f"its credential does not grant {verb.value}")
+                self.refuse(principal, verb, what, f"{target} is not in its subtrees ({', '.join(sorted(cap.roots))})")
 
     def refuse(self, principal: Principal, verb: Verb, what: str, why: str) -> None:
         audit.warning("refused %s: %s %s (%s)", principal.name, verb.value, what, why)

@@ -14,7 +14,7 @@ import strawberry
 
 from controlplane.api.auth import audit, requires
 from controlplane.api.context import Info
-from controlplane.domain.capabilities import ROLE_VERBS, Principal, Role, narrow, parse_verbs
+from controlplane.domain.capabilities import EVERYTHING, ROLE_VERBS, Principal, Role, narrow, parse_verbs
 from controlplane.domain.errors import Forbidden, InvalidInput, Unauthenticated
 
 DEFAULT_TTL_S = 3600.0
@@ -81,7 +81,8 @@ class TokenMutations:
         lineages = {}
         if roots is not None and not held.capability.everything:
             for r in roots:
-                lineages[r] = await ctx.guard.lineage(r)
+                if r != EVERYTHING:
+                    lineages[r] = await ctx.guard.lineage(r)
         if ttl_s is not None and not 0 < ttl_s:
             raise InvalidInput("must be a positive number of seconds", field="ttlS")
         now = tokens.clock()

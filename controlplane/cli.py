@@ -66,9 +66,16 @@ def up(
 
     settings = _settings(api_host=host, api_port=port, data_dir=data_dir)
 
-    def announce(ends, node_name):  # type: ignore[no-untyped-def]
+    def announce(ends, node_name, login):  # type: ignore[no-untyped-def]
         console.print(f"[bold green]control plane up[/bold green] ({settings.graph_backend})")
         console.print(f"  GraphQL   {ends.api_url}/graphql")
+        if login is None:
+            console.print("  [red]authentication is OFF[/red] (AUTH_DISABLED)")
+        elif login[1]:  # made now: shown once, as Jupyter does
+            console.print(f"  GraphiQL  {ends.api_url}/graphql?token={login[0]}", soft_wrap=True)
+            console.print(f"  token     written to {settings.data_dir / 'admin.token'} (0600); the CLI reads it from there")
+        else:
+            console.print(f"  token     {settings.data_dir / 'admin.token'}  (`controlplane token url` prints the GraphiQL login)")
         console.print(f"  health    {ends.api_url}/healthz")
         console.print(f"  graph     {ends.graph_uri}  (graph '{settings.graph_name}')")
         console.print(f"  broker    {ends.broker_url}")
@@ -133,7 +140,7 @@ def worker_cmd(
     try:
         ends = resolve_endpoints(settings)
         run_worker(settings, node=node, graph_uri=ends.graph_uri, broker_url=ends.broker_url,
-                   concurrency=concurrency, labels=labels, resources=resources, loglevel=loglevel)
+                   concurrency=concurrency, labels=labels, resources=resources, loglevel=loglevel, api_url=ends.api_url)
     except ControlPlaneError as exc:
         raise _fail(exc) from None
 
@@ -402,6 +409,11 @@ def status(data_dir: DataDir = None) -> None:
     console.print(table)
     console.print("allocations: " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"))
 
+
+from controlplane.cli_tokens import keys_app, token_app  # noqa: E402 - sub-commands, registered after the app
+
+app.add_typer(token_app, name="token")
+app.add_typer(keys_app, name="keys")
 
 if __name__ == "__main__":
     app()

@@ -77,23 +77,43 @@ def spawn_child(settings: Settings, endpoints: Endpoints, *args: str) -> subproc
     return subprocess.Popen([sys.executable, "-m", "controlplane", *args], env=env)
 
 
+def open_api_tokens(settings: Settings) -> tuple[Any, tuple[str, bool] | None]:
+    """The API's Tokens (keys generated on first start) and its admin token (made on first start: print it once).
+
+    (None, None) when authentication is off, which only a loopback listener may be.
+    """
+    from controlplane.auth.bootstrap import ensure_admin_token, open_tokens
+    from controlplane.domain.errors import InvalidInput
+
+    if settings.auth_disabled:
+        if settings.api_host not in ("127.0.0.1", "localhost", "::1"):
+            raise InvalidInput("authentication can be off only on a loopback address", field="AUTH_DISABLED")
+        return None, None
+    tokens = open_tokens(settings, create=True)
+    return tokens, ensure_admin_token(tokens, settings)
+
+
 def run_api(settings: Settings) -> None:
     """Serve the API alone against an external graph and broker (GRAPH_URI, REDIS_URL): for deployments."""
     import uvicorn
 
     from controlplane.api import create_app
+    from controlplane.api.auth import browsers_from
     from controlplane.eventbus import RedisNotifier
     from controlplane.services import ControlPlane
     from controlplane.wiring import health_checks, open_store
     from workers.app import configure
     from workers.dispatch import CeleryDispatcher
 
+    tokens, login = open_api_tokens(settings)
+    if login is not None and login[1]:
+        print(f"admin token written to {settings.data_dir / 'admin.token'} (0600)", flush=True)
     ends = resolve_endpoints(settings)
     store = open_store(settings, graph_uri=ends.graph_uri)
     store.bootstrap()
     control = ControlPlane(store, CeleryDispatcher(configure(ends.broker_url)), notify=RedisNotifier(ends.broker_url).notify)
-    app = create_app(control, health_checks=health_checks(store, ends.broker_url), max_depth=settings.max_query_depth,
-                     max_descendants=settings.max_descendants, events_redis_url=ends.broker_url)
+    app = create_app(control, tokens=tokens, browsers=browsers_from(settings), health_checks=health_checks(store, ends.broker_url),
+                     max_depth=settings.max_query_depth, max_descendants=settings.max_descendants, events_redis_url=ends.broker_url)
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
 
 
@@ -144,18 +164,20 @@ def run_stack(
     node: str | None,
     worker: bool,
     concurrency: int,
-    announce: Callable[[Endpoints, str | None], None],
+    announce: Callable[[Endpoints, str | None, tuple[str, bool] | None], None],
     demo: bool = False,
 ) -> None:
     import uvicorn
 
     from controlplane.api import create_app
+    from controlplane.api.auth import browsers_from
     from controlplane.services import ControlPlane
     from controlplane.wiring import health_checks, open_store
     from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
     from workers.app import configure
     from workers.dispatch import CeleryDispatcher
 
+    tokens, login = open_api_tokens(settings)  # before the node agents start: they sign their allocations' tokens
     server: FalkorDBServer | None = None
     children: list[subprocess.Popen[bytes]] = []
     graph_uri, broker_url = settings.graph_uri, settings.redis_url
@@ -182,9 +204,9 @@ def run_stack(
             children.append(spawn_child(settings, endpoints, "worker", "--node", node_name, "--concurrency", str(concurrency)))
         if demo:
             children.extend(start_demo(settings, endpoints, control, node_name if worker else None))
-        app = create_app(control, health_checks=health_checks(store, broker_url), max_depth=settings.max_query_depth,
-                         max_descendants=settings.max_descendants, events_redis_url=broker_url)
-        announce(endpoints, node_name if worker else None)
+        app = create_app(control, tokens=tokens, browsers=browsers_from(settings), health_checks=health_checks(store, broker_url),
+                         max_depth=settings.max_query_depth, max_descendants=settings.max_descendants, events_redis_url=broker_url)
+        announce(endpoints, node_name if worker else None, login)
         config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         uvicorn.Server(config).run()
     finally:

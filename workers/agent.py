@@ -84,8 +84,11 @@ class NodeAgent:
         labels: dict[str, str] | None = None,
         resources: dict[str, object] | None = None,
         notify: Callable[[], None] | None = None,
+        credentials: Callable[[str, int], dict[str, str]] | None = None,
     ) -> None:
         self.store = store
+        #: the API address and token each started incarnation gets (controlplane.auth.bootstrap.AllocationCredentials)
+        self.credentials = credentials
         #: rings the live-events doorbell after the agent changed the graph
         self.notify = notify or (lambda: None)
         self.node = node
@@ -188,6 +191,7 @@ class NodeAgent:
             "HOME": os.environ.get("HOME", "/"),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             **rec.env,
+            **(self.credentials(rec.id, rec.incarnation) if self.credentials else {}),
             "CONTROLPLANE_ALLOCATION_ID": rec.id,
             "CONTROLPLANE_INCARNATION": str(rec.incarnation),
             "CONTROLPLANE_NODE": self.node,

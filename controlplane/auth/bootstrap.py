@@ -16,7 +16,7 @@ from controlplane.auth.keys import KeyRing, write_private
 from controlplane.auth.revocation import FileRevocations
 from controlplane.auth.tokens import Tokens
 from controlplane.domain.capabilities import ALLOCATION_VERBS, Capability, Kind, Role, default_capability
-from controlplane.domain.errors import Unauthenticated
+from controlplane.domain.errors import InvalidInput, Unauthenticated
 from controlplane.settings import Settings
 
 ADMIN_TOKEN_FILE = "admin.token"
@@ -73,3 +73,36 @@ def allocation_token(tokens: Tokens, allocation_id: str, incarnation: int, *, tt
     """A credential for one incarnation of one allocation over its own subtree; it ends when the incarnation does."""
     capability = Capability(ALLOCATION_VERBS, frozenset({allocation_id}), time.time() + ttl_s)
     return tokens.issue(Kind.ALLOCATION, allocation_id, capability, incarnation=incarnation).token
+
+
+class AllocationCredentials:
+    """What a node agent adds to each started allocation's environment: the API address and its own token.
+
+    Signing needs the deployment's key, so this exists only where the agent can read it
+    (`controlplane up`: one data directory). Issue 10 replaces it with tokens the API
+    issues to a node's own credential.
+    """
+
+    def __init__(self, tokens: Tokens, api_url: str, *, ttl_s: float) -> None:
+        self.tokens = tokens
+        self.api_url = api_url
+        self.ttl_s = ttl_s
+
+    def __call__(self, allocation_id: str, incarnation: int) -> dict[str, str]:
+        return {
+            "CONTROLPLANE_API_URL": self.api_url,
+            "CONTROLPLANE_TOKEN": allocation_token(self.tokens, allocation_id, incarnation, ttl_s=self.ttl_s),
+        }
+
+
+def allocation_credentials(settings: Settings, api_url: str | None) -> AllocationCredentials | None:
+    """The agent's AllocationCredentials, or None when it holds no signing key or knows no API (allocations get no token)."""
+    if settings.auth_disabled or not api_url:
+        return None
+    try:
+        tokens = open_tokens(settings)
+    except InvalidInput:
+        return None
+    if not tokens.can_sign:
+        return None
+    return AllocationCredentials(tokens, api_url, ttl_s=settings.allocation_token_ttl_s)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from controlplane.domain.capabilities import Kind, Verb, default_capability
+from controlplane.domain.errors import Forbidden
 from controlplane.domain.lifecycle import State
 from controlplane.domain.records import AllocationRecord
 from controlplane.executors import NativeExecutor, load
@@ -30,6 +33,7 @@ class NativeContext:
     def __init__(self, control: ControlPlane, allocation: AllocationRecord) -> None:
         self.control = control
         self.allocation = allocation
+        self._capability = default_capability(Kind.ALLOCATION, allocation.id, role=None, expires_at=math.inf)
 
     @property
     def store(self) -> GraphStore:
@@ -40,8 +44,21 @@ class NativeContext:
         raw = self.allocation.extra.get("config")
         return json.loads(raw) if isinstance(raw, str) else dict(raw or {})
 
+    @property
+    def principal(self) -> str:
+        return f"allocation:{self.allocation.id}#{self.allocation.incarnation}"
+
+    def _require(self, verb: Verb, target: str) -> None:
+        """The same rule as an allocation's token at the API: its verbs, on its own subtree only."""
+        if target == self.allocation.id:
+            return
+        lineage = (target, *(v.id for v in self.store.ancestors(allocation_id=target)))
+        if not self._capability.covers(verb, lineage):
+            raise Forbidden(f"{self.principal} may not {verb.value} {target}: not in its subtree", field="parent")
+
     def spawn(self, specs: Sequence[dict[str, Any]], *, request_id: str | None = None, parent_id: str | None = None) -> list[AllocationRecord]:
-        return self.control.spawn(parent_id or self.allocation.id, specs, request_id=request_id)
+        self._require(Verb.SPAWN, parent_id or self.allocation.id)
+        return self.control.spawn(parent_id or self.allocation.id, specs, request_id=request_id, by=self.principal)
 
     def children(self) -> list[AllocationRecord]:
         return self.control.supervisor.children_of(self.allocation.id)
@@ -50,6 +67,7 @@ class NativeContext:
         self.control.watch(self.allocation.id, target_id)
 
     def stop(self, allocation_id: str, reason: str) -> None:
+        self._require(Verb.STOP, allocation_id)
         self.control.supervisor.stop(allocation_id, include_root=True, reason=reason, by=self.allocation.id)
 
     def succeed(self, reason: str) -> bool:

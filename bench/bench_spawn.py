@@ -1,4 +1,5 @@
-"""Allocations committed to the graph per second through the batch spawn (target: >= 1,500/s).
+"""Allocations committed to the graph per second through the batch spawn (target: >= 1,500/s), in the service and
+through GraphQL over HTTP with authentication off and on.
 
     python -m bench.bench_spawn [--engines falkordb,neo4j] [--total 20000] [--batch 500]
 """
@@ -8,13 +9,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
+import httpx
+
+from bench.api import delta, graph_uri, redis_url, running_api
 from bench.engines import open_engine
 from controlplane.services import ControlPlane
 
 
 def run(engine: str, total: int, batch: int, nodes: int) -> None:
-    with open_engine(engine) as (store, _):
+    with open_engine(engine) as (store, server):
         store.clear()
         cp = ControlPlane(store, dispatcher=None)
         for i in range(nodes):
@@ -39,6 +44,38 @@ def run(engine: str, total: int, batch: int, nodes: int) -> None:
             cp.spawn(root.id, [spec])
         single = 200 / (time.perf_counter() - t)
         print(f"{engine:9s} single spawn: {single:,.0f}/s (one request per allocation)")
+        over_http(engine, store, server, root.id, total=min(total, 5000), batch=batch)
+
+
+SPAWN_MANY = "mutation($p: ID!, $s: [AllocationSpecInput!]!) { spawnAllocations(parent: $p, specs: $s) { id } }"
+SPAWN_ONE = "mutation($p: ID!, $s: AllocationSpecInput!) { spawnAllocation(parent: $p, spec: $s) { id } }"
+
+
+def over_http(engine: str, store: Any, server: Any, parent: str, *, total: int, batch: int) -> None:
+    """The same batch spawn through GraphQL over HTTP, with authentication off and then on."""
+    spec = {"name": "w", "argv": ["true"], "resources": {"cpuMilli": 10, "memoryMib": 4}}
+    rates: dict[bool, tuple[float, float]] = {}
+    for auth in (False, True):
+        with running_api(engine, graph_uri(store, server), redis_url(server), auth=auth) as (url, headers):
+            with httpx.Client(timeout=60, headers=headers) as client:
+                def post(query: str, **variables: Any) -> None:
+                    r = client.post(url, json={"query": query, "variables": variables})
+                    assert r.status_code == 200 and "errors" not in r.json(), r.text[:300]
+
+                post(SPAWN_ONE, p=parent, s=spec)  # warm-up
+                started, done = time.perf_counter(), 0
+                while done < total:
+                    post(SPAWN_MANY, p=parent, s=[spec] * batch)
+                    done += batch
+                many = done / (time.perf_counter() - started)
+                t = time.perf_counter()
+                for _ in range(200):
+                    post(SPAWN_ONE, p=parent, s=spec)
+                one = 200 / (time.perf_counter() - t)
+        rates[auth] = (many, one)
+        print(f"{engine:9s} over HTTP, auth {'on ' if auth else 'off'}: batch spawn {many:,.0f}/s, single spawn {one:,.0f}/s")
+    (m_off, o_off), (m_on, o_on) = rates[False], rates[True]
+    print(f"{engine:9s} over HTTP: authentication changes throughput by {delta(m_on, m_off)} (batch), {delta(o_on, o_off)} (single)")
 
 
 def main() -> None:

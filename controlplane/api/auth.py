@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -66,6 +67,8 @@ class Browsers:
         names = {host, *extra_hosts}
         if host in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"):
             names |= {"127.0.0.1", "localhost", "[::1]"}
+        if host in ("0.0.0.0", "::"):  # every interface: the machine's own names too
+            names |= {socket.gethostname(), socket.getfqdn()}
         names -= {"0.0.0.0", "::"}
         hosts = {n if ":" not in n or n.startswith("[") else f"[{n}]" for n in names}
         with_port = {f"{h}:{port}" for h in hosts} | hosts
@@ -411,3 +414,17 @@ def browsers_from(settings: Any) -> Browsers:
     split = lambda text: [p.strip() for p in (text or "").split(",") if p.strip()]  # noqa: E731
     return Browsers.local(settings.api_host, settings.api_port, extra_hosts=split(settings.api_allowed_hosts),
                           extra_origins=split(settings.api_allowed_origins))
+
+
+async def guarded(ctx: ApiContext, stream: Any, *, every_s: float = 1.0) -> Any:
+    """A subscription's stream that ends (UNAUTHENTICATED) once its credential expires, is revoked, or its
+    allocation's incarnation ends: checked again before an event is sent, at most every `every_s`."""
+    checked = time.monotonic()
+    try:
+        async for item in stream:
+            if ctx.principal is not None and time.monotonic() - checked >= every_s:
+                await ctx.guard.still_valid(ctx.principal)
+                checked = time.monotonic()
+            yield item
+    finally:
+        await stream.aclose()

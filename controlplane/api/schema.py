@@ -24,7 +24,7 @@ from strawberry.extensions import (
 )
 from strawberry.scalars import JSON
 
-from controlplane.api.auth import Authenticated, arg, job_targets, requires
+from controlplane.api.auth import Authenticated, arg, guarded, job_targets, requires
 from controlplane.api.context import Info, wanted_fields
 from controlplane.api.errors import ControlPlaneSchema, ErrorMapping, SafeParserCache, json_argument
 from controlplane.api.execution import InlineLeafExecutionContext
@@ -268,7 +268,7 @@ class Subscription:
         self, info: Info, allocation: strawberry.ID | None = None, since: float | None = None
     ) -> AsyncGenerator[Event, None]:
         ctx = info.context
-        stream = follow_events(ctx.control, allocation, since, redis_url=ctx.events_redis_url)
+        stream = guarded(ctx, follow_events(ctx.control, allocation, since, redis_url=ctx.events_redis_url))
         async with contextlib.aclosing(stream):
             async for event in stream:
                 yield cast(Event, event)

@@ -226,6 +226,12 @@ def test_a_viewer_reads_but_may_not_query_raw_nor_see_secrets(admin: TestClient,
     # Then it reads, with env values hidden; the raw queries are FORBIDDEN
     envs = {e["node"]["name"]: e["node"]["env"] for e in listing["data"]["allocations"]["edges"]}
     assert envs["s"] == {"DB_PASSWORD": "<hidden>"}
+    submitted = ask(admin, 'mutation { submitJob(node: "n1", spec: {name: "j", tasks: [{name: "t", argv: ["true"], '
+                           'env: {TOKEN: "s3cret"}}]}) { id } }')["data"]["submitJob"]["id"]
+    spec = ask(admin, '{ job(id: "%s") { spec } }' % submitted, viewer)["data"]["job"]["spec"]
+    assert spec["tasks"][0]["env"] == {"TOKEN": "<hidden>"} and "s3cret" not in json.dumps(spec)
+    walked = ask(admin, '{ traverse(from: "n1", edgeTypes: [PARENT_OF], label: "Allocation") { properties } }', viewer)
+    assert {v["properties"]["name"]: v["properties"]["env"] for v in walked["data"]["traverse"]}["s"] == {"DB_PASSWORD": "<hidden>"}
     assert "raw_query" in refused(raw, "FORBIDDEN")
     assert (post.status_code, post.json()["code"]) == (403, "FORBIDDEN")
     # And an operator (who could spawn there) sees the value

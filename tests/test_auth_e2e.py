@@ -87,7 +87,7 @@ def test_a_running_allocation_spawns_its_own_children_with_its_token_and_nothing
     assert [a.id for a in s.control.children("e2e-node")] == [me]
     # When it is stopped, Then its token is refused, and the graph is unchanged by the attempt
     ask(url, admin, "mutation($id: ID!) { stopAllocation(id: $id) { id } }", id=me)
-    wait_for(lambda: s.store.get_allocation(allocation_id=me).state.value == "stopped", what="it to stop")
+    wait_for(lambda: s.store.get_allocation(allocation_id=me).state.value == "stopped", timeout=60, what="it to stop")
     before = s.control.allocations(limit=100)
     late = ask(url, {"Authorization": "Bearer " + got["token"]},
                'mutation($p: ID!) { spawnAllocation(parent: $p, spec: {name: "late", argv: ["true"]}) { id } }', p=me)

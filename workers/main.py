@@ -43,12 +43,14 @@ def run_worker(
     loglevel: str = "WARNING",
     api_url: str | None = None,
 ) -> None:
-    from controlplane.auth.bootstrap import allocation_credentials
-
     store = open_store(settings, graph_uri=graph_uri)
     store.bootstrap()
     app = configure(broker_url)
-    credentials = allocation_credentials(settings, settings.api_public_url or api_url)
+    credentials = None
+    if settings.api_public_url or api_url:  # no API to tell allocations about: no token either (nor its imports)
+        from controlplane.auth.bootstrap import allocation_credentials
+
+        credentials = allocation_credentials(settings, settings.api_public_url or api_url)
     if credentials is None:
         log.warning("node %s: no signing key or API address here; its allocations get no CONTROLPLANE_TOKEN", node)
     agent = NodeAgent(

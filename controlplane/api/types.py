@@ -329,11 +329,19 @@ class Neighbor:
 class Vertex:
     label: str
     id: strawberry.ID
-    properties: JSON
 
     @classmethod
     def is_type_of(cls, obj: Any, _info: Any) -> bool:
         return isinstance(obj, (cls, VertexRecord))
+
+    @strawberry.field(description="Its stored properties; an allocation's env values hidden from callers who may not spawn there.")
+    async def properties(self, root: Parent[VertexRecord], info: Info) -> JSON:
+        props = root.properties
+        if root.label == Label.ALLOCATION.value and props.get("env") and not await sees_secrets(info.context, root.id):
+            env = props["env"]
+            keys = json.loads(env) if isinstance(env, str) else env
+            props = {**props, "env": {k: HIDDEN for k in keys}}
+        return props
 
 
 @strawberry.type(description="A transition or a supervision decision, in the order it happened.")

@@ -31,7 +31,6 @@ CYPHER_PROCEDURES = {
         "CALL db.createProperty('x')",
         "CREATE INDEX x_idx FOR (n:X) ON (n.y)",
         "CALL dbms.setConfigValue('db.logs.query.enabled', 'OFF')",
-        "CALL db.clearQueryCaches()",
     ],
     "falkordb": [
         "CALL db.idx.fulltext.createNodeIndex('Node', 'name')",

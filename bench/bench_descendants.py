@@ -69,7 +69,7 @@ def run(engine: str, requests: int) -> None:
         print(f"{engine:9s} descendants over HTTP: authentication costs {delta(p50[True], p50[False])} at p50")
     on_us, off_us = auth_overhead_us()
     print(f"trust layer per request, in process: {on_us:.1f} us with authentication on, {off_us:.1f} us off "
-          f"({(on_us - off_us) / 1000 / statistics.median(http[True]) * 100:.2f}% of the p50 above)")
+          f"({(on_us - off_us) / 1e6 / statistics.median(http[True]) * 100:.3f}% of the p50 above)")
 
 
 def main() -> None:

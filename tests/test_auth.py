@@ -281,6 +281,11 @@ def test_a_websocket_needs_a_credential_at_connection_init_and_each_operation(ap
             time.sleep(1.6)
             ws.send_json({"type": "subscribe", "id": "2", "payload": {"query": "{ whoami { principal } }"}})
             late = ws.receive_json()
+            ws.send_json({"type": "subscribe", "id": "3", "payload": {"query": "subscription { events { kind } }"}})
+            late_subscription = ws.receive_json()
+    # a subscription too: refused before it streams anything
+    assert late_subscription["payload"]["data"] is None
+    assert [e["extensions"]["code"] for e in late_subscription["payload"]["errors"]] == ["UNAUTHENTICATED"]
     assert late["type"] == "error" and late["payload"][0]["extensions"] == {"code": "UNAUTHENTICATED", "field": "token"}
     assert "expired" in late["payload"][0]["message"]
 

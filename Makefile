@@ -19,6 +19,7 @@ up: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check controlplane graph_schema workers tests bench
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 test: $(STAMP)
 	bash scripts/ensure-system-deps.sh
@@ -26,6 +27,7 @@ test: $(STAMP)
 	bash tests/gremlin_harness/prepare.sh
 	$(VENV)/bin/ruff check controlplane graph_schema workers tests bench
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

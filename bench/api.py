@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -53,7 +53,7 @@ def running_api(engine: str, graph_uri: str, redis_url: str, *, auth: bool) -> I
 def graph_uri(store: Any, server: Any) -> str:
     if server is not None:
         return str(server.url)
-    return str(store.uri if hasattr(store, "uri") else store._remote.url)  # noqa: SLF001 - Neo4j, Gremlin
+    return str(store.uri if hasattr(store, "uri") else store.remote.url)  # Neo4j, Gremlin
 
 
 def redis_url(server: Any) -> str:
@@ -82,7 +82,7 @@ def auth_overhead_us(requests: int = 20_000) -> tuple[float, float]:
         return None
 
     async def measure(tokens_: Tokens | None) -> float:
-        mw = TrustMiddleware(inner, Guard(None, tokens_, Browsers.local("127.0.0.1", 8000)))  # type: ignore[arg-type]
+        mw = TrustMiddleware(inner, Guard(cast(Any, None), tokens_, Browsers.local("127.0.0.1", 8000)))
         scope = {"type": "http", "path": "/graphql", "method": "POST", "query_string": b"",
                  "headers": [(b"host", b"127.0.0.1:8000"), (b"authorization", f"Bearer {token}".encode()),
                              (b"content-type", b"application/json")]}

@@ -17,20 +17,26 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.engines import open_engine
 from controlplane.domain.lifecycle import State
-from controlplane.services import ControlPlane
+from controlplane.wiring import assemble
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 from workers.app import configure
 from workers.dispatch import CeleryDispatcher
+
+
+def _uri(store: Any) -> str:
+    """Where a worker process finds the engine: Neo4j's bolt URI, or the Gremlin Server's."""
+    return str(store.uri if hasattr(store, "uri") else store.remote.url)
 
 
 def run(engine: str, total: int, batch: int, agents: int, concurrency: int) -> None:
     with open_engine(engine) as (store, graph_server), tempfile.TemporaryDirectory() as tmp:
         store.clear()
         broker = graph_server or FalkorDBServer(FalkorDBServerConfig(data_dir=Path(tmp) / "redis")).start()
-        uri = broker.url if engine == "falkordb" else (store.uri if hasattr(store, "uri") else store._remote.url)  # noqa: SLF001
+        uri = broker.url if engine == "falkordb" else _uri(store)
         env = {**os.environ, "GRAPH_BACKEND": engine, "GRAPH_URI": uri, "GRAPH_NAME": "bench",
                "REDIS_URL": broker.redis_url(1), "DATA_DIR": tmp}
         procs = [
@@ -38,14 +44,14 @@ def run(engine: str, total: int, batch: int, agents: int, concurrency: int) -> N
             for i in range(agents)
         ]
         try:
-            cp = ControlPlane(store, CeleryDispatcher(configure(broker.redis_url(1))))
+            cp = assemble(store, CeleryDispatcher(configure(broker.redis_url(1))))
             while len(store.list_nodes(after=None, limit=100)) < agents:
                 time.sleep(0.1)
             spec = {"name": "t", "argv": ["true"], "resources": {"cpu_milli": 0, "memory_mib": 1}}
             started = time.perf_counter()
             ids = []
             for i in range(0, total, batch):
-                ids += [a.id for a in cp.spawn(f"agent{(i // batch) % agents}", [spec] * min(batch, total - i))]
+                ids += [a.id for a in cp.allocations.spawn(f"agent{(i // batch) % agents}", [spec] * min(batch, total - i))]
             spawned = time.perf_counter() - started
             pending = set(ids)
             while pending:

@@ -18,26 +18,27 @@ import httpx
 from bench.api import auth_overhead_us, delta, graph_uri, redis_url, running_api
 from bench.engines import open_engine
 from controlplane.services import ControlPlane
+from controlplane.wiring import assemble
 
 QUERY = "query($id: ID!) { allocation(id: $id) { descendants(maxDepth: 10, first: 2000) { id name state } } }"
 
 
 def build_tree(cp: ControlPlane) -> str:
-    cp.register_node({"name": "big", "cpu_milli": 4_000_000, "memory_mib": 64_000_000})
+    cp.nodes.register({"name": "big", "cpu_milli": 4_000_000, "memory_mib": 64_000_000})
     spec = {"name": "x", "argv": ["true"], "resources": {"cpu_milli": 1, "memory_mib": 1}}
-    [root] = cp.spawn("big", [{**spec, "name": "root"}])
-    mids = cp.spawn(root.id, [{**spec, "name": f"mid{i}"} for i in range(10)])
+    [root] = cp.allocations.spawn("big", [{**spec, "name": "root"}])
+    mids = cp.allocations.spawn(root.id, [{**spec, "name": f"mid{i}"} for i in range(10)])
     for m in mids:
-        cp.spawn(m.id, [{**spec, "name": f"leaf-{m.name}-{j}"} for j in range(109)])
+        cp.allocations.spawn(m.id, [{**spec, "name": f"leaf-{m.name}-{j}"} for j in range(109)])
     return root.id
 
 
 def run(engine: str, requests: int) -> None:
     with open_engine(engine) as (store, server):
         store.clear()
-        cp = ControlPlane(store, dispatcher=None)
+        cp = assemble(store)
         root = build_tree(cp)
-        assert len(cp.descendants(root, max_depth=10)) == 1100
+        assert len(cp.queries.descendants(root, max_depth=10)) == 1100
         raw, projected = [], []
         for _ in range(requests):
             t = time.perf_counter()

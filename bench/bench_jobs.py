@@ -13,15 +13,16 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from controlplane.domain.placement import Demand
 from controlplane.domain.resources import Resources
-from controlplane.services import ControlPlane
+from controlplane.wiring import assemble
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 from tests.stack import Stack, wait_for
 
 
-def dag(depth: int, width: int) -> dict:
+def dag(depth: int, width: int) -> dict[str, Any]:
     tasks = []
     for level in range(depth):
         for i in range(width):
@@ -76,15 +77,15 @@ def placement_run(nodes: int, samples: int) -> None:
 
     with falkordb_store(graph="placement") as (store, _):
         store.clear()
-        cp = ControlPlane(store, dispatcher=None)
+        cp = assemble(store)
         t = time.perf_counter()
         for i in range(nodes):
             gpus = [{"model": "A100"}] * 2 if i % 10 == 0 else []
-            cp.register_node({"name": f"n{i:05d}", "cpu_milli": 4000 + (i % 7) * 1000, "memory_mib": 16384,
+            cp.nodes.register({"name": f"n{i:05d}", "cpu_milli": 4000 + (i % 7) * 1000, "memory_mib": 16384,
                               "labels": {"zone": f"z{i % 5}"}, "gpus": gpus})
         for i in range(0, nodes - 1, 1):
             if i % 100:
-                cp.connect_neighbors(f"n{i:05d}", f"n{i + 1:05d}", rtt_ms=float(i % 13), bandwidth=1e9)
+                cp.nodes.connect(f"n{i:05d}", f"n{i + 1:05d}", rtt_ms=float(i % 13), bandwidth=1e9)
         seeded = time.perf_counter() - t
         shapes = {
             "cpu+memory": Demand(Resources(500, 256)),
@@ -98,7 +99,7 @@ def placement_run(nodes: int, samples: int) -> None:
             times = []
             for k in range(samples):
                 t = time.perf_counter()
-                cp._place([demand], f"n{(k * 101) % nodes:05d}", field="spec")  # noqa: SLF001 - the decision alone
+                cp.allocations.placer.place([demand], f"n{(k * 101) % nodes:05d}", field="spec")  # the decision alone
                 times.append(time.perf_counter() - t)
             print(f"  {name:24s} p50 {statistics.median(times) * 1000:.1f} ms, p99 {statistics.quantiles(times, n=100)[98] * 1000:.1f} ms")
 

@@ -20,26 +20,25 @@ from tests.stack import Stack, wait_for
 
 
 def count(stack: Stack, state: str, node: str) -> int:
-    return int(stack.store._read(  # noqa: SLF001 - a benchmark probe
-        "MATCH (a:Allocation) WHERE a.state = $s AND a.node_id = $n RETURN count(a)", {"s": state, "n": node})[0][0])
+    return len(stack.store.list_allocations(after=None, limit=100_000, state=state, node_id=node))
 
 
 def one_round(stack: Stack, n: int, victim: str, survivor: str) -> tuple[float, float]:
     stack.agent(victim)
-    [keeper] = stack.control.spawn(survivor, [{"name": "keeper", "argv": ["sleep", "3600"], "node": survivor,
+    [keeper] = stack.control.allocations.spawn(survivor, [{"name": "keeper", "argv": ["sleep", "3600"], "node": survivor,
                                               "resources": {"cpu_milli": 0, "memory_mib": 1}}])
     spec = {"name": "svc", "argv": ["sleep", "3600"], "node": victim, "resources": {"cpu_milli": 0, "memory_mib": 1}}
     for i in range(0, n, 500):
-        stack.control.spawn(keeper.id, [spec] * min(500, n - i))
+        stack.control.allocations.spawn(keeper.id, [spec] * min(500, n - i))
     wait_for(lambda: count(stack, "running", victim) == n, 120, f"{n} running on {victim}", every=0.2)
     killed = time.monotonic()
     stack.kill9(victim)
-    wait_for(lambda: stack.control.node(victim).status == "lost", 30, "detection", every=0.02)
+    wait_for(lambda: stack.control.queries.node(victim).status == "lost", 30, "detection", every=0.02)
     detected = time.monotonic() - killed
     wait_for(lambda: count(stack, "running", survivor) >= n + 1, 60, f"{n} running on {survivor}", every=0.05)
     recovered = time.monotonic() - killed
-    stack.control.stop(keeper.id)
-    wait_for(lambda: stack.control.allocation(keeper.id).state is State.STOPPED, 120, "cleanup", every=0.2)
+    stack.control.allocations.stop(keeper.id)
+    wait_for(lambda: stack.control.queries.allocation(keeper.id).state is State.STOPPED, 120, "cleanup", every=0.2)
     return detected, recovered
 
 

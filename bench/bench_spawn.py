@@ -15,23 +15,23 @@ import httpx
 
 from bench.api import delta, graph_uri, redis_url, running_api
 from bench.engines import open_engine
-from controlplane.services import ControlPlane
+from controlplane.wiring import assemble
 
 
 def run(engine: str, total: int, batch: int, nodes: int) -> None:
     with open_engine(engine) as (store, server):
         store.clear()
-        cp = ControlPlane(store, dispatcher=None)
+        cp = assemble(store)
         for i in range(nodes):
-            cp.register_node({"name": f"n{i}", "cpu_milli": 1_000_000, "memory_mib": 10_000_000})
-        [root] = cp.spawn("n0", [{"name": "root", "argv": ["true"], "resources": {"cpu_milli": 1, "memory_mib": 1}}])
+            cp.nodes.register({"name": f"n{i}", "cpu_milli": 1_000_000, "memory_mib": 10_000_000})
+        [root] = cp.allocations.spawn("n0", [{"name": "root", "argv": ["true"], "resources": {"cpu_milli": 1, "memory_mib": 1}}])
         spec = {"name": "w", "argv": ["true"], "resources": {"cpu_milli": 10, "memory_mib": 4}}
         latencies = []
         started = time.perf_counter()
         done = 0
         while done < total:
             t = time.perf_counter()
-            created = cp.spawn(root.id, [spec] * batch)
+            created = cp.allocations.spawn(root.id, [spec] * batch)
             latencies.append(time.perf_counter() - t)
             done += len(created)
         elapsed = time.perf_counter() - started
@@ -41,7 +41,7 @@ def run(engine: str, total: int, batch: int, nodes: int) -> None:
         )
         t = time.perf_counter()
         for _ in range(200):
-            cp.spawn(root.id, [spec])
+            cp.allocations.spawn(root.id, [spec])
         single = 200 / (time.perf_counter() - t)
         print(f"{engine:9s} single spawn: {single:,.0f}/s (one request per allocation)")
         over_http(engine, store, server, root.id, total=min(total, 5000), batch=batch)

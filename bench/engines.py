@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from controlplane.ports.store import GraphStore
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
-from graph_schema.store import GraphStore
 
 
 @contextlib.contextmanager
@@ -41,19 +41,20 @@ def _jvm_store(start: Callable[[Path], Any], open_store: Callable[[Any], GraphSt
             server.stop()
 
 
-def neo4j_store():  # type: ignore[no-untyped-def]
+def neo4j_store() -> contextlib.AbstractContextManager[tuple[GraphStore, None]]:
     from graph_schema.cypher.neo4j_store import Neo4jStore
     from tests.neo4j_harness.launcher import start_neo4j
 
     return _jvm_store(start_neo4j, lambda server: Neo4jStore(server.uri))
 
 
-def gremlin_store():  # type: ignore[no-untyped-def]
+def gremlin_store() -> contextlib.AbstractContextManager[tuple[GraphStore, None]]:
     from graph_schema.gremlin.store import GremlinStore
     from tests.gremlin_harness.launcher import start_gremlin
 
     return _jvm_store(start_gremlin, lambda server: GremlinStore(server.url))
 
 
-def open_engine(name: str):  # type: ignore[no-untyped-def]
-    return {"falkordb": falkordb_store, "neo4j": neo4j_store, "gremlin": gremlin_store}[name]()
+def open_engine(name: str) -> contextlib.AbstractContextManager[tuple[GraphStore, FalkorDBServer | None]]:
+    engines: dict[str, Callable[[], contextlib.AbstractContextManager[tuple[GraphStore, FalkorDBServer | None]]]] = {"falkordb": falkordb_store, "neo4j": neo4j_store, "gremlin": gremlin_store}
+    return engines[name]()

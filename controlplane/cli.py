@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -18,6 +18,10 @@ from rich.tree import Tree
 from controlplane.domain.errors import ControlPlaneError
 from controlplane.domain.records import AllocationRecord
 from controlplane.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from controlplane.embedded import Endpoints
+    from controlplane.services import ControlPlane
 
 app = typer.Typer(help="A graph-backed control plane for actor hierarchies.", no_args_is_help=True)
 console = Console()
@@ -34,16 +38,12 @@ def _settings(**overrides: object) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _control(settings: Settings):  # type: ignore[no-untyped-def]
+def _control(settings: Settings) -> ControlPlane:
     from controlplane.embedded import resolve_endpoints
-    from controlplane.services import ControlPlane
-    from controlplane.wiring import open_store
-    from workers.app import configure
-    from workers.dispatch import CeleryDispatcher
+    from controlplane.wiring import control_plane
 
     ends = resolve_endpoints(settings)
-    store = open_store(settings, graph_uri=ends.graph_uri)
-    return ControlPlane(store, CeleryDispatcher(configure(ends.broker_url)))
+    return control_plane(settings, graph_uri=ends.graph_uri, broker_url=ends.broker_url, bootstrap=False)
 
 
 def _fail(exc: ControlPlaneError) -> typer.Exit:
@@ -66,7 +66,7 @@ def up(
 
     settings = _settings(api_host=host, api_port=port, data_dir=data_dir)
 
-    def announce(ends, node_name, login):  # type: ignore[no-untyped-def]
+    def announce(ends: Endpoints, node_name: str | None, login: tuple[str, bool] | None) -> None:
         console.print(f"[bold green]control plane up[/bold green] ({settings.graph_backend})")
         console.print(f"  GraphQL   {ends.api_url}/graphql")
         if login is None:
@@ -94,7 +94,7 @@ def up(
 
 @app.command()
 def api(
-    host: Annotated[str, typer.Option(help="Listen address [env API_HOST]")] = None,  # type: ignore[assignment]
+    host: Annotated[Optional[str], typer.Option(help="Listen address [env API_HOST]")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port [env API_PORT]")] = None,
     data_dir: DataDir = None,
 ) -> None:
@@ -196,7 +196,7 @@ def events(
         control = _control(_settings(data_dir=data_dir))
         since = None
         while True:
-            batch = control.events(allocation, since=since, limit=limit)
+            batch = control.queries.events(allocation, since=since, limit=limit)
             for e in batch:
                 move = f"{e.from_state} -> {e.to_state}" if e.to_state else e.kind
                 stamp = time.strftime("%H:%M:%S", time.localtime(e.at)) + f".{int(e.at * 1000) % 1000:03d}"
@@ -238,14 +238,14 @@ def spawn(
     if policy:
         spec["supervision"] = policy
     try:
-        created = _control(settings).spawn(parent, [spec] * count, field="spec" if count == 1 else "specs")
+        created = _control(settings).allocations.spawn(parent, [spec] * count, field="spec" if count == 1 else "specs")
     except ControlPlaneError as exc:
         raise _fail(exc) from None
     for a in created:
         console.print(f"{a.id}  {a.state.value}  on {a.node_id}")
 
 
-def _load_spec(path: Path) -> dict:  # type: ignore[type-arg]
+def _load_spec(path: Path) -> dict[str, Any]:
     import json as _json
 
     import yaml
@@ -272,6 +272,8 @@ def submit(
     data_dir: DataDir = None,
 ) -> None:
     """Submit a job: its DAG goes into the graph and a native `job` root unwraps it."""
+    from controlplane.jobs.model import JOB_FINISHED, JobState
+
     try:
         control = _control(_settings(data_dir=data_dir))
         job = control.jobs.submit(_load_spec(spec), node=node, request_id=request_id)
@@ -284,10 +286,10 @@ def submit(
             for t in tasks:
                 counts[t.state] = counts.get(t.state, 0) + 1
             console.print(f"  {job.state}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-            if job.state in ("succeeded", "failed", "cancelled"):
+            if job.state in JOB_FINISHED:
                 if job.error:
                     console.print(f"  [red]{job.error}[/red]")
-                raise typer.Exit(0 if job.state == "succeeded" else 1)
+                raise typer.Exit(0 if job.state is JobState.SUCCEEDED else 1)
     except KeyboardInterrupt:
         pass
     except ControlPlaneError as exc:
@@ -335,7 +337,7 @@ def schema() -> None:
     """Print the JSON Schema of job specs."""
     import json as _json
 
-    from controlplane.domain.jobs import job_json_schema
+    from controlplane.jobs.spec import job_json_schema
 
     print(_json.dumps(job_json_schema(), indent=2))
 
@@ -344,7 +346,7 @@ def schema() -> None:
 def stop(allocation: Annotated[str, typer.Argument(help="Allocation id")], data_dir: DataDir = None) -> None:
     """Stop an allocation (graceful, then killed after its grace period)."""
     try:
-        a = _control(_settings(data_dir=data_dir)).stop(allocation)
+        a = _control(_settings(data_dir=data_dir)).allocations.stop(allocation)
     except ControlPlaneError as exc:
         raise _fail(exc) from None
     console.print(f"{a.id}  {a.state.value}")
@@ -365,12 +367,12 @@ def tree(root: Annotated[str, typer.Argument(help="Id of a Node or an Allocation
     try:
         control = _control(_settings(data_dir=data_dir))
         if control.store.actor_label(actor_id=root) == "Allocation":
-            top = control.allocation(root)
+            top = control.queries.allocation(root)
             head = Tree(_label(top))
         else:
-            control.node(root)
+            control.queries.node(root)
             head = Tree(f"[bold]{root}[/bold] (node)")
-        rows = control.descendants(root, max_depth=64, limit=100_000)
+        rows = control.queries.descendants(root, max_depth=64, limit=100_000)
     except ControlPlaneError as exc:
         raise _fail(exc) from None
     by_parent: dict[str, list[AllocationRecord]] = {}
@@ -390,11 +392,11 @@ def status(data_dir: DataDir = None) -> None:
     """Nodes with their free capacity, and allocations by state."""
     try:
         control = _control(_settings(data_dir=data_dir))
-        nodes = control.nodes(limit=1000)
+        nodes = control.queries.nodes(limit=1000)
         counts: dict[str, int] = {}
         after = None
         while True:
-            page = control.allocations(after=after, limit=1000)
+            page = control.queries.allocations(after=after, limit=1000)
             for a in page:
                 counts[a.state.value] = counts.get(a.state.value, 0) + 1
             if len(page) < 1000:

@@ -16,9 +16,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from controlplane.settings import Settings
+
+if TYPE_CHECKING:
+    from controlplane.auth import Tokens
+    from controlplane.services import ControlPlane
 
 STACK_FILE = "stack.json"
 
@@ -77,7 +81,7 @@ def spawn_child(settings: Settings, endpoints: Endpoints, *args: str) -> subproc
     return subprocess.Popen([sys.executable, "-m", "controlplane", *args], env=env)
 
 
-def open_api_tokens(settings: Settings) -> tuple[Any, tuple[str, bool] | None]:
+def open_api_tokens(settings: Settings) -> tuple[Tokens | None, tuple[str, bool] | None]:
     """The API's Tokens (keys generated on first start) and its admin token (made on first start: print it once).
 
     (None, None) when authentication is off, which only a loopback listener may be.
@@ -99,25 +103,19 @@ def run_api(settings: Settings) -> None:
 
     from controlplane.api import create_app
     from controlplane.api.auth import browsers_from
-    from controlplane.eventbus import RedisNotifier
-    from controlplane.services import ControlPlane
-    from controlplane.wiring import health_checks, open_store
-    from workers.app import configure
-    from workers.dispatch import CeleryDispatcher
+    from controlplane.wiring import control_plane, health_checks
 
     tokens, login = open_api_tokens(settings)
     if login is not None and login[1]:
         print(f"admin token written to {settings.data_dir / 'admin.token'} (0600)", flush=True)
     ends = resolve_endpoints(settings)
-    store = open_store(settings, graph_uri=ends.graph_uri)
-    store.bootstrap()
-    control = ControlPlane(store, CeleryDispatcher(configure(ends.broker_url)), notify=RedisNotifier(ends.broker_url).notify)
-    app = create_app(control, tokens=tokens, browsers=browsers_from(settings), health_checks=health_checks(store, ends.broker_url),
+    control = control_plane(settings, graph_uri=ends.graph_uri, broker_url=ends.broker_url)
+    app = create_app(control, tokens=tokens, browsers=browsers_from(settings), health_checks=health_checks(control.store, ends.broker_url),
                      max_depth=settings.max_query_depth, max_descendants=settings.max_descendants, events_redis_url=ends.broker_url)
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
 
 
-DEMO_NODES = (
+DEMO_NODES: tuple[tuple[str, int, int, list[str], list[str]], ...] = (
     # name, cores, memory MiB, GPUs, labels
     ("edge-eu-1", 4, 8192, ["A100", "A100"], ["zone=eu"]),
     ("edge-eu-2", 4, 8192, [], ["zone=eu"]),
@@ -127,7 +125,7 @@ DEMO_LINKS = (("edge-eu-1", "edge-eu-2", 2.0), ("edge-eu-1", "edge-us-1", 80.0),
 DEMO_JOB = Path(__file__).resolve().parent.parent / "examples" / "demo-job.yaml"
 
 
-def start_demo(settings: Settings, endpoints: Endpoints, control: Any, local: str | None) -> list[subprocess.Popen[bytes]]:
+def start_demo(settings: Settings, endpoints: Endpoints, control: ControlPlane, local: str | None) -> list[subprocess.Popen[bytes]]:
     """A small topology (node agents with GPUs and zones, neighbour links with RTTs) and a sample job."""
     import threading
     import time
@@ -147,9 +145,9 @@ def start_demo(settings: Settings, endpoints: Endpoints, control: Any, local: st
                 break
             time.sleep(0.2)
         for a, b, rtt in DEMO_LINKS:
-            control.connect_neighbors(a, b, rtt_ms=rtt, bandwidth=10e9)
+            control.nodes.connect(a, b, rtt_ms=rtt, bandwidth=10e9)
         if local:
-            control.connect_neighbors(local, "edge-eu-1", rtt_ms=1.0, bandwidth=10e9)
+            control.nodes.connect(local, "edge-eu-1", rtt_ms=1.0, bandwidth=10e9)
         job = control.jobs.submit(yaml.safe_load(DEMO_JOB.read_text()), node="edge-eu-1")
         print(f"demo: submitted job {job.id} ({job.name}); watch it: controlplane jobs {job.id}  |  "
               f"controlplane tree edge-eu-1", flush=True)
@@ -171,11 +169,8 @@ def run_stack(
 
     from controlplane.api import create_app
     from controlplane.api.auth import browsers_from
-    from controlplane.services import ControlPlane
-    from controlplane.wiring import health_checks, open_store
+    from controlplane.wiring import control_plane, health_checks
     from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
-    from workers.app import configure
-    from workers.dispatch import CeleryDispatcher
 
     tokens, login = open_api_tokens(settings)  # before the node agents start: they sign their allocations' tokens
     server: FalkorDBServer | None = None
@@ -188,12 +183,7 @@ def run_stack(
     if not graph_uri or not broker_url:
         raise SystemExit("set GRAPH_URI and REDIS_URL for a non-embedded engine")
     try:
-        store = open_store(settings, graph_uri=graph_uri)
-        store.bootstrap()
-        celery = configure(broker_url)
-        from controlplane.eventbus import RedisNotifier
-
-        control = ControlPlane(store, CeleryDispatcher(celery), notify=RedisNotifier(broker_url).notify)
+        control = control_plane(settings, graph_uri=graph_uri, broker_url=broker_url)
         api_url = f"http://{settings.api_host}:{settings.api_port}"
         endpoints = Endpoints(graph_uri=graph_uri, broker_url=broker_url, api_url=api_url)
         write_endpoints(settings, endpoints)
@@ -204,7 +194,7 @@ def run_stack(
             children.append(spawn_child(settings, endpoints, "worker", "--node", node_name, "--concurrency", str(concurrency)))
         if demo:
             children.extend(start_demo(settings, endpoints, control, node_name if worker else None))
-        app = create_app(control, tokens=tokens, browsers=browsers_from(settings), health_checks=health_checks(store, broker_url),
+        app = create_app(control, tokens=tokens, browsers=browsers_from(settings), health_checks=health_checks(control.store, broker_url),
                          max_depth=settings.max_query_depth, max_descendants=settings.max_descendants, events_redis_url=broker_url)
         announce(endpoints, node_name if worker else None, login)
         config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")

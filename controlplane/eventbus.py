@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -38,11 +40,11 @@ class Doorbell:
         self._url = url
 
     @contextlib.asynccontextmanager
-    async def listen(self):  # type: ignore[no-untyped-def]
+    async def listen(self) -> AsyncIterator[_Waiter]:
         client = aioredis.Redis.from_url(self._url)
-        pubsub = client.pubsub()
+        pubsub: PubSub | None = client.pubsub()
         try:
-            await pubsub.subscribe(CHANNEL)
+            await pubsub.subscribe(CHANNEL)  # type: ignore[union-attr]
         except redis.RedisError:
             pubsub = None
         try:
@@ -50,13 +52,13 @@ class Doorbell:
         finally:
             if pubsub is not None:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
             with contextlib.suppress(Exception):
                 await client.aclose()
 
 
 class _Waiter:
-    def __init__(self, pubsub: object | None) -> None:
+    def __init__(self, pubsub: PubSub | None) -> None:
         self._pubsub = pubsub
 
     async def wait(self, timeout: float) -> None:
@@ -64,6 +66,6 @@ class _Waiter:
             await asyncio.sleep(timeout)
             return
         try:
-            await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)  # type: ignore[attr-defined]
+            await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
         except redis.RedisError:
             await asyncio.sleep(timeout)

@@ -1,12 +1,21 @@
-"""Build the adapters a process needs from Settings: the graph store for the chosen engine."""
+"""The assembly point: the adapters a process needs, opened from Settings, and the control plane built over them.
+
+Every process (API, node agent, supervisor, scheduler, CLI) gets its
+ControlPlane from `control_plane()`; tests and benchmarks build one over a
+store of their own with `assemble()`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from controlplane.domain.clock import wall_clock
 from controlplane.domain.errors import InvalidInput
+from controlplane.jobs.ports import JobStore
+from controlplane.ports.dispatch import Dispatcher
+from controlplane.ports.store import GraphStore
+from controlplane.services import ControlPlane, build
 from controlplane.settings import Settings
-from graph_schema.store import GraphStore
 
 
 def open_store(settings: Settings, *, graph_uri: str | None = None) -> GraphStore:
@@ -30,6 +39,46 @@ def open_store(settings: Settings, *, graph_uri: str | None = None) -> GraphStor
             raise InvalidInput("set the Gremlin Server address, e.g. ws://localhost:8182/gremlin", field="GRAPH_URI")
         return GremlinStore(uri)
     raise InvalidInput(f"unknown graph engine {settings.graph_backend!r}", field="GRAPH_BACKEND")
+
+
+def job_store(store: GraphStore) -> JobStore:
+    """The job store over the same engine connection as `store`."""
+    from graph_schema.cypher.base import CypherStore
+
+    if isinstance(store, CypherStore):
+        from controlplane.jobs.cypher import CypherJobStore
+
+        return CypherJobStore(store)
+    from graph_schema.gremlin.store import GremlinStore
+
+    if isinstance(store, GremlinStore):
+        from controlplane.jobs.gremlin import GremlinJobStore
+
+        return GremlinJobStore(store.remote)
+    raise InvalidInput(f"no job store for the {store.engine} engine", field="GRAPH_BACKEND")
+
+
+def assemble(
+    store: GraphStore,
+    dispatcher: Dispatcher | None = None,
+    *,
+    clock: Callable[[], float] = wall_clock,
+    notify: Callable[[], None] | None = None,
+) -> ControlPlane:
+    """The control plane over an open store (`dispatcher` None: supervision in this process, no agents)."""
+    return build(store, job_store(store), dispatcher, clock=clock, notify=notify)
+
+
+def control_plane(settings: Settings, *, graph_uri: str | None, broker_url: str, bootstrap: bool = True) -> ControlPlane:
+    """What a process of the product holds: the store, Celery as the dispatcher, the Redis doorbell."""
+    from controlplane.eventbus import RedisNotifier
+    from workers.app import configure
+    from workers.dispatch import CeleryDispatcher
+
+    store = open_store(settings, graph_uri=graph_uri)
+    if bootstrap:
+        store.bootstrap()
+    return assemble(store, CeleryDispatcher(configure(broker_url)), notify=RedisNotifier(broker_url).notify)
 
 
 def health_checks(store: GraphStore, broker_url: str) -> dict[str, Callable[[], None]]:

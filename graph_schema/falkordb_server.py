@@ -553,14 +553,14 @@ class FalkorDBServer:
                         last_problem = f"port {port} is answered by another server (pid {info.get('process_id')})"
                     else:
                         client.ping()
-                        names = _module_names(client.execute_command("MODULE", "LIST"))
+                        names = _module_names(client.execute_command("MODULE", "LIST"))  # type: ignore[no-untyped-call]  # redis-py: untyped
                         if GRAPH_MODULE_NAME not in names:
                             raise FalkorDBServerError(
                                 f"FalkorDB module not loaded (MODULE LIST: {sorted(names)}); "
                                 f"data dir {self._data_dir}. Server log tail:\n"
                                 f"{_read_log_tail(self.log_path, log_offset)}"
                             )
-                        client.execute_command("GRAPH.LIST")
+                        client.execute_command("GRAPH.LIST")  # type: ignore[no-untyped-call]
                         return
                 except redis.BusyLoadingError:
                     last_problem = "server is loading its data set"
@@ -586,7 +586,7 @@ class FalkorDBServer:
             try:
                 # SHUTDOWN flushes and fsyncs the AOF (and saves an RDB when
                 # save points are configured) before exiting.
-                client.execute_command("SHUTDOWN")
+                client.execute_command("SHUTDOWN")  # type: ignore[no-untyped-call]
             except redis.ConnectionError:
                 pass  # expected: the server closes the connection as it exits
             except redis.RedisError:

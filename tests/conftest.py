@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from controlplane.ports.store import GraphStore
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
-from graph_schema.store import GraphStore
 
 ENGINES = [e.strip() for e in os.environ.get("CONTROLPLANE_TEST_ENGINES", "falkordb,neo4j,gremlin").split(",") if e.strip()]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}

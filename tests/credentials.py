@@ -3,13 +3,8 @@ start (keys generated in a fresh data directory), and narrower ones asked of the
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
-
-with warnings.catch_warnings():  # starlette suggests httpx2; the httpx TestClient works the same
-    warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
-    from fastapi.testclient import TestClient
 
 from controlplane.api import create_app
 from controlplane.api.auth import Browsers
@@ -17,6 +12,7 @@ from controlplane.auth import Tokens
 from controlplane.auth.bootstrap import ensure_admin_token, open_tokens
 from controlplane.services import ControlPlane
 from controlplane.settings import Settings
+from tests.http import TestClient
 
 #: the Host header of starlette's TestClient
 TEST_HOST = "testserver"

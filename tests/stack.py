@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from controlplane.services import ControlPlane
+from controlplane.ports.store import GraphStore
+from controlplane.wiring import assemble
 from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer
-from graph_schema.store import GraphStore
 from workers.app import configure
 from workers.dispatch import CeleryDispatcher
 
@@ -66,15 +66,16 @@ class Stack:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.store: GraphStore = store if store is not None else FalkorDBStore(server.url, graph=graph)
         self.store.bootstrap()
-        self.control = ControlPlane(self.store, CeleryDispatcher(configure(server.redis_url(2))))
+        self.control = assemble(self.store, CeleryDispatcher(configure(server.redis_url(2))))
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen([sys.executable, "-m", "controlplane", *args], env=self.env)
         self.procs[name] = proc
         return proc
 
-    def agent(self, node: str) -> subprocess.Popen[bytes]:
-        proc = self.start(node, "worker", "--node", node, "--concurrency", "8")
+    def agent(self, node: str, **labels: str) -> subprocess.Popen[bytes]:
+        proc = self.start(node, "worker", "--node", node, "--concurrency", "8",
+                          *[a for k, v in labels.items() for a in ("--label", f"{k}={v}")])
         wait_for(lambda: (n := self.store.get_node(node_id=node)) and n.status == "ready", what=f"agent {node} to register")
         return proc
 

@@ -7,31 +7,28 @@ with their code and field, HTTP statuses, and the graph behind them.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
-
-with warnings.catch_warnings():  # starlette suggests httpx2; the httpx TestClient works the same
-    warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
-    from fastapi.testclient import TestClient
 
 from controlplane.api import types as api_types
 from controlplane.domain.lifecycle import State
 from controlplane.domain.traversal import Op
+from controlplane.domain.vocabulary import Direction, EdgeType
+from controlplane.ports.store import GraphStore
 from controlplane.services import ControlPlane
-from graph_schema.store import GraphStore
-from graph_schema.vocabulary import Direction, EdgeType
+from controlplane.wiring import assemble
 from tests.credentials import app_with_auth
 from tests.credentials import client as client_with
+from tests.http import TestClient
 
 EVIL = "x'}) MATCH (n) DETACH DELETE n // \" RETURN 1"
 
 
 @pytest.fixture
 def cp(store: GraphStore) -> ControlPlane:
-    return ControlPlane(store, dispatcher=None)
+    return assemble(store)
 
 
 @pytest.fixture
@@ -86,11 +83,11 @@ def job(name: str = "job", cpu: int = 100, memory: int = 64, gpus: int = 0, **kw
 
 
 def register(client: TestClient, **kw: Any) -> dict[str, Any]:
-    return data(client, REGISTER, input=node_input(**kw))["registerNode"]
+    return cast(dict[str, Any], data(client, REGISTER, input=node_input(**kw))["registerNode"])
 
 
 def spawn(client: TestClient, parent: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
-    return data(client, SPAWN, parent=parent, spec=spec or job())["spawnAllocation"]
+    return cast(dict[str, Any], data(client, SPAWN, parent=parent, spec=spec or job())["spawnAllocation"])
 
 
 def spawn_many(client: TestClient, parent: str, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -442,7 +439,7 @@ def test_an_unexpected_failure_is_internal_without_details(
     def broken(node_id: str) -> None:
         raise RuntimeError("secret connection string redis://user:pw@host")
 
-    monkeypatch.setattr(cp, "node", broken)
+    monkeypatch.setattr(cp.queries, "node", broken)
     # When a client asks
     err = error(client, '{ node(id: "n1") { id } }')
     # Then it gets a generic INTERNAL error, and the details go to the server log only

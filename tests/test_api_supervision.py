@@ -1,6 +1,6 @@
 """Supervision, events, jobs and raw queries through the API, on every engine (see the `store` fixture).
 
-Supervision and native executors run in-process (`ControlPlane(store, dispatcher=None)`);
+Supervision and native executors run in-process (`assemble(store)`);
 allocations are driven through the lifecycle with the node agent's own guarded
 transitions, as in test_supervision.py. Given / When / Then, asserting on what a
 client observes: GraphQL answers, websocket messages, HTTP statuses.
@@ -16,16 +16,18 @@ from typing import Any
 import pytest
 
 from controlplane.api.live import DOORBELL_POLL_S, PAGE, EventCursor
-from controlplane.domain.lifecycle import State
+from controlplane.domain.lifecycle import CLAIM, RUN
 from controlplane.domain.records import Event
 from controlplane.eventbus import RedisNotifier
-from controlplane.services import AgentService, ControlPlane
-from controlplane.services.agent import Exit
+from controlplane.ports.store import Change, GraphStore
+from controlplane.services import ControlPlane
+from controlplane.wiring import assemble
 from graph_schema.falkordb_server import FalkorDBServer
-from graph_schema.store import GraphStore
 from tests.credentials import app_with_auth
 from tests.credentials import client as client_with
-from tests.test_api import SPAWN, TestClient, data, error, job, post, register, spawn
+from tests.http import TestClient
+from tests.test_api import SPAWN, data, error, job, post, register, spawn
+from workers.agent import AgentReports
 
 SPAWN_POLICY = """mutation($parent: ID!, $spec: AllocationSpecInput!) {
   spawnAllocation(parent: $parent, spec: $spec) { id supervision restartType childPolicy restarts orphan escalated
@@ -46,7 +48,7 @@ SLOW = "UNWIND range(1, 100000000) AS x WITH x WHERE x % 7 = 3 RETURN count(x)"
 
 @pytest.fixture
 def cp(store: GraphStore) -> ControlPlane:
-    return ControlPlane(store, dispatcher=None)
+    return assemble(store)
 
 
 @pytest.fixture
@@ -59,16 +61,14 @@ def client(cp: ControlPlane, tmp_path: Path) -> Iterator[TestClient]:
 
 def run(cp: ControlPlane, *ids: str) -> None:
     """What a node agent does when it starts them (no process id: nothing to signal)."""
-    for i in ids:
-        cp.store.transition(allocation_id=i, expected=[State.PLACED], to=State.STARTING, now=cp.clock())
-        cp.store.transition(allocation_id=i, expected=[State.STARTING], to=State.RUNNING, now=cp.clock(),
-                            fields={"started_at": cp.clock()})
+    cp.store.transition_many(changes=[Change(i, CLAIM) for i in ids], now=cp.clock())
+    cp.store.transition_many(changes=[Change(i, RUN, fields={"started_at": cp.clock()}) for i in ids], now=cp.clock())
 
 
 def crash(cp: ControlPlane, allocation_id: str, code: int = 1) -> None:
     """What a node agent reports when the process exits; then the supervisor reacts."""
-    current = cp.allocation(allocation_id)
-    ended = AgentService(cp.store, clock=cp.clock).exited([Exit((allocation_id, current.incarnation), code, "boom")])
+    current = cp.queries.allocation(allocation_id)
+    ended = AgentReports(cp.store, node=current.node_id, clock=cp.clock).exited([((allocation_id, current.incarnation), code, "boom")])
     cp.dispatcher.terminated(keys=[(e.id, e.incarnation) for e in ended])
 
 
@@ -109,12 +109,12 @@ def subscriber(client: TestClient) -> Any:
 # --- supervision policies ------------------------------------------------------------------
 def test_a_policy_given_at_spawn_is_read_back_with_the_restart_type(client: TestClient) -> None:
     # Given a parent spawned with a supervision policy and a restart type, and one spawned with neither
-    policy = {"strategy": "one_for_all", "max_restarts": 5, "window_s": 30, "child_policy": "abandon",
+    policy: dict[str, Any] = {"strategy": "one_for_all", "max_restarts": 5, "window_s": 30, "child_policy": "abandon",
               "deciders": [{"on": "exit", "exit_codes": "3-5", "directive": "stop"}]}
     custom = data(client, SPAWN_POLICY, parent="n1", spec=job("custom", restart="permanent", supervision=policy))
     plain = data(client, SPAWN_POLICY, parent="n1", spec=job("plain"))
     # Then the client reads the policy back as JSON, the defaults filled in
-    got = custom["spawnAllocation"]
+    got: dict[str, Any] = custom["spawnAllocation"]
     assert {k: got["supervision"][k] for k in policy} == {**policy, "window_s": 30.0,
                                                         "deciders": [{**policy["deciders"][0], "error_contains": None}]}
     assert got["supervision"]["backoff"]["min_s"] == 0.5
@@ -347,13 +347,13 @@ def test_a_subscription_stops_reading_when_the_client_goes_away(
 ) -> None:
     # Given a subscriber that got one event, the reads of the graph counted
     reads: list[float] = []
-    real = cp.events
+    real = cp.queries.events
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         reads.append(time.monotonic())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cp, "events", counted)
+    monkeypatch.setattr(cp.queries, "events", counted)
     a = spawn(client, "n1", job("a"))
     with subscriber(client) as ws:
         sub = Subscriber(ws)
@@ -381,7 +381,7 @@ def test_a_subscription_to_an_unknown_allocation_is_not_found(client: TestClient
 def test_the_redis_doorbell_wakes_subscribers_at_once(store: GraphStore, falkordb_server: FalkorDBServer, tmp_path: Path) -> None:
     # Given an API whose subscriptions listen to the doorbell the supervisor rings
     url = falkordb_server.redis_url(2)
-    cp = ControlPlane(store, dispatcher=None, notify=RedisNotifier(url).notify)
+    cp = assemble(store, notify=RedisNotifier(url).notify)
     app, admin = app_with_auth(cp, tmp_path, events_redis_url=url)
     with client_with(app, admin) as client:
         register(client)

@@ -80,16 +80,18 @@ def test_a_running_allocation_spawns_its_own_children_with_its_token_and_nothing
     got = wait_for(report, timeout=60, what="the allocation's report")
     # Then its own child was created under it, by it
     child = got["own"]["data"]["spawnAllocation"]["id"]
-    assert s.store.get_allocation(allocation_id=child).parent_id == me
-    assert s.control.events(child)[0].by == f"allocation:{me}#1"
+    record = s.store.get_allocation(allocation_id=child)
+    assert record is not None and record.parent_id == me
+    assert s.control.queries.events(child)[0].by == f"allocation:{me}#1"
     # And spawning under the node (outside its subtree) was FORBIDDEN, creating nothing there
     assert got["escape"]["errors"][0]["extensions"]["code"] == "FORBIDDEN"
-    assert [a.id for a in s.control.children("e2e-node")] == [me]
+    assert [a.id for a in s.control.queries.children("e2e-node")] == [me]
     # When it is stopped, Then its token is refused, and the graph is unchanged by the attempt
     ask(url, admin, "mutation($id: ID!) { stopAllocation(id: $id) { id } }", id=me)
-    wait_for(lambda: s.store.get_allocation(allocation_id=me).state.value == "stopped", timeout=60, what="it to stop")
-    before = s.control.allocations(limit=100)
+    wait_for(lambda: (a := s.store.get_allocation(allocation_id=me)) is not None and a.state.value == "stopped", timeout=60,
+             what="it to stop")
+    before = s.control.queries.allocations(limit=100)
     late = ask(url, {"Authorization": "Bearer " + got["token"]},
                'mutation($p: ID!) { spawnAllocation(parent: $p, spec: {name: "late", argv: ["true"]}) { id } }', p=me)
     assert late["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
-    assert s.control.allocations(limit=100) == before
+    assert s.control.queries.allocations(limit=100) == before

@@ -19,7 +19,7 @@ import shlex
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import typer.main
@@ -66,7 +66,7 @@ def interpolate(value: str, env: dict[str, str] | None = None) -> str:
 @pytest.fixture(scope="module")
 def services() -> dict[str, dict[str, Any]]:
     """The services as written (YAML anchors and merge keys resolved, variables not substituted)."""
-    return yaml.safe_load(COMPOSE.read_text())["services"]
+    return cast(dict[str, dict[str, Any]], yaml.safe_load(COMPOSE.read_text())["services"])
 
 
 def ours(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -221,7 +221,7 @@ def test_environment_variables_are_settings(services: dict[str, dict[str, Any]])
 def test_environment_values_are_valid_settings(services: dict[str, dict[str, Any]]) -> None:
     for name, service in ours(services).items():
         env = {k.lower(): v for k, v in environment(service).items() if k not in EXTRA_ENV}
-        settings = Settings(**env)  # raises, naming the field, on a bad value
+        settings = Settings.model_validate(env)  # raises, naming the field, on a bad value
         assert settings.graph_uri and settings.redis_url, f"{name} must not fall back to the embedded server"
 
 
@@ -244,7 +244,7 @@ def test_each_stack_has_its_own_broker(services: dict[str, dict[str, Any]]) -> N
     # queue names and the scheduler's lease key are the same in every stack: sharing a broker
     # database would let one stack take the other's tasks and lease
     brokers: dict[str, set[str]] = {}
-    for name, service in ours(services).items():
+    for service in ours(services).values():
         env = environment(service)
         brokers.setdefault(env["GRAPH_URI"], set()).add(env["REDIS_URL"])
     assert all(len(urls) == 1 for urls in brokers.values()), brokers

@@ -8,14 +8,16 @@ process, in dependency order, placed as its constraints say.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 import yaml
 
 from controlplane.domain.lifecycle import State
+from controlplane.domain.records import AllocationRecord
+from controlplane.ports.store import GraphStore
 from graph_schema.falkordb_server import FalkorDBServer
-from graph_schema.store import GraphStore
 from tests.stack import Stack, wait_for
 
 pytestmark = pytest.mark.slow
@@ -36,11 +38,11 @@ def stack(store: GraphStore, falkordb_server: FalkorDBServer, tmp_path: Path, re
     falkordb_server.client(db=4).flushdb()
     s = Stack(falkordb_server, tmp_path, graph=graph, store=store, graph_uri=uri)
     s.env["REDIS_URL"] = falkordb_server.redis_url(4)
+    from controlplane.wiring import assemble
     from workers.app import configure
     from workers.dispatch import CeleryDispatcher
-    from controlplane.services import ControlPlane
 
-    s.control = ControlPlane(s.store, CeleryDispatcher(configure(falkordb_server.redis_url(4))))
+    s.control = assemble(s.store, CeleryDispatcher(configure(falkordb_server.redis_url(4))))
     s.start("supervisor", "supervisor")
     for name, args in (
         ("eu1", ["--cpus", "4", "--gpu", "A100", "--gpu", "A100", "--label", "zone=eu"]),
@@ -49,9 +51,9 @@ def stack(store: GraphStore, falkordb_server: FalkorDBServer, tmp_path: Path, re
     ):
         s.start(name, "worker", "--node", name, "--concurrency", "8", *args)
     for name in ("eu1", "eu2", "us1"):
-        wait_for(lambda n=name: s.store.get_node(node_id=n), 60, f"{name} registered")
-    s.control.connect_neighbors("eu1", "eu2", rtt_ms=2)
-    s.control.connect_neighbors("eu1", "us1", rtt_ms=80)
+        wait_for(partial(s.store.get_node, node_id=name), 60, f"{name} registered")
+    s.control.nodes.connect("eu1", "eu2", rtt_ms=2)
+    s.control.nodes.connect("eu1", "us1", rtt_ms=80)
     yield s
     s.close()
 
@@ -63,7 +65,7 @@ def test_the_demo_job_runs_end_to_end(stack: Stack) -> None:
     assert done.state == "succeeded", done.error
     tasks = {t.path: t for t in stack.control.jobs.tasks(job.id)}
     assert set(tasks) == {"fetch", "preprocess", "train", "train/worker", "report"}
-    runs = {p: [stack.control.allocation(r.allocation_id) for r in t.runs] for p, t in tasks.items()}
+    runs = {p: [stack.control.queries.allocation(r.allocation_id) for r in t.runs] for p, t in tasks.items()}
     assert all(a.state is State.SUCCEEDED and a.exit_code == 0 for rs in runs.values() for a in rs)
     # placement: the GPU task on the only A100 node in zone eu; shards spread; workers near train
     [train] = runs["train"]
@@ -71,10 +73,12 @@ def test_the_demo_job_runs_end_to_end(stack: Stack) -> None:
     assert len({a.node_id for a in runs["preprocess"]}) == 3
     assert all(w.parent_id == train.id and w.node_id in ("eu1", "eu2") for w in runs["train/worker"])
     # order: a task starts only after everything it needs has succeeded
-    def first(a, to):  # type: ignore[no-untyped-def]
-        return min(e.at for e in stack.control.events(a.id) if e.to_state == to)
+    def first(a: AllocationRecord, to: str) -> float:
+        return min(e.at for e in stack.control.queries.events(a.id) if e.to_state == to)
     assert first(runs["preprocess"][0], "placed") >= first(runs["fetch"][0], "succeeded")
     assert first(runs["report"][0], "placed") >= first(train, "succeeded")
-    root = wait_for(lambda: (r := stack.control.allocation(done.root_id)).state is State.SUCCEEDED and r, 10, "the root to end")  # type: ignore[arg-type]
+    root_id = done.root_id
+    assert root_id is not None
+    root = wait_for(lambda: (r := stack.control.queries.allocation(root_id)).state is State.SUCCEEDED and r, 10, "the root to end")
     assert root.executor == "native" and root.parent_id == "eu1"
     assert "accuracy=0.93" in (runs["report"][0].output_tail or "")

@@ -13,8 +13,9 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from typing import cast
 
-import falkordb  # type: ignore[import-untyped]
+import falkordb
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -82,7 +83,7 @@ def test_start_is_healthy_and_urls(server: FalkorDBServer, tmp_path: pathlib.Pat
     assert client.config_get("appendonly")["appendonly"] == "yes"
     assert client.config_get("appendfsync")["appendfsync"] == "everysec"
     assert client.config_get("daemonize")["daemonize"] == "no"
-    modules = client.execute_command("MODULE", "LIST")
+    modules = client.execute_command("MODULE", "LIST")  # type: ignore[no-untyped-call]  # redis-py: untyped
     assert "graph" in fs._module_names(modules)
     client.close()
 
@@ -121,7 +122,7 @@ def test_restart_same_port_keeps_data(server: FalkorDBServer) -> None:
     # after a hard kill the AOF (everysec) still brings back what was written earlier
     killed = server.pid
     server.kill_hard()
-    assert server.pid is None and _wait_dead(killed)
+    assert cast(int | None, server.pid) is None and _wait_dead(killed)  # (mypy keeps the narrowing above)
     server.restart()
     assert server.port == port
     assert _graph(server).query("MATCH (a:Actor) RETURN count(a)").result_set == [[1]]
@@ -240,7 +241,7 @@ def test_no_orphan_after_parent_sigkill(tmp_path: pathlib.Path) -> None:
         import pathlib, sys, time
         from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
         srv = FalkorDBServer(FalkorDBServerConfig(data_dir=pathlib.Path({str(data_dir)!r}))).start()
-        import falkordb  # type: ignore[import-untyped]
+        import falkordb
         falkordb.FalkorDB(host=srv.host, port=srv.port).select_graph("g").query("CREATE (:N {{v: 7}})")
         print(srv.pid, srv.port, flush=True)
         time.sleep(60)

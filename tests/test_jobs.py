@@ -6,41 +6,44 @@ test_demo_job.py runs a job end to end with real processes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from controlplane.domain.errors import InvalidInput, NotFound
 from controlplane.domain.lifecycle import State
-from controlplane.services import AgentService, ControlPlane
-from controlplane.services.agent import Exit
-from graph_schema.store import GraphStore
+from controlplane.ports.store import GraphStore
+from controlplane.services import ControlPlane
+from controlplane.wiring import assemble
+from workers.agent import AgentReports
 
 
 @pytest.fixture
 def cp(store: GraphStore) -> ControlPlane:
-    control = ControlPlane(store, dispatcher=None)
-    control.register_node({"name": "n1", "cpu_milli": 64_000, "memory_mib": 65_536, "labels": {"zone": "eu"},
+    control = assemble(store)
+    control.nodes.register({"name": "n1", "cpu_milli": 64_000, "memory_mib": 65_536, "labels": {"zone": "eu"},
                            "gpus": [{"model": "A100"}, {"model": "A100"}]})
-    control.register_node({"name": "n2", "cpu_milli": 8_000, "memory_mib": 16_384, "labels": {"zone": "us"}})
+    control.nodes.register({"name": "n2", "cpu_milli": 8_000, "memory_mib": 16_384, "labels": {"zone": "us"}})
     return control
 
 
-def task(name: str, *needs: str, **kw: object) -> dict:
+def task(name: str, *needs: str, **kw: object) -> dict[str, Any]:
     return {"name": name, "argv": ["true"], "needs": list(needs), "resources": {"cpu_milli": 100, "memory_mib": 16}, **kw}
 
 
 def finish(cp: ControlPlane, job_id: str, code: int = 0, only: set[str] | None = None) -> list[str]:
     """Run every placed allocation of the job's tasks to exit `code`, as node agents would."""
-    agent = AgentService(cp.store)
     done = []
     for t in cp.jobs.tasks(job_id):
         if only is not None and t.path not in only:
             continue
         for run in t.runs:
-            a = cp.allocation(run.allocation_id)
+            a = cp.queries.allocation(run.allocation_id)
             if a.state is State.PLACED:
-                agent.begin_start([(a.id, a.incarnation)], node_id=a.node_id)
+                agent = AgentReports(cp.store, node=a.node_id)
+                agent.claim([(a.id, a.incarnation)])
                 agent.running([((a.id, a.incarnation), 4242)])
-                ended = agent.exited([Exit((a.id, a.incarnation), code, "")])
+                ended = agent.exited([((a.id, a.incarnation), code, "")])
                 cp.dispatcher.terminated(keys=[(e.id, e.incarnation) for e in ended])
                 done.append(t.path)
     return done
@@ -58,12 +61,12 @@ def test_a_dag_is_unwrapped_level_by_level_and_the_job_succeeds(cp: ControlPlane
     assert finish(cp, job.id) == ["train"] * 3
     assert finish(cp, job.id) == ["report"]
     assert cp.jobs.job(job.id).state == "succeeded"
-    assert cp.allocation(root.id).state is State.SUCCEEDED
+    assert cp.queries.allocation(root.id).state is State.SUCCEEDED
     tasks = {t.path: t for t in cp.jobs.tasks(job.id)}
     assert {t.state for t in tasks.values()} == {"succeeded"}
     assert len(tasks["train"].runs) == 3 and all(r.incarnation == 1 for r in tasks["train"].runs)
     # every task allocation is a child of the root: the job DAG overlaid on the hierarchy
-    assert {a.id for a in cp.children(root.id)} == {r.allocation_id for t in tasks.values() for r in t.runs}
+    assert {a.id for a in cp.queries.children(root.id)} == {r.allocation_id for t in tasks.values() for r in t.runs}
 
 
 def test_nested_children_are_spawned_by_their_task_allocation(cp: ControlPlane) -> None:
@@ -72,11 +75,11 @@ def test_nested_children_are_spawned_by_their_task_allocation(cp: ControlPlane) 
     ]}, node="n1")
     [trainer] = cp.jobs.tasks(job.id)[0].runs
     tasks = {t.path: t for t in cp.jobs.tasks(job.id)}
-    assert {cp.allocation(r.allocation_id).parent_id for r in tasks["trainer/worker"].runs} == {trainer.allocation_id}
+    assert {cp.queries.allocation(r.allocation_id).parent_id for r in tasks["trainer/worker"].runs} == {trainer.allocation_id}
     assert tasks["trainer/eval"].runs == ()
     finish(cp, job.id, only={"trainer/worker"})
     [ev] = {t.path: t for t in cp.jobs.tasks(job.id)}["trainer/eval"].runs
-    assert cp.allocation(ev.allocation_id).parent_id == trainer.allocation_id
+    assert cp.queries.allocation(ev.allocation_id).parent_id == trainer.allocation_id
 
 
 def test_a_failed_task_fails_the_job_and_stops_the_rest(cp: ControlPlane) -> None:
@@ -86,9 +89,9 @@ def test_a_failed_task_fails_the_job_and_stops_the_rest(cp: ControlPlane) -> Non
     finish(cp, job.id, code=3, only={"a"})
     j = cp.jobs.job(job.id)
     assert j.state == "failed" and "a" in (j.error or "")
-    assert cp.allocation(j.root_id).state is State.FAILED  # type: ignore[arg-type]
+    assert j.root_id is not None and cp.queries.allocation(j.root_id).state is State.FAILED
     b = cp.jobs.tasks(job.id)[1].runs[0]
-    assert cp.allocation(b.allocation_id).state is State.STOPPED  # the root's end cascaded
+    assert cp.queries.allocation(b.allocation_id).state is State.STOPPED  # the root's end cascaded
     assert cp.jobs.tasks(job.id)[2].runs == ()  # c never started
 
 
@@ -105,23 +108,24 @@ def test_cancel_stops_the_whole_hierarchy(cp: ControlPlane) -> None:
     job = cp.jobs.submit({"name": "long", "tasks": [{**task("svc"), "argv": ["sleep", "1000"]}]}, node="n1")
     cancelled = cp.jobs.cancel(job.id)
     assert cancelled.state == "cancelled"
-    root = cp.allocation(cancelled.root_id)  # type: ignore[arg-type]
+    assert cancelled.root_id is not None
+    root = cp.queries.allocation(cancelled.root_id)
     assert root.state is State.STOPPED
-    assert all(cp.allocation(r.allocation_id).state is State.STOPPED for t in cp.jobs.tasks(job.id) for r in t.runs)
+    assert all(cp.queries.allocation(r.allocation_id).state is State.STOPPED for t in cp.jobs.tasks(job.id) for r in t.runs)
 
 
 def test_the_replicas_executor_keeps_its_copies(cp: ControlPlane) -> None:
-    [rs] = cp.spawn("n1", [{"name": "web", "executor": "native", "native": "replicas",
+    [rs] = cp.allocations.spawn("n1", [{"name": "web", "executor": "native", "native": "replicas",
                              "config": {"count": 3, "template": {"name": "web", "argv": ["sleep", "100"], "restart": "permanent",
                                                                   "resources": {"cpu_milli": 10, "memory_mib": 8}}}}])
-    kids = cp.children(rs.id)
-    assert cp.allocation(rs.id).state is State.RUNNING and len(kids) == 3
-    agent = AgentService(cp.store)
+    kids = cp.queries.children(rs.id)
+    assert cp.queries.allocation(rs.id).state is State.RUNNING and len(kids) == 3
     a = kids[0]
-    agent.begin_start([(a.id, 1)], node_id=a.node_id)
-    ended = agent.exited([Exit((a.id, 1), 0, "")])
+    agent = AgentReports(cp.store, node=a.node_id)
+    agent.claim([(a.id, 1)])
+    ended = agent.exited([((a.id, 1), 0, "")])
     cp.dispatcher.terminated(keys=[(e.id, e.incarnation) for e in ended])
-    assert cp.allocation(a.id).incarnation == 2  # permanent: brought back even after a normal exit
+    assert cp.queries.allocation(a.id).incarnation == 2  # permanent: brought back even after a normal exit
 
 
 @pytest.mark.parametrize(
@@ -137,13 +141,13 @@ def test_the_replicas_executor_keeps_its_copies(cp: ControlPlane) -> None:
         ({"name": "e", "tasks": []}, "job.tasks", []),
     ],
 )
-def test_bad_jobs_are_refused_naming_the_tasks_and_nothing_is_written(cp: ControlPlane, store: GraphStore, job: dict, field: str, words: list[str]) -> None:
+def test_bad_jobs_are_refused_naming_the_tasks_and_nothing_is_written(cp: ControlPlane, store: GraphStore, job: dict[str, Any], field: str, words: list[str]) -> None:
     with pytest.raises(InvalidInput) as err:
         cp.jobs.submit(job, node="n1")
     assert err.value.field == field
     for w in words:
         assert w in err.value.message
-    assert store.list_jobs(after=None, limit=10) == []
+    assert cp.jobs.jobs(limit=10) == []
     assert store.list_allocations(after=None, limit=10) == []
 
 
@@ -158,37 +162,38 @@ def test_submit_with_a_request_id_is_idempotent(cp: ControlPlane, store: GraphSt
     first = cp.jobs.submit(spec, node="n1", request_id="r1")
     again = cp.jobs.submit(spec, node="n1", request_id="r1")
     assert first.id == again.id and first.root_id == again.root_id
-    assert len(store.list_jobs(after=None, limit=10)) == 1
+    assert len(cp.jobs.jobs(limit=10)) == 1
     assert len([t for t in cp.jobs.tasks(first.id) if t.runs]) == 1
 
 
 def test_affinity_places_near_the_parent_and_spread_uses_many_nodes(cp: ControlPlane) -> None:
     for name in ("near", "far", "s1", "s2", "s3"):
-        cp.register_node({"name": name, "cpu_milli": 100_000, "memory_mib": 100_000})
-    cp.connect_neighbors("n2", "near", rtt_ms=2)
-    cp.connect_neighbors("n2", "far", rtt_ms=80)
-    [parent] = cp.spawn("n2", [{"name": "p", "argv": ["sleep", "9"], "node": "n2", "resources": {"cpu_milli": 8000, "memory_mib": 16}}])
+        cp.nodes.register({"name": name, "cpu_milli": 100_000, "memory_mib": 100_000})
+    cp.nodes.connect("n2", "near", rtt_ms=2)
+    cp.nodes.connect("n2", "far", rtt_ms=80)
+    [parent] = cp.allocations.spawn("n2", [{"name": "p", "argv": ["sleep", "9"], "node": "n2", "resources": {"cpu_milli": 8000, "memory_mib": 16}}])
     # n2 is full now: the nearest neighbour within 10 ms wins over bigger, farther nodes
-    kids = cp.spawn(parent.id, [{"name": f"k{i}", "argv": ["true"], "max_rtt_ms": 10, "resources": {"cpu_milli": 10, "memory_mib": 1}} for i in range(3)])
+    kids = cp.allocations.spawn(parent.id, [{"name": f"k{i}", "argv": ["true"], "max_rtt_ms": 10, "resources": {"cpu_milli": 10, "memory_mib": 1}} for i in range(3)])
     assert {k.node_id for k in kids} == {"near"}
-    spread = cp.spawn("n1", [{"name": f"s{i}", "argv": ["true"], "spread_key": "web", "resources": {"cpu_milli": 10, "memory_mib": 1}} for i in range(6)])
+    spread = cp.allocations.spawn("n1", [{"name": f"s{i}", "argv": ["true"], "spread_key": "web", "resources": {"cpu_milli": 10, "memory_mib": 1}} for i in range(6)])
     assert len({a.node_id for a in spread}) == 6
     from controlplane.domain.errors import NoCapacity
 
     with pytest.raises(NoCapacity) as err:
-        cp.spawn(parent.id, [{"name": "x", "argv": ["true"], "max_rtt_ms": 1, "resources": {"cpu_milli": 10, "memory_mib": 1}}])
+        cp.allocations.spawn(parent.id, [{"name": "x", "argv": ["true"], "max_rtt_ms": 1, "resources": {"cpu_milli": 10, "memory_mib": 1}}])
     assert "within 1 ms" in err.value.message
 
 
 def test_gpu_placement_through_gpu_owner(cp: ControlPlane) -> None:
-    cp.register_node({"name": "t4box", "cpu_milli": 100_000, "memory_mib": 100_000, "gpus": [{"model": "T4"}] * 4})
-    a100 = cp.spawn("n2", [{"name": "a", "argv": ["true"], "resources": {"cpu_milli": 10, "memory_mib": 1, "gpus": 2, "gpu_model": "A100"}}])
-    t4 = cp.spawn("n2", [{"name": "t", "argv": ["true"], "resources": {"cpu_milli": 10, "memory_mib": 1, "gpus": 3, "gpu_model": "T4"}}])
+    cp.nodes.register({"name": "t4box", "cpu_milli": 100_000, "memory_mib": 100_000, "gpus": [{"model": "T4"}] * 4})
+    a100 = cp.allocations.spawn("n2", [{"name": "a", "argv": ["true"], "resources": {"cpu_milli": 10, "memory_mib": 1, "gpus": 2, "gpu_model": "A100"}}])
+    t4 = cp.allocations.spawn("n2", [{"name": "t", "argv": ["true"], "resources": {"cpu_milli": 10, "memory_mib": 1, "gpus": 3, "gpu_model": "T4"}}])
     assert (a100[0].node_id, len(a100[0].gpu_ids)) == ("n1", 2)
     assert (t4[0].node_id, len(t4[0].gpu_ids)) == ("t4box", 3)
 
 
 def test_stopping_a_jobs_root_directly_cancels_the_job(cp: ControlPlane) -> None:
     job = cp.jobs.submit({"name": "j", "tasks": [{**task("svc"), "argv": ["sleep", "100"]}]}, node="n1")
-    cp.stop(job.root_id)  # type: ignore[arg-type]
+    assert job.root_id is not None
+    cp.allocations.stop(job.root_id)
     assert cp.jobs.job(job.id).state == "cancelled"

@@ -7,14 +7,15 @@ real engine; then the graph must add up exactly.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controlplane.domain.errors import ControlPlaneError
 from controlplane.domain.lifecycle import HOLDS_RESOURCES
-from controlplane.services import ControlPlane
-from graph_schema.store import GraphStore
+from controlplane.ports.store import GraphStore
+from controlplane.wiring import assemble
 
 MODELS = ["A100", "T4"]
 
@@ -33,11 +34,11 @@ jobs_st = st.lists(st.lists(task_st, min_size=1, max_size=4), min_size=2, max_si
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(topology=nodes_st, jobs=jobs_st)
-def test_concurrent_submissions_never_overcommit(store: GraphStore, topology: list, jobs: list) -> None:
+def test_concurrent_submissions_never_overcommit(store: GraphStore, topology: list[tuple[int, list[str]]], jobs: list[list[dict[str, Any]]]) -> None:
     store.clear()
-    cp = ControlPlane(store, dispatcher=None)
+    cp = assemble(store)
     for i, (cores, models) in enumerate(topology):
-        cp.register_node({"name": f"n{i}", "cpu_milli": cores * 1000, "memory_mib": 4096, "gpus": [{"model": m} for m in models]})
+        cp.nodes.register({"name": f"n{i}", "cpu_milli": cores * 1000, "memory_mib": 4096, "gpus": [{"model": m} for m in models]})
 
     def submit(j: int) -> None:
         tasks = jobs[j]

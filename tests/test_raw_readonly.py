@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 
 from controlplane.domain.errors import ControlPlaneError
+from controlplane.ports.store import GraphStore
 from controlplane.services import ControlPlane
-from graph_schema.store import GraphStore
+from controlplane.wiring import assemble
 
 CYPHER = [
     "CREATE (:X)",
@@ -65,24 +66,24 @@ def attempts(engine: str) -> list[str]:
 
 def count_all(cp: ControlPlane) -> object:
     text = "g.V().count()" if cp.store.engine == "gremlin" else "MATCH (n) RETURN count(n)"
-    return cp.raw_query(text).rows
+    return cp.queries.raw_query(text).rows
 
 
 @pytest.fixture
 def cp(store: GraphStore) -> ControlPlane:
-    control = ControlPlane(store, dispatcher=None)
-    control.register_node({"name": "n1", "cpu_milli": 4000, "memory_mib": 4096})
-    control.spawn("n1", [{"name": "a", "argv": ["true"]}])
+    control = assemble(store)
+    control.nodes.register({"name": "n1", "cpu_milli": 4000, "memory_mib": 4096})
+    control.allocations.spawn("n1", [{"name": "a", "argv": ["true"]}])
     return control
 
 
 def test_every_known_way_around_read_only_is_refused_and_writes_nothing(cp: ControlPlane) -> None:
-    before = (count_all(cp), cp.node("n1"), cp.allocations(limit=100))
+    before = (count_all(cp), cp.queries.node("n1"), cp.queries.allocations(limit=100))
     wrote = []
     for query in attempts(cp.store.engine):
         # When an admin's raw query tries to write (or to read files on the server)
         try:
-            result = cp.raw_query(query, timeout_s=10)
+            result = cp.queries.raw_query(query, timeout_s=10)
         except ControlPlaneError as exc:
             # Then the engine refuses it, with a clear code
             assert exc.code.value in ("INVALID_INPUT", "TIMEOUT", "UNAVAILABLE"), (query, exc)
@@ -90,4 +91,4 @@ def test_every_known_way_around_read_only_is_refused_and_writes_nothing(cp: Cont
         wrote.append((query, result.rows[:3]))
     # And no attempt got an answer, and the graph is unchanged
     assert wrote == []
-    assert (count_all(cp), cp.node("n1"), cp.allocations(limit=100)) == before
+    assert (count_all(cp), cp.queries.node("n1"), cp.queries.allocations(limit=100)) == before

@@ -6,26 +6,29 @@ Given / When / Then, asserting on what a user observes: the graph's answers.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
 from controlplane.domain.errors import Conflict, InvalidInput, NoCapacity, NotFound
-from controlplane.domain.lifecycle import State
+from controlplane.domain.lifecycle import CLAIM, EXIT_FAILED, EXIT_OK, RUN, Move, State
+from controlplane.domain.records import TransitionResult
 from controlplane.domain.traversal import build_traversal
+from controlplane.ports.store import Change, GraphStore
 from controlplane.services import ControlPlane
-from graph_schema.store import GraphStore
+from controlplane.wiring import assemble
 
 
 @pytest.fixture
 def cp(store: GraphStore) -> ControlPlane:
-    return ControlPlane(store, dispatcher=None)
+    return assemble(store)
 
 
-def node(name: str = "n1", cpu: int = 4000, memory: int = 8192, gpus: int = 0, model: str = "A100", **labels: str) -> dict:
+def node(name: str = "n1", cpu: int = 4000, memory: int = 8192, gpus: int = 0, model: str = "A100", **labels: str) -> dict[str, Any]:
     return {"name": name, "cpu_milli": cpu, "memory_mib": memory, "labels": labels, "gpus": [{"model": model, "memory_mib": 40960}] * gpus}
 
 
-def job(name: str = "job", cpu: int = 1000, memory: int = 256, gpus: int = 0, **kw: object) -> dict:
+def job(name: str = "job", cpu: int = 1000, memory: int = 256, gpus: int = 0, **kw: object) -> dict[str, Any]:
     return {"name": name, "argv": ["true"], "resources": {"cpu_milli": cpu, "memory_mib": memory, "gpus": gpus}, **kw}
 
 
@@ -35,7 +38,7 @@ def allocation_count(store: GraphStore) -> int:
 
 # --- nodes ------------------------------------------------------------------------------
 def test_register_node_sets_free_capacity_and_gpus(cp: ControlPlane, store: GraphStore) -> None:
-    n = cp.register_node(node("gpu-box", gpus=2, zone="eu"))
+    n = cp.nodes.register(node("gpu-box", gpus=2, zone="eu"))
     assert (n.cpu, n.cpu_free, n.memory_free, n.status) == (4000, 4000, 8192, "ready")
     assert n.labels == ("zone=eu",)
     assert [(g.id, g.model, g.claimed_by) for g in store.gpus(node_id="gpu-box")] == [
@@ -45,9 +48,9 @@ def test_register_node_sets_free_capacity_and_gpus(cp: ControlPlane, store: Grap
 
 
 def test_reregistering_a_node_keeps_what_its_allocations_hold(cp: ControlPlane, store: GraphStore) -> None:
-    cp.register_node(node(cpu=4000))
-    cp.spawn("n1", [job(cpu=1500)])
-    again = cp.register_node(node(cpu=6000))  # the machine came back bigger
+    cp.nodes.register(node(cpu=4000))
+    cp.allocations.spawn("n1", [job(cpu=1500)])
+    again = cp.nodes.register(node(cpu=6000))  # the machine came back bigger
     assert (again.cpu, again.cpu_free) == (6000, 4500)
     assert len(store.list_nodes(after=None, limit=10)) == 1
 
@@ -62,66 +65,66 @@ def test_reregistering_a_node_keeps_what_its_allocations_hold(cp: ControlPlane, 
         ({**node(), "labels": {"zone": "a b"}}, "node.labels"),
     ],
 )
-def test_bad_node_is_refused_naming_the_field(cp: ControlPlane, store: GraphStore, spec: dict, field: str) -> None:
+def test_bad_node_is_refused_naming_the_field(cp: ControlPlane, store: GraphStore, spec: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidInput) as err:
-        cp.register_node(spec)
+        cp.nodes.register(spec)
     assert err.value.field == field
     assert store.list_nodes(after=None, limit=10) == []
 
 
 def test_neighbors_are_symmetric_with_rtt(cp: ControlPlane) -> None:
     for n in ("a", "b", "c"):
-        cp.register_node(node(n))
-    cp.connect_neighbors("a", "b", rtt_ms=3.5, bandwidth=1e9)
-    cp.connect_neighbors("a", "c", rtt_ms=20, bandwidth=1e8)
-    cp.connect_neighbors("a", "b", rtt_ms=4.0, bandwidth=1e9)  # idempotent: updates, no second edge
-    assert [(x.node_id, x.rtt_ms) for x in cp.neighbors("a")] == [("b", 4.0), ("c", 20.0)]
-    assert [(x.node_id, x.rtt_ms) for x in cp.neighbors("b")] == [("a", 4.0)]
+        cp.nodes.register(node(n))
+    cp.nodes.connect("a", "b", rtt_ms=3.5, bandwidth=1e9)
+    cp.nodes.connect("a", "c", rtt_ms=20, bandwidth=1e8)
+    cp.nodes.connect("a", "b", rtt_ms=4.0, bandwidth=1e9)  # idempotent: updates, no second edge
+    assert [(x.node_id, x.rtt_ms) for x in cp.queries.neighbors("a")] == [("b", 4.0), ("c", 20.0)]
+    assert [(x.node_id, x.rtt_ms) for x in cp.queries.neighbors("b")] == [("a", 4.0)]
     with pytest.raises(NotFound) as err:
-        cp.connect_neighbors("a", "zz", rtt_ms=1)
+        cp.nodes.connect("a", "zz", rtt_ms=1)
     assert err.value.field == "b"
 
 
 # --- spawning ---------------------------------------------------------------------------
 def test_spawn_under_a_node_reserves_capacity_and_links_parent_and_node(cp: ControlPlane, store: GraphStore) -> None:
-    cp.register_node(node(cpu=4000, memory=8192))
-    [a] = cp.spawn("n1", [job(cpu=1500, memory=1000)])
+    cp.nodes.register(node(cpu=4000, memory=8192))
+    [a] = cp.allocations.spawn("n1", [job(cpu=1500, memory=1000)])
     assert (a.state, a.incarnation, a.parent_id, a.node_id) == (State.PLACED, 1, "n1", "n1")
     n = store.get_node(node_id="n1")
     assert n is not None and (n.cpu_free, n.memory_free) == (2500, 7192)
-    assert [c.id for c in cp.children("n1")] == [a.id]
+    assert [c.id for c in cp.queries.children("n1")] == [a.id]
 
 
 def test_allocations_create_allocations_and_the_tree_is_queryable(cp: ControlPlane, store: GraphStore) -> None:
-    cp.register_node(node(cpu=64000, memory=65536))
-    [root] = cp.spawn("n1", [job("root", cpu=100)])
-    kids = cp.spawn(root.id, [job(f"kid{i}", cpu=100) for i in range(3)])
-    [grandkid] = cp.spawn(kids[0].id, [job("grandkid", cpu=100)])
-    assert sorted(a.id for a in cp.descendants(root.id)) == sorted([k.id for k in kids] + [grandkid.id])
-    assert [a.id for a in cp.descendants(root.id, max_depth=1)] == sorted(k.id for k in kids)
-    assert [(v.label, v.id) for v in cp.ancestors(grandkid.id)] == [
+    cp.nodes.register(node(cpu=64000, memory=65536))
+    [root] = cp.allocations.spawn("n1", [job("root", cpu=100)])
+    kids = cp.allocations.spawn(root.id, [job(f"kid{i}", cpu=100) for i in range(3)])
+    [grandkid] = cp.allocations.spawn(kids[0].id, [job("grandkid", cpu=100)])
+    assert sorted(a.id for a in cp.queries.descendants(root.id)) == sorted([k.id for k in kids] + [grandkid.id])
+    assert [a.id for a in cp.queries.descendants(root.id, max_depth=1)] == sorted(k.id for k in kids)
+    assert [(v.label, v.id) for v in cp.queries.ancestors(grandkid.id)] == [
         ("Allocation", kids[0].id),
         ("Allocation", root.id),
         ("Node", "n1"),
     ]
-    assert [k.name for k in sorted(cp.children(root.id), key=lambda a: a.extra["seq"])] == ["kid0", "kid1", "kid2"]
+    assert [k.name for k in sorted(cp.queries.children(root.id), key=lambda a: a.extra["seq"])] == ["kid0", "kid1", "kid2"]
 
 
 def test_spawn_under_missing_parent_is_not_found_and_writes_nothing(cp: ControlPlane, store: GraphStore) -> None:
-    cp.register_node(node())
+    cp.nodes.register(node())
     with pytest.raises(NotFound) as err:
-        cp.spawn("no-such-parent", [job()])
+        cp.allocations.spawn("no-such-parent", [job()])
     assert err.value.field == "parent"
     assert allocation_count(store) == 0
-    assert store.get_node(node_id="n1").cpu_free == 4000  # type: ignore[union-attr]
+    assert cp.queries.node("n1").cpu_free == 4000
 
 
 def test_spawn_under_a_stopped_parent_is_a_conflict(cp: ControlPlane, store: GraphStore) -> None:
-    cp.register_node(node())
-    [parent] = cp.spawn("n1", [job(cpu=100)])
-    cp.stop(parent.id)
+    cp.nodes.register(node())
+    [parent] = cp.allocations.spawn("n1", [job(cpu=100)])
+    cp.allocations.stop(parent.id)
     with pytest.raises(Conflict) as err:
-        cp.spawn(parent.id, [job(cpu=100)])
+        cp.allocations.spawn(parent.id, [job(cpu=100)])
     assert err.value.field == "parent"
     assert allocation_count(store) == 1
 
@@ -138,110 +141,112 @@ def test_spawn_under_a_stopped_parent_is_a_conflict(cp: ControlPlane, store: Gra
         ({**job(), "name": ""}, "spec.name"),
     ],
 )
-def test_bad_spawn_input_is_refused_naming_the_field(cp: ControlPlane, store: GraphStore, spec: dict, field: str) -> None:
-    cp.register_node(node())
+def test_bad_spawn_input_is_refused_naming_the_field(cp: ControlPlane, store: GraphStore, spec: dict[str, Any], field: str) -> None:
+    cp.nodes.register(node())
     with pytest.raises(InvalidInput) as err:
-        cp.spawn("n1", [spec], field="spec")
+        cp.allocations.spawn("n1", [spec], field="spec")
     assert err.value.field == field
     assert allocation_count(store) == 0
 
 
 def test_a_batch_that_does_not_fit_writes_nothing(cp: ControlPlane, store: GraphStore) -> None:
-    cp.register_node(node(cpu=2000))
+    cp.nodes.register(node(cpu=2000))
     with pytest.raises(NoCapacity):
-        cp.spawn("n1", [job(cpu=1000), job(cpu=1000), job(cpu=1000)])
+        cp.allocations.spawn("n1", [job(cpu=1000), job(cpu=1000), job(cpu=1000)])
     assert allocation_count(store) == 0
-    assert store.get_node(node_id="n1").cpu_free == 2000  # type: ignore[union-attr]
+    assert cp.queries.node("n1").cpu_free == 2000
 
 
 def test_resources_no_node_offers_are_no_capacity(cp: ControlPlane) -> None:
-    cp.register_node(node(cpu=2000))
+    cp.nodes.register(node(cpu=2000))
     with pytest.raises(NoCapacity) as err:
-        cp.spawn("n1", [job(cpu=3000)], field="spec")
+        cp.allocations.spawn("n1", [job(cpu=3000)], field="spec")
     assert err.value.field == "spec"
     with pytest.raises(NotFound) as err2:
-        cp.spawn("n1", [{**job(), "node": "ghost"}], field="spec")
+        cp.allocations.spawn("n1", [{**job(), "node": "ghost"}], field="spec")
     assert err2.value.field == "spec.node"
 
 
 def test_spawn_with_a_request_id_is_idempotent(cp: ControlPlane, store: GraphStore) -> None:
-    cp.register_node(node(cpu=4000))
-    first = cp.spawn("n1", [job(cpu=1000), job(cpu=1000)], request_id="req-1")
-    again = cp.spawn("n1", [job(cpu=1000), job(cpu=1000)], request_id="req-1")
+    cp.nodes.register(node(cpu=4000))
+    first = cp.allocations.spawn("n1", [job(cpu=1000), job(cpu=1000)], request_id="req-1")
+    again = cp.allocations.spawn("n1", [job(cpu=1000), job(cpu=1000)], request_id="req-1")
     assert [a.id for a in again] == [a.id for a in first]
     assert allocation_count(store) == 2
-    assert store.get_node(node_id="n1").cpu_free == 2000  # type: ignore[union-attr]
-    cp.spawn("n1", [job(cpu=2000)])  # the node is full now
-    repeat = cp.spawn("n1", [job(cpu=1000), job(cpu=1000)], request_id="req-1")
+    assert cp.queries.node("n1").cpu_free == 2000
+    cp.allocations.spawn("n1", [job(cpu=2000)])  # the node is full now
+    repeat = cp.allocations.spawn("n1", [job(cpu=1000), job(cpu=1000)], request_id="req-1")
     assert [a.id for a in repeat] == [a.id for a in first]  # still the answer, not NO_CAPACITY
 
 
 def test_names_full_of_quotes_and_keywords_are_stored_verbatim(cp: ControlPlane, store: GraphStore) -> None:
-    cp.register_node(node())
+    cp.nodes.register(node())
     evil = "x'}) MATCH (n) DETACH DELETE n // \" RETURN 1"
-    [a] = cp.spawn("n1", [{**job(), "name": evil, "env": {"A": evil}, "argv": ["echo", evil]}])
-    got = cp.allocation(a.id)
+    [a] = cp.allocations.spawn("n1", [{**job(), "name": evil, "env": {"A": evil}, "argv": ["echo", evil]}])
+    got = cp.queries.allocation(a.id)
     assert (got.name, got.env, got.argv) == (evil, {"A": evil}, ("echo", evil))
     assert store.get_node(node_id="n1") is not None
 
 
 # --- GPUs -------------------------------------------------------------------------------
 def test_a_gpu_is_claimed_exclusively_and_released_at_the_end(cp: ControlPlane, store: GraphStore) -> None:
-    cp.register_node(node("g", gpus=2))
-    [a] = cp.spawn("g", [job(gpus=2)])
+    cp.nodes.register(node("g", gpus=2))
+    [a] = cp.allocations.spawn("g", [job(gpus=2)])
     assert sorted(a.gpu_ids) == ["g/gpu0", "g/gpu1"]
     assert {g.claimed_by for g in store.gpus(node_id="g")} == {a.id}
     with pytest.raises(NoCapacity):
-        cp.spawn("g", [job(gpus=1)])
-    cp.stop(a.id)
+        cp.allocations.spawn("g", [job(gpus=1)])
+    cp.allocations.stop(a.id)
     assert {g.claimed_by for g in store.gpus(node_id="g")} == {None}
-    [b] = cp.spawn("g", [job(gpus=1)])
+    [b] = cp.allocations.spawn("g", [job(gpus=1)])
     assert b.gpu_ids == ("g/gpu0",)
 
 
 def test_a_gpu_model_nobody_has_is_no_capacity(cp: ControlPlane) -> None:
-    cp.register_node(node("g", gpus=1, model="T4"))
+    cp.nodes.register(node("g", gpus=1, model="T4"))
     with pytest.raises(NoCapacity):
-        cp.spawn("g", [{**job(), "resources": {"gpus": 1, "gpu_model": "H100"}}])
+        cp.allocations.spawn("g", [{**job(), "resources": {"gpus": 1, "gpu_model": "H100"}}])
 
 
 # --- lifecycle --------------------------------------------------------------------------
+def move(store: GraphStore, allocation_id: str, m: Move, now: float, **kw: Any) -> TransitionResult | None:
+    return store.transition_many(changes=[Change(allocation_id, m, **kw)], now=now)[0]
+
+
 def test_lifecycle_moves_only_along_the_table(cp: ControlPlane, store: GraphStore) -> None:
-    cp.register_node(node(cpu=4000))
-    [a] = cp.spawn("n1", [job(cpu=1000)])
-    t = store.transition(allocation_id=a.id, expected=[State.PLACED], to=State.STARTING, now=1.0)
+    cp.nodes.register(node(cpu=4000))
+    [a] = cp.allocations.spawn("n1", [job(cpu=1000)])
+    t = move(store, a.id, CLAIM, 1.0)
     assert t is not None and t.applied and t.previous is State.PLACED
-    refused = store.transition(allocation_id=a.id, expected=[State.PLACED], to=State.STARTING, now=2.0)
+    refused = move(store, a.id, CLAIM, 2.0)
     assert refused is not None and not refused.applied and refused.allocation.state is State.STARTING
-    store.transition(allocation_id=a.id, expected=[State.STARTING], to=State.RUNNING, now=3.0)
-    done = store.transition(
-        allocation_id=a.id, expected=[State.RUNNING], to=State.SUCCEEDED, now=4.0, fields={"exit_code": 0}
-    )
-    assert done is not None and done.applied and done.allocation.exit_code == 0
-    assert store.get_node(node_id="n1").cpu_free == 4000  # type: ignore[union-attr]
+    move(store, a.id, RUN, 3.0)
+    done = move(store, a.id, EXIT_OK, 4.0, fields={"exit_code": 0})
+    assert done is not None and done.applied and done.allocation.state is State.SUCCEEDED and done.allocation.exit_code == 0
+    assert cp.queries.node("n1").cpu_free == 4000
     # repeating the terminal transition (a redelivered task) releases nothing twice
-    again = store.transition(allocation_id=a.id, expected=[State.RUNNING], to=State.SUCCEEDED, now=5.0)
+    again = move(store, a.id, EXIT_OK, 5.0)
     assert again is not None and not again.applied
-    assert store.get_node(node_id="n1").cpu_free == 4000  # type: ignore[union-attr]
-    assert store.transition(allocation_id="missing", expected=[State.RUNNING], to=State.FAILED, now=6.0) is None
+    assert cp.queries.node("n1").cpu_free == 4000
+    assert move(store, "missing", EXIT_FAILED, 6.0) is None
 
 
 def test_a_transition_for_an_old_incarnation_changes_nothing(cp: ControlPlane, store: GraphStore) -> None:
-    cp.register_node(node())
-    [a] = cp.spawn("n1", [job()])
-    r = store.transition(allocation_id=a.id, expected=[State.PLACED], to=State.STARTING, now=1.0, incarnation=7)
+    cp.nodes.register(node())
+    [a] = cp.allocations.spawn("n1", [job()])
+    r = move(store, a.id, CLAIM, 1.0, incarnation=7)
     assert r is not None and not r.applied and r.allocation.state is State.PLACED
 
 
 # --- concurrency ------------------------------------------------------------------------
 def test_parallel_spawns_never_overcommit_a_node_nor_claim_a_gpu_twice(cp: ControlPlane, store: GraphStore) -> None:
-    cp.register_node(node("small", cpu=5000, memory=100_000, gpus=3))
-    cp.register_node(node("tiny", cpu=1000, memory=100_000))
+    cp.nodes.register(node("small", cpu=5000, memory=100_000, gpus=3))
+    cp.nodes.register(node("tiny", cpu=1000, memory=100_000))
 
     def attempt(i: int) -> str | None:
         try:
             spec = job(f"w{i}", cpu=1000, gpus=1 if i % 2 else 0)
-            return cp.spawn("small", [spec])[0].id
+            return cp.allocations.spawn("small", [spec])[0].id
         except NoCapacity:
             return None
 
@@ -260,15 +265,15 @@ def test_parallel_spawns_never_overcommit_a_node_nor_claim_a_gpu_twice(cp: Contr
 
 
 def test_parallel_stops_and_spawns_keep_capacity_exact(cp: ControlPlane, store: GraphStore) -> None:
-    cp.register_node(node("n1", cpu=8000, memory=100_000))
-    first = cp.spawn("n1", [job(f"a{i}", cpu=500) for i in range(8)])
+    cp.nodes.register(node("n1", cpu=8000, memory=100_000))
+    first = cp.allocations.spawn("n1", [job(f"a{i}", cpu=500) for i in range(8)])
 
     def churn(i: int) -> None:
         if i < 8:
-            cp.stop(first[i].id)
+            cp.allocations.stop(first[i].id)
         else:
             try:
-                cp.spawn("n1", [job(f"b{i}", cpu=500)])
+                cp.allocations.spawn("n1", [job(f"b{i}", cpu=500)])
             except NoCapacity:
                 pass
 
@@ -281,19 +286,19 @@ def test_parallel_stops_and_spawns_keep_capacity_exact(cp: ControlPlane, store: 
 
 # --- traversals -------------------------------------------------------------------------
 def test_generic_traversal_with_direction_depth_and_filters(cp: ControlPlane) -> None:
-    cp.register_node(node("n1", cpu=64000, memory=65536))
-    [root] = cp.spawn("n1", [job("root", cpu=10)])
-    kids = cp.spawn(root.id, [job(f"k{i}", cpu=10) for i in range(4)])
-    cp.stop(kids[1].id)
+    cp.nodes.register(node("n1", cpu=64000, memory=65536))
+    [root] = cp.allocations.spawn("n1", [job("root", cpu=10)])
+    kids = cp.allocations.spawn(root.id, [job(f"k{i}", cpu=10) for i in range(4)])
+    cp.allocations.stop(kids[1].id)
     spec = build_traversal(
         start_id=root.id, edge_types=["PARENT_OF"], direction="out", max_depth=3,
         filters=[("state", "eq", "placed")],
     )
-    got = cp.traverse(spec)
+    got = cp.queries.traverse(spec)
     assert sorted(v.id for v in got) == sorted(k.id for i, k in enumerate(kids) if i != 1)
-    up = cp.traverse(build_traversal(start_id=kids[0].id, edge_types=["PARENT_OF"], direction="in", max_depth=5, target_label="Node"))
+    up = cp.queries.traverse(build_traversal(start_id=kids[0].id, edge_types=["PARENT_OF"], direction="in", max_depth=5, target_label="Node"))
     assert [v.id for v in up] == ["n1"]
-    on_node = cp.traverse(build_traversal(start_id="n1", edge_types=["RUNS_ON"], direction="in", filters=[("name", "in", ["k0", "k2"])]))
+    on_node = cp.queries.traverse(build_traversal(start_id="n1", edge_types=["RUNS_ON"], direction="in", filters=[("name", "in", ["k0", "k2"])]))
     assert sorted(v.properties["name"] for v in on_node) == ["k0", "k2"]
 
 
@@ -307,7 +312,7 @@ def test_generic_traversal_with_direction_depth_and_filters(cp: ControlPlane) ->
         ({"edge_types": ["PARENT_OF"], "filters": [("state", "like", 1)]}, "where[0].op"),
     ],
 )
-def test_bad_traversals_are_refused(kwargs: dict, field: str) -> None:
+def test_bad_traversals_are_refused(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidInput) as err:
         build_traversal(start_id="x", **kwargs)
     assert err.value.field == field

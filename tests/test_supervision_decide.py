@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from controlplane.domain.errors import InvalidInput
@@ -143,7 +145,7 @@ def test_stale_reports_decide_nothing() -> None:
         ({"deciders": [{"on": "exit", "exit_codes": "1-x", "directive": "stop"}]}, "policy.deciders[0].exit_codes"),
     ],
 )
-def test_bad_policies_are_refused_naming_the_field(policy: dict, field: str) -> None:
+def test_bad_policies_are_refused_naming_the_field(policy: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidInput) as err:
         parse(SupervisionPolicy, policy, field="policy")
     assert err.value.field == field

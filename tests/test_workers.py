@@ -12,16 +12,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from controlplane.domain.lifecycle import TERMINAL, State
 from controlplane.domain.records import AllocationRecord
 from controlplane.services import ControlPlane
+from controlplane.wiring import assemble
 from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer
+from tests.stack import wait_for
 from workers.app import configure
 from workers.dispatch import CeleryDispatcher
 
@@ -41,16 +45,6 @@ def start_worker(server: FalkorDBServer, data_dir: Path, node: str) -> subproces
     return subprocess.Popen([sys.executable, "-m", "controlplane", "worker", "--node", node, "--concurrency", "8"], env=env)
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def stack(falkordb_server: FalkorDBServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, subprocess.Popen[bytes]]]:
     store = FalkorDBStore(falkordb_server.url, graph=GRAPH)
@@ -58,7 +52,7 @@ def stack(falkordb_server: FalkorDBServer, tmp_path_factory: pytest.TempPathFact
     store.clear()
     falkordb_server.client(db=1).flushdb()
     proc = start_worker(falkordb_server, tmp_path_factory.mktemp("agent"), "w1")
-    control = ControlPlane(store, CeleryDispatcher(configure(falkordb_server.redis_url(1))))
+    control = assemble(store, CeleryDispatcher(configure(falkordb_server.redis_url(1))))
     wait_for(lambda: store.get_node(node_id="w1"), what="the node agent to register")
     yield control, proc
     proc.send_signal(signal.SIGTERM)
@@ -67,19 +61,19 @@ def stack(falkordb_server: FalkorDBServer, tmp_path_factory: pytest.TempPathFact
 
 
 def settle(control: ControlPlane, allocation_id: str, timeout: float = 20.0) -> AllocationRecord:
-    return wait_for(  # type: ignore[return-value]
-        lambda: (a := control.allocation(allocation_id)).state in TERMINAL and a,
+    return cast(AllocationRecord, wait_for(
+        lambda: (a := control.queries.allocation(allocation_id)).state in TERMINAL and a,
         timeout, f"{allocation_id} to finish",
-    )
+    ))
 
 
-def spec(argv: list[str], **kw: object) -> dict:
+def spec(argv: list[str], **kw: object) -> dict[str, Any]:
     return {"name": kw.pop("name", argv[0]), "argv": argv, "resources": {"cpu_milli": 10, "memory_mib": 8}, **kw}
 
 
 def test_the_node_agent_registers_its_real_resources(stack: tuple[ControlPlane, subprocess.Popen[bytes]]) -> None:
     control, _ = stack
-    node = control.node("w1")
+    node = control.queries.node("w1")
     assert node.cpu == len(os.sched_getaffinity(0)) * 1000
     assert node.memory > 100
     assert time.time() - node.heartbeat_at < 5
@@ -87,16 +81,16 @@ def test_the_node_agent_registers_its_real_resources(stack: tuple[ControlPlane, 
 
 def test_a_process_runs_to_success_with_its_output(stack: tuple[ControlPlane, subprocess.Popen[bytes]]) -> None:
     control, _ = stack
-    [a] = control.spawn("w1", [spec(["sh", "-c", "echo hello from $CONTROLPLANE_ALLOCATION_ID"], env={"X": "1"})])
+    [a] = control.allocations.spawn("w1", [spec(["sh", "-c", "echo hello from $CONTROLPLANE_ALLOCATION_ID"], env={"X": "1"})])
     done = settle(control, a.id)
     assert (done.state, done.exit_code) == (State.SUCCEEDED, 0)
     assert done.output_tail is not None and f"hello from {a.id}" in done.output_tail
-    assert control.node("w1").cpu_free == control.node("w1").cpu  # released
+    assert control.queries.node("w1").cpu_free == control.queries.node("w1").cpu  # released
 
 
 def test_a_failing_process_is_failed_with_its_exit_code(stack: tuple[ControlPlane, subprocess.Popen[bytes]]) -> None:
     control, _ = stack
-    [a] = control.spawn("w1", [spec(["sh", "-c", "echo boom >&2; exit 3"])])
+    [a] = control.allocations.spawn("w1", [spec(["sh", "-c", "echo boom >&2; exit 3"])])
     done = settle(control, a.id)
     assert (done.state, done.exit_code) == (State.FAILED, 3)
     assert "boom" in (done.output_tail or "") and "code 3" in (done.error or "")
@@ -104,14 +98,14 @@ def test_a_failing_process_is_failed_with_its_exit_code(stack: tuple[ControlPlan
 
 def test_a_missing_executable_fails_clearly(stack: tuple[ControlPlane, subprocess.Popen[bytes]]) -> None:
     control, _ = stack
-    [a] = control.spawn("w1", [spec(["no-such-binary-xyz"])])
+    [a] = control.allocations.spawn("w1", [spec(["no-such-binary-xyz"])])
     done = settle(control, a.id)
     assert done.state is State.FAILED and "not found" in (done.error or "")
 
 
 def test_stop_sends_sigterm_then_sigkill_after_the_grace_period(stack: tuple[ControlPlane, subprocess.Popen[bytes]]) -> None:
     control, _ = stack
-    polite, stubborn = control.spawn(
+    polite, stubborn = control.allocations.spawn(
         "w1",
         [
             spec(["sleep", "60"], name="polite"),
@@ -119,11 +113,11 @@ def test_stop_sends_sigterm_then_sigkill_after_the_grace_period(stack: tuple[Con
         ],
     )
     for a in (polite, stubborn):
-        wait_for(lambda a=a: control.allocation(a.id).state is State.RUNNING, what=f"{a.name} running")
+        wait_for(partial(lambda i: control.queries.allocation(i).state is State.RUNNING, a.id), what=f"{a.name} running")
     time.sleep(0.3)  # let the shell install its trap
     started = time.monotonic()
-    control.stop(polite.id)
-    control.stop(stubborn.id)
+    control.allocations.stop(polite.id)
+    control.allocations.stop(stubborn.id)
     p, s = settle(control, polite.id), settle(control, stubborn.id)
     assert (p.state, p.exit_code) == (State.STOPPED, -signal.SIGTERM)
     assert (s.state, s.exit_code) == (State.STOPPED, -signal.SIGKILL)
@@ -136,24 +130,24 @@ def test_stop_sends_sigterm_then_sigkill_after_the_grace_period(stack: tuple[Con
 
 def test_children_spawned_by_a_running_allocation_run_too(stack: tuple[ControlPlane, subprocess.Popen[bytes]]) -> None:
     control, _ = stack
-    [parent] = control.spawn("w1", [spec(["sleep", "30"], name="parent")])
-    wait_for(lambda: control.allocation(parent.id).state is State.RUNNING, what="parent running")
-    kids = control.spawn(parent.id, [spec(["true"], name=f"kid{i}") for i in range(5)])
+    [parent] = control.allocations.spawn("w1", [spec(["sleep", "30"], name="parent")])
+    wait_for(lambda: control.queries.allocation(parent.id).state is State.RUNNING, what="parent running")
+    kids = control.allocations.spawn(parent.id, [spec(["true"], name=f"kid{i}") for i in range(5)])
     assert all(settle(control, k.id).state is State.SUCCEEDED for k in kids)
-    assert sorted(a.id for a in control.descendants(parent.id)) == sorted(k.id for k in kids)
-    control.stop(parent.id)
+    assert sorted(a.id for a in control.queries.descendants(parent.id)) == sorted(k.id for k in kids)
+    control.allocations.stop(parent.id)
     assert settle(control, parent.id).state is State.STOPPED
 
 
 def test_killing_the_agent_kills_its_processes(falkordb_server: FalkorDBServer, tmp_path: Path) -> None:
     store = FalkorDBStore(falkordb_server.url, graph=GRAPH)
-    control = ControlPlane(store, CeleryDispatcher(configure(falkordb_server.redis_url(1))))
+    control = assemble(store, CeleryDispatcher(configure(falkordb_server.redis_url(1))))
     proc = start_worker(falkordb_server, tmp_path, "doomed")
     try:
         wait_for(lambda: store.get_node(node_id="doomed"), what="doomed to register")
-        [a] = control.spawn("doomed", [spec(["sleep", "120"], node="doomed")])
-        running = wait_for(lambda: (r := control.allocation(a.id)).state is State.RUNNING and r, what="running")
-        pid = running.pid  # type: ignore[union-attr]
+        [a] = control.allocations.spawn("doomed", [spec(["sleep", "120"], node="doomed")])
+        started = wait_for(lambda: (r := control.queries.allocation(a.id)).state is State.RUNNING and r, what="running")
+        pid = started.pid
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         def gone() -> bool:

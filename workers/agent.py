@@ -1,7 +1,10 @@
-"""The node agent: registers its machine, heartbeats, and runs allocations placed on it.
+"""The node agent: registers its machine, heartbeats, runs the allocations placed on it, and reports their lives.
 
 One per machine, inside the Celery worker process that consumes the node's own
-queue. The tasks in tasks.py only call `run` and `stop` here.
+queue (the tasks in tasks.py only call `run` and `stop` here). Every report is
+a guarded move of the lifecycle table in one graph request for a batch, so a
+redelivered task finds the precondition false and changes nothing. Processes
+themselves are the process manager's (processes.py).
 """
 
 from __future__ import annotations
@@ -11,24 +14,25 @@ import os
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from controlplane.domain.clock import wall_clock
 from controlplane.domain.errors import Unavailable
-from controlplane.domain.lifecycle import LIVE, State
+from controlplane.domain.lifecycle import AGENT_RESTARTED, CLAIM, LIVE, RUN, START_FAILED, STOPPED, State, exit_move
 from controlplane.domain.records import AllocationRecord, NodeRecord
-from controlplane.services.agent import AgentService, Exit, Key
-from controlplane.services.control import ControlPlane
-from controlplane.services.supervisor import ControlDispatcher
-from graph_schema.store import Change, GraphStore
-from workers.executors import ExecutableNotFound, Handle, ProcessManager
+from controlplane.domain.specs import NodeSpec, parse
+from controlplane.domain.supervision import START_ERROR_PREFIX
+from controlplane.ports.dispatch import Dispatcher, Key
+from controlplane.ports.store import Change, Hierarchy, Ledger, Topology
+from workers.processes import ExecutableNotFound, Handle, ProcessManager
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+OUTPUT_TAIL_CHARS = 4096
 
 #: every graph call of the agent survives a restart of the graph server (each call is idempotent)
 _graph_retry = retry(
@@ -41,6 +45,10 @@ _graph_retry = retry(
 
 def _g(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return _graph_retry(fn)(*args, **kwargs)
+
+
+def describe_exit(code: int) -> str:
+    return f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
 
 
 def machine_resources() -> dict[str, object]:
@@ -72,11 +80,112 @@ def machine_resources() -> dict[str, object]:
     return {"cpu_milli": cpu * 1000, "memory_mib": memory_mib, "gpus": gpus}
 
 
+class AgentStore(Topology, Ledger, Hierarchy, Protocol):
+    """What a node agent reads and writes: its node, and the allocations placed on it."""
+
+
+class AgentReports:
+    """What a node agent reports of the allocations placed on its node: guarded moves of the lifecycle table.
+
+    No processes here (NodeAgent runs them), so tests can drive an allocation's life without one.
+    """
+
+    def __init__(self, store: AgentStore, *, node: str, clock: Callable[[], float] = wall_clock) -> None:
+        self.store = store
+        self.node = node
+        self.clock = clock
+
+    def recover(self) -> list[Key]:
+        """A fresh agent process runs nothing yet: what its node still shows as started died with the last agent.
+
+        Started allocations become `lost` (their parents decide), stopping ones `stopped`. Without this, an
+        agent restarted within the node's grace period would leave them `running` for ever.
+        """
+        now = self.clock()
+        ended: list[Key] = []
+        for state in (State.STARTING, State.RUNNING, State.STOPPING):
+            after = None
+            while True:
+                page = self.store.list_allocations(after=after, limit=1000, state=state.value, node_id=self.node)
+                results = self.store.transition_many(changes=[
+                    Change(a.id, AGENT_RESTARTED, a.incarnation, {"process_exited": True}, failure="node agent restarted",
+                           reason="node agent restarted", by=self.node)
+                    for a in page if a.executor == "process"], now=now)  # native ones run in supervisors
+                ended += [(r.allocation.id, r.allocation.incarnation) for r in results if r is not None and r.applied]
+                if len(page) < 1000:
+                    break
+                after = page[-1].id
+        return ended
+
+    def claim(self, keys: Sequence[Key]) -> list[AllocationRecord]:
+        """placed -> starting for each; returns those that are ours to start now.
+
+        Not ours: already started (a redelivery), stopped first, a newer incarnation, another node.
+        """
+        changes = [Change(i, CLAIM, inc, {"agent": self.node}, reason="agent took it", by=self.node) for i, inc in keys]
+        results = self.store.transition_many(changes=changes, now=self.clock())
+        return [r.allocation for r in results if r is not None and r.applied and r.allocation.node_id == self.node]
+
+    def running(self, started: Sequence[tuple[Key, int]]) -> set[Key]:
+        """starting -> running with the pid; returns the keys that were stopped meanwhile (to be ended)."""
+        now = self.clock()
+        changes = [Change(i, RUN, inc, {"pid": pid, "started_at": now}, reason=f"pid {pid}", by=self.node)
+                   for (i, inc), pid in started]
+        results = self.store.transition_many(changes=changes, now=now)
+        return {key for (key, _pid), r in zip(started, results, strict=True)
+                if r is not None and not r.applied and r.allocation.state in (State.STOPPING, State.STOPPED)}
+
+    def exited(self, exits: Sequence[tuple[Key, int, str]]) -> list[AllocationRecord]:
+        """Processes ended: stopped if a stop was asked for, else succeeded (0) or failed.
+
+        Returns the allocations that became terminal. A stopping parent whose process ended before its
+        children keeps `stopping` (its exit is noted); the supervisor ends it once its subtree is terminal.
+        """
+        now = self.clock()
+        changes = [
+            Change(key[0], exit_move(code), key[1],
+                   {"exit_code": code, "output_tail": tail[-OUTPUT_TAIL_CHARS:], "finished_at": now},
+                   failure=describe_exit(code), reason=describe_exit(code), by=self.node, leaf_only=True)
+            for key, code, tail in exits
+        ]
+        results = self.store.transition_many(changes=changes, now=now)
+        ended = []
+        for (key, code, tail), r in zip(exits, results, strict=True):
+            if r is None:
+                continue
+            if r.applied:
+                ended.append(r.allocation)
+            elif r.allocation.state is State.STOPPING and r.allocation.incarnation == key[1]:
+                self.store.set_fields(
+                    allocation_id=key[0], incarnation=key[1],
+                    fields={"process_exited": True, "exit_code": code, "output_tail": tail[-OUTPUT_TAIL_CHARS:],
+                            "finished_at": now},
+                )
+        return ended
+
+    def failed_to_start(self, key: Key, *, error: str) -> bool:
+        [r] = self.store.transition_many(
+            changes=[Change(key[0], START_FAILED, key[1], {"exit_code": -1},
+                            failure=(START_ERROR_PREFIX + error)[:OUTPUT_TAIL_CHARS], reason="could not start", by=self.node)],
+            now=self.clock(),
+        )
+        return bool(r and r.applied)
+
+    def stop_unstarted(self, key: Key) -> bool:
+        """A stop reached the agent while no process existed: stopping -> stopped with no process."""
+        [r] = self.store.transition_many(
+            changes=[Change(key[0], STOPPED, key[1], {"process_exited": True}, reason="no process to stop", by=self.node,
+                            leaf_only=True)],
+            now=self.clock(),
+        )
+        return bool(r and r.applied)
+
+
 class NodeAgent:
     def __init__(
         self,
-        store: GraphStore,
-        dispatcher: ControlDispatcher,
+        store: AgentStore,
+        dispatcher: Dispatcher,
         *,
         node: str,
         work_dir: Path,
@@ -84,6 +193,7 @@ class NodeAgent:
         labels: dict[str, str] | None = None,
         resources: dict[str, object] | None = None,
         notify: Callable[[], None] | None = None,
+        clock: Callable[[], float] = wall_clock,
         credentials: Callable[[str, int], dict[str, str]] | None = None,
     ) -> None:
         self.store = store
@@ -96,36 +206,20 @@ class NodeAgent:
         self.labels = labels or {}
         self.resources = resources or machine_resources()
         self.dispatcher = dispatcher
-        self.agent = AgentService(store, node_id=node)
+        self.clock = clock
+        self.reports = AgentReports(store, node=node, clock=clock)
         self.processes = ProcessManager(work_dir / "runs" / node, self._on_exit)
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
     # --- life of the agent -------------------------------------------------------------
     def register(self) -> NodeRecord:
-        return ControlPlane(self.store, self.dispatcher).register_node({"name": self.node, "labels": self.labels, **self.resources})
+        spec = parse(NodeSpec, {"name": self.node, "labels": self.labels, **self.resources}, field="node")
+        return _g(self.store.register_node, spec=spec, now=self.clock())
 
     def recover(self) -> list[Key]:
-        """A fresh agent process runs nothing yet: what its node still shows as started died with the last agent.
-
-        Started allocations become `lost` (their parents decide), stopping ones `stopped`. Without this, an
-        agent restarted within the node's grace period would leave them `running` for ever.
-        """
-        now = wall_clock()
-        ended: list[Key] = []
-        for state in (State.STARTING, State.RUNNING, State.STOPPING):
-            after = None
-            while True:
-                page = _g(self.store.list_allocations, after=after, limit=1000, state=state.value, node_id=self.node)
-                moves = {State.STARTING: State.LOST, State.RUNNING: State.LOST, State.STOPPING: State.STOPPED}
-                results = _g(self.store.transition_many, changes=[
-                    Change(a.id, moves, a.incarnation, {"process_exited": True}, failure="node agent restarted",
-                           reason="node agent restarted", by=self.node)
-                    for a in page if a.executor == "process"], now=now)  # native ones run in supervisors
-                ended += [(r.allocation.id, r.allocation.incarnation) for r in results if r is not None and r.applied]
-                if len(page) < 1000:
-                    break
-                after = page[-1].id
+        """End what the dead predecessor of this agent process had started (see AgentReports.recover)."""
+        ended = _g(self.reports.recover)
         if ended:
             log.warning("node %s: %d allocations of the previous agent process ended", self.node, len(ended))
             self.dispatcher.terminated(keys=ended)
@@ -138,7 +232,7 @@ class NodeAgent:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                status = self.store.heartbeat(node_id=self.node, now=wall_clock())
+                status = self.store.heartbeat(node_id=self.node, now=self.clock())
                 if status != "ready":
                     # declared lost while we were away (or never known): come back, then drop what was replaced
                     self.register()
@@ -168,20 +262,20 @@ class NodeAgent:
     # --- what the tasks call -----------------------------------------------------------
     def run(self, keys: list[Key]) -> None:
         """Start the processes of these allocation incarnations (those still ours to start)."""
-        claimed = _g(self.agent.begin_start, keys, node_id=self.node)
+        claimed = _g(self.reports.claim, keys)
         if not claimed:
             return
         futures = self.processes.start_many([((r.id, r.incarnation), list(r.argv), self._env(r)) for r in claimed])
         started: list[tuple[Key, int]] = []
-        for rec, fut in zip(claimed, futures):
+        for rec, fut in zip(claimed, futures, strict=True):
             try:
                 started.append(((rec.id, rec.incarnation), fut.result(timeout=60).pid))
             except (ExecutableNotFound, OSError) as exc:
-                if _g(self.agent.failed_to_start, (rec.id, rec.incarnation), error=str(exc)):
+                if _g(self.reports.failed_to_start, (rec.id, rec.incarnation), error=str(exc)):
                     self.dispatcher.terminated(keys=[(rec.id, rec.incarnation)])
         self.notify()
         grace = {(r.id, r.incarnation): r.grace_period_s for r in claimed}
-        for key in _g(self.agent.running, started):
+        for key in _g(self.reports.running, started):
             # stopped while starting: the stop found no process yet, so ending it is ours
             self.processes.stop(key, grace_s=grace[key])
 
@@ -202,11 +296,11 @@ class NodeAgent:
         rec = _g(self.store.get_allocation, allocation_id=allocation_id)
         grace = rec.grace_period_s if rec else 10.0
         if not self.processes.stop((allocation_id, incarnation), grace_s=grace):
-            if _g(self.agent.stop_unstarted, (allocation_id, incarnation)):
+            if _g(self.reports.stop_unstarted, (allocation_id, incarnation)):
                 self.dispatcher.terminated(keys=[(allocation_id, incarnation)])
 
     def _on_exit(self, exits: list[tuple[Handle, int, str]]) -> None:
-        ended = _g(self.agent.exited, [Exit(h.key, code, tail) for h, code, tail in exits])
+        ended = _g(self.reports.exited, [(h.key, code, tail) for h, code, tail in exits])
         self.notify()
         keys = [(a.id, a.incarnation) for a in ended]
         if keys:

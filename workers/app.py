@@ -8,6 +8,8 @@ every task is idempotent.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 from kombu import pools as kombu_pools
 
@@ -35,12 +37,13 @@ CONTROL_QUEUE = "control"
 def configure(broker_url: str) -> Celery:
     """Point the app at a broker; connections pooled for a previous broker are dropped."""
     if app.conf.broker_url != broker_url:
-        if app._pool is not None:  # noqa: SLF001 - Celery keeps its pools private
-            app._pool.force_close_all()  # noqa: SLF001
-            app._pool = None  # noqa: SLF001
-        app.amqp._producer_pool = None  # noqa: SLF001
+        private: Any = app  # Celery keeps its connection pools private, and offers no way to drop them
+        if private._pool is not None:
+            private._pool.force_close_all()
+            private._pool = None
+        private.amqp._producer_pool = None
         kombu_pools.reset()  # kombu caches producer pools per connection, closed ones included
-        app.conf.broker_url = broker_url
+        app.conf.update(broker_url=broker_url)
     return app
 
 

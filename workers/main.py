@@ -6,9 +6,8 @@ import logging
 import warnings
 
 from controlplane.eventbus import RedisNotifier
-from controlplane.services.control import ControlPlane
 from controlplane.settings import Settings
-from controlplane.wiring import open_store
+from controlplane.wiring import control_plane, open_store
 from workers.agent import NodeAgent
 from workers.app import CONTROL_QUEUE, configure, node_queue
 from workers.dispatch import CeleryDispatcher
@@ -73,12 +72,10 @@ def run_worker(
 def run_supervisor(
     settings: Settings, *, graph_uri: str | None, broker_url: str, concurrency: int = 8, loglevel: str = "WARNING", name: str = "supervisor"
 ) -> None:
-    store = open_store(settings, graph_uri=graph_uri)
-    store.bootstrap()
-    app = configure(broker_url)
+    control = control_plane(settings, graph_uri=graph_uri, broker_url=broker_url)
     _quiet_root_warning()
-    install(control=ControlPlane(store, CeleryDispatcher(app), notify=RedisNotifier(broker_url).notify))
+    install(control=control)
     try:
-        app.worker_main(_worker_args(CONTROL_QUEUE, name, concurrency, loglevel))
+        configure(broker_url).worker_main(_worker_args(CONTROL_QUEUE, name, concurrency, loglevel))
     finally:
-        store.close()
+        control.store.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from controlplane.services.control import ControlPlane
+    from controlplane.services import ControlPlane
     from workers.agent import NodeAgent
 
 _agent: NodeAgent | None = None

@@ -15,12 +15,8 @@ import time
 
 import redis
 
-from controlplane.eventbus import RedisNotifier
-from controlplane.services.control import ControlPlane
 from controlplane.settings import Settings
-from controlplane.wiring import open_store
-from workers.app import configure
-from workers.dispatch import CeleryDispatcher
+from controlplane.wiring import control_plane
 
 log = logging.getLogger(__name__)
 LOCK_KEY = "controlplane:scheduler"
@@ -50,9 +46,7 @@ class LeaderLock:
 
 
 def run_scheduler(settings: Settings, *, graph_uri: str | None, broker_url: str, stop: threading.Event | None = None) -> None:
-    store = open_store(settings, graph_uri=graph_uri)
-    store.bootstrap()
-    supervisor = ControlPlane(store, CeleryDispatcher(configure(broker_url)), notify=RedisNotifier(broker_url).notify).supervisor
+    control = control_plane(settings, graph_uri=graph_uri, broker_url=broker_url)
     lock = LeaderLock(redis.Redis.from_url(broker_url), ttl_s=max(2.0, settings.scheduler_interval_s * 4))
     stop = stop or threading.Event()
     leader = False
@@ -64,8 +58,8 @@ def run_scheduler(settings: Settings, *, graph_uri: str | None, broker_url: str,
                     log.warning("scheduler %s: %s", lock.token, "leading" if now_leader else "standing by")
                     leader = now_leader
                 if leader:
-                    supervisor.reap(grace_s=settings.node_grace_s)
-                    supervisor.reconcile(
+                    control.repair.reap(grace_s=settings.node_grace_s)
+                    control.repair.reconcile(
                         placed_deadline_s=settings.placed_deadline_s, starting_deadline_s=settings.starting_deadline_s
                     )
             except Exception as exc:  # a restarted graph or broker: keep ticking
@@ -76,4 +70,4 @@ def run_scheduler(settings: Settings, *, graph_uri: str | None, broker_url: str,
             lock.release()
         except redis.RedisError:
             pass
-        store.close()
+        control.store.close()

@@ -20,7 +20,7 @@ from controlplane.api.metrics import ApiMetrics
 from controlplane.api.raw import raw_query_router
 from controlplane.api.schema import build_schema
 from controlplane.auth import Tokens
-from controlplane.services.control import ControlPlane
+from controlplane.services import ControlPlane
 
 HEALTH_CHECK_TIMEOUT_S = 5.0
 DEFAULT_MAX_DESCENDANTS = 10_000
@@ -71,7 +71,7 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        results = dict(zip(checks, await asyncio.gather(*(_run_check(c) for c in checks.values()))))
+        results = dict(zip(checks, await asyncio.gather(*(_run_check(c) for c in checks.values())), strict=True))
         healthy = all(r == "ok" for r in results.values())
         return JSONResponse(
             {"status": "ok" if healthy else "failing", "checks": results}, status_code=200 if healthy else 503

@@ -37,8 +37,8 @@ from controlplane.auth import Tokens
 from controlplane.domain.capabilities import EVERYTHING, Capability, Kind, Principal, Role, Verb
 from controlplane.domain.errors import ControlPlaneError, Forbidden, NotFound, Unauthenticated
 from controlplane.domain.lifecycle import LIVE
-from controlplane.services.control import ControlPlane
-from graph_schema.vocabulary import Label
+from controlplane.domain.vocabulary import Label
+from controlplane.services import ControlPlane
 
 if TYPE_CHECKING:
     from controlplane.api.context import ApiContext
@@ -185,7 +185,7 @@ class _Requires(BasePermission):
         if targets is not None and not isinstance(targets, (list, tuple)):
             targets = await targets  # type: ignore[misc]
         try:
-            await ctx.guard.authorize(principal, self.verb, targets, what=self.what or info.field_name)  # type: ignore[arg-type]
+            await ctx.guard.authorize(principal, self.verb, targets, what=self.what or info.field_name)
         except Forbidden:
             ctx.status(403)
             raise
@@ -411,7 +411,9 @@ def reads_everything(ctx: ApiContext) -> bool:
 
 def browsers_from(settings: Any) -> Browsers:
     """The allowed Hosts and Origins of Settings (API_ALLOWED_HOSTS, API_ALLOWED_ORIGINS)."""
-    split = lambda text: [p.strip() for p in (text or "").split(",") if p.strip()]  # noqa: E731
+    def split(text: str | None) -> list[str]:
+        return [p.strip() for p in (text or "").split(",") if p.strip()]
+
     return Browsers.local(settings.api_host, settings.api_port, extra_hosts=split(settings.api_allowed_hosts),
                           extra_origins=split(settings.api_allowed_origins))
 

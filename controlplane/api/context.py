@@ -28,7 +28,8 @@ from controlplane.api.auth import Browsers, Guard
 from controlplane.domain.capabilities import Principal
 from controlplane.domain.errors import InvalidInput, NotFound
 from controlplane.domain.records import AllocationRecord, NodeRecord
-from controlplane.services.control import MAX_PAGE, ControlPlane
+from controlplane.services import ControlPlane
+from controlplane.services.queries import MAX_PAGE
 
 R = TypeVar("R")
 Actor = NodeRecord | AllocationRecord
@@ -125,7 +126,7 @@ class ApiContext(BaseContext):
             found = fetch(after, min(first + 1, MAX_PAGE))
             more = len(found) > first
             if not more and len(found) == first == MAX_PAGE:  # a full maximal page: look one row further
-                more = bool(fetch(getattr(found[-1], "id"), 1))
+                more = bool(fetch(cast(Any, found[-1]).id, 1))
             if wanted is not None:
                 self._prefetch(cast(list[AllocationRecord], found[:first]), wanted)
             return found[:first]
@@ -149,12 +150,12 @@ class ApiContext(BaseContext):
     def _fetch_nodes(self, ids: Iterable[str]) -> None:
         for node_id in ids:
             if node_id not in self.nodes_seen:
-                found = _or_error(self.control.node, node_id)
+                found = _or_error(self.control.queries.node, node_id)
                 if not isinstance(found, BaseException):
                     self.nodes_seen[node_id] = found
 
     async def _load_nodes(self, ids: list[str]) -> list[NodeRecord | BaseException]:
-        found = await run_in_threadpool(lambda: [_or_error(self.control.node, i) for i in ids])
+        found = await run_in_threadpool(lambda: [_or_error(self.control.queries.node, i) for i in ids])
         return [self.seen(f) for f in found]
 
     async def _load_actors(self, ids: list[str]) -> list[Actor | BaseException]:
@@ -162,18 +163,18 @@ class ApiContext(BaseContext):
         return [self.seen(f) for f in found]
 
     async def _load_watchers(self, ids: list[str]) -> list[list[str]]:
-        found = await run_in_threadpool(lambda: self.control.store.watchers(target_ids=ids))
+        found = await run_in_threadpool(lambda: self.control.queries.watchers(ids))
         return [sorted(found.get(i, [])) for i in ids]
 
     def _fetch_actor(self, actor_id: str, *, maybe_node: bool = False) -> Actor | BaseException:
         if maybe_node:  # an allocation's parent with its node's id is that node (actors share one id space)
-            node = _or_error(self.control.node, actor_id)
+            node = _or_error(self.control.queries.node, actor_id)
             if not isinstance(node, BaseException):
                 return node
         try:
-            return self.control.allocation(actor_id)
+            return self.control.queries.allocation(actor_id)
         except NotFound:
-            return _or_error(self.control.node, actor_id)
+            return _or_error(self.control.queries.node, actor_id)
 
 
 def _or_error(fn: Callable[[str], R], key: str) -> R | BaseException:

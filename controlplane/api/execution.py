@@ -17,8 +17,8 @@ standard path, which also produces the standard located error.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, NamedTuple, cast
 
 from graphql import GraphQLNonNull, GraphQLObjectType, GraphQLOutputType, GraphQLResolveInfo, is_leaf_type
 from graphql.execution.collect_fields import FieldDetailsList, GroupedFieldSet
@@ -70,18 +70,19 @@ class InlineLeafExecutionContext(StrawberryGraphQLCoreExecutionContext):
             return {n: leaves[n] if n in leaves else others[n] for n in plan.order if n in leaves or n in others}
 
         if self.is_awaitable(rest):
+            pending = cast(Awaitable[dict[str, Any]], rest)
 
             async def later() -> dict[str, Any]:
-                return merge(await rest)
+                return merge(await pending)
 
             return later()
-        return merge(rest)
+        return merge(cast(dict[str, Any], rest))
 
     def complete_iterable_value(
         self,
         item_type: GraphQLOutputType,
         field_details_list: FieldDetailsList,
-        info: GraphQLResolveInfo,
+        info: GraphQLResolveInfo[Any],
         path: Path,
         items: Iterable[Any],
         position_context: Any,
@@ -92,7 +93,7 @@ class InlineLeafExecutionContext(StrawberryGraphQLCoreExecutionContext):
         return inline
 
     def _inline_list(
-        self, item_type: GraphQLOutputType, field_details_list: FieldDetailsList, info: GraphQLResolveInfo, items: Any
+        self, item_type: GraphQLOutputType, field_details_list: FieldDetailsList, info: GraphQLResolveInfo[Any], items: Any
     ) -> list[dict[str, Any]] | None:
         """A list of objects whose selected fields are all inline leaves, without per-item machinery."""
         if not isinstance(items, (list, tuple)):

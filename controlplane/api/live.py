@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from controlplane.domain.records import Event
 from controlplane.eventbus import Doorbell
-from controlplane.services.control import ControlPlane
+from controlplane.services import ControlPlane
 
 PAGE = 500
 MAX_PAGE = 10_000
@@ -69,7 +69,7 @@ async def follow_events(
     async with _waiter(redis_url) as (wait, poll_s):
         while True:
             limit = cursor.limit
-            batch = await run_in_threadpool(control.events, allocation_id, since=cursor.since, limit=limit)
+            batch = await run_in_threadpool(control.queries.events, allocation_id, since=cursor.since, limit=limit)
             for event in cursor.advance(batch):
                 yield event
             if len(batch) < limit:  # caught up; a full page reads on at once

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, cast
 
 import strawberry
 from fastapi import APIRouter, Request
@@ -21,7 +21,7 @@ from strawberry.scalars import JSON
 from controlplane.api.errors import INTERNAL, INTERNAL_MESSAGE
 from controlplane.domain.errors import ControlPlaneError, ErrorCode, InvalidInput
 from controlplane.domain.records import RawResult as RawResultRecord
-from controlplane.services.control import ControlPlane
+from controlplane.services import ControlPlane
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class RawResult:
 
     @strawberry.field(description="One list of values per row, in the order of `columns`; vertices and edges as objects.")
     def rows(self, root: Parent[RawResultRecord]) -> JSON:
-        return as_json(root.rows)
+        return cast(JSON, as_json(root.rows))
 
 
 def as_json(value: Any) -> Any:
@@ -74,7 +74,7 @@ def raw_query_router(control: ControlPlane) -> APIRouter:
     async def raw_query(request: Request) -> JSONResponse:
         try:
             query, timeout_s, limit = _arguments(await _body(request))
-            result = await run_in_threadpool(control.raw_query, query, timeout_s=timeout_s, limit=limit)
+            result = await run_in_threadpool(control.queries.raw_query, query, timeout_s=timeout_s, limit=limit)
         except ControlPlaneError as exc:
             message = f"{exc.field}: {exc.message}" if exc.field else exc.message
             return JSONResponse(

@@ -29,7 +29,6 @@ from controlplane.api.context import Info, wanted_fields
 from controlplane.api.errors import ControlPlaneSchema, ErrorMapping, SafeParserCache, json_argument
 from controlplane.api.execution import InlineLeafExecutionContext
 from controlplane.api.inputs import AllocationSpecInput, Filter, NodeInput, to_spec
-from controlplane.api.jobs import Job
 from controlplane.api.limits import PAGED, QueryCost
 from controlplane.api.live import follow_events
 from controlplane.api.metrics import ApiMetrics, OperationMetrics
@@ -48,9 +47,10 @@ from controlplane.api.types import (
     connection,
 )
 from controlplane.domain.capabilities import Verb
-from controlplane.domain.jobs import job_json_schema
 from controlplane.domain.specs import NodeSpec, parse
 from controlplane.domain.traversal import MAX_TRAVERSAL_ROWS, build_traversal
+from controlplane.jobs.api import Job
+from controlplane.jobs.spec import job_json_schema
 
 MAX_ALIASES = 50
 MAX_TOKENS = 10_000
@@ -65,21 +65,21 @@ READ, SPAWN, STOP, SUPERVISE, WATCH, SUBMIT, RAW, REGISTER = (
 class Query(TokenQueries):
     @strawberry.field(description="A node by id (its name).", permission_classes=requires(READ, arg("id")))
     async def node(self, info: Info, id: strawberry.ID) -> Node | None:
-        return cast(Node, info.context.seen(await info.context.call(info.context.control.node, id)))
+        return cast(Node, info.context.seen(await info.context.call(info.context.control.queries.node, id)))
 
     @strawberry.field(description="Nodes ordered by id, optionally only those with `status`.", permission_classes=requires(READ))
     async def nodes(
         self, info: Info, first: int = DEFAULT_PAGE, after: str | None = None, status: str | None = None
     ) -> Connection[Node]:
         ctx = info.context
-        rows, more = await ctx.page(lambda a, n: ctx.control.nodes(after=a, limit=n, status=status), first=first, after=after)
+        rows, more = await ctx.page(lambda a, n: ctx.control.queries.nodes(after=a, limit=n, status=status), first=first, after=after)
         for row in rows:
             ctx.seen(row)
         return cast(Connection[Node], connection(rows, more))
 
     @strawberry.field(description="An allocation by id.", permission_classes=requires(READ, arg("id")))
     async def allocation(self, info: Info, id: strawberry.ID) -> Allocation | None:
-        return cast(Allocation, info.context.seen(await info.context.call(info.context.control.allocation, id)))
+        return cast(Allocation, info.context.seen(await info.context.call(info.context.control.queries.allocation, id)))
 
     @strawberry.field(description="Allocations ordered by id, optionally in one `state` and/or on one `node`.",
                       permission_classes=requires(READ))
@@ -94,7 +94,7 @@ class Query(TokenQueries):
         ctx = info.context
         status = state.value if state else None
         rows, more = await ctx.page(
-            lambda a, n: ctx.control.allocations(after=a, limit=n, state=status, node_id=node),
+            lambda a, n: ctx.control.queries.allocations(after=a, limit=n, state=status, node_id=node),
             first=first,
             after=after,
             wanted=wanted_fields(info, "edges", "node"),
@@ -131,7 +131,7 @@ class Query(TokenQueries):
             limit=first,
             after=after,
         )
-        return cast(list[Vertex], await info.context.call(info.context.control.traverse, spec))
+        return cast(list[Vertex], await info.context.call(info.context.control.queries.traverse, spec))
 
     @strawberry.field(
         description="The ordered history: transitions, supervision decisions, Terminated (death watch), of one "
@@ -141,7 +141,7 @@ class Query(TokenQueries):
     async def events(
         self, info: Info, allocation: strawberry.ID | None = None, since: float | None = None, first: int = DEFAULT_PAGE
     ) -> list[Event]:
-        return cast(list[Event], await info.context.call(info.context.control.events, allocation, since=since, limit=first))
+        return cast(list[Event], await info.context.call(info.context.control.queries.events, allocation, since=since, limit=first))
 
     @strawberry.field(description="A job by id.", permission_classes=requires(READ, job_targets))
     async def job(self, info: Info, id: strawberry.ID) -> Job | None:
@@ -158,7 +158,7 @@ class Query(TokenQueries):
 
     @strawberry.field(description="The JSON Schema of the job spec that `submitJob` takes.", permission_classes=requires(None))
     def job_schema(self) -> JSON:
-        return job_json_schema()
+        return cast(JSON, job_json_schema())
 
     @strawberry.field(
         description="A read-only query in the engine's own language (Cypher on FalkorDB and Neo4j, Gremlin on "
@@ -169,7 +169,7 @@ class Query(TokenQueries):
     async def raw_query(
         self, info: Info, query: str, timeout_s: float = DEFAULT_TIMEOUT_S, limit: int = DEFAULT_LIMIT
     ) -> RawResult:
-        return cast(RawResult, await info.context.call(info.context.control.raw_query, query, timeout_s=timeout_s, limit=limit))
+        return cast(RawResult, await info.context.call(info.context.control.queries.raw_query, query, timeout_s=timeout_s, limit=limit))
 
 
 @strawberry.type
@@ -178,7 +178,7 @@ class Mutation(TokenMutations):
                          permission_classes=requires(REGISTER, lambda _ctx, kw: [str(kw["input"].name)]))
     async def register_node(self, info: Info, input: NodeInput) -> Node:
         spec = parse(NodeSpec, to_spec(input), field="input")
-        return cast(Node, await info.context.call(info.context.control.register_node, spec))
+        return cast(Node, await info.context.call(info.context.control.nodes.register, spec))
 
     @strawberry.mutation(description="Link two nodes both ways (NEIGHBOR_OF); answers node `a`.",
                          permission_classes=requires(REGISTER, arg("a", "b")))
@@ -186,8 +186,8 @@ class Mutation(TokenMutations):
         self, info: Info, a: strawberry.ID, b: strawberry.ID, rtt_ms: float, bandwidth: float = 0.0
     ) -> Node:
         ctx = info.context
-        await ctx.call(ctx.control.connect_neighbors, a, b, rtt_ms=rtt_ms, bandwidth=bandwidth)
-        return cast(Node, ctx.seen(await ctx.call(ctx.control.node, a)))
+        await ctx.call(ctx.control.nodes.connect, a, b, rtt_ms=rtt_ms, bandwidth=bandwidth)
+        return cast(Node, ctx.seen(await ctx.call(ctx.control.queries.node, a)))
 
     @strawberry.mutation(
         description="Create one allocation under `parent` (a Node or an Allocation). Repeating a `requestId` "
@@ -198,7 +198,7 @@ class Mutation(TokenMutations):
         self, info: Info, parent: strawberry.ID, spec: AllocationSpecInput, request_id: str | None = None
     ) -> Allocation:
         ctx = info.context
-        [created] = await ctx.call(ctx.control.spawn, parent, [to_spec(spec)], request_id=request_id, field="spec", by=ctx.by)
+        [created] = await ctx.call(ctx.control.allocations.spawn, parent, [to_spec(spec)], request_id=request_id, field="spec", by=ctx.by)
         return cast(Allocation, created)
 
     @strawberry.mutation(description="Create several allocations under `parent`: all of them, or none.",
@@ -207,13 +207,13 @@ class Mutation(TokenMutations):
         self, info: Info, parent: strawberry.ID, specs: list[AllocationSpecInput], request_id: str | None = None
     ) -> list[Allocation]:
         ctx = info.context
-        created = await ctx.call(ctx.control.spawn, parent, to_spec(specs), request_id=request_id, field="specs", by=ctx.by)
+        created = await ctx.call(ctx.control.allocations.spawn, parent, to_spec(specs), request_id=request_id, field="specs", by=ctx.by)
         return cast(list[Allocation], created)
 
     @strawberry.mutation(description="Stop an allocation; stopping one already stopped or stopping changes nothing.",
                          permission_classes=requires(STOP, arg("id")))
     async def stop_allocation(self, info: Info, id: strawberry.ID, reason: str = "stop requested") -> Allocation:
-        return cast(Allocation, await info.context.call(info.context.control.stop, id, reason=reason, by=info.context.by))
+        return cast(Allocation, await info.context.call(info.context.control.allocations.stop, id, reason=reason, by=info.context.by))
 
     @strawberry.mutation(
         description="Death watch: when `target` terminates, `watcher` gets a `terminated` event (at once if it "
@@ -221,12 +221,12 @@ class Mutation(TokenMutations):
         permission_classes=requires(WATCH, arg("watcher")),
     )
     async def watch(self, info: Info, watcher: strawberry.ID, target: strawberry.ID) -> Allocation:
-        return cast(Allocation, await info.context.call(info.context.control.watch, watcher, target))
+        return cast(Allocation, await info.context.call(info.context.control.allocations.watch, watcher, target))
 
     @strawberry.mutation(description="Stop watching; false when `watcher` was not watching `target`.",
                          permission_classes=requires(WATCH, arg("watcher")))
     async def unwatch(self, info: Info, watcher: strawberry.ID, target: strawberry.ID) -> bool:
-        return await info.context.call(info.context.control.unwatch, watcher, target)
+        return await info.context.call(info.context.control.allocations.unwatch, watcher, target)
 
     @strawberry.mutation(
         description="Change how a node or a live allocation supervises its children: a SupervisionPolicy with "
@@ -235,7 +235,7 @@ class Mutation(TokenMutations):
     )
     async def set_supervision(self, info: Info, id: strawberry.ID, policy: JSON) -> bool:
         with json_argument("policy", domain="policy"):
-            await info.context.call(info.context.control.set_policy, id, policy)
+            await info.context.call(info.context.control.supervisor.set_policy, id, policy)
         return True
 
     @strawberry.mutation(

@@ -8,6 +8,7 @@ them revokes it. Revoking by id is for admins; anyone holding a token may revoke
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 
 import strawberry
@@ -76,9 +77,10 @@ class TokenMutations:
                 raise InvalidInput("admin, operator or viewer", field="role") from None
             if held.role is None or ROLE_VERBS[new_role] - ROLE_VERBS[held.role]:
                 raise Forbidden(f"{held.name} cannot grant the role {role}", field="role")
-        wanted = parse_verbs(verbs) if verbs is not None else (ROLE_VERBS[new_role] & held.capability.verbs if role else None)
+        wanted = parse_verbs(verbs) if verbs is not None else (
+            ROLE_VERBS[new_role] & held.capability.verbs if role is not None and new_role is not None else None)
         roots = [str(s) for s in subtree] if subtree is not None else None
-        lineages = {}
+        lineages: dict[str, Sequence[str]] = {}
         if roots is not None and not held.capability.everything:
             for r in roots:
                 if r != EVERYTHING:

@@ -13,7 +13,7 @@ import asyncio
 import inspect
 import json
 from enum import Enum
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import strawberry
 from strawberry import Parent
@@ -23,12 +23,13 @@ from controlplane.api.auth import HIDDEN, may_read, reads_everything, sees_secre
 from controlplane.api.context import Info, wanted_fields, wanted_properties
 from controlplane.domain.errors import InvalidInput
 from controlplane.domain.lifecycle import State
-from controlplane.domain.records import AllocationRecord, Event as EventRecord, GpuRecord, NeighborRecord, NodeRecord
+from controlplane.domain.records import AllocationRecord, GpuRecord, NeighborRecord, NodeRecord
+from controlplane.domain.records import Event as EventRecord
 from controlplane.domain.records import Vertex as VertexRecord
 from controlplane.domain.traversal import Op, build_traversal
-from graph_schema.vocabulary import Direction as VocabularyDirection
-from graph_schema.vocabulary import EdgeType as VocabularyEdgeType
-from graph_schema.vocabulary import Label
+from controlplane.domain.vocabulary import Direction as VocabularyDirection
+from controlplane.domain.vocabulary import EdgeType as VocabularyEdgeType
+from controlplane.domain.vocabulary import Label
 
 T = TypeVar("T")
 DEFAULT_PAGE = 100
@@ -38,10 +39,14 @@ MAX_WATCHING = 1_000
 
 # --- enums: built from the domain's, so the two cannot drift ------------------------------
 def _mirror(domain: type[Enum], name: str, description: str) -> Any:
-    return strawberry.enum(Enum(name, {m.name: m.value for m in domain}), description=description)  # type: ignore[misc]
+    mirrored: type[Enum] = Enum(name, {m.name: m.value for m in domain})  # type: ignore[misc]  # a functional Enum
+    return strawberry.enum(mirrored, description=description)
 
 
-AllocationState = _mirror(State, "AllocationState", "Lifecycle state of an allocation.")
+if TYPE_CHECKING:  # to the type checker, the mirrors are the domain's enums
+    AllocationState = State
+else:
+    AllocationState = _mirror(State, "AllocationState", "Lifecycle state of an allocation.")
 EdgeType = _mirror(VocabularyEdgeType, "EdgeType", "Edge types a traversal may follow.")
 Direction = _mirror(VocabularyDirection, "Direction", "Which way a traversal follows edges.")
 FilterOp = _mirror(Op, "FilterOp", "How a traversal filter compares a property with its value.")
@@ -84,13 +89,13 @@ class Actor:
         ctx = info.context
         wanted = wanted_fields(info, "edges", "node")
         rows, more = await ctx.page(
-            lambda a, n: ctx.control.children(root.id, after=a, limit=n), first=first, after=after, wanted=wanted
+            lambda a, n: ctx.control.queries.children(root.id, after=a, limit=n), first=first, after=after, wanted=wanted
         )
         return cast(Connection[Allocation], connection(rows, more))
 
     @strawberry.field(description="Its history (transitions, supervision decisions, Terminated), oldest first, after `since`.")
     async def events(self, root: Parent[Any], info: Info, first: int = DEFAULT_PAGE, since: float | None = None) -> list[Event]:
-        return cast(list[Event], await info.context.call(info.context.control.events, root.id, since=since, limit=first))
+        return cast(list[Event], await info.context.call(info.context.control.queries.events, root.id, since=since, limit=first))
 
     @strawberry.field(description="How it supervises the children it creates (SupervisionPolicy, snake_case keys); null: the default policy.")
     def supervision(self, root: Parent[Any]) -> JSON | None:
@@ -115,11 +120,11 @@ class Node(Actor):
 
     @strawberry.field
     async def gpus(self, root: Parent[NodeRecord], info: Info) -> list[Gpu]:
-        return cast(list[Gpu], await info.context.call(info.context.control.gpus, root.id))
+        return cast(list[Gpu], await info.context.call(info.context.control.queries.gpus, root.id))
 
     @strawberry.field(description="Nodes this one is connected to, nearest first.")
     async def neighbors(self, root: Parent[NodeRecord], info: Info) -> list[Neighbor]:
-        return cast(list[Neighbor], await info.context.call(info.context.control.neighbors, root.id))
+        return cast(list[Neighbor], await info.context.call(info.context.control.queries.neighbors, root.id))
 
     @strawberry.field(description="Allocations placed on this node (RUNS_ON), ordered by id.")
     async def allocations(
@@ -135,7 +140,7 @@ class Node(Actor):
         status = state.value if state else None
         ctx.seen(root)
         rows, more = await ctx.page(
-            lambda a, n: ctx.control.allocations(after=a, limit=n, state=status, node_id=root.id),
+            lambda a, n: ctx.control.queries.allocations(after=a, limit=n, state=status, node_id=root.id),
             first=first,
             after=after,
             wanted=wanted,
@@ -174,8 +179,8 @@ class Allocation(Actor):
     @strawberry.field(description="Its environment; the values are hidden from callers who may not spawn there.")
     async def env(self, root: Parent[AllocationRecord], info: Info) -> JSON:
         if await sees_secrets(info.context, root.id):
-            return root.env
-        return {k: HIDDEN for k in root.env}
+            return cast(JSON, root.env)
+        return cast(JSON, {k: HIDDEN for k in root.env})
 
     # `parent` and `node` are sync: they answer at once when the request knows the record, else an awaitable.
     @strawberry.field(description="The Node or Allocation that created this one.")
@@ -199,14 +204,14 @@ class Allocation(Actor):
             raise InvalidInput(f"must be between 1 and {ctx.max_descendants}", field="first")
         ctx.seen(root)
         rows = await ctx.allocations(
-            lambda: ctx.control.descendants(root.id, max_depth=max_depth, limit=limit, fields=wanted_properties(info)),
+            lambda: ctx.control.queries.descendants(root.id, max_depth=max_depth, limit=limit, fields=wanted_properties(info)),
             wanted_fields(info),
         )
         return cast(list[Allocation], rows)
 
     @strawberry.field(description="Parent first, up to and including the root Node.")
     async def ancestors(self, root: Parent[AllocationRecord], info: Info) -> list[Actor]:
-        vertices = await info.context.call(info.context.control.ancestors, root.id)
+        vertices = await info.context.call(info.context.control.queries.ancestors, root.id)
         if not reads_everything(info.context):
             vertices = [v for v in vertices if await may_read(info.context, v.id)]
         return cast(list[Actor], [info.context.seen(actor_from_vertex(v)) for v in vertices])
@@ -266,7 +271,7 @@ class Allocation(Actor):
             start_id=root.id, edge_types=[VocabularyEdgeType.WATCHES.value], direction=VocabularyDirection.OUT.value,
             target_label=Label.ALLOCATION.value, limit=MAX_WATCHING,
         )
-        vertices = await info.context.call(info.context.control.traverse, spec)
+        vertices = await info.context.call(info.context.control.queries.traverse, spec)
         if not reads_everything(info.context):
             vertices = [v for v in vertices if await may_read(info.context, v.id)]
         return cast(list[Allocation], [info.context.seen(actor_from_vertex(v)) for v in vertices])
@@ -341,7 +346,7 @@ class Vertex:
             env = props["env"]
             keys = json.loads(env) if isinstance(env, str) else env
             props = {**props, "env": {k: HIDDEN for k in keys}}
-        return props
+        return cast(JSON, props)
 
 
 @strawberry.type(description="A transition or a supervision decision, in the order it happened.")

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Protocol
 
 
-
 class Revocations(Protocol):
     def revoke(self, token_id: str, *, until: float) -> None: ...
 

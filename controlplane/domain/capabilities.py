@@ -14,7 +14,7 @@ true for as long as the vertex exists (callers may cache it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -155,7 +155,7 @@ def narrow(
     verbs: frozenset[Verb] | None,
     roots: Sequence[str] | None,
     expires_at: float | None,
-    lineages: dict[str, Sequence[str]],
+    lineages: Mapping[str, Sequence[str]],
 ) -> Capability:
     """A capability within `held`: fewer verbs, subtrees inside the held ones, an expiry no later.
 

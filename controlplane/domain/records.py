@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.domain.lifecycle import State
+from controlplane.domain.lifecycle import TERMINAL, State
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +25,7 @@ class NodeRecord:
 
     @classmethod
     def from_props(cls, p: dict[str, Any]) -> NodeRecord:
-        known = set(cls.__slots__)  # type: ignore[attr-defined]
+        known = set(cls.__slots__)
         return cls(
             id=p["id"],
             name=p.get("name", p["id"]),
@@ -91,12 +91,15 @@ class AllocationRecord:
     error: str | None = None
     output_tail: str | None = None
     pid: int | None = None
+    #: placement constraints, honoured by the spawn and by every restart
+    pin: str | None = None
+    node_labels: tuple[str, ...] = ()
+    max_rtt_ms: float | None = None
+    spread_key: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_terminal(self) -> bool:
-        from controlplane.domain.lifecycle import TERMINAL
-
         return self.state in TERMINAL
 
     @classmethod
@@ -126,11 +129,15 @@ class AllocationRecord:
             error=p.get("error"),
             output_tail=p.get("output_tail"),
             pid=p.get("pid"),
+            pin=p.get("pin") or None,
+            node_labels=tuple(p.get("node_labels") or ()),
+            max_rtt_ms=float(p["max_rtt_ms"]) if p.get("max_rtt_ms") is not None else None,
+            spread_key=p.get("spread_key") or None,
             extra={k: v for k, v in p.items() if k not in known and not k.startswith("_") and v is not None},
         )
 
 
-_ALLOCATION_FIELDS = frozenset(AllocationRecord.__slots__)  # type: ignore[attr-defined]
+_ALLOCATION_FIELDS = frozenset(AllocationRecord.__slots__)
 _STATES = {s.value: s for s in State}
 
 
@@ -197,66 +204,6 @@ class Event:
                 p[k] = v
         p.update({k: v for k, v in self.data.items() if v is not None})
         return p
-
-
-@dataclass(frozen=True, slots=True)
-class TaskRun:
-    """One allocation that executes a task: which, which incarnation, where, how it stands."""
-
-    allocation_id: str
-    incarnation: int
-    state: str
-    node_id: str
-    restart_pending: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class TaskRecord:
-    id: str
-    job_id: str
-    path: str
-    name: str
-    parent_path: str | None
-    state: str
-    replicas: int
-    executor: str
-    spec_json: str
-    runs: tuple[TaskRun, ...] = ()
-    updated_at: float = 0.0
-
-    @classmethod
-    def from_props(cls, p: dict[str, Any], runs: list[list[Any]] | None = None) -> TaskRecord:
-        return cls(
-            id=p["id"], job_id=p.get("job_id", ""), path=p.get("path", ""), name=p.get("name", ""),
-            parent_path=p.get("parent_path") or None, state=p.get("state", "pending"),
-            replicas=int(p.get("replicas", 1)), executor=p.get("executor", "process"), spec_json=p.get("spec", "{}"),
-            runs=tuple(TaskRun(r[0], int(r[1]), r[2], r[3] or "", len(r) > 4 and r[4] is not None)
-                       for r in (runs or []) if r and r[0] is not None),
-            updated_at=float(p.get("updated_at") or 0.0),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class JobRecord:
-    id: str
-    name: str
-    state: str  # submitted | running | succeeded | failed | cancelled
-    spec_json: str
-    submitted_at: float
-    updated_at: float
-    submitted_by: str
-    tasks_total: int
-    root_id: str | None = None
-    error: str | None = None
-
-    @classmethod
-    def from_props(cls, p: dict[str, Any]) -> JobRecord:
-        return cls(
-            id=p["id"], name=p.get("name", ""), state=p.get("state", "submitted"), spec_json=p.get("spec", "{}"),
-            submitted_at=float(p.get("submitted_at", 0.0)), updated_at=float(p.get("updated_at", 0.0)),
-            submitted_by=p.get("submitted_by", ""), tasks_total=int(p.get("tasks_total", 0)),
-            root_id=p.get("root_id"), error=p.get("error"),
-        )
 
 
 @dataclass(frozen=True, slots=True)

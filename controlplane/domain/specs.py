@@ -26,6 +26,13 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+def _check_labels(v: dict[str, str]) -> dict[str, str]:
+    for k, val in v.items():
+        if not LABEL_RE.match(f"{k}={val}"):
+            raise ValueError(f"label {k!r}={val!r} must be key=value of letters, digits, '.', '_', '/', '-'")
+    return v
+
+
 class GpuSpec(_Spec):
     model: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")]
     memory_mib: Annotated[int, Field(ge=0, le=1024 * 1024)] = 0
@@ -52,10 +59,7 @@ class NodeSpec(_Spec):
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: dict[str, str]) -> dict[str, str]:
-        for k, val in v.items():
-            if not LABEL_RE.match(f"{k}={val}"):
-                raise ValueError(f"label {k!r}={val!r} must be key=value of letters, digits, '.', '_', '/', '-'")
-        return v
+        return _check_labels(v)
 
     def label_list(self) -> tuple[str, ...]:
         return tuple(sorted(f"{k}={v}" for k, v in self.labels.items()))
@@ -91,6 +95,15 @@ class AllocationSpec(_Spec):
     max_rtt_ms: Annotated[float | None, Field(ge=0, le=600_000)] = None
     #: placement spread: prefer nodes holding the fewest allocations with the same key
     spread_key: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+
+    @field_validator("node_labels")
+    @classmethod
+    def _node_labels(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_labels(v)
+
+    def label_list(self) -> tuple[str, ...]:
+        """The node labels this allocation needs, as the "key=value" strings nodes carry."""
+        return tuple(sorted(f"{k}={v}" for k, v in self.node_labels.items()))
 
     @field_validator("env")
     @classmethod

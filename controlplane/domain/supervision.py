@@ -225,10 +225,7 @@ def decide(situation: Situation, now: float) -> Decision:
         if child.restart_type is RestartType.TEMPORARY:
             wanted[f.child_id] = Directive.RESUME
             continue
-        directive = p.directive_for(f.kind, f.exit_code, f.error)
-        if directive is Directive.RESTART and child.restart_type is RestartType.TEMPORARY:
-            directive = Directive.RESUME
-        wanted[f.child_id] = directive
+        wanted[f.child_id] = p.directive_for(f.kind, f.exit_code, f.error)
     log = tuple(t for t in situation.restart_log if t > now - p.window_s)
     if not wanted:
         return Decision(None, "nothing to decide", restart_log=log)

@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Any
 
 from controlplane.domain.errors import InvalidInput
-from graph_schema.vocabulary import ALL_FILTERABLE, Direction, EdgeType, Label
+from controlplane.domain.vocabulary import ALL_FILTERABLE, Direction, EdgeType, Label
 
 MAX_TRAVERSAL_DEPTH = 10
 MAX_TRAVERSAL_ROWS = 1000

@@ -1,7 +1,77 @@
-"""Services: the use cases, written against the GraphStore and Dispatcher interfaces only."""
+"""The use cases, and the one place that assembles them.
 
-from controlplane.services.agent import AgentService
-from controlplane.services.control import ControlPlane, InProcessDispatcher
-from controlplane.services.supervisor import ControlDispatcher, SupervisorService
+`build()` wires the services over the ports (a graph store, a job store, a
+dispatcher) in dependency order: the placer, supervision, allocations, the
+native runner and jobs. Nothing holds a service that holds it back: what
+orchestration code hears after supervision comes through `Hooks`, and the
+in-process dispatcher is bound to the services it feeds here. Opening the
+adapters themselves from settings is controlplane/wiring.py's job.
+"""
 
-__all__ = ["AgentService", "ControlDispatcher", "ControlPlane", "InProcessDispatcher", "SupervisorService"]
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from controlplane.domain.clock import wall_clock
+from controlplane.jobs.executor import JobExecutor
+from controlplane.jobs.ports import JobStore
+from controlplane.jobs.service import JobService
+from controlplane.ports.dispatch import Dispatcher
+from controlplane.ports.store import GraphStore
+from controlplane.services.allocations import AllocationService
+from controlplane.services.inprocess import InProcessDispatcher
+from controlplane.services.native import NativeExecutors, NativeRunner
+from controlplane.services.nodes import NodeService
+from controlplane.services.placement import Placer
+from controlplane.services.queries import GraphQueries
+from controlplane.services.repair import RepairService
+from controlplane.services.supervisor import Hooks, SupervisorService
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    """The assembled use cases: what the API, the CLI, the workers and the tests hold."""
+
+    store: GraphStore
+    dispatcher: Dispatcher
+    clock: Callable[[], float]
+    nodes: NodeService
+    queries: GraphQueries
+    allocations: AllocationService
+    supervisor: SupervisorService
+    repair: RepairService
+    native: NativeRunner
+    jobs: JobService
+
+
+def build(
+    store: GraphStore,
+    jobs: JobStore,
+    dispatcher: Dispatcher | None = None,
+    *,
+    clock: Callable[[], float] = wall_clock,
+    notify: Callable[[], None] | None = None,
+) -> ControlPlane:
+    """`dispatcher` None: no node agents; supervision runs in this process (tests, tools)."""
+    inprocess: InProcessDispatcher | None = None
+    if dispatcher is None:
+        dispatcher = inprocess = InProcessDispatcher()
+    send: Dispatcher = dispatcher
+    hooks = Hooks()
+    placer = Placer(store)
+    supervisor = SupervisorService(store, send, placer, clock=clock, notify=notify, hooks=hooks)
+    executors = NativeExecutors({"job": JobExecutor(jobs)})
+    allocations = AllocationService(store, send, placer, supervisor, executors.get, clock=clock)
+    native = NativeRunner(store, send, allocations, supervisor, executors, clock=clock)
+    job_service = JobService(jobs, store, allocations, executors.get, clock=clock)
+    job_service.advance_root = lambda root: native.notify(root, [])
+    hooks.ended += [native.on_ended, job_service.on_ended]
+    hooks.watched.append(native.on_watched)
+    if inprocess is not None:
+        inprocess.bind(terminated=supervisor.on_terminated, restart=supervisor.restart, start_native=native.start)
+    return ControlPlane(
+        store=store, dispatcher=send, clock=clock, nodes=NodeService(store, clock=clock), queries=GraphQueries(store),
+        allocations=allocations, supervisor=supervisor, repair=RepairService(store, supervisor, send, clock=clock),
+        native=native, jobs=job_service,
+    )

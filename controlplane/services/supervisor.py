@@ -1,80 +1,85 @@
-"""Supervisors at work: react to terminated allocations, decide, restart, stop subtrees, reap lost nodes.
+"""Supervisors at work: react to terminated allocations, decide, restart, stop subtrees.
 
 The decision itself is the pure `decide()`; this module gathers the situation
 from the graph and carries the decision out with guarded, idempotent store
-calls, so a redelivered task or a second supervisor changes nothing twice.
-Long waits (backoff, a subtree still stopping) go through the dispatcher as
-delayed tasks, never as sleeps.
+calls. A decision is keyed by the failures it reacts to (child, incarnation)
+and recorded once (`record_decision`), so a redelivered `terminated` carries
+out the recorded decision again instead of deciding twice. Long waits
+(backoff, a subtree still stopping) go through the dispatcher as delayed
+tasks, never as sleeps.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from controlplane.domain.clock import wall_clock
-from controlplane.domain.errors import NotFound
-from controlplane.domain.lifecycle import LIVE, RESTARTABLE, TERMINAL, State
-from controlplane.domain.placement import Demand, place
-from controlplane.domain.errors import NoCapacity
+from controlplane.domain.errors import Conflict, NoCapacity, NotFound
+from controlplane.domain.lifecycle import LIVE, RESTARTABLE, STOP, STOPPED, TERMINAL, State
 from controlplane.domain.records import AllocationRecord, Event
-from controlplane.domain.resources import Resources
+from controlplane.domain.specs import parse
 from controlplane.domain.supervision import (
     Child,
     Decision,
+    Directive,
     Failure,
+    Restart,
     RestartType,
     Situation,
+    SupervisionPolicy,
     classify,
     decide,
     policy_from_json,
     restart_type_of,
 )
-from graph_schema.store import Change, CreateRefused, GraphStore, RestartItem
-from graph_schema.vocabulary import Label
+from controlplane.domain.vocabulary import Label
+from controlplane.ports.dispatch import Dispatcher, Key, RestartKey
+from controlplane.ports.store import Change, CreateRefused, Hierarchy, History, Ledger, RestartItem, Topology
+from controlplane.services.placement import Placer, demand_of
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, int]
 RESTART_POLL_S = 0.25
-STOP_MOVES = {State.PENDING: State.STOPPED, State.PLACED: State.STOPPED, State.STARTING: State.STOPPING, State.RUNNING: State.STOPPING}
+#: a decided restart not carried out this long after its delay is picked up by the reconciler
+RESTART_SLACK_S = 5.0
+#: how soon a restart that found no node with room is tried again
+WAIT_RETRY_S = 2.0
 
 
-class ControlDispatcher(Protocol):
-    """How supervisors hand work on: signals to node agents, and (delayed) tasks to supervisors."""
+class SupervisorStore(Ledger, Hierarchy, History, Topology, Protocol):
+    """What supervision reads and writes."""
 
-    def run(self, *, node_id: str, items: Sequence[tuple[str, int]]) -> None: ...
 
-    def stop(self, *, node_id: str, allocation_id: str, incarnation: int) -> None: ...
+@dataclass
+class Hooks:
+    """What orchestration code (native executors, jobs) hears after supervision has decided: no service holds another."""
 
-    def terminated(self, *, keys: Sequence[Key]) -> None: ...
-
-    def restart(self, *, parent_id: str, items: Sequence[tuple[str, int, int]], reason: str, countdown: float) -> None: ...
-
-    def start_native(self, *, keys: Sequence[Key]) -> None:
-        """Start native allocations (their executors run in supervisor workers)."""
+    ended: list[Callable[[Sequence[AllocationRecord]], None]] = field(default_factory=list)
+    watched: list[Callable[[dict[str, list[str]], Sequence[AllocationRecord]], None]] = field(default_factory=list)
 
 
 class SupervisorService:
     def __init__(
         self,
-        store: GraphStore,
-        dispatcher: ControlDispatcher,
+        store: SupervisorStore,
+        dispatcher: Dispatcher,
+        placer: Placer,
         *,
         clock: Callable[[], float] = wall_clock,
         notify: Callable[[], None] | None = None,
-        on_ended: Callable[[Sequence[AllocationRecord]], None] | None = None,
-        on_watched: Callable[[dict[str, list[str]], Sequence[AllocationRecord]], None] | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
+        self.placer = placer
         self.clock = clock
         self.notify = notify or (lambda: None)
-        #: hooks for orchestration code (native executors), after supervision has decided
-        self.on_ended = on_ended or (lambda records: None)
-        self.on_watched = on_watched or (lambda watchers, targets: None)
+        self.hooks = hooks or Hooks()
 
     # --- stopping: children first, deepest first ----------------------------------------
     def stop(self, root_id: str, *, include_root: bool = True, reason: str = "stop requested", by: str = "user") -> list[AllocationRecord]:
@@ -83,7 +88,7 @@ class SupervisorService:
         if not targets:
             return []
         now = self.clock()
-        changes = [Change(t.allocation_id, STOP_MOVES, t.incarnation, {"stop_requested_at": now}, reason=reason, by=by)
+        changes = [Change(t.allocation_id, STOP, t.incarnation, {"stop_requested_at": now}, reason=reason, by=by)
                    for t in targets if t.state is not State.STOPPING]
         results = self.store.transition_many(changes=changes, now=now)
         changed = [r.allocation for r in results if r is not None and r.applied]
@@ -107,8 +112,7 @@ class SupervisorService:
         for a in ready:
             if a.executor != "process" or a.pid is None or a.extra.get("process_exited"):
                 r = self.store.transition_many(
-                    changes=[Change(a.id, {State.STOPPING: State.STOPPED}, a.incarnation, leaf_only=True,
-                                    reason="subtree stopped", by="supervisor")],
+                    changes=[Change(a.id, STOPPED, a.incarnation, leaf_only=True, reason="subtree stopped", by="supervisor")],
                     now=now,
                 )[0]
                 if r is not None and r.applied:
@@ -141,7 +145,9 @@ class SupervisorService:
         for parent_id, children in by_parent.items():
             self.supervise(parent_id, children)
         self.advance({a.parent_id for a in records})
-        self.on_ended(self.store.get_allocations(allocation_ids=[a.id for a in records]))
+        ended = self.store.get_allocations(allocation_ids=[a.id for a in records])
+        for hook in self.hooks.ended:
+            hook(ended)
         self.notify()
 
     def notify_watchers(self, records: Sequence[AllocationRecord], now: float) -> None:
@@ -154,64 +160,70 @@ class SupervisorService:
         ]
         self.store.record_events(events=events)
         if watchers:
-            self.on_watched(watchers, records)
+            for hook in self.hooks.watched:
+                hook(watchers, records)
 
     def supervise(self, parent_id: str, failed: Sequence[AllocationRecord]) -> Decision | None:
+        """Decide once about these failures of the parent's children, and carry the decision out."""
         if all(a.state is State.SUCCEEDED and restart_type_of(a.extra.get("restart_type")) is not RestartType.PERMANENT
                for a in failed):
             return None  # normal exits of non-permanent children: nothing to decide, no siblings to read
-        label = self.store.actor_label(actor_id=parent_id)
-        if label == Label.NODE.value:
-            node = self.store.get_node(node_id=parent_id)
-            if node is None:
-                return None
-            policy_json, log_ = node.extra.get("supervision"), node.extra.get("restart_log")
-        else:
-            parent = self.store.get_allocation(allocation_id=parent_id)
-            if parent is None or parent.state not in LIVE or parent.state is State.STOPPING:
-                return None  # the parent is ending: its children are being stopped, nothing to restart
-            policy_json, log_ = parent.extra.get("supervision"), parent.extra.get("restart_log")
+        parent = self._parent(parent_id)
+        if parent is None:
+            return None
+        is_node, policy_json, restart_log = parent
         policy = policy_from_json(policy_json)
-        siblings = self._children(parent_id)
+        siblings = self.children_of(parent_id)
         situation = Situation(
             parent_id=parent_id,
-            parent_is_node=label == Label.NODE.value,
+            parent_is_node=is_node,
             policy=policy,
-            restart_log=tuple(float(t) for t in (log_ or ())),
+            restart_log=restart_log,
             children=tuple(
                 Child(c.id, i, c.state in LIVE, c.incarnation, restart_type_of(c.extra.get("restart_type")),
                       int(c.extra.get("backoff_level") or 0), c.extra.get("started_at"))
                 for i, c in enumerate(siblings)
             ),
-            failures=tuple(Failure(a.id, a.incarnation, classify(a.state.value, a.exit_code, a.error), a.exit_code, a.error) for a in failed),
+            failures=tuple(Failure(a.id, a.incarnation, classify(a.state.value, a.exit_code, a.error), a.exit_code, a.error)
+                           for a in failed),
         )
         now = self.clock()
         decision = decide(situation, now)
         if decision.directive is None:
             return decision
-        decision_id = hashlib.sha256(
-            ",".join(sorted(f"{a.id}:{a.incarnation}" for a in failed)).encode()
-        ).hexdigest()[:16]
-        self.store.record_events(events=[Event(
-            id=f"{parent_id}:decision:{decision_id}", kind="decision", allocation_id=parent_id, at=now,
-            reason=decision.reason, by=parent_id,
+        key = ",".join(sorted(f"{a.id}:{a.incarnation}" for a in failed))
+        event = Event(
+            id=f"{parent_id}:decision:{hashlib.sha256(key.encode()).hexdigest()[:16]}", kind="decision",
+            allocation_id=parent_id, at=now, reason=decision.reason, by=parent_id,
             data={"directive": decision.directive.value, "children": sorted(decision.per_child),
-                  "restarts": [r.child_id for r in decision.restarts]},
-        )] + [Event(
-            id=f"{a.id}:{a.incarnation}:decided", kind="decision", allocation_id=a.id, at=now, incarnation=a.incarnation,
-            reason=f"{decision.per_child.get(a.id, decision.directive.value)}: {decision.reason}", by=parent_id,
-            data={"directive": decision.per_child.get(a.id, decision.directive.value)},
+                  "restarts": [r.child_id for r in decision.restarts], "failures": key, "plan": _plan(decision)},
+        )
+        recorded, fresh = self.store.record_decision(
+            parent_id=parent_id, event=event,
+            restart_log=list(decision.restart_log) if decision.restarts else None,
+            restart_at={r.child_id: now + r.delay_s + RESTART_SLACK_S for r in decision.restarts},
+        )
+        if not fresh:
+            log.info("decision %s was already made; carrying it out again", recorded.id)
+            decision = _decision_of(recorded, decision)
+        self.store.record_events(events=[Event(
+            id=f"{a.id}:{a.incarnation}:decided", kind="decision", allocation_id=a.id, at=recorded.at, incarnation=a.incarnation,
+            reason=f"{decision.per_child.get(a.id, decision.directive.value if decision.directive else '')}: {decision.reason}",
+            by=parent_id, data={"directive": decision.per_child.get(a.id, decision.directive.value if decision.directive else "")},
         ) for a in failed])
+        self._carry_out(parent_id, is_node, policy, decision, failed)
+        return decision
+
+    def _carry_out(self, parent_id: str, is_node: bool, policy: SupervisionPolicy, decision: Decision,
+                   failed: Sequence[AllocationRecord]) -> None:
+        """Every step is idempotent: carrying out a recorded decision again changes nothing twice."""
         for child_id in decision.stops:
             self.stop(child_id, include_root=True, reason=f"supervisor {parent_id}: stop", by=parent_id)
         if decision.escalate:
-            self._escalate(parent_id, label == Label.NODE.value, failed, decision.reason)
-            return decision
+            self._escalate(parent_id, is_node, failed, decision.reason)
+            return
         if decision.restarts:
-            self.store.set_actor_fields(actor_id=parent_id, fields={"restart_log": list(decision.restart_log)})
             for r in decision.restarts:
-                self.store.set_fields(allocation_id=r.child_id, incarnation=None,
-                                      fields={"restart_at": now + r.delay_s})
                 if r.was_live:
                     self.stop(r.child_id, include_root=True, reason=f"{policy.strategy.value} restart", by=parent_id)
             self.dispatcher.restart(
@@ -220,12 +232,22 @@ class SupervisorService:
                 reason=decision.reason,
                 countdown=max(r.delay_s for r in decision.restarts),
             )
-        return decision
+
+    def _parent(self, parent_id: str) -> tuple[bool, str | None, tuple[float, ...]] | None:
+        """(is a node, its policy, its restart log), or None when it is not there to decide (gone, ending)."""
+        label = self.store.actor_label(actor_id=parent_id)
+        if label == Label.NODE.value:
+            node = self.store.get_node(node_id=parent_id)
+            if node is None:
+                return None
+            return True, node.extra.get("supervision"), tuple(float(t) for t in node.extra.get("restart_log") or ())
+        parent = self.store.get_allocation(allocation_id=parent_id)
+        if parent is None or parent.state not in LIVE or parent.state is State.STOPPING:
+            return None  # the parent is ending: its children are being stopped, nothing to restart
+        return False, parent.extra.get("supervision"), tuple(float(t) for t in parent.extra.get("restart_log") or ())
 
     def children_of(self, parent_id: str) -> list[AllocationRecord]:
-        return self._children(parent_id)
-
-    def _children(self, parent_id: str) -> list[AllocationRecord]:
+        """Every child, in creation order."""
         out: list[AllocationRecord] = []
         after = None
         while True:
@@ -252,8 +274,12 @@ class SupervisorService:
             self.stop(parent_id, include_root=True, reason=f"escalated: {reason}", by=parent_id)
 
     # --- restarting ---------------------------------------------------------------------
-    def restart(self, parent_id: str, items: Sequence[tuple[str, int, int]], reason: str, attempt: int = 0) -> list[AllocationRecord]:
-        """Start new incarnations once their subtrees are terminal; re-schedules itself while they are not."""
+    def restart(self, parent_id: str, items: Sequence[RestartKey], reason: str) -> list[AllocationRecord]:
+        """Start new incarnations once their subtrees are terminal; re-schedules itself while they are not.
+
+        Placed by the same path and constraints as the spawn. With no node to take them, they wait
+        (one event per reason) and the reconciler tries again.
+        """
         current = {a.id: a for a in self.store.get_allocations(allocation_ids=[i[0] for i in items])}
         todo: list[tuple[AllocationRecord, int]] = []
         for child_id, from_inc, level in items:
@@ -265,48 +291,76 @@ class SupervisorService:
             todo.append((a, level))
         if not todo:
             return []
-        waiting = [a for a, _ in todo if a.state in LIVE]
         live = self.store.live_children(parent_ids=[a.id for a, _ in todo])
-        if waiting or any(live.get(a.id, 0) for a, _ in todo):
+        if any(a.state in LIVE or live.get(a.id, 0) for a, _ in todo):
             for a, _ in todo:
                 if a.state in LIVE or live.get(a.id, 0):
                     self.stop(a.id, include_root=a.state in LIVE, reason="restart: stopping first", by=parent_id)
             fixed = [(a.id, a.incarnation if a.state in TERMINAL else -1, level) for a, level in todo]
             self.dispatcher.restart(parent_id=parent_id, items=fixed, reason=reason, countdown=RESTART_POLL_S)
             return []
-        now = self.clock()
-        for tries in range(5):
-            snapshot = self.store.node_capacities()
+        origin = self._origin(parent_id)
+        if origin is None:
+            self._abandon_restart([a for a, _ in todo])  # the parent is gone: nothing to restart under it
+            return []
+        for _ in range(5):
+            now = self.clock()
             try:
-                placements = place(
-                    [Demand(Resources(a.cpu, a.memory, a.gpus, a.gpu_model), prefer_node_id=a.node_id) for a, _ in todo],
-                    snapshot, field="restart",
-                )
-            except NoCapacity:
-                log.warning("no capacity to restart %s under %s; the reconciler retries", [a.id for a, _ in todo], parent_id)
+                placements = self.placer.place([demand_of(a) for a, _ in todo], origin, field="restart")
+            except NoCapacity as exc:
+                self._wait(parent_id, [a for a, _ in todo], str(exc.message), now)
                 return []
             restart_items = [
                 RestartItem(a.id, a.incarnation, p.node_id, p.gpu_ids, a.cpu, a.memory, level)
-                for (a, level), p in zip(todo, placements)
+                for (a, level), p in zip(todo, placements, strict=True)
             ]
-            parent_log = self._restart_log(parent_id)
             try:
                 restarted = self.store.restart_allocations(
-                    parent_id=parent_id, items=restart_items, restart_log=parent_log, reason=f"restart: {reason}", now=now
+                    parent_id=parent_id, items=restart_items, restart_log=self._restart_log(parent_id),
+                    reason=f"restart: {reason}", now=now,
                 )
             except CreateRefused as refused:
                 if refused.reason == CreateRefused.NO_CAPACITY:
-                    continue
-                return []  # parent gone or ending, or a stale incarnation: nothing to do
-            by_node: dict[str, list[tuple[str, int]]] = {}
+                    continue  # lost a race for the room: place again
+                if refused.reason != CreateRefused.STALE:
+                    self._abandon_restart([a for a, _ in todo])  # the parent is gone or ending
+                return []
+            by_node: dict[str, list[Key]] = {}
+            natives = [(r.id, r.incarnation) for r in restarted if r.executor == "native"]
             for r in restarted:
                 if r.executor == "process":
                     by_node.setdefault(r.node_id, []).append((r.id, r.incarnation))
             for node_id, keys in by_node.items():
                 self.dispatcher.run(node_id=node_id, items=keys)
+            if natives:
+                self.dispatcher.start_native(keys=natives)
             self.notify()
             return restarted
         return []
+
+    def _wait(self, parent_id: str, waiting: Sequence[AllocationRecord], why: str, now: float) -> None:
+        """No node can take them now: say so once per reason, and try again later (the reconciler)."""
+        for a in waiting:
+            self.store.set_fields(allocation_id=a.id, incarnation=a.incarnation,
+                                  fields={"restart_at": now + WAIT_RETRY_S, "waiting": why})
+        digest = hashlib.sha256(why.encode()).hexdigest()[:12]
+        self.store.record_events(events=[Event(
+            id=f"{a.id}:{a.incarnation}:waiting:{digest}", kind="waiting", allocation_id=a.id, at=now,
+            incarnation=a.incarnation, reason=f"waiting to restart: {why}", by=parent_id,
+        ) for a in waiting])
+        self.notify()
+
+    def _abandon_restart(self, records: Sequence[AllocationRecord]) -> None:
+        """A restart that can no longer happen is no longer due."""
+        for a in records:
+            self.store.set_fields(allocation_id=a.id, incarnation=a.incarnation, fields={"restart_at": None, "waiting": None})
+
+    def _origin(self, parent_id: str) -> str | None:
+        """The node RTTs are measured from: the parent's node (a Node parent is its own)."""
+        if self.store.actor_label(actor_id=parent_id) == Label.NODE.value:
+            return parent_id
+        parent = self.store.get_allocation(allocation_id=parent_id)
+        return parent.node_id if parent is not None else None
 
     def _restart_log(self, parent_id: str) -> list[float]:
         node = self.store.get_node(node_id=parent_id)
@@ -317,59 +371,42 @@ class SupervisorService:
             raise NotFound(f"no parent {parent_id!r}", field="parent")
         return [float(t) for t in parent.extra.get("restart_log") or []]
 
-    # --- node loss ----------------------------------------------------------------------
-    def reap(self, *, grace_s: float) -> dict[str, int]:
-        """Declare nodes whose heartbeat is older than grace lost; their allocations' parents decide once each."""
-        now = self.clock()
-        reaped: dict[str, int] = {}
-        for node_id in self.store.stale_nodes(heartbeat_before=now - grace_s):
-            lost = self.store.mark_node_lost(node_id=node_id, heartbeat_before=now - grace_s, now=now)
-            if lost is None:
-                continue
-            reaped[node_id] = len(lost)
-            log.warning("node %s lost (no heartbeat for %.1fs): %d allocations lost", node_id, grace_s, len(lost))
-            if lost:
-                self.on_terminated([(a.id, a.incarnation) for a in lost])
-        return reaped
+    # --- policy -------------------------------------------------------------------------
+    def set_policy(self, actor_id: str, policy: SupervisionPolicy | dict[str, Any]) -> None:
+        """Change how a node or a live allocation supervises its children."""
+        parsed = parse(SupervisionPolicy, policy, field="policy")
+        label = self.store.actor_label(actor_id=actor_id)
+        if label not in (Label.NODE.value, Label.ALLOCATION.value):
+            raise NotFound(f"no node or allocation {actor_id!r}", field="id")
+        if label == Label.ALLOCATION.value:
+            a = self.store.get_allocation(allocation_id=actor_id)
+            if a is None:
+                raise NotFound(f"no node or allocation {actor_id!r}", field="id")
+            if a.state in TERMINAL or a.state is State.STOPPING:
+                raise Conflict(f"allocation {actor_id} is {a.state.value}; its policy can no longer change", field="id")
+        self.store.set_actor_fields(
+            actor_id=actor_id,
+            fields={"supervision": parsed.model_dump_json(), "child_policy": parsed.child_policy.value},
+        )
 
-    # --- reconciling: converge what a lost message or a dead worker left behind ---------
-    def reconcile(self, *, placed_deadline_s: float, starting_deadline_s: float, stopping_slack_s: float = 30.0,
-                  restart_slack_s: float = 5.0, limit: int = 1000) -> dict[str, int]:
-        now = self.clock()
-        done = {"redispatched": 0, "start_lost": 0, "stops": 0, "restarts": 0}
-        placed = self.store.stuck(states=[State.PLACED], updated_before=now - placed_deadline_s, limit=limit)
-        by_node: dict[str, list[Key]] = {}
-        for a in placed:
-            if a.executor == "process":
-                by_node.setdefault(a.node_id, []).append((a.id, a.incarnation))
-        for node_id, keys in by_node.items():
-            self.dispatcher.run(node_id=node_id, items=keys)
-            done["redispatched"] += len(keys)
-        starting = self.store.stuck(states=[State.STARTING], updated_before=now - starting_deadline_s, limit=limit)
-        if starting:
-            results = self.store.transition_many(changes=[
-                Change(a.id, {State.STARTING: State.FAILED}, a.incarnation, {"exit_code": -1},
-                       failure="could not start: the node agent never reported the process", reason="start lost", by="reconciler")
-                for a in starting], now=now)
-            ended = [(r.allocation.id, r.allocation.incarnation) for r in results if r is not None and r.applied]
-            done["start_lost"] = len(ended)
-            if ended:
-                self.dispatcher.terminated(keys=ended)
-        stopping = self.store.stuck(states=[State.STOPPING], updated_before=now - stopping_slack_s, limit=limit)
-        for a in stopping:
-            node = self.store.get_node(node_id=a.node_id)
-            if node is None or node.status != "ready":
-                self.store.set_fields(allocation_id=a.id, incarnation=a.incarnation, fields={"process_exited": True})
-        if stopping:
-            self.advance([a.id for a in stopping])
-            done["stops"] = len(stopping)
-        due = self.store.due_restarts(before=now - restart_slack_s, limit=limit)
-        grouped: dict[str, list[tuple[str, int, int]]] = {}
-        for parent_id, child_id, inc in due:
-            a = self.store.get_allocation(allocation_id=child_id)
-            level = int(a.extra.get("backoff_level") or 0) + 1 if a else 1
-            grouped.setdefault(parent_id, []).append((child_id, inc, level))
-        for parent_id, items in grouped.items():
-            self.restart(parent_id, items, "reconciler: restart was due")
-            done["restarts"] += len(items)
-        return done
+
+def _plan(decision: Decision) -> str:
+    """What carrying the decision out needs, as stored text (graph properties hold no nested values)."""
+    return json.dumps({
+        "stops": list(decision.stops),
+        "escalate": decision.escalate,
+        "restarts": [[r.child_id, r.from_incarnation, r.delay_s, r.backoff_level, r.was_live] for r in decision.restarts],
+    })
+
+
+def _decision_of(recorded: Event, fallback: Decision) -> Decision:
+    """The decision recorded by an earlier delivery of the same failures."""
+    try:
+        plan = json.loads(str(recorded.data["plan"]))
+        restarts = tuple(Restart(str(c), int(f), float(d), int(lv), bool(w)) for c, f, d, lv, w in plan["restarts"])
+        directive = Directive(str(recorded.data["directive"]))
+    except (KeyError, ValueError, TypeError):
+        log.warning("decision %s has no readable plan; using the one decided now", recorded.id)
+        return fallback
+    return Decision(directive, recorded.reason or fallback.reason, restarts=restarts, stops=tuple(plan["stops"]),
+                    escalate=bool(plan["escalate"]), per_child=fallback.per_child)

@@ -11,44 +11,34 @@ import json
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, HOLDS_RESOURCES, LIVE, RESTARTABLE, State
+from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, HOLDS_RESOURCES, LIVE, NODE_LOST, RESTARTABLE, State
 from controlplane.domain.records import (
     AllocationRecord,
+    Event,
     GpuRecord,
     NeighborRecord,
     NodeRecord,
     TransitionResult,
-    Event,
-    JobRecord,
-    TaskRecord,
     Vertex,
 )
 from controlplane.domain.resources import FreeGpu, NodeCapacity
 from controlplane.domain.specs import NodeSpec
 from controlplane.domain.traversal import TraversalSpec
+from controlplane.domain.vocabulary import ALLOCATION_CORE, ALLOCATION_PROPERTIES
+from controlplane.ports.store import Change, CreateRefused, NewAllocation, RestartItem, ToStop, node_demands
 from graph_schema.cypher import statements as q
 from graph_schema.cypher.traversal import compile_traversal
-from graph_schema.vocabulary import ALLOCATION_CORE, ALLOCATION_PROPERTIES
-from graph_schema.store import (
-    Change,
-    CreateRefused,
-    NewAllocation,
-    NewTask,
-    RestartItem,
-    SingleTransition,
-    ToStop,
-    node_demands,
-)
 
 Row = list[Any]
 _HOLDING = sorted(s.value for s in HOLDS_RESOURCES)
 _ACCEPTS = sorted(s.value for s in ACCEPTS_CHILDREN)
 _LIVE = sorted(s.value for s in LIVE)
 _RESTARTABLE = sorted(s.value for s in RESTARTABLE)
+_NODE_LOST_FROM = sorted(s.value for s in NODE_LOST.steps)
 
 
 def _tick() -> int:
@@ -63,18 +53,19 @@ def _capacity(r: Row) -> NodeCapacity:
         labels=tuple(r[2] or ()),
         cpu_free=int(r[3]),
         memory_free=int(r[4]),
-        free_gpus=tuple(sorted((FreeGpu(i, m) for i, m in zip(r[5], r[6])), key=lambda g: g.id)),
+        free_gpus=tuple(sorted((FreeGpu(i, m) for i, m in zip(r[5], r[6], strict=True)), key=lambda g: g.id)),
     )
 
 
-def _props(value: Any) -> dict[str, Any]:
+def props_of(value: Any) -> dict[str, Any]:
+    """A vertex's properties as the driver returned them, as a plain dict."""
     return dict(value) if value is not None else {}
 
 
 _LOCK_MARKER = re.compile(r"REMOVE (\w+)\._lock")
 
 
-class CypherStore(SingleTransition, ABC):
+class CypherStore(ABC):
     engine: str = "cypher"
     _dialect_cache: dict[str, str]
 
@@ -110,6 +101,14 @@ class CypherStore(SingleTransition, ABC):
     def ping(self) -> None:
         self._read("RETURN 1", {})
 
+    def read(self, query: str, params: dict[str, Any]) -> list[Row]:
+        """A read-only statement (for the parts of the product with statements of their own, such as jobs)."""
+        return self._read(query, params)
+
+    def write(self, query: str, params: dict[str, Any]) -> list[Row]:
+        """One atomic write statement."""
+        return self._write(query, params)
+
     # --- nodes -------------------------------------------------------------------------
     def register_node(self, *, spec: NodeSpec, now: float) -> NodeRecord:
         gpus = [{"id": f"{spec.name}/gpu{i}", "model": g.model, "memory": g.memory_mib} for i, g in enumerate(spec.gpus)]
@@ -127,37 +126,29 @@ class CypherStore(SingleTransition, ABC):
                 "now": now,
             },
         )
-        return NodeRecord.from_props(_props(rows[0][0]))
+        return NodeRecord.from_props(props_of(rows[0][0]))
 
     def heartbeat(self, *, node_id: str, now: float) -> str | None:
         rows = self._write(q.HEARTBEAT, {"id": node_id, "now": now})
         return rows[0][0] if rows else None
-
-    def set_node_status(self, *, node_id: str, expected: Sequence[str], status: str, now: float) -> NodeRecord | None:
-        rows = self._write(q.SET_NODE_STATUS, {"id": node_id, "expected": list(expected), "status": status, "now": now})
-        return NodeRecord.from_props(_props(rows[0][0])) if rows else None
 
     def connect_neighbors(self, *, a: str, b: str, rtt_ms: float, bandwidth: float) -> bool:
         return bool(self._write(q.CONNECT_NEIGHBORS, {"a": a, "b": b, "rtt_ms": float(rtt_ms), "bandwidth": float(bandwidth)}))
 
     def get_node(self, *, node_id: str) -> NodeRecord | None:
         rows = self._read(q.GET_NODE, {"id": node_id})
-        return NodeRecord.from_props(_props(rows[0][0])) if rows else None
+        return NodeRecord.from_props(props_of(rows[0][0])) if rows else None
 
     def list_nodes(self, *, after: str | None, limit: int, status: str | None = None) -> list[NodeRecord]:
         rows = self._read(q.LIST_NODES, {"after": after, "limit": int(limit), "status": status})
-        return [NodeRecord.from_props(_props(r[0])) for r in rows]
+        return [NodeRecord.from_props(props_of(r[0])) for r in rows]
 
     def neighbors(self, *, node_id: str) -> list[NeighborRecord]:
         rows = self._read(q.NEIGHBORS, {"id": node_id})
         return [NeighborRecord(node_id=r[0], rtt_ms=float(r[1]), bandwidth=float(r[2])) for r in rows]
 
     def gpus(self, *, node_id: str) -> list[GpuRecord]:
-        return [GpuRecord.from_props(_props(r[0])) for r in self._read(q.GPUS, {"id": node_id})]
-
-    def node_capacities(self, *, node_ids: Sequence[str] | None = None) -> list[NodeCapacity]:
-        rows = self._read(q.NODE_CAPACITIES, {"ids": list(node_ids) if node_ids is not None else None})
-        return [_capacity(r) for r in rows]
+        return [GpuRecord.from_props(props_of(r[0])) for r in self._read(q.GPUS, {"id": node_id})]
 
     def candidates(
         self, *, cpu: int, memory: int, gpus: int, gpu_model: str | None, labels: Sequence[str],
@@ -171,12 +162,6 @@ class CypherStore(SingleTransition, ABC):
         rows = self._read(q.SPREAD_COUNTS, {"keys": list(keys), "live": _LIVE})
         return {(r[0], r[1]): int(r[2]) for r in rows}
 
-    def gpu_inventory(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for node_id, model, n in self._read(q.GPU_INVENTORY, {}):
-            out.setdefault(node_id, {})[model] = int(n)
-        return out
-
     # --- allocations -------------------------------------------------------------------
     def create_allocations(
         self, *, parent_id: str, allocations: Sequence[NewAllocation], now: float
@@ -184,7 +169,7 @@ class CypherStore(SingleTransition, ABC):
         if not allocations:
             return []
         demands = node_demands(allocations)
-        props = [self._allocation_props(a, parent_id=parent_id, now=now) for a in allocations]
+        props = [self._allocationprops(a, parent_id=parent_id, now=now) for a in allocations]
         params = {
             "first_id": allocations[0].id,
             "parent_id": parent_id,
@@ -196,7 +181,7 @@ class CypherStore(SingleTransition, ABC):
         }
         rows = self._write(q.CREATE_ALLOCATIONS, params)
         if rows:
-            return [AllocationRecord.from_props(_props(r[0])) for r in rows]
+            return [AllocationRecord.from_props(props_of(r[0])) for r in rows]
         # Nothing written: either it was already committed (a repeat), or a precondition failed.
         existing = self.get_allocations(allocation_ids=[a.id for a in allocations])
         if len(existing) == len(allocations):
@@ -211,7 +196,7 @@ class CypherStore(SingleTransition, ABC):
         raise CreateRefused(CreateRefused.NO_CAPACITY, ", ".join(d["node_id"] for d in demands))
 
     @staticmethod
-    def _allocation_props(a: NewAllocation, *, parent_id: str, now: float) -> dict[str, Any]:
+    def _allocationprops(a: NewAllocation, *, parent_id: str, now: float) -> dict[str, Any]:
         p = asdict(a)
         p.pop("env_json")
         extra = p.pop("extra") or {}
@@ -219,6 +204,7 @@ class CypherStore(SingleTransition, ABC):
             env=a.env_json,
             argv=list(a.argv),
             gpu_ids=list(a.gpu_ids),
+            node_labels=list(a.node_labels),
             gpu_model=a.gpu_model or "",
             parent_id=parent_id,
             state=State.PLACED.value,
@@ -227,8 +213,8 @@ class CypherStore(SingleTransition, ABC):
             created_at=now,
             updated_at=now,
         )
-        p.update({k: v for k, v in extra.items() if v is not None})
-        return p
+        p.update(extra)
+        return {k: v for k, v in p.items() if v is not None}
 
     def transition_many(self, *, changes: Sequence[Change], now: float) -> list[TransitionResult | None]:
         if not changes:
@@ -236,7 +222,7 @@ class CypherStore(SingleTransition, ABC):
         params = [
             {
                 "id": c.allocation_id,
-                "moves": {k.value: v.value for k, v in c.moves.items()},
+                "moves": {k.value: v.value for k, v in c.move.steps.items()},
                 "incarnation": c.incarnation,
                 "fields": {k: v for k, v in c.fields.items() if v is not None},
                 "failure": c.failure,
@@ -246,12 +232,12 @@ class CypherStore(SingleTransition, ABC):
             }
             for c in changes
         ]
-        may_release = any(to not in HOLDS_RESOURCES for c in changes for to in c.moves.values())
+        may_release = any(to not in HOLDS_RESOURCES for c in changes for to in c.move.targets)
         rows = self._write(
             q.TRANSITION if may_release else q.TRANSITION_KEEP,
             {"changes": params, "now": now, "tick": _tick(), "holding": _HOLDING, "live": _LIVE},
         )
-        applied = {r[0]["id"]: TransitionResult(AllocationRecord.from_props(_props(r[0])), State(r[1])) for r in rows}
+        applied = {r[0]["id"]: TransitionResult(AllocationRecord.from_props(props_of(r[0])), State(r[1])) for r in rows}
         missing = [c.allocation_id for c in changes if c.allocation_id not in applied]
         current = {a.id: a for a in self.get_allocations(allocation_ids=missing)} if missing else {}
         results: list[TransitionResult | None] = []
@@ -266,21 +252,21 @@ class CypherStore(SingleTransition, ABC):
 
     def get_allocation(self, *, allocation_id: str) -> AllocationRecord | None:
         rows = self._read(q.GET_ALLOCATION, {"id": allocation_id})
-        return AllocationRecord.from_props(_props(rows[0][0])) if rows else None
+        return AllocationRecord.from_props(props_of(rows[0][0])) if rows else None
 
     def get_allocations(self, *, allocation_ids: Sequence[str]) -> list[AllocationRecord]:
         rows = self._read(q.GET_ALLOCATIONS, {"ids": list(allocation_ids)})
-        return [AllocationRecord.from_props(_props(r[0])) for r in rows]
+        return [AllocationRecord.from_props(props_of(r[0])) for r in rows]
 
     def list_allocations(
         self, *, after: str | None, limit: int, state: str | None = None, node_id: str | None = None
     ) -> list[AllocationRecord]:
         rows = self._read(q.LIST_ALLOCATIONS, {"after": after, "limit": int(limit), "state": state, "node_id": node_id})
-        return [AllocationRecord.from_props(_props(r[0])) for r in rows]
+        return [AllocationRecord.from_props(props_of(r[0])) for r in rows]
 
     def children(self, *, parent_id: str, after: str | None, limit: int) -> list[AllocationRecord]:
         rows = self._read(q.CHILDREN, {"id": parent_id, "after": after, "limit": int(limit)})
-        return [AllocationRecord.from_props(_props(r[0])) for r in rows]
+        return [AllocationRecord.from_props(props_of(r[0])) for r in rows]
 
     def descendants(
         self, *, root_id: str, max_depth: int, limit: int, fields: Collection[str] | None = None
@@ -289,7 +275,7 @@ class CypherStore(SingleTransition, ABC):
         if fields is not None:
             projection = tuple(dict.fromkeys([*ALLOCATION_CORE, *sorted(set(fields) & ALLOCATION_PROPERTIES)]))
         rows = self._read(q.descendants(max_depth, projection), {"id": root_id, "limit": int(limit)})
-        return [AllocationRecord.from_props(_props(p)) for p in (rows[0][0] if rows else [])]
+        return [AllocationRecord.from_props(props_of(p)) for p in (rows[0][0] if rows else [])]
 
     def ancestors(self, *, allocation_id: str) -> list[Vertex]:
         rows = self._read(q.ANCESTORS, {"id": allocation_id})
@@ -330,7 +316,7 @@ class CypherStore(SingleTransition, ABC):
             },
         )
         if rows:
-            return [AllocationRecord.from_props(_props(r[0])) for r in rows]
+            return [AllocationRecord.from_props(props_of(r[0])) for r in rows]
         found, state, is_node = self._read(q.DIAGNOSE_PARENT, {"parent_id": parent_id})[0]
         if not found:
             raise CreateRefused(CreateRefused.PARENT_MISSING, parent_id)
@@ -356,7 +342,7 @@ class CypherStore(SingleTransition, ABC):
 
     def set_fields(self, *, allocation_id: str, incarnation: int | None, fields: dict[str, Any]) -> AllocationRecord | None:
         rows = self._write(q.SET_FIELDS, {"id": allocation_id, "incarnation": incarnation, "fields": fields})
-        return AllocationRecord.from_props(_props(rows[0][0])) if rows else None
+        return AllocationRecord.from_props(props_of(rows[0][0])) if rows else None
 
     def set_actor_fields(self, *, actor_id: str, fields: dict[str, Any]) -> None:
         self._write(q.SET_ACTOR_FIELDS, {"id": actor_id, "fields": fields})
@@ -365,10 +351,11 @@ class CypherStore(SingleTransition, ABC):
         return [r[0] for r in self._read(q.STALE_NODES, {"before": heartbeat_before})]
 
     def mark_node_lost(self, *, node_id: str, heartbeat_before: float, now: float) -> list[AllocationRecord] | None:
-        rows = self._write(q.MARK_NODE_LOST, {"id": node_id, "before": heartbeat_before, "now": now, "tick": _tick(), "live": _LIVE})
+        rows = self._write(q.MARK_NODE_LOST, {"id": node_id, "before": heartbeat_before, "now": now, "tick": _tick(),
+                                              "from": _NODE_LOST_FROM})
         if not rows:
             return None
-        return [AllocationRecord.from_props(_props(p)) for p in rows[0][1] or [] if p]
+        return [AllocationRecord.from_props(props_of(p)) for p in rows[0][1] or [] if p]
 
     def watch(self, *, watcher_id: str, target_id: str, now: float) -> str | None:
         rows = self._write(q.WATCH, {"watcher": watcher_id, "target": target_id, "now": now})
@@ -386,66 +373,36 @@ class CypherStore(SingleTransition, ABC):
             tick = _tick()
             self._write(q.RECORD_EVENTS, {"events": [{**e.to_props(), "tick": tick + i} for i, e in enumerate(events)]})
 
+    def record_decision(
+        self, *, parent_id: str, event: Event, restart_log: Sequence[float] | None, restart_at: Mapping[str, float]
+    ) -> tuple[Event, bool]:
+        rows = self._write(q.RECORD_DECISION, {
+            "parent_id": parent_id, "event": {**event.to_props(), "tick": _tick()}, "event_id": event.id,
+            "restart_log": [float(t) for t in restart_log] if restart_log is not None else None,
+            "restart_at": [{"id": k, "at": float(v)} for k, v in restart_at.items()],
+        })
+        if not rows:  # the parent is gone: nothing was recorded
+            return event, False
+        return Event.from_props(props_of(rows[0][0])), bool(rows[0][1])
+
     def events(self, *, allocation_id: str | None, since: float | None, limit: int) -> list[Event]:
         rows = self._read(q.EVENTS, {"allocation_id": allocation_id, "since": since, "limit": int(limit)})
-        return [Event.from_props(_props(r[0])) for r in rows]
+        return [Event.from_props(props_of(r[0])) for r in rows]
 
     def stuck(self, *, states: Sequence[State], updated_before: float, limit: int) -> list[AllocationRecord]:
         rows = self._read(q.STUCK, {"states": [s.value for s in states], "before": updated_before, "limit": int(limit)})
-        return [AllocationRecord.from_props(_props(r[0])) for r in rows]
+        return [AllocationRecord.from_props(props_of(r[0])) for r in rows]
 
     def due_restarts(self, *, before: float, limit: int) -> list[tuple[str, str, int]]:
         rows = self._read(q.DUE_RESTARTS, {"before": before, "limit": int(limit), "restartable": _RESTARTABLE})
         return [(r[0], r[1], int(r[2])) for r in rows]
-
-    # --- jobs ----------------------------------------------------------------------------
-    def create_job(
-        self, *, job_id: str, name: str, spec_json: str, node_id: str, tasks: Sequence[NewTask], root_id: str, now: float
-    ) -> JobRecord:
-        rows = self._write(q.CREATE_JOB, {
-            "id": job_id, "name": name, "spec": spec_json, "node": node_id, "now": now, "root_id": root_id,
-            "tasks": [{"id": t.id, "path": t.path, "name": t.name, "parent_id": t.parent_id,
-                       "parent_path": t.path.rsplit("/", 1)[0] if "/" in t.path else None,
-                       "needs": list(t.needs), "replicas": t.replicas, "executor": t.executor,
-                       "spec": t.spec_json, "seq": t.seq} for t in tasks],
-        })
-        if rows:
-            return JobRecord.from_props(_props(rows[0][0]))
-        existing = self.get_job(job_id=job_id)
-        assert existing is not None, "a refused job create means the job exists"
-        return existing
-
-    def get_job(self, *, job_id: str) -> JobRecord | None:
-        rows = self._read(q.GET_JOB, {"id": job_id})
-        return JobRecord.from_props(_props(rows[0][0])) if rows else None
-
-    def list_jobs(self, *, after: str | None, limit: int, state: str | None = None) -> list[JobRecord]:
-        rows = self._read(q.LIST_JOBS, {"after": after, "limit": int(limit), "state": state})
-        return [JobRecord.from_props(_props(r[0])) for r in rows]
-
-    def job_tasks(self, *, job_id: str) -> list[TaskRecord]:
-        return [TaskRecord.from_props(_props(r[0]), r[1]) for r in self._read(q.JOB_TASKS, {"id": job_id})]
-
-    def set_task_states(self, *, changes: Sequence[tuple[str, Sequence[str], str]], now: float) -> list[str]:
-        if not changes:
-            return []
-        rows = self._write(q.SET_TASK_STATES, {
-            "changes": [{"id": i, "expected": list(e), "to": to} for i, e, to in changes], "now": now})
-        return [r[0] for r in rows]
-
-    def set_job_state(
-        self, *, job_id: str, expected: Sequence[str], to: str, now: float, fields: dict[str, Any] | None = None
-    ) -> JobRecord | None:
-        rows = self._write(q.SET_JOB_STATE, {"id": job_id, "expected": list(expected), "to": to, "now": now,
-                                             "fields": {k: v for k, v in (fields or {}).items() if v is not None}})
-        return JobRecord.from_props(_props(rows[0][0])) if rows else None
 
     @staticmethod
     def _primary_label(labels: Sequence[str]) -> str:
         return next((l for l in labels if l != "Actor"), labels[0])
 
     def _vertex(self, labels: Sequence[str], props: Any) -> Vertex:
-        p = _props(props)
+        p = props_of(props)
         p = {k: v for k, v in p.items() if not k.startswith("_")}
         if "env" in p and isinstance(p["env"], str):
             try:

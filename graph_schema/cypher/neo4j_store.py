@@ -105,9 +105,9 @@ class Neo4jStore(CypherStore):
         started = time.perf_counter()
         try:
             with self._driver.session(database=self._database, default_access_mode=READ_ACCESS) as session:
-                result = session.run(Query(text, timeout=timeout_s))  # type: ignore[arg-type]
+                result = session.run(Query(text, timeout=timeout_s))
                 columns = tuple(result.keys())
-                rows = []
+                rows: list[tuple[Any, ...]] = []
                 truncated = False
                 for record in result:
                     if len(rows) == limit:

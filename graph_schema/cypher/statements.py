@@ -16,7 +16,7 @@ that remain.
 
 from __future__ import annotations
 
-from graph_schema.vocabulary import EdgeType, Label
+from controlplane.domain.vocabulary import EdgeType, Label
 
 A = Label.ALLOCATION.value
 N = Label.NODE.value
@@ -31,8 +31,6 @@ WATCHES = EdgeType.WATCHES.value
 EV = Label.EVENT.value
 JOB = Label.JOB.value
 TASK = Label.TASK.value
-HAS_TASK = EdgeType.HAS_TASK.value
-DEPENDS_ON = EdgeType.DEPENDS_ON.value
 EXECUTES = EdgeType.EXECUTES.value
 
 REGISTER_NODE = f"""
@@ -57,14 +55,6 @@ HEARTBEAT = f"""
 MATCH (n:{N} {{id: $id}})
 SET n.heartbeat_at = CASE WHEN n.heartbeat_at > $now THEN n.heartbeat_at ELSE $now END
 RETURN n.status
-"""
-
-SET_NODE_STATUS = f"""
-MATCH (n:{N} {{id: $id}})
-REMOVE n._lock
-WITH n WHERE n.status IN $expected
-SET n.status = $status, n.version = n.version + 1, n.status_changed_at = $now
-RETURN properties(n) AS n
 """
 
 CONNECT_NEIGHBORS = f"""
@@ -92,13 +82,6 @@ RETURN m.id, r.rtt_ms, r.bandwidth ORDER BY r.rtt_ms, m.id
 GPUS = f"""
 MATCH (g:{G})-[:{GPU_OWNER}]->(:{N} {{id: $id}})
 RETURN properties(g) AS g ORDER BY g.id
-"""
-
-NODE_CAPACITIES = f"""
-MATCH (n:{N})
-WHERE n.status = 'ready' AND ($ids IS NULL OR n.id IN $ids)
-OPTIONAL MATCH (g:{G})-[:{GPU_OWNER}]->(n) WHERE g.claimed_by IS NULL
-RETURN n.id, n.status, n.labels, n.cpu_free, n.memory_free, collect(g.id), collect(g.model)
 """
 
 # The precondition shared by creating and restarting allocations: the parent (locked) is a
@@ -265,7 +248,7 @@ SET a.state = 'placed', a.incarnation = a.incarnation + 1, a.version = a.version
     a.gpu_ids = it.gpu_ids, a.updated_at = $now, a.restarts = coalesce(a.restarts, 0) + 1,
     a.backoff_level = it.backoff_level, a.exit_code = null, a.pid = null, a.error = null,
     a.output_tail = null, a.agent = null, a.started_at = null, a.finished_at = null, a.restart_at = null,
-    a.stop_requested_at = null, a.process_exited = null, a.escalated = null
+    a.stop_requested_at = null, a.process_exited = null, a.escalated = null, a.waiting = null
 CREATE (a)-[:{RUNS_ON}]->(n)
 CREATE (:{EV} {{id: a.id + ':' + toString(a.version), kind: 'transition', allocation_id: a.id,
   incarnation: a.incarnation, from: prev, to: 'placed', at: $now, tick: $tick, reason: $reason, by: p.id}})
@@ -318,7 +301,8 @@ RETURN n.id ORDER BY n.id
 """
 
 # The node is declared lost once (guarded by its status and stale heartbeat), and every
-# live process allocation on it becomes `lost` in the same request, each with its event.
+# live process allocation on it becomes `lost` in the same request (the NODE_LOST move:
+# `$from` are its sources), each with its event.
 # (Native allocations run in supervisors; their node is only where they are anchored.)
 MARK_NODE_LOST = f"""
 MATCH (n:{N} {{id: $id}})
@@ -327,7 +311,7 @@ WITH n WHERE n.status IN ['ready', 'draining'] AND n.heartbeat_at < $before
 SET n.status = 'lost', n.version = n.version + 1, n.status_changed_at = $now,
     n.cpu_free = n.cpu, n.memory_free = n.memory
 WITH n
-OPTIONAL MATCH (a:{A})-[:{RUNS_ON}]->(n) WHERE a.state IN $live AND a.executor = 'process'
+OPTIONAL MATCH (a:{A})-[:{RUNS_ON}]->(n) WHERE a.state IN $from AND a.executor = 'process'
 WITH n, collect(a) AS victims
 FOREACH (a IN victims |
   CREATE (:{EV} {{id: a.id + ':' + toString(a.version + 1), kind: 'transition', allocation_id: a.id,
@@ -368,6 +352,28 @@ ON CREATE SET x += e
 RETURN count(x)
 """
 
+# A supervision decision, once: the decision event, the parent's restart log and when each
+# restarted child is due, only if the event is new (the parent is locked first, so a
+# concurrent delivery of the same failures waits and then finds the event).
+RECORD_DECISION = f"""
+MATCH (p:{ACT} {{id: $parent_id}})
+REMOVE p._lock
+WITH p
+OPTIONAL MATCH (old:{EV} {{id: $event_id}})
+WITH p, count(old) AS seen
+FOREACH (_ IN CASE WHEN seen = 0 THEN [1] ELSE [] END |
+  CREATE (e:{EV})
+  SET e = $event
+  SET p.restart_log = coalesce($restart_log, p.restart_log))
+WITH p, seen
+UNWIND CASE WHEN size($restart_at) = 0 THEN [null] ELSE $restart_at END AS r
+OPTIONAL MATCH (p)-[:{PARENT_OF}]->(k:{A} {{id: r.id}})
+FOREACH (x IN CASE WHEN seen = 0 AND k IS NOT NULL THEN [k] ELSE [] END | SET x.restart_at = r.at)
+WITH DISTINCT seen
+MATCH (e:{EV} {{id: $event_id}})
+RETURN properties(e), seen = 0
+"""
+
 EVENTS = f"""
 MATCH (e:{EV})
 WHERE ($allocation_id IS NULL OR e.allocation_id = $allocation_id) AND ($since IS NULL OR e.at > $since)
@@ -390,65 +396,6 @@ SET_ACTOR_FIELDS = f"""
 MATCH (a:{ACT} {{id: $id}})
 SET a += $fields
 RETURN a.id
-"""
-
-# --- jobs ----------------------------------------------------------------------------------
-
-# The Job DAG in one request: the Job, its Tasks (given parents and needs first, so each
-# MERGE finds the tasks created before it), HAS_TASK and DEPENDS_ON. Idempotent by job id.
-CREATE_JOB = f"""
-OPTIONAL MATCH (old:{JOB} {{id: $id}})
-WITH count(old) AS repeats WHERE repeats = 0
-CREATE (j:{JOB} {{id: $id, name: $name, state: 'submitted', spec: $spec, submitted_at: $now, updated_at: $now,
-                 submitted_by: $node, tasks_total: size($tasks), root_id: $root_id}})
-WITH j
-UNWIND $tasks AS t
-CREATE (x:{TASK} {{id: t.id, job_id: $id, path: t.path, name: t.name, parent_path: t.parent_path, state: 'pending',
-                  replicas: t.replicas, executor: t.executor, spec: t.spec, seq: t.seq}})
-FOREACH (p IN CASE WHEN t.parent_id IS NULL THEN [j] ELSE [] END | CREATE (p)-[:{HAS_TASK}]->(x))
-FOREACH (pid IN CASE WHEN t.parent_id IS NULL THEN [] ELSE [t.parent_id] END |
-  MERGE (p:{TASK} {{id: pid}}) CREATE (p)-[:{HAS_TASK}]->(x))
-FOREACH (nid IN t.needs | MERGE (n:{TASK} {{id: nid}}) CREATE (x)-[:{DEPENDS_ON}]->(n))
-WITH j, count(x) AS tasks
-RETURN properties(j) AS j
-"""
-
-GET_JOB = f"MATCH (j:{JOB} {{id: $id}}) RETURN properties(j) AS j"
-
-LIST_JOBS = f"""
-MATCH (j:{JOB})
-WHERE ($after IS NULL OR j.id > $after) AND ($state IS NULL OR j.state = $state)
-RETURN properties(j) AS j ORDER BY j.id LIMIT $limit
-"""
-
-# Every task of the job with the allocations that executed it (id, incarnation, state).
-JOB_TASKS = f"""
-MATCH (t:{TASK})
-WHERE t.job_id = $id
-OPTIONAL MATCH (a:{A})-[:{EXECUTES}]->(t)
-RETURN properties(t) AS t, collect([a.id, a.incarnation, a.state, a.node_id, a.restart_at]) AS runs
-ORDER BY t.seq
-"""
-
-SET_TASK_STATES = f"""
-UNWIND $changes AS c
-MATCH (t:{TASK} {{id: c.id}})
-WHERE t.state IN c.expected
-SET t.state = c.to, t.updated_at = $now
-RETURN t.id
-"""
-
-SET_JOB_STATE = f"""
-MATCH (j:{JOB} {{id: $id}})
-WHERE j.state IN $expected
-SET j.state = $to, j.updated_at = $now
-SET j += $fields
-RETURN properties(j) AS j
-"""
-
-GPU_INVENTORY = f"""
-MATCH (g:{G})-[:{GPU_OWNER}]->(n:{N})
-RETURN n.id, g.model, count(g)
 """
 
 # Placement as a traversal: ready nodes with room for the demand (and free GPUs of the wanted

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from controlplane.domain.traversal import Op, TraversalSpec
-from graph_schema.vocabulary import Direction
+from controlplane.domain.vocabulary import Direction
 
 _OPS = {Op.EQ: "=", Op.NE: "<>", Op.LT: "<", Op.LTE: "<=", Op.GT: ">", Op.GTE: ">="}
 

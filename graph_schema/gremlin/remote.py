@@ -14,8 +14,8 @@ import logging
 import random
 import threading
 import time
-from concurrent.futures import TimeoutError as FutureTimeout
 from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from gremlin_python.driver.driver_remote_connection import DriverRemoteConnection

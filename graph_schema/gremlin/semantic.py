@@ -21,8 +21,8 @@ from gremlin_python.process.graph_traversal import GraphTraversal, GraphTraversa
 from gremlin_python.process.traversal import Operator, P, T
 
 from controlplane.domain.traversal import Filter, Op, TraversalSpec
+from controlplane.domain.vocabulary import Direction
 from graph_schema.gremlin.remote import value
-from graph_schema.vocabulary import Direction
 
 _PREDICATES: dict[Op, Callable[[object], P]] = {
     Op.EQ: P.eq, Op.NE: P.neq, Op.LT: P.lt, Op.LTE: P.lte, Op.GT: P.gt, Op.GTE: P.gte,

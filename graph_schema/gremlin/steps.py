@@ -24,8 +24,8 @@ from typing import Any
 from gremlin_python.process.graph_traversal import GraphTraversal, GraphTraversalSource, __
 from gremlin_python.process.traversal import Operator, T
 
+from controlplane.domain.vocabulary import EdgeType, Label
 from graph_schema.gremlin.remote import value
-from graph_schema.vocabulary import EdgeType, Label
 
 A = Label.ALLOCATION.value
 N = Label.NODE.value

@@ -45,18 +45,17 @@ from gremlin_python.process.traversal import P
 
 from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, HOLDS_RESOURCES, LIVE, State
 from controlplane.domain.records import AllocationRecord, GpuRecord, NeighborRecord, NodeRecord, TransitionResult, Vertex
-from controlplane.domain.resources import NodeCapacity
 from controlplane.domain.specs import NodeSpec
 from controlplane.domain.traversal import TraversalSpec
+from controlplane.domain.vocabulary import ALLOCATION_CORE, ALLOCATION_PROPERTIES
+from controlplane.ports.store import Change, CreateRefused, NewAllocation, node_demands
 from graph_schema.gremlin import writes
+from graph_schema.gremlin.placement import PlacementMixin
+from graph_schema.gremlin.raw import RawQueryMixin
 from graph_schema.gremlin.remote import Remote, props_of, split_element
 from graph_schema.gremlin.semantic import compile_traversal
-from graph_schema.gremlin.steps import A, ACTORS, G, GPU_OWNER, N, NEIGHBOR_OF, PARENT_OF, RUNS_ON, having
-from graph_schema.gremlin.jobs import JobsMixin, capacity, capacity_projection
-from graph_schema.gremlin.raw import RawQueryMixin
+from graph_schema.gremlin.steps import ACTORS, GPU_OWNER, NEIGHBOR_OF, PARENT_OF, RUNS_ON, A, G, N
 from graph_schema.gremlin.supervision import SupervisionMixin
-from graph_schema.store import Change, CreateRefused, NewAllocation, SingleTransition, node_demands
-from graph_schema.vocabulary import ALLOCATION_CORE, ALLOCATION_PROPERTIES
 
 _HOLDING = sorted(s.value for s in HOLDS_RESOURCES)
 _ACCEPTS = sorted(s.value for s in ACCEPTS_CHILDREN)
@@ -78,13 +77,18 @@ def allocation(m: dict[Any, Any]) -> AllocationRecord:
     return AllocationRecord.from_props(props_of(m))
 
 
-class GremlinStore(SupervisionMixin, JobsMixin, RawQueryMixin, SingleTransition):
-    """The GraphStore on a Gremlin Server; the mixins hold the supervision, job and raw-query methods."""
+class GremlinStore(SupervisionMixin, PlacementMixin, RawQueryMixin):
+    """The GraphStore on a Gremlin Server; the mixins hold the supervision, placement and raw-query methods."""
 
     engine = "gremlin"
 
     def __init__(self, url: str, *, traversal_source: str = "g", pool_size: int = 8) -> None:
         self._remote = Remote(url, traversal_source=traversal_source, pool_size=pool_size)
+
+    @property
+    def remote(self) -> Remote:
+        """The connection, for the parts of the product with traversals of their own (jobs)."""
+        return self._remote
 
     def bootstrap(self) -> None:
         """Nothing to declare: ids are vertex ids (unique by construction) and TinkerGraph has no remote index API."""
@@ -116,10 +120,6 @@ class GremlinStore(SupervisionMixin, JobsMixin, RawQueryMixin, SingleTransition)
         status = self._remote.one(lambda g: writes.heartbeat(g, node_id=node_id, now=now))
         return str(status) if status is not None else None
 
-    def set_node_status(self, *, node_id: str, expected: Sequence[str], status: str, now: float) -> NodeRecord | None:
-        m = self._remote.one(lambda g: writes.set_node_status(g, node_id=node_id, expected=expected, status=status, now=now))
-        return NodeRecord.from_props(props_of(m)) if m else None
-
     def connect_neighbors(self, *, a: str, b: str, rtt_ms: float, bandwidth: float) -> bool:
         return bool(self._remote.run(lambda g: writes.connect_neighbors(g, a=a, b=b, rtt_ms=rtt_ms, bandwidth=bandwidth)))
 
@@ -149,14 +149,6 @@ class GremlinStore(SupervisionMixin, JobsMixin, RawQueryMixin, SingleTransition)
     def gpus(self, *, node_id: str) -> list[GpuRecord]:
         rows = self._read(lambda g: g.V(node_id).has_label(N).in_(GPU_OWNER).has_label(G).order().by("id").element_map())
         return [GpuRecord.from_props(props_of(m)) for m in rows]
-
-    def node_capacities(self, *, node_ids: Sequence[str] | None = None) -> list[NodeCapacity]:
-        if node_ids is not None and not node_ids:
-            return []
-        ids = list(dict.fromkeys(node_ids)) if node_ids is not None else []
-        rows = self._read(lambda g: capacity_projection(
-            (g.V(*ids).has_label(N) if ids else having(g, N, "status", ["ready"])).has("status", "ready")))
-        return [capacity(r) for r in rows]
 
     # --- allocations -------------------------------------------------------------------
     def create_allocations(self, *, parent_id: str, allocations: Sequence[NewAllocation], now: float) -> list[AllocationRecord]:
@@ -189,10 +181,9 @@ class GremlinStore(SupervisionMixin, JobsMixin, RawQueryMixin, SingleTransition)
             return []
         params = [
             {
-                "id": c.allocation_id, "moves": {k.value: v.value for k, v in c.moves.items()},
+                "id": c.allocation_id, "moves": {k.value: v.value for k, v in c.move.steps.items()},
                 "incarnation": c.incarnation, "fields": {k: v for k, v in c.fields.items() if v is not None},
-                "failure": c.failure, "reason": getattr(c, "reason", None), "by": getattr(c, "by", None),
-                "leaf_only": getattr(c, "leaf_only", False),
+                "failure": c.failure, "reason": c.reason, "by": c.by, "leaf_only": c.leaf_only,
             }
             for c in changes
         ]
@@ -280,8 +271,8 @@ def _allocation_props(a: NewAllocation, *, parent_id: str, now: float) -> dict[s
     p.pop("env_json")
     extra = p.pop("extra") or {}
     p.update(
-        env=a.env_json, argv=list(a.argv), gpu_ids=list(a.gpu_ids), gpu_model=a.gpu_model or "",
+        env=a.env_json, argv=list(a.argv), gpu_ids=list(a.gpu_ids), node_labels=list(a.node_labels), gpu_model=a.gpu_model or "",
         parent_id=parent_id, state=State.PLACED.value, incarnation=1, version=1, created_at=now, updated_at=now,
     )
-    p.update({k: v for k, v in extra.items() if v is not None})
-    return p
+    p.update(extra)
+    return {k: v for k, v in p.items() if v is not None}

@@ -9,20 +9,35 @@ arguments).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gremlin_python.process.graph_traversal import GraphTraversal, __
 from gremlin_python.process.traversal import Operator, P, Scope
 
-from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, LIVE, RESTARTABLE, State
+from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, LIVE, NODE_LOST, RESTARTABLE, State
 from controlplane.domain.records import AllocationRecord, Event
+from controlplane.ports.store import CreateRefused, RestartItem, ToStop, node_demands
 from graph_schema.gremlin.remote import props_of, value
 from graph_schema.gremlin.steps import (
-    A, ACTORS, CLAIMS, EV, G, GPU_OWNER, N, PARENT_OF, RUNS_ON, WATCHES, add, event_here, having, new_vertex, set_props, subtract,
+    ACTORS,
+    CLAIMS,
+    EV,
+    GPU_OWNER,
+    PARENT_OF,
+    RUNS_ON,
+    WATCHES,
+    A,
+    G,
+    N,
+    add,
+    event_here,
+    having,
+    new_vertex,
+    set_props,
+    subtract,
 )
 from graph_schema.gremlin.writes import fits
-from graph_schema.store import CreateRefused, RestartItem, ToStop, node_demands
 
 if TYPE_CHECKING:
     from graph_schema.gremlin.remote import Remote
@@ -30,11 +45,12 @@ if TYPE_CHECKING:
 _ACCEPTS = sorted(s.value for s in ACCEPTS_CHILDREN)
 _LIVE = sorted(s.value for s in LIVE)
 _RESTARTABLE = sorted(s.value for s in RESTARTABLE)
+_NODE_LOST_FROM = sorted(s.value for s in NODE_LOST.steps)
 _STALE_OK = ["ready", "draining"]
 #: what a new incarnation starts without
 _CLEARED = (
     "exit_code", "pid", "error", "output_tail", "agent", "started_at", "finished_at", "restart_at",
-    "stop_requested_at", "process_exited", "escalated",
+    "stop_requested_at", "process_exited", "escalated", "waiting",
 )
 
 
@@ -170,6 +186,24 @@ class SupervisionMixin:
 
         self._remote.run(build)
 
+    def record_decision(
+        self, *, parent_id: str, event: Event, restart_log: Sequence[float] | None, restart_at: Mapping[str, float]
+    ) -> tuple[Event, bool]:
+        p = {**event.to_props(), "tick": time.time_ns()}
+        fresh = __.side_effect(new_vertex(EV, event.id, {k: v for k, v in p.items() if k != "id"}))
+        if restart_log is not None:
+            fresh = fresh.property("restart_log", value([float(t) for t in restart_log]))
+        for child_id, at in restart_at.items():
+            fresh = fresh.side_effect(__.out(PARENT_OF).has_id(child_id).has_label(A).property("restart_at", float(at)))
+        r = self._remote.one(
+            lambda g: g.V(parent_id).has_label(*ACTORS)
+            .choose(__.V(event.id).has_label(EV), __.constant(False), fresh.constant(True))
+            .project("fresh", "event").by(__.identity()).by(__.V(event.id).has_label(EV).element_map())
+        )
+        if not r:  # the parent is gone: nothing was recorded
+            return event, False
+        return Event.from_props(props_of(r["event"])), bool(r["fresh"])
+
     def events(self, *, allocation_id: str | None, since: float | None, limit: int) -> list[Event]:
         def build(g: Any) -> GraphTraversal:
             t = g.V().has_label(EV)
@@ -255,7 +289,7 @@ def _mark_node_lost(g: Any, node_id: str, before: float, now: float, tick: int) 
     """The node is declared lost once (status and stale heartbeat guard it); its live allocations become `lost`."""
     lost = f"node {node_id} lost"
     event = {"to": State.LOST.value, "at": now, "tick": tick, "reason": lost, "by": "reaper"}
-    victim = add(__.in_(RUNS_ON).has_label(A).has("state", P.within(_LIVE)), "version", 1)
+    victim = add(__.in_(RUNS_ON).has_label(A).has("state", P.within(_NODE_LOST_FROM)).has("executor", "process"), "version", 1)
     victim = (
         victim.side_effect(event_here("transition", event, from_state=__.select("ev_of").values("state")))
         .property("state", State.LOST.value).property("updated_at", now).property("error", lost)

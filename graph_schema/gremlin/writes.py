@@ -18,11 +18,25 @@ from typing import Any
 from gremlin_python.process.graph_traversal import GraphTraversal, GraphTraversalSource, __
 from gremlin_python.process.traversal import Operator, P, Pick
 
+from controlplane.domain.vocabulary import EdgeType, Label
 from graph_schema.gremlin.remote import value
-from graph_schema.vocabulary import EdgeType, Label
 from graph_schema.gremlin.steps import (
-    A, ACTORS, CLAIMS, EV, G, GPU_OWNER, N, NEIGHBOR_OF, PARENT_OF, RUNS_ON,
-    add, event_here, new_vertex, set_props, subtract, vertex_map,
+    ACTORS,
+    CLAIMS,
+    EV,
+    GPU_OWNER,
+    NEIGHBOR_OF,
+    PARENT_OF,
+    RUNS_ON,
+    A,
+    G,
+    N,
+    add,
+    event_here,
+    new_vertex,
+    set_props,
+    subtract,
+    vertex_map,
 )
 
 JOB = Label.JOB.value
@@ -60,12 +74,6 @@ def heartbeat(g: GraphTraversalSource, *, node_id: str, now: float) -> GraphTrav
         .side_effect(__.not_(__.has("heartbeat_at", P.gt(now))).property("heartbeat_at", now))
         .values("status")
     )
-
-
-def set_node_status(g: GraphTraversalSource, *, node_id: str, expected: Sequence[str], status: str, now: float) -> GraphTraversal:
-    t = g.V(node_id).has_label(N).has("status", P.within(list(expected)))
-    t = add(t.property("status", status), "version", 1).property("status_changed_at", now)
-    return t.element_map()
 
 
 def connect_neighbors(g: GraphTraversalSource, *, a: str, b: str, rtt_ms: float, bandwidth: float) -> GraphTraversal:
@@ -112,7 +120,7 @@ def create_allocations(
     # The batch travels as data (one list of property maps per node, created by mergeV), so
     # the traversal has as many steps for 10,000 allocations as for one.
     by_node: dict[str, tuple[list[dict[Any, Any]], list[dict[Any, Any]]]] = {}
-    for props, ev in zip(allocs, events):
+    for props, ev in zip(allocs, events, strict=True):
         group = by_node.setdefault(props["node_id"], ([], []))
         group[0].append(vertex_map(A, props))
         group[1].append(vertex_map(EV, ev))

@@ -16,7 +16,8 @@ from strawberry.scalars import JSON
 from controlplane.api.auth import HIDDEN, sees_secrets
 from controlplane.api.context import Info
 from controlplane.api.types import Allocation, Node, maybe_await
-from controlplane.domain.records import JobRecord, TaskRecord, TaskRun as TaskRunRecord
+from controlplane.jobs.model import JobRecord, TaskRecord
+from controlplane.jobs.model import TaskRun as TaskRunRecord
 
 
 @strawberry.type(description="One allocation that executes a task: which incarnation, where, how it stands.")
@@ -78,7 +79,7 @@ class Job:
         spec = json.loads(root.spec_json)
         if not await sees_secrets(info.context, root.root_id or root.submitted_by):
             spec = _hide_env(spec)
-        return spec
+        return cast(JSON, spec)
 
     @strawberry.field(description="The node it was submitted from: the parent of its root.")
     def submitted_by(self, root: Parent[JobRecord], info: Info) -> Node:

@@ -1,8 +1,20 @@
-"""The one store interface every graph engine implements.
+"""The graph store, as the roles its callers need.
 
-Every state change is one atomic request with its precondition inside it and
-is idempotent when repeated. Methods are keyword-only so call sites read as
-sentences. The conformance suite in tests/ runs every behaviour on every engine.
+Every state change is one atomic request with its precondition inside it and is
+idempotent when repeated (Celery delivers at least once; the Neo4j driver
+reruns transaction functions). Methods are keyword-only so call sites read as
+sentences. An engine adapter (graph_schema/) implements every role; the
+conformance suite in tests/ runs each behaviour on each engine.
+
+| role | for | who uses it |
+| --- | --- | --- |
+| Topology | nodes, GPUs, neighbour links | node service, node agents, placement, queries |
+| PlacementReads | candidate nodes, spread counts | the placer |
+| Ledger | creating, moving, restarting allocations; watches; decisions | allocations, supervisor, agents, native runner |
+| Hierarchy | reading allocations and the PARENT_OF tree | nearly everyone |
+| History | the ordered events | supervisor, queries |
+| Repair | what the reaper and the reconciler look for | repair |
+| Admin | schema, health, raw read-only queries | wiring, queries, tests |
 """
 
 from __future__ import annotations
@@ -11,17 +23,15 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from controlplane.domain.lifecycle import State
+from controlplane.domain.lifecycle import Move, State
 from controlplane.domain.records import (
     AllocationRecord,
+    Event,
     GpuRecord,
     NeighborRecord,
     NodeRecord,
-    TransitionResult,
-    Event,
-    JobRecord,
     RawResult,
-    TaskRecord,
+    TransitionResult,
     Vertex,
 )
 from controlplane.domain.resources import NodeCapacity
@@ -31,7 +41,11 @@ from controlplane.domain.traversal import TraversalSpec
 
 @dataclass(frozen=True, slots=True)
 class NewAllocation:
-    """An allocation about to be created, already placed on a node by the service."""
+    """An allocation about to be created, already placed on a node by the placer.
+
+    `pin`, `node_labels` and `max_rtt_ms` are its placement constraints, stored with it so that
+    every restart is placed by the same rules as the spawn.
+    """
 
     id: str
     name: str
@@ -46,15 +60,19 @@ class NewAllocation:
     gpu_ids: tuple[str, ...]
     grace_period_s: float
     seq: int
+    pin: str | None = None
+    node_labels: tuple[str, ...] = ()
+    max_rtt_ms: float | None = None
+    spread_key: str | None = None
     extra: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One guarded transition: the current state picks a move from `moves`, or the change is refused."""
+    """One guarded transition: the current state picks its step of `move`, or the change is refused."""
 
     allocation_id: str
-    moves: Mapping[State, State]
+    move: Move
     incarnation: int | None = None
     fields: Mapping[str, Any] = field(default_factory=dict)
     #: the error recorded when the move ends in `failed`
@@ -68,7 +86,7 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class RestartItem:
-    """A terminal incarnation to restart as incarnation + 1 on `node_id` (already placed by the service)."""
+    """A terminal incarnation to restart as incarnation + 1 on `node_id` (already placed by the placer)."""
 
     allocation_id: str
     from_incarnation: int
@@ -77,19 +95,6 @@ class RestartItem:
     cpu: int
     memory: int
     backoff_level: int
-
-
-@dataclass(frozen=True, slots=True)
-class NewTask:
-    id: str
-    path: str
-    name: str
-    parent_id: str | None  # the task it is a nested child of
-    needs: tuple[str, ...]  # ids of the tasks it depends on
-    replicas: int
-    executor: str
-    spec_json: str
-    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,26 +117,6 @@ def node_demands(items: Sequence[NewAllocation] | Sequence[RestartItem]) -> list
     return [demands[k] for k in sorted(demands)]
 
 
-class SingleTransition:
-    """`transition` for an adapter that has `transition_many`: one change, one answer."""
-
-    def transition_many(self, *, changes: Sequence[Change], now: float) -> list[TransitionResult | None]:
-        raise NotImplementedError
-
-    def transition(
-        self,
-        *,
-        allocation_id: str,
-        expected: Sequence[State],
-        to: State,
-        now: float,
-        incarnation: int | None = None,
-        fields: dict[str, Any] | None = None,
-    ) -> TransitionResult | None:
-        change = Change(allocation_id, {e: to for e in expected}, incarnation, fields or {})
-        return self.transition_many(changes=[change], now=now)[0]
-
-
 class CreateRefused(Exception):
     """The atomic create's precondition did not hold; `reason` says which one."""
 
@@ -147,27 +132,11 @@ class CreateRefused(Exception):
         self.detail = detail
 
 
-class GraphStore(Protocol):
-    engine: str
-
-    def bootstrap(self) -> None:
-        """Create ids, unique constraints and indexes; safe to run any number of times."""
-
-    def close(self) -> None: ...
-
-    def ping(self) -> None:
-        """Raise if the engine cannot answer a trivial query."""
-
-    def clear(self) -> None:
-        """Delete every vertex of the control plane (tests and benchmarks)."""
-
-    # nodes
+class Topology(Protocol):
     def register_node(self, *, spec: NodeSpec, now: float) -> NodeRecord: ...
 
     def heartbeat(self, *, node_id: str, now: float) -> str | None:
         """Record a heartbeat; returns the node's status (None: no such node)."""
-
-    def set_node_status(self, *, node_id: str, expected: Sequence[str], status: str, now: float) -> NodeRecord | None: ...
 
     def connect_neighbors(self, *, a: str, b: str, rtt_ms: float, bandwidth: float) -> bool: ...
 
@@ -179,7 +148,9 @@ class GraphStore(Protocol):
 
     def gpus(self, *, node_id: str) -> list[GpuRecord]: ...
 
-    def node_capacities(self, *, node_ids: Sequence[str] | None = None) -> list[NodeCapacity]: ...
+
+class PlacementReads(Protocol):
+    def neighbors(self, *, node_id: str) -> list[NeighborRecord]: ...
 
     def candidates(
         self, *, cpu: int, memory: int, gpus: int, gpu_model: str | None, labels: Sequence[str],
@@ -190,37 +161,8 @@ class GraphStore(Protocol):
     def spread_counts(self, *, keys: Sequence[str]) -> dict[tuple[str, str], int]:
         """(spread key, node id) -> live allocations with that key on that node."""
 
-    def gpu_inventory(self) -> dict[str, dict[str, int]]:
-        """node id -> GPU model -> how many GPUs of it the node owns (claimed or not)."""
 
-    # allocations
-    def create_allocations(self, *, parent_id: str, allocations: Sequence[NewAllocation], now: float) -> list[AllocationRecord]:
-        """Reserve capacity and GPUs on each node and create every allocation under parent, all or nothing.
-
-        Raises CreateRefused when a precondition fails (nothing is written). Repeating a
-        call that already committed returns the allocations it created.
-        """
-
-    def transition(
-        self,
-        *,
-        allocation_id: str,
-        expected: Sequence[State],
-        to: State,
-        now: float,
-        incarnation: int | None = None,
-        fields: dict[str, Any] | None = None,
-    ) -> TransitionResult | None:
-        """Move to `to` if the state is one of `expected` (and the incarnation matches).
-
-        Leaving the states that hold resources releases them in the same request.
-        None when the allocation does not exist; `applied` is False when the
-        precondition failed (the record shows the current state).
-        """
-
-    def transition_many(self, *, changes: Sequence[Change], now: float) -> list[TransitionResult | None]:
-        """Apply many guarded transitions in one request; one result per change, in order."""
-
+class Hierarchy(Protocol):
     def get_allocation(self, *, allocation_id: str) -> AllocationRecord | None: ...
 
     def get_allocations(self, *, allocation_ids: Sequence[str]) -> list[AllocationRecord]: ...
@@ -244,32 +186,49 @@ class GraphStore(Protocol):
 
     def traverse(self, *, spec: TraversalSpec) -> list[Vertex]: ...
 
-    def raw_query(self, *, text: str, timeout_s: float, limit: int) -> RawResult:
-        """Run an operator's read-only query in the engine's own language, for graph browsers and scripts.
+    def live_children(self, *, parent_ids: Sequence[str]) -> dict[str, int]:
+        """Live children keeping each parent from ending (an abandoning parent waits for none)."""
 
-        Writes are refused by the engine itself (read-only execution), never by parsing the
-        text; malformed text is InvalidInput naming `query`; past `timeout_s` it is stopped
-        (QueryTimeout); at most `limit` rows come back (`truncated` says there were more).
+    def subtree_to_stop(self, *, root_id: str, include_root: bool) -> list[ToStop]:
+        """Live allocations under root (through cascading parents), deepest first."""
+
+    def watchers(self, *, target_ids: Sequence[str]) -> dict[str, list[str]]: ...
+
+
+class Ledger(Protocol):
+    def create_allocations(self, *, parent_id: str, allocations: Sequence[NewAllocation], now: float) -> list[AllocationRecord]:
+        """Reserve capacity and GPUs on each node and create every allocation under parent, all or nothing.
+
+        Raises CreateRefused when a precondition fails (nothing is written). Repeating a
+        call that already committed returns the allocations it created.
         """
 
-    # supervision
+    def transition_many(self, *, changes: Sequence[Change], now: float) -> list[TransitionResult | None]:
+        """Apply many guarded transitions in one request; one result per change, in order.
+
+        Leaving the states that hold resources releases them in the same request. None when
+        the allocation does not exist; `applied` is False when the precondition failed.
+        """
+
     def restart_allocations(
         self, *, parent_id: str, items: Sequence[RestartItem], restart_log: Sequence[float], reason: str, now: float
     ) -> list[AllocationRecord]:
         """Start a new incarnation of each item, all or nothing; raise CreateRefused when a precondition fails."""
 
-    def subtree_to_stop(self, *, root_id: str, include_root: bool) -> list[ToStop]:
-        """Live allocations under root (through cascading parents), deepest first."""
+    def record_decision(
+        self, *, parent_id: str, event: Event, restart_log: Sequence[float] | None, restart_at: Mapping[str, float]
+    ) -> tuple[Event, bool]:
+        """Record a supervision decision once, with the parent's new restart log and when each child restarts.
 
-    def mark_orphans(self, *, parent_id: str, now: float) -> list[str]: ...
-
-    def live_children(self, *, parent_ids: Sequence[str]) -> dict[str, int]: ...
+        One request: a repeat (the event id exists) changes nothing. Returns the recorded event and
+        whether this call recorded it.
+        """
 
     def set_fields(self, *, allocation_id: str, incarnation: int | None, fields: dict[str, Any]) -> AllocationRecord | None: ...
 
     def set_actor_fields(self, *, actor_id: str, fields: dict[str, Any]) -> None: ...
 
-    def stale_nodes(self, *, heartbeat_before: float) -> list[str]: ...
+    def mark_orphans(self, *, parent_id: str, now: float) -> list[str]: ...
 
     def mark_node_lost(self, *, node_id: str, heartbeat_before: float, now: float) -> list[AllocationRecord] | None:
         """Declare the node lost and its live allocations lost; None when it is not (or no longer) stale."""
@@ -279,34 +238,48 @@ class GraphStore(Protocol):
 
     def unwatch(self, *, watcher_id: str, target_id: str) -> bool: ...
 
-    def watchers(self, *, target_ids: Sequence[str]) -> dict[str, list[str]]: ...
+    def record_events(self, *, events: Sequence[Event]) -> None:
+        """Idempotent by event id."""
 
+
+class History(Protocol):
     def record_events(self, *, events: Sequence[Event]) -> None:
         """Idempotent by event id."""
 
     def events(self, *, allocation_id: str | None, since: float | None, limit: int) -> list[Event]: ...
+
+
+class Repair(Protocol):
+    def stale_nodes(self, *, heartbeat_before: float) -> list[str]: ...
 
     def stuck(self, *, states: Sequence[State], updated_before: float, limit: int) -> list[AllocationRecord]: ...
 
     def due_restarts(self, *, before: float, limit: int) -> list[tuple[str, str, int]]:
         """(parent id, allocation id, incarnation) of decided restarts that should have happened by `before`."""
 
-    # jobs
-    def create_job(
-        self, *, job_id: str, name: str, spec_json: str, node_id: str, tasks: Sequence[NewTask], root_id: str, now: float
-    ) -> JobRecord:
-        """The Job, its Tasks, HAS_TASK and DEPENDS_ON in one request; a repeat returns the existing job."""
 
-    def get_job(self, *, job_id: str) -> JobRecord | None: ...
+class Admin(Protocol):
+    engine: str
 
-    def list_jobs(self, *, after: str | None, limit: int, state: str | None = None) -> list[JobRecord]: ...
+    def bootstrap(self) -> None:
+        """Create ids, unique constraints and indexes; safe to run any number of times."""
 
-    def job_tasks(self, *, job_id: str) -> list[TaskRecord]:
-        """Every task of the job, in submission order, with the allocations that executed it."""
+    def close(self) -> None: ...
 
-    def set_task_states(self, *, changes: Sequence[tuple[str, Sequence[str], str]], now: float) -> list[str]:
-        """(task id, expected states, new state) each; returns the ids that changed."""
+    def ping(self) -> None:
+        """Raise if the engine cannot answer a trivial query."""
 
-    def set_job_state(
-        self, *, job_id: str, expected: Sequence[str], to: str, now: float, fields: dict[str, Any] | None = None
-    ) -> JobRecord | None: ...
+    def clear(self) -> None:
+        """Delete every vertex of the control plane (tests and benchmarks)."""
+
+    def raw_query(self, *, text: str, timeout_s: float, limit: int) -> RawResult:
+        """Run an operator's read-only query in the engine's own language, for graph browsers and scripts.
+
+        Writes are refused by the engine itself (read-only execution), never by parsing the
+        text; malformed text is InvalidInput naming `query`; past `timeout_s` it is stopped
+        (QueryTimeout); at most `limit` rows come back (`truncated` says there were more).
+        """
+
+
+class GraphStore(Topology, PlacementReads, Hierarchy, Ledger, History, Repair, Admin, Protocol):
+    """Every role: what an engine adapter implements, and what the assembly point holds."""

@@ -57,7 +57,7 @@ ALLOCATION_PROPERTIES: frozenset[str] = frozenset({
     "gpus", "gpu_model", "gpu_ids", "grace_period_s", "created_at", "updated_at", "exit_code", "error", "output_tail",
     "pid", "seq", "restart_type", "supervision", "child_policy", "restart_log", "backoff_level", "restarts", "native",
     "config", "job_id", "task_id", "root_of", "orphan", "orphaned_at", "restart_at", "started_at", "finished_at",
-    "stop_requested_at", "escalated", "agent", "process_exited",
+    "stop_requested_at", "escalated", "agent", "process_exited", "pin", "node_labels", "max_rtt_ms", "spread_key",
 })
 #: always part of a projection: what records and relations need
 ALLOCATION_CORE: tuple[str, ...] = ("id", "state", "incarnation", "parent_id", "node_id", "executor", "name")

@@ -13,18 +13,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from controlplane.domain.errors import ControlPlaneError
-from controlplane.domain.jobs import JobSpec, TaskRow, TaskSpec, flatten
-from controlplane.domain.records import AllocationRecord, TaskRecord
+from controlplane.domain.records import AllocationRecord
+from controlplane.jobs.model import JOB_ACTIVE, JobState, TaskRecord, TaskState, derive
+from controlplane.jobs.ports import JobStore
+from controlplane.jobs.spec import JobSpec, TaskRow, TaskSpec, flatten
+from controlplane.ports.native import NativeContext
 from controlplane.services.ids import new_ids
 
-if TYPE_CHECKING:
-    from controlplane.services.native import NativeContext
-
 log = logging.getLogger(__name__)
-TERMINAL_RUN = {"succeeded", "failed", "stopped", "lost"}
 #: a task claimed but still without an allocation this long after: its spawn was lost
 ORPHAN_AFTER_S = 30.0
 
@@ -32,20 +31,6 @@ ORPHAN_AFTER_S = 30.0
 @lru_cache(maxsize=64)
 def _rows(job_id: str, spec_json: str) -> dict[str, TaskRow]:
     return {row.path: row for row in flatten(JobSpec.model_validate_json(spec_json))}
-
-
-def derive(task: TaskRecord) -> str:
-    """A task's state from the allocations that run it."""
-    if task.state in ("succeeded", "failed", "cancelled"):
-        return task.state
-    runs = task.runs
-    if len(runs) < task.replicas:
-        return task.state
-    if all(r.state == "succeeded" for r in runs):
-        return "succeeded"
-    if any(r.state in TERMINAL_RUN and r.state != "succeeded" and not r.restart_pending for r in runs):
-        return "failed"
-    return "running"
 
 
 def allocation_spec(task: TaskSpec, *, index: int) -> dict[str, Any]:
@@ -70,13 +55,17 @@ def allocation_spec(task: TaskSpec, *, index: int) -> dict[str, Any]:
 
 
 class JobExecutor:
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
     def validate(self, config: dict[str, Any]) -> None:
         return None
 
     def on_start(self, ctx: NativeContext) -> None:
         job_id = str(ctx.allocation.extra["root_of"])
-        ctx.store.set_job_state(job_id=job_id, expected=["submitted"], to="running", now=ctx.control.clock(),
-                                fields={"root_id": ctx.allocation.id, "started_at": ctx.control.clock()})
+        now = ctx.now()
+        self.store.set_job_state(job_id=job_id, expected=[JobState.SUBMITTED], to=JobState.RUNNING, now=now,
+                                 fields={"root_id": ctx.allocation.id, "started_at": now})
         self.advance(ctx)
 
     def on_children_ended(self, ctx: NativeContext, children: Sequence[AllocationRecord]) -> None:
@@ -86,10 +75,10 @@ class JobExecutor:
         return None
 
     def advance(self, ctx: NativeContext) -> None:
-        store, now = ctx.store, ctx.control.clock()
+        store, now = self.store, ctx.now()
         job_id = str(ctx.allocation.extra["root_of"])
         job = store.get_job(job_id=job_id)
-        if job is None or job.state not in ("submitted", "running"):
+        if job is None or job.state not in JOB_ACTIVE:
             return
         rows = _rows(job_id, job.spec_json)
         tasks = store.job_tasks(job_id=job_id)
@@ -97,25 +86,26 @@ class JobExecutor:
         states = {t.path: derive(t) for t in tasks}
         changed = [(t.id, [t.state], states[t.path]) for t in tasks if states[t.path] != t.state]
         store.set_task_states(changes=changed, now=now)
-        failed = sorted(p for p, s in states.items() if s == "failed")
+        failed = sorted(p for p, s in states.items() if s is TaskState.FAILED)
         if failed:
-            store.set_job_state(job_id=job_id, expected=["submitted", "running"], to="failed", now=now,
+            store.set_job_state(job_id=job_id, expected=JOB_ACTIVE, to=JobState.FAILED, now=now,
                                 fields={"error": f"task(s) failed: {', '.join(failed)}", "finished_at": now})
             ctx.fail(f"job {job.name}: task(s) failed: {', '.join(failed)}")
             return
-        if all(s == "succeeded" for s in states.values()):
-            store.set_job_state(job_id=job_id, expected=["running"], to="succeeded", now=now, fields={"finished_at": now})
+        if all(s is TaskState.SUCCEEDED for s in states.values()):
+            store.set_job_state(job_id=job_id, expected=[JobState.RUNNING], to=JobState.SUCCEEDED, now=now,
+                                fields={"finished_at": now})
             ctx.succeed(f"job {job.name}: all {len(tasks)} tasks succeeded")
             return
         ready = [
             t for t in tasks
-            if states[t.path] == "pending"
-            and all(states.get(n) == "succeeded" for n in rows[t.path].needs)
+            if states[t.path] is TaskState.PENDING
+            and all(states.get(n) is TaskState.SUCCEEDED for n in rows[t.path].needs)
             and (t.parent_path is None or by_path[t.parent_path].runs)
         ]
-        claimed = set(store.set_task_states(changes=[(t.id, ["pending"], "running") for t in ready], now=now))
+        claimed = set(store.set_task_states(changes=[(t.id, [TaskState.PENDING], TaskState.RUNNING) for t in ready], now=now))
         # tasks claimed long ago whose spawn never happened (a crash in between): spawn again, idempotently
-        orphaned = [t for t in tasks if t.state == "running" and not t.runs and t.updated_at < now - ORPHAN_AFTER_S]
+        orphaned = [t for t in tasks if t.state is TaskState.RUNNING and not t.runs and t.updated_at < now - ORPHAN_AFTER_S]
         fresh = [t for t in ready if t.id in claimed]
         by_parent: dict[str, list[TaskRecord]] = {}
         for t in fresh:
@@ -141,12 +131,13 @@ class JobExecutor:
             extra += [{"job_id": task.job_id, "task_id": task.id}] * task.replicas
             ids += new_ids(task.replicas, request_id=f"task:{task.id}", parent_id=parent_id)  # stable per task
         try:
-            ctx.control.spawn(parent_id, specs, extra=extra, ids=ids)
+            ctx.spawn(specs, parent_id=parent_id, extra=extra, ids=ids)
         except ControlPlaneError as exc:
             paths = ", ".join(t.path for t in tasks)
             log.warning("job %s: task(s) %s could not be spawned: %s", tasks[0].job_id, paths, exc)
-            now = ctx.control.clock()
-            ctx.store.set_task_states(changes=[(t.id, ["running", "pending"], "failed") for t in tasks], now=now)
-            ctx.store.set_job_state(job_id=tasks[0].job_id, expected=["running"], to="failed", now=now,
-                                    fields={"error": f"task(s) {paths} could not start: {exc}"})
+            now = ctx.now()
+            self.store.set_task_states(changes=[(t.id, [TaskState.RUNNING, TaskState.PENDING], TaskState.FAILED) for t in tasks],
+                                       now=now)
+            self.store.set_job_state(job_id=tasks[0].job_id, expected=[JobState.RUNNING], to=JobState.FAILED, now=now,
+                                     fields={"error": f"task(s) {paths} could not start: {exc}"})
             ctx.fail(f"task(s) {paths} could not start: {exc}")

@@ -1,4 +1,4 @@
-"""Jobs: a DAG of tasks (with nested children) to unwrap into the allocation hierarchy.
+"""A job spec: a DAG of tasks (with nested children) to unwrap into the allocation hierarchy.
 
 The spec is validated here (pydantic, JSON Schema exported by `job_json_schema`):
 task names unique per level, `needs` naming existing siblings, no cycles. What
@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from controlplane.domain.specs import ResourceSpec
+from controlplane.domain.specs import ResourceSpec, parse
 from controlplane.domain.supervision import RestartType, SupervisionPolicy
 
 TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -156,17 +156,4 @@ def job_json_schema() -> dict[str, Any]:
 
 
 def parse_job(data: Any) -> JobSpec:
-    from controlplane.domain.specs import parse
-
     return parse(JobSpec, data, field="job")
-
-
-def ready_tasks(rows: Sequence[TaskRow], states: dict[str, str], parent_path: str | None = None) -> list[TaskRow]:
-    """Tasks of one level not yet started whose needs have all succeeded."""
-    return [
-        r for r in rows
-        if r.parent_path == parent_path and states.get(r.path, "pending") == "pending"
-        and all(states.get(n) == "succeeded" for n in r.needs)
-    ]
-
-

@@ -9,14 +9,13 @@ restarting, the replicas allocation ends: succeeded if all succeeded.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from controlplane.domain.errors import InvalidInput
+from controlplane.domain.lifecycle import State
 from controlplane.domain.records import AllocationRecord
 from controlplane.domain.specs import AllocationSpec, parse
-
-if TYPE_CHECKING:
-    from controlplane.services.native import NativeContext
+from controlplane.ports.native import NativeContext
 
 MAX_REPLICAS = 10_000
 
@@ -43,7 +42,7 @@ class ReplicasExecutor:
         kids = ctx.children()
         if any(not k.is_terminal or k.extra.get("restart_at") for k in kids):
             return
-        failed = [k for k in kids if k.state.value != "succeeded"]
+        failed = [k for k in kids if k.state is not State.SUCCEEDED]
         if failed:
             ctx.fail(f"{len(failed)} of {len(kids)} replicas ended without success")
         else:

@@ -9,32 +9,47 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
-from controlplane import executors
 from controlplane.domain.clock import wall_clock
 from controlplane.domain.errors import Conflict, InvalidInput, NotFound
-from controlplane.domain.jobs import JobSpec, TaskRow, flatten, parse_job
-from controlplane.domain.records import AllocationRecord, JobRecord, TaskRecord
+from controlplane.domain.lifecycle import State
+from controlplane.domain.records import AllocationRecord, NodeRecord
+from controlplane.jobs.model import JOB_ACTIVE, JOB_FINISHED, JOB_OUTCOME_OF_ROOT, JobRecord, JobState, TaskRecord
+from controlplane.jobs.ports import JobStore, NewTask
+from controlplane.jobs.spec import JobSpec, TaskRow, flatten, parse_job
+from controlplane.ports.native import NativeExecutor
+from controlplane.ports.store import Hierarchy, Topology
+from controlplane.services.allocations import AllocationService
 from controlplane.services.ids import new_ids
-from graph_schema.store import NewTask
-
-if TYPE_CHECKING:
-    from controlplane.services.control import ControlPlane
 
 
-JOB_STATES = ("submitted", "running", "succeeded", "failed", "cancelled")
+class JobReads(Topology, Hierarchy, Protocol):
+    """What jobs read of the platform graph."""
 
 
 class JobService:
-    def __init__(self, control: ControlPlane, *, clock: Callable[[], float] = wall_clock) -> None:
-        self.control = control
-        self.store = control.store
+    def __init__(
+        self,
+        jobs: JobStore,
+        store: JobReads,
+        allocations: AllocationService,
+        natives: Callable[[str, str], NativeExecutor],
+        *,
+        clock: Callable[[], float] = wall_clock,
+    ) -> None:
+        self.jobs_store = jobs
+        self.store = store
+        self.allocations = allocations
+        self.natives = natives
         self.clock = clock
+        #: a running job root to tell that a nested task of its job ended (set by the assembly point)
+        self.advance_root: Callable[[AllocationRecord], None] = lambda root: None
 
     def submit(
-        self, spec: JobSpec | dict[str, Any], *, node: str | None = None, request_id: str | None = None, by: str | None = None
+        self, spec: JobSpec | Mapping[str, Any], *, node: str | None = None, request_id: str | None = None,
+        by: str | None = None,
     ) -> JobRecord:
         job = parse_job(spec)
         rows = flatten(job)
@@ -43,7 +58,7 @@ class JobService:
         job_id = "j" + hashlib.sha256(f"{request_id}".encode()).hexdigest()[:20] if request_id else _new_job_id()
         spec_json = job.model_dump_json()
         root_id = new_ids(1, request_id=f"root:{job_id}", parent_id=submitter)[0]  # what the spawn below will create
-        record = self.store.create_job(
+        record = self.jobs_store.create_job(
             job_id=job_id, name=job.name, spec_json=spec_json, node_id=submitter, tasks=_ordered(job_id, rows),
             root_id=root_id, now=self.clock(),
         )
@@ -54,8 +69,9 @@ class JobService:
         }
         if job.supervision is not None:
             root_spec["supervision"] = job.supervision.model_dump(mode="json")
-        self.control.spawn(submitter, [root_spec], request_id=f"root:{job_id}", field="job", extra=[{"root_of": job_id}], by=by)
-        return self.store.get_job(job_id=job_id) or record
+        self.allocations.spawn(submitter, [root_spec], request_id=f"root:{job_id}", field="job", extra=[{"root_of": job_id}],
+                               by=by)
+        return self.jobs_store.get_job(job_id=job_id) or record
 
     def _submitter(self, node: str | None) -> str:
         if node is not None:
@@ -69,7 +85,7 @@ class JobService:
         return ready[0].id
 
     def _check_feasible(self, rows: list[TaskRow]) -> None:
-        nodes = []
+        nodes: list[NodeRecord] = []
         after = None
         while True:
             page = self.store.list_nodes(after=after, limit=1000)
@@ -77,14 +93,14 @@ class JobService:
             if len(page) < 1000:
                 break
             after = page[-1].id
-        inventory = self.store.gpu_inventory()
+        inventory = self.jobs_store.gpu_inventory()
         models = {n.id: inventory.get(n.id, {}) for n in nodes}
         problems = []
         for r in rows:
             t = r.spec
             if t.executor != "process":
                 try:
-                    executors.load(t.executor, field=f"tasks.{r.path}.executor").validate(dict(t.config))
+                    self.natives(t.executor, f"tasks.{r.path}.executor").validate(dict(t.config))
                 except InvalidInput as exc:
                     problems.append(f"{r.path}: {exc}")
                     continue
@@ -107,25 +123,43 @@ class JobService:
 
     def cancel(self, job_id: str, *, by: str = "user") -> JobRecord:
         job = self.job(job_id)
-        if job.state in ("succeeded", "failed", "cancelled"):
+        if job.state in JOB_FINISHED:
             return job
-        cancelled = self.store.set_job_state(job_id=job_id, expected=["submitted", "running"], to="cancelled",
-                                             now=self.clock(), fields={"finished_at": self.clock()}) or job
+        now = self.clock()
+        cancelled = self.jobs_store.set_job_state(job_id=job_id, expected=JOB_ACTIVE, to=JobState.CANCELLED,
+                                                  now=now, fields={"finished_at": now}) or job
         if job.root_id:
-            self.control.stop(job.root_id, reason=f"job {job.name} cancelled", by=by)
+            self.allocations.stop(job.root_id, reason=f"job {job.name} cancelled", by=by)
         return cancelled
 
-    def root_ended(self, root: AllocationRecord) -> None:
+    def on_ended(self, records: Sequence[AllocationRecord]) -> None:
+        """After supervision (a hook): a job ends when its root ends; a nested task's end advances its job's root."""
+        for a in records:
+            if a.extra.get("root_of"):
+                self._root_ended(a)
+        jobs = {str(a.extra["job_id"]) for a in records if a.extra.get("job_id")}
+        parents = self.store.get_allocations(allocation_ids=list({a.parent_id for a in records}))
+        for p in parents:  # a running root already heard of its own children
+            if p.extra.get("root_of") and p.executor == "native" and p.state is State.RUNNING:
+                jobs.discard(str(p.extra["root_of"]))
+        for job_id in sorted(jobs):
+            job = self.jobs_store.get_job(job_id=job_id)
+            root = self.store.get_allocation(allocation_id=job.root_id) if job and job.root_id else None
+            if root is not None and root.state is State.RUNNING:
+                self.advance_root(root)
+
+    def _root_ended(self, root: AllocationRecord) -> None:
         """A job's root ended other than by its executor (stopped, lost, failed): the job ends with it."""
-        outcome = {"stopped": "cancelled", "succeeded": "succeeded"}.get(root.state.value, "failed")
-        self.store.set_job_state(
-            job_id=str(root.extra["root_of"]), expected=["submitted", "running"], to=outcome, now=self.clock(),
-            fields={"error": None if outcome != "failed" else f"root {root.id} {root.state.value}: {root.error or ''}".strip(),
-                    "finished_at": self.clock()},
+        outcome = JOB_OUTCOME_OF_ROOT.get(root.state, JobState.FAILED)
+        now = self.clock()
+        self.jobs_store.set_job_state(
+            job_id=str(root.extra["root_of"]), expected=JOB_ACTIVE, to=outcome, now=now,
+            fields={"error": None if outcome is not JobState.FAILED else f"root {root.id} {root.state.value}: {root.error or ''}".strip(),
+                    "finished_at": now},
         )
 
     def job(self, job_id: str) -> JobRecord:
-        found = self.store.get_job(job_id=job_id)
+        found = self.jobs_store.get_job(job_id=job_id)
         if found is None:
             raise NotFound(f"no job {job_id!r}", field="id")
         return found
@@ -133,13 +167,13 @@ class JobService:
     def jobs(self, *, after: str | None = None, limit: int = 100, state: str | None = None) -> list[JobRecord]:
         if not 1 <= limit <= 1000:
             raise InvalidInput("must be between 1 and 1000", field="first")
-        if state is not None and state not in JOB_STATES:
-            raise InvalidInput(f"unknown job state {state!r}; expected one of {', '.join(JOB_STATES)}", field="state")
-        return self.store.list_jobs(after=after, limit=limit, state=state)
+        if state is not None and state not in {s.value for s in JobState}:
+            raise InvalidInput(f"unknown job state {state!r}; expected one of {', '.join(JobState)}", field="state")
+        return self.jobs_store.list_jobs(after=after, limit=limit, state=JobState(state) if state else None)
 
     def tasks(self, job_id: str) -> list[TaskRecord]:
         self.job(job_id)
-        return self.store.job_tasks(job_id=job_id)
+        return self.jobs_store.job_tasks(job_id=job_id)
 
     def root(self, job_id: str) -> AllocationRecord | None:
         job = self.job(job_id)

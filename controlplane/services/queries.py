@@ -1,0 +1,117 @@
+"""Asking the graph: nodes, allocations, the hierarchy, semantic traversals, events, raw read-only queries.
+
+Read-only use cases with their limits checked (page sizes, depths, the raw
+query's size, time and rows); the store compiles each to its engine's language.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import replace
+from typing import Protocol
+
+from controlplane.domain.errors import InvalidInput, NotFound
+from controlplane.domain.lifecycle import parse_state
+from controlplane.domain.records import AllocationRecord, Event, GpuRecord, NeighborRecord, NodeRecord, RawResult, Vertex
+from controlplane.domain.traversal import TraversalSpec
+from controlplane.domain.vocabulary import Label
+from controlplane.ports.store import Admin, Hierarchy, History, Topology
+
+MAX_PAGE = 1_000
+RAW_QUERY_MAX_CHARS = 20_000
+RAW_QUERY_MAX_ROWS = 10_000
+RAW_QUERY_MAX_TIMEOUT_S = 60.0
+
+
+class QueryStore(Topology, Hierarchy, History, Admin, Protocol):
+    """Everything a reader may ask."""
+
+
+class GraphQueries:
+    def __init__(self, store: QueryStore) -> None:
+        self.store = store
+
+    # --- nodes -------------------------------------------------------------------------
+    def node(self, node_id: str) -> NodeRecord:
+        found = self.store.get_node(node_id=node_id)
+        if found is None:
+            raise NotFound(f"no node {node_id!r}", field="id")
+        return found
+
+    def nodes(self, *, after: str | None = None, limit: int = 100, status: str | None = None) -> list[NodeRecord]:
+        return self.store.list_nodes(after=after, limit=page(limit), status=status)
+
+    def neighbors(self, node_id: str) -> list[NeighborRecord]:
+        return self.store.neighbors(node_id=node_id)
+
+    def gpus(self, node_id: str) -> list[GpuRecord]:
+        return self.store.gpus(node_id=node_id)
+
+    # --- allocations and the hierarchy -------------------------------------------------
+    def allocation(self, allocation_id: str) -> AllocationRecord:
+        found = self.store.get_allocation(allocation_id=allocation_id)
+        if found is None:
+            raise NotFound(f"no allocation {allocation_id!r}", field="id")
+        return found
+
+    def allocations(
+        self, *, after: str | None = None, limit: int = 100, state: str | None = None, node_id: str | None = None
+    ) -> list[AllocationRecord]:
+        if state is not None:
+            parse_state(state)
+        return self.store.list_allocations(after=after, limit=page(limit), state=state, node_id=node_id)
+
+    def children(self, parent_id: str, *, after: str | None = None, limit: int = 100) -> list[AllocationRecord]:
+        return self.store.children(parent_id=parent_id, after=after, limit=page(limit))
+
+    def descendants(
+        self, root_id: str, *, max_depth: int = 64, limit: int = 10_000, fields: Collection[str] | None = None
+    ) -> list[AllocationRecord]:
+        """`fields`: the allocation properties the caller will read (a projection; None: all)."""
+        if not 1 <= max_depth <= 256:
+            raise InvalidInput("must be between 1 and 256", field="maxDepth")
+        if not 1 <= limit <= 100_000:
+            raise InvalidInput("must be between 1 and 100000", field="first")
+        return self.store.descendants(root_id=root_id, max_depth=max_depth, limit=limit, fields=fields)
+
+    def ancestors(self, allocation_id: str) -> list[Vertex]:
+        return self.store.ancestors(allocation_id=allocation_id)
+
+    def watchers(self, target_ids: list[str]) -> dict[str, list[str]]:
+        return self.store.watchers(target_ids=target_ids)
+
+    def traverse(self, spec: TraversalSpec) -> list[Vertex]:
+        label = self.store.actor_label(actor_id=spec.start_id)
+        if label is None:
+            raise NotFound(f"no vertex with id {spec.start_id!r}", field="from")
+        return self.store.traverse(spec=replace(spec, start_label=Label(label)))
+
+    # --- history and raw queries ---------------------------------------------------------
+    def events(self, allocation_id: str | None = None, *, since: float | None = None, limit: int = 100) -> list[Event]:
+        if not 1 <= limit <= 10_000:
+            raise InvalidInput("must be between 1 and 10000", field="first")
+        if allocation_id is not None and self.store.actor_label(actor_id=allocation_id) is None:
+            raise NotFound(f"no node or allocation {allocation_id!r}", field="allocation")
+        return self.store.events(allocation_id=allocation_id, since=since, limit=limit)
+
+    def raw_query(self, text: str, *, timeout_s: float = 10.0, limit: int = 1000) -> RawResult:
+        """A read-only query in the engine's own language (Cypher on FalkorDB/Neo4j, Gremlin on Gremlin)."""
+        check_raw_query(text, timeout_s, limit)
+        return self.store.raw_query(text=text, timeout_s=timeout_s, limit=limit)
+
+
+def check_raw_query(text: str, timeout_s: float, limit: int) -> None:
+    if not text or not text.strip():
+        raise InvalidInput("must not be empty", field="query")
+    if len(text) > RAW_QUERY_MAX_CHARS:
+        raise InvalidInput(f"at most {RAW_QUERY_MAX_CHARS} characters", field="query")
+    if not 0 < timeout_s <= RAW_QUERY_MAX_TIMEOUT_S:
+        raise InvalidInput(f"must be between 0 and {RAW_QUERY_MAX_TIMEOUT_S:g} seconds", field="timeoutS")
+    if not 1 <= limit <= RAW_QUERY_MAX_ROWS:
+        raise InvalidInput(f"must be between 1 and {RAW_QUERY_MAX_ROWS}", field="limit")
+
+
+def page(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"must be between 1 and {MAX_PAGE}", field="first")
+    return limit

@@ -1,0 +1,100 @@
+"""The reaper and the reconciler: converge what a lost node, a lost message or a dead worker left behind.
+
+Run by the one leading scheduler. The reaper declares nodes lost (one guarded
+statement per node) and hands their allocations to supervision as one
+correlated failure per parent. The reconciler re-dispatches allocations stuck
+in `placed`, fails those stuck in `starting`, finishes stops whose agent is
+gone, and carries out restarts that were decided but never happened (or that
+wait for a node with room).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from controlplane.domain.clock import wall_clock
+from controlplane.domain.lifecycle import START_LOST, State
+from controlplane.ports.dispatch import Dispatcher, Key, RestartKey
+from controlplane.ports.store import Change, Hierarchy, Ledger, Repair, Topology
+from controlplane.services.supervisor import SupervisorService
+
+log = logging.getLogger(__name__)
+
+
+class RepairStore(Repair, Ledger, Hierarchy, Topology, Protocol):
+    """What the reaper and the reconciler read and write."""
+
+
+class RepairService:
+    def __init__(
+        self, store: RepairStore, supervisor: SupervisorService, dispatcher: Dispatcher, *,
+        clock: Callable[[], float] = wall_clock,
+    ) -> None:
+        self.store = store
+        self.supervisor = supervisor
+        self.dispatcher = dispatcher
+        self.clock = clock
+
+    def reap(self, *, grace_s: float) -> dict[str, int]:
+        """Declare nodes whose heartbeat is older than grace lost; their allocations' parents decide once each."""
+        now = self.clock()
+        reaped: dict[str, int] = {}
+        for node_id in self.store.stale_nodes(heartbeat_before=now - grace_s):
+            lost = self.store.mark_node_lost(node_id=node_id, heartbeat_before=now - grace_s, now=now)
+            if lost is None:
+                continue
+            reaped[node_id] = len(lost)
+            log.warning("node %s lost (no heartbeat for %.1fs): %d allocations lost", node_id, grace_s, len(lost))
+            if lost:
+                self.supervisor.on_terminated([(a.id, a.incarnation) for a in lost])
+        return reaped
+
+    def reconcile(self, *, placed_deadline_s: float, starting_deadline_s: float, stopping_slack_s: float = 30.0,
+                  limit: int = 1000) -> dict[str, int]:
+        now = self.clock()
+        done = {"redispatched": 0, "start_lost": 0, "stops": 0, "restarts": 0}
+        placed = self.store.stuck(states=[State.PLACED], updated_before=now - placed_deadline_s, limit=limit)
+        by_node: dict[str, list[Key]] = {}
+        natives: list[Key] = []
+        for a in placed:
+            if a.executor == "process":
+                by_node.setdefault(a.node_id, []).append((a.id, a.incarnation))
+            else:
+                natives.append((a.id, a.incarnation))
+        for node_id, keys in by_node.items():
+            self.dispatcher.run(node_id=node_id, items=keys)
+            done["redispatched"] += len(keys)
+        if natives:
+            self.dispatcher.start_native(keys=natives)
+            done["redispatched"] += len(natives)
+        starting = self.store.stuck(states=[State.STARTING], updated_before=now - starting_deadline_s, limit=limit)
+        if starting:
+            results = self.store.transition_many(changes=[
+                Change(a.id, START_LOST, a.incarnation, {"exit_code": -1},
+                       failure="could not start: the node agent never reported the process", reason="start lost", by="reconciler")
+                for a in starting], now=now)
+            ended = [(r.allocation.id, r.allocation.incarnation) for r in results if r is not None and r.applied]
+            done["start_lost"] = len(ended)
+            if ended:
+                self.dispatcher.terminated(keys=ended)
+        stopping = self.store.stuck(states=[State.STOPPING], updated_before=now - stopping_slack_s, limit=limit)
+        for a in stopping:
+            node = self.store.get_node(node_id=a.node_id)
+            if node is None or node.status != "ready":
+                self.store.set_fields(allocation_id=a.id, incarnation=a.incarnation, fields={"process_exited": True})
+        if stopping:
+            self.supervisor.advance([a.id for a in stopping])
+            done["stops"] = len(stopping)
+        grouped: dict[str, list[RestartKey]] = {}
+        due = self.store.due_restarts(before=now, limit=limit)
+        records = {a.id: a for a in self.store.get_allocations(allocation_ids=[child for _, child, _ in due])}
+        for parent_id, child_id, inc in due:
+            record = records.get(child_id)
+            level = int(record.extra.get("backoff_level") or 0) + 1 if record else 1
+            grouped.setdefault(parent_id, []).append((child_id, inc, level))
+        for parent_id, items in grouped.items():
+            self.supervisor.restart(parent_id, items, "reconciler: restart was due")
+            done["restarts"] += len(items)
+        return done

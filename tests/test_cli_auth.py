@@ -48,6 +48,8 @@ class Up:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
         self.proc = None
 
     def cli(self, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -69,10 +69,12 @@ def up(
     def announce(ends: Endpoints, node_name: str | None, login: tuple[str, bool] | None) -> None:
         console.print(f"[bold green]control plane up[/bold green] ({settings.graph_backend})")
         console.print(f"  GraphQL   {ends.api_url}/graphql")
+        console.print(f"  browser   {ends.api_url}/browser")
         if login is None:
             console.print("  [red]authentication is OFF[/red] (AUTH_DISABLED)")
         elif login[1]:  # made now: shown once, as Jupyter does
             console.print(f"  GraphiQL  {ends.api_url}/graphql?token={login[0]}", soft_wrap=True)
+            console.print(f"  browser   {ends.api_url}/browser?token={login[0]}", soft_wrap=True)
             console.print(f"  token     written to {settings.data_dir / 'admin.token'} (0600); the CLI reads it from there")
         else:
             console.print(f"  token     {settings.data_dir / 'admin.token'}  (`controlplane token url` prints the GraphiQL login)")

@@ -1,8 +1,11 @@
 """`controlplane up`: the whole stack on one machine from the embedded default.
 
-Embedded FalkorDB (also Celery's Redis, database 1), the API in this process,
-a supervisor, the scheduler and one local node agent as child processes. Ctrl-C stops everything cleanly. The
-addresses are written to <data_dir>/stack.json so other CLI commands find them.
+Embedded FalkorDB for the graph, a second redis-server from the same package for
+the broker (Celery, node leases, the events doorbell), the API in this process, a
+supervisor, the scheduler and one local node agent as child processes. Ctrl-C stops
+everything cleanly. The addresses are written to <data_dir>/stack.json so other CLI
+commands find them. Two servers, because a FalkorDB write waiting for its graph's lock
+holds the whole redis-server: liveness and Celery must not share it with the graph.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controlplane.settings import Settings
+from controlplane.stack_supervisor import StackSupervisor
 
 if TYPE_CHECKING:
     from controlplane.auth import Tokens
@@ -109,7 +114,7 @@ def run_api(settings: Settings) -> None:
     if login is not None and login[1]:
         print(f"admin token written to {settings.data_dir / 'admin.token'} (0600)", flush=True)
     ends = resolve_endpoints(settings)
-    control = control_plane(settings, graph_uri=ends.graph_uri, broker_url=ends.broker_url)
+    control = control_plane(settings, graph_uri=ends.graph_uri, broker_url=ends.broker_url, readers=True)
     app = create_app(control, tokens=tokens, browsers=browsers_from(settings), health_checks=health_checks(control.store, ends.broker_url),
                      max_depth=settings.max_query_depth, max_descendants=settings.max_descendants, events_redis_url=ends.broker_url)
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
@@ -125,23 +130,23 @@ DEMO_LINKS = (("edge-eu-1", "edge-eu-2", 2.0), ("edge-eu-1", "edge-us-1", 80.0),
 DEMO_JOB = Path(__file__).resolve().parent.parent / "examples" / "demo-job.yaml"
 
 
-def start_demo(settings: Settings, endpoints: Endpoints, control: ControlPlane, local: str | None) -> list[subprocess.Popen[bytes]]:
+def start_demo(settings: Settings, endpoints: Endpoints, control: ControlPlane, local: str | None,
+               children: StackSupervisor) -> None:
     """A small topology (node agents with GPUs and zones, neighbour links with RTTs) and a sample job."""
     import threading
     import time
 
     import yaml
 
-    procs = []
     for name, cores, memory, gpus, labels in DEMO_NODES:
         args = ["worker", "--node", name, "--cpus", str(cores), "--memory-mib", str(memory), "--concurrency", "8"]
         args += [a for g in gpus for a in ("--gpu", g)] + [a for label in labels for a in ("--label", label)]
-        procs.append(spawn_child(settings, endpoints, *args))
+        children.add(f"node agent {name}", partial(spawn_child, settings, endpoints, *args))
 
     def seed() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if all(control.store.get_node(node_id=n[0]) for n in DEMO_NODES):
+            if all(control.store.get_node(node_id=n) for n in [*(d[0] for d in DEMO_NODES), *([local] if local else [])]):
                 break
             time.sleep(0.2)
         for a, b, rtt in DEMO_LINKS:
@@ -153,7 +158,10 @@ def start_demo(settings: Settings, endpoints: Endpoints, control: ControlPlane, 
               f"controlplane tree edge-eu-1", flush=True)
 
     threading.Thread(target=seed, name="demo-seed", daemon=True).start()
-    return procs
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def run_stack(
@@ -173,42 +181,43 @@ def run_stack(
     from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 
     tokens, login = open_api_tokens(settings)  # before the node agents start: they sign their allocations' tokens
-    server: FalkorDBServer | None = None
-    children: list[subprocess.Popen[bytes]] = []
+    servers: list[FalkorDBServer] = []
+    children = StackSupervisor(say=lambda line: print(f"controlplane up: {line}", flush=True))
     graph_uri, broker_url = settings.graph_uri, settings.redis_url
     if settings.graph_backend == "falkordb" and not graph_uri:
-        server = FalkorDBServer(FalkorDBServerConfig(data_dir=settings.data_dir / "falkordb")).start()
-        graph_uri = server.url
-        broker_url = broker_url or server.redis_url(1)
+        servers.append(FalkorDBServer(FalkorDBServerConfig(data_dir=settings.data_dir / "falkordb")).start())
+        graph_uri = servers[0].url
+    if not broker_url:
+        # the broker (Celery, node leases, the doorbell) on a server of its own: a graph write queued behind a long
+        # read holds FalkorDB's whole server, and liveness must never wait for that
+        servers.append(FalkorDBServer(FalkorDBServerConfig(data_dir=settings.data_dir / "broker", graph=False)).start())
+        broker_url = servers[-1].redis_url(0)
     if not graph_uri or not broker_url:
         raise SystemExit("set GRAPH_URI and REDIS_URL for a non-embedded engine")
     try:
-        control = control_plane(settings, graph_uri=graph_uri, broker_url=broker_url)
+        control = control_plane(settings, graph_uri=graph_uri, broker_url=broker_url, readers=True)
         api_url = f"http://{settings.api_host}:{settings.api_port}"
         endpoints = Endpoints(graph_uri=graph_uri, broker_url=broker_url, api_url=api_url)
         write_endpoints(settings, endpoints)
         node_name = node or local_node_name()
-        children.append(spawn_child(settings, endpoints, "supervisor"))
-        children.append(spawn_child(settings, endpoints, "scheduler"))
+        children.add("supervisor", partial(spawn_child, settings, endpoints, "supervisor"))
+        children.add("scheduler", partial(spawn_child, settings, endpoints, "scheduler"))
         if worker:
-            children.append(spawn_child(settings, endpoints, "worker", "--node", node_name, "--concurrency", str(concurrency)))
+            children.add(f"node agent {node_name}", partial(
+                spawn_child, settings, endpoints, "worker", "--node", node_name, "--concurrency", str(concurrency)))
         if demo:
-            children.extend(start_demo(settings, endpoints, control, node_name if worker else None))
+            start_demo(settings, endpoints, control, node_name if worker else None, children)
         app = create_app(control, tokens=tokens, browsers=browsers_from(settings), health_checks=health_checks(control.store, broker_url),
-                         max_depth=settings.max_query_depth, max_descendants=settings.max_descendants, events_redis_url=broker_url)
+                         health_probes={"components": children.down}, max_depth=settings.max_query_depth,
+                         max_descendants=settings.max_descendants, events_redis_url=broker_url)
         announce(endpoints, node_name if worker else None, login)
         config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
+        # uvicorn re-raises the signal that stopped it once it is done: make SIGTERM end this process through
+        # the `finally` below (as Ctrl-C does), so the children and servers are stopped, never orphaned
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         uvicorn.Server(config).run()
     finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in reversed(children):
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        if server is not None:
+        children.stop()
+        for server in reversed(servers):
             server.stop()
         (settings.data_dir / STACK_FILE).unlink(missing_ok=True)

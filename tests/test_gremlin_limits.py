@@ -33,7 +33,7 @@ CONFLICT = "Conflict: element modified in another transaction"
 @pytest.fixture
 def g(gremlin_url: str) -> Iterator[GraphTraversalSource]:
     conn = DriverRemoteConnection(gremlin_url, "g")
-    source = traversal().with_remote(conn)
+    source = traversal().with_(conn)
     source.V().drop().iterate()
     yield source
     source.V().drop().iterate()
@@ -115,7 +115,7 @@ def test_without_transactions_a_traversal_that_fails_half_way_keeps_its_first_wr
     with start_gremlin(tmp_path, graph_properties=PLAIN_GRAPH_PROPERTIES) as server:
         conn = DriverRemoteConnection(server.url, "g")
         try:
-            plain = traversal().with_remote(conn)
+            plain = traversal().with_(conn)
             # When a traversal fails after its first write
             half_failing(plain)
             # Then the first write stays: no traversal is atomic there
@@ -127,12 +127,12 @@ def test_without_transactions_a_traversal_that_fails_half_way_keeps_its_first_wr
 def test_an_in_memory_graph_is_gone_after_a_server_restart(tmp_path: Path) -> None:
     with start_gremlin(tmp_path / "first") as server:
         conn = DriverRemoteConnection(server.url, "g")
-        traversal().with_remote(conn).add_v("Node").property(T.id, "n1").iterate()
+        traversal().with_(conn).add_v("Node").property(T.id, "n1").iterate()
         conn.close()
     with start_gremlin(tmp_path / "second") as server:
         conn = DriverRemoteConnection(server.url, "g")
         try:
-            assert traversal().with_remote(conn).V().count().next() == 0
+            assert traversal().with_(conn).V().count().next() == 0
         finally:
             conn.close()
 
@@ -177,6 +177,8 @@ def test_the_jvm_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
         if starter.poll() is None:
             starter.kill()
             starter.wait()
+        if starter.stdout is not None:
+            starter.stdout.close()
 
 
 def _alive(pid: int) -> bool:

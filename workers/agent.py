@@ -27,6 +27,7 @@ from controlplane.domain.records import AllocationRecord, NodeRecord
 from controlplane.domain.specs import NodeSpec, parse
 from controlplane.domain.supervision import START_ERROR_PREFIX
 from controlplane.ports.dispatch import Dispatcher, Key
+from controlplane.ports.leases import NodeLeases
 from controlplane.ports.store import Change, Hierarchy, Ledger, Topology
 from workers.processes import ExecutableNotFound, Handle, ProcessManager
 
@@ -190,6 +191,8 @@ class NodeAgent:
         node: str,
         work_dir: Path,
         heartbeat_s: float = 1.0,
+        leases: NodeLeases | None = None,
+        mirror_s: float = 5.0,
         labels: dict[str, str] | None = None,
         resources: dict[str, object] | None = None,
         notify: Callable[[], None] | None = None,
@@ -203,6 +206,9 @@ class NodeAgent:
         self.notify = notify or (lambda: None)
         self.node = node
         self.heartbeat_s = heartbeat_s
+        #: liveness: renewed every heartbeat, on a connection of its own (the graph's heartbeat_at only mirrors it)
+        self.leases = leases
+        self.mirror_s = mirror_s if leases is not None else heartbeat_s
         self.labels = labels or {}
         self.resources = resources or machine_resources()
         self.dispatcher = dispatcher
@@ -210,7 +216,7 @@ class NodeAgent:
         self.reports = AgentReports(store, node=node, clock=clock)
         self.processes = ProcessManager(work_dir / "runs" / node, self._on_exit)
         self._stop = threading.Event()
-        self._heartbeat: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # --- life of the agent -------------------------------------------------------------
     def register(self) -> NodeRecord:
@@ -226,11 +232,24 @@ class NodeAgent:
         return ended
 
     def start_heartbeat(self) -> None:
-        self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
-        self._heartbeat.start()
+        """Two threads: the lease (liveness, never waits on the graph) and its mirror in the graph."""
+        if self.leases is not None:
+            self.leases.renew(node_id=self.node, now=self.clock())
+            self._threads.append(threading.Thread(target=self._renew, name="lease", daemon=True))
+        self._threads.append(threading.Thread(target=self._mirror, name="heartbeat-mirror", daemon=True))
+        for t in self._threads:
+            t.start()
 
-    def _beat(self) -> None:
+    def _renew(self) -> None:
+        assert self.leases is not None
         while not self._stop.wait(self.heartbeat_s):
+            try:
+                self.leases.renew(node_id=self.node, now=self.clock())
+            except Exception as exc:  # keep renewing through a broker restart
+                log.warning("lease renewal failed: %s", exc)
+
+    def _mirror(self) -> None:
+        while not self._stop.wait(self.mirror_s):
             try:
                 status = self.store.heartbeat(node_id=self.node, now=self.clock())
                 if status != "ready":

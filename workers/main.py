@@ -6,6 +6,7 @@ import logging
 import warnings
 
 from controlplane.eventbus import RedisNotifier
+from controlplane.redis_leases import RedisLeases
 from controlplane.settings import Settings
 from controlplane.wiring import control_plane, open_store
 from workers.agent import NodeAgent
@@ -54,6 +55,7 @@ def run_worker(
         log.warning("node %s: no signing key or API address here; its allocations get no CONTROLPLANE_TOKEN", node)
     agent = NodeAgent(
         store, CeleryDispatcher(app), node=node, work_dir=settings.data_dir, heartbeat_s=settings.heartbeat_s,
+        leases=RedisLeases(broker_url), mirror_s=settings.heartbeat_mirror_s,
         labels=labels, resources=resources, notify=RedisNotifier(broker_url).notify, credentials=credentials,
     )
     _quiet_root_warning()

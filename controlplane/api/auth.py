@@ -29,10 +29,10 @@ from starlette.datastructures import Headers
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import SchemaExtension
-from strawberry.fastapi import GraphQLRouter
 from strawberry.permission import BasePermission
 from strawberry.types import Info as StrawberryInfo
 
+from controlplane.api.graphiql import OfflineGraphQLRouter
 from controlplane.auth import Tokens
 from controlplane.domain.capabilities import EVERYTHING, Capability, Kind, Principal, Role, Verb
 from controlplane.domain.errors import ControlPlaneError, Forbidden, NotFound, Unauthenticated
@@ -48,6 +48,8 @@ audit = logging.getLogger("controlplane.audit")
 COOKIE = "controlplane_token"
 LINEAGE_CACHE = 100_000
 OPEN_PATHS = frozenset({"/healthz"})
+#: pages a browser opens with `?token=` (the addresses `controlplane up` prints): the token becomes a cookie
+LOGIN_PAGES = frozenset({"/graphql", "/browser"})
 #: what each plain HTTP path needs beyond a credential (GraphQL decides per field)
 PATH_VERBS = {"/query": Verb.RAW_QUERY, "/metrics": Verb.READ}
 HOW = ("send `Authorization: Bearer <token>` (the token `controlplane up` printed and wrote to "
@@ -250,7 +252,7 @@ class TrustMiddleware:
             await self.app(scope, receive, send)
             return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        if scope["type"] == "http" and path == "/graphql" and scope.get("method") == "GET" and "token" in query:
+        if scope["type"] == "http" and path in LOGIN_PAGES and scope.get("method") == "GET" and "token" in query:
             await self._log_in(scope, receive, send, query)
             return
         token = _credential(headers)
@@ -283,18 +285,31 @@ class TrustMiddleware:
         return None
 
     async def _log_in(self, scope: dict[str, Any], receive: Any, send: Any, query: dict[str, list[str]]) -> None:
-        """GraphiQL from the URL `controlplane up` printed: the token becomes an HttpOnly, SameSite cookie."""
+        """GraphiQL or the graph browser from the URL `controlplane up` printed: the token becomes an HttpOnly,
+        SameSite cookie, and the address loses it."""
         token = query.pop("token")[0]
         try:
             principal = self.guard.authenticate(token)
         except Unauthenticated as exc:
             await _deny(scope, receive, send, 401, exc.code.value, exc.message, field="token", html=True)
             return
-        rest = urlencode({k: v[0] for k, v in query.items()})
-        response: Response = RedirectResponse("/graphql" + (f"?{rest}" if rest else ""), status_code=303)
+        jar = Response()
         max_age = principal.capability.expires_at - time.time()
-        response.set_cookie(COOKIE, token, max_age=int(min(max_age, 10 * 365 * 86400)), httponly=True, samesite="strict",
-                            path="/")
+        jar.set_cookie(COOKIE, token, max_age=int(min(max_age, 10 * 365 * 86400)), httponly=True, samesite="strict", path="/")
+        if scope["path"] == "/browser":  # the page takes the token from its address itself (sessionStorage, bearer)
+            cookie = [(k, v) for k, v in jar.raw_headers if k == b"set-cookie"]
+
+            async def send_with_cookie(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", []), *cookie]}
+                await send(message)
+
+            scope.setdefault("state", {})["principal"] = principal
+            await self.app(scope, receive, send_with_cookie)
+            return
+        rest = urlencode({k: v[0] for k, v in query.items()})
+        response: Response = RedirectResponse(scope["path"] + (f"?{rest}" if rest else ""), status_code=303)
+        response.raw_headers.extend((k, v) for k, v in jar.raw_headers if k == b"set-cookie")
         await response(scope, receive, send)
 
 
@@ -379,7 +394,7 @@ async def sees_secrets(ctx: ApiContext, allocation_id: str) -> bool:
         return False
 
 
-class AuthGraphQLRouter(GraphQLRouter[Any, None]):
+class AuthGraphQLRouter(OfflineGraphQLRouter):
     """GraphQL over HTTP and websockets where connection_init must carry a credential (unless the upgrade did)."""
 
     async def on_ws_connect(self, context: Any) -> Any:

@@ -34,6 +34,7 @@ STATUS = {
     ErrorCode.CONFLICT: 409,
     ErrorCode.NO_CAPACITY: 409,
     ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.BUSY: 429,
 }
 
 

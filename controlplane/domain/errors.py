@@ -16,6 +16,7 @@ class ErrorCode(str, Enum):
     NO_CAPACITY = "NO_CAPACITY"
     UNAVAILABLE = "UNAVAILABLE"
     TIMEOUT = "TIMEOUT"
+    BUSY = "BUSY"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     FORBIDDEN = "FORBIDDEN"
 
@@ -60,6 +61,12 @@ class QueryTimeout(ControlPlaneError):
     """A query ran past its time limit and was stopped."""
 
     code = ErrorCode.TIMEOUT
+
+
+class Busy(ControlPlaneError):
+    """Too many expensive queries run at once; retry shortly (control traffic keeps its share)."""
+
+    code = ErrorCode.BUSY
 
 
 class Unauthenticated(ControlPlaneError):

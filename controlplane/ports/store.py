@@ -250,7 +250,11 @@ class History(Protocol):
 
 
 class Repair(Protocol):
-    def stale_nodes(self, *, heartbeat_before: float) -> list[str]: ...
+    def watched_nodes(self) -> list[str]:
+        """Nodes the reaper watches: those `ready` or `draining`."""
+
+    def stale_nodes(self, *, heartbeat_before: float) -> list[str]:
+        """Watched nodes whose graph heartbeat (the mirror of their lease) is older than `heartbeat_before`."""
 
     def stuck(self, *, states: Sequence[State], updated_before: float, limit: int) -> list[AllocationRecord]: ...
 

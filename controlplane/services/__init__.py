@@ -18,13 +18,15 @@ from controlplane.jobs.executor import JobExecutor
 from controlplane.jobs.ports import JobStore
 from controlplane.jobs.service import JobService
 from controlplane.ports.dispatch import Dispatcher
+from controlplane.ports.leases import NodeLeases
 from controlplane.ports.store import GraphStore
 from controlplane.services.allocations import AllocationService
 from controlplane.services.inprocess import InProcessDispatcher
+from controlplane.services.leases import GraphLeases
 from controlplane.services.native import NativeExecutors, NativeRunner
 from controlplane.services.nodes import NodeService
 from controlplane.services.placement import Placer
-from controlplane.services.queries import GraphQueries
+from controlplane.services.queries import GraphQueries, QueryGate
 from controlplane.services.repair import RepairService
 from controlplane.services.supervisor import Hooks, SupervisorService
 
@@ -52,8 +54,13 @@ def build(
     *,
     clock: Callable[[], float] = wall_clock,
     notify: Callable[[], None] | None = None,
+    leases: NodeLeases | None = None,
+    reader: GraphStore | None = None,
+    gate: QueryGate | None = None,
 ) -> ControlPlane:
-    """`dispatcher` None: no node agents; supervision runs in this process (tests, tools)."""
+    """`dispatcher` None: no node agents; supervision runs in this process (tests, tools).
+    `leases` None: node liveness read from the graph's heartbeat_at (one process, no broker).
+    `reader`: the store user-facing reads go through (its own connections and time limit; None: `store`)."""
     inprocess: InProcessDispatcher | None = None
     if dispatcher is None:
         dispatcher = inprocess = InProcessDispatcher()
@@ -71,7 +78,8 @@ def build(
     if inprocess is not None:
         inprocess.bind(terminated=supervisor.on_terminated, restart=supervisor.restart, start_native=native.start)
     return ControlPlane(
-        store=store, dispatcher=send, clock=clock, nodes=NodeService(store, clock=clock), queries=GraphQueries(store),
-        allocations=allocations, supervisor=supervisor, repair=RepairService(store, supervisor, send, clock=clock),
+        store=store, dispatcher=send, clock=clock, nodes=NodeService(store, clock=clock), queries=GraphQueries(reader or store, gate=gate),
+        allocations=allocations, supervisor=supervisor,
+        repair=RepairService(store, supervisor, send, leases or GraphLeases(store), clock=clock),
         native=native, jobs=job_service,
     )

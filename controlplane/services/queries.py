@@ -2,15 +2,20 @@
 
 Read-only use cases with their limits checked (page sizes, depths, the raw
 query's size, time and rows); the store compiles each to its engine's language.
+The expensive ones (raw queries, traversals, descendants) pass a gate: at most
+so many at once, then a short wait, then BUSY — so a flood of readers cannot
+take every engine thread from the control plane's own writes (the engine-side
+time limit is the store's, set where it is opened).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import threading
+from collections.abc import Callable, Collection
 from dataclasses import replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from controlplane.domain.errors import InvalidInput, NotFound
+from controlplane.domain.errors import Busy, InvalidInput, NotFound
 from controlplane.domain.lifecycle import parse_state
 from controlplane.domain.records import AllocationRecord, Event, GpuRecord, NeighborRecord, NodeRecord, RawResult, Vertex
 from controlplane.domain.traversal import TraversalSpec
@@ -23,13 +28,34 @@ RAW_QUERY_MAX_ROWS = 10_000
 RAW_QUERY_MAX_TIMEOUT_S = 60.0
 
 
+T = TypeVar("T")
+
+
 class QueryStore(Topology, Hierarchy, History, Admin, Protocol):
     """Everything a reader may ask."""
 
 
+class QueryGate:
+    """At most `limit` expensive queries at once; one more waits `wait_s`, then is refused BUSY."""
+
+    def __init__(self, limit: int = 4, *, wait_s: float = 2.0) -> None:
+        self.limit = limit
+        self.wait_s = wait_s
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def run(self, fn: Callable[[], T]) -> T:
+        if not self._slots.acquire(timeout=self.wait_s):
+            raise Busy(f"{self.limit} expensive queries are running already; try again shortly", field="query")
+        try:
+            return fn()
+        finally:
+            self._slots.release()
+
+
 class GraphQueries:
-    def __init__(self, store: QueryStore) -> None:
+    def __init__(self, store: QueryStore, *, gate: QueryGate | None = None) -> None:
         self.store = store
+        self.gate = gate or QueryGate()
 
     # --- nodes -------------------------------------------------------------------------
     def node(self, node_id: str) -> NodeRecord:
@@ -72,7 +98,7 @@ class GraphQueries:
             raise InvalidInput("must be between 1 and 256", field="maxDepth")
         if not 1 <= limit <= 100_000:
             raise InvalidInput("must be between 1 and 100000", field="first")
-        return self.store.descendants(root_id=root_id, max_depth=max_depth, limit=limit, fields=fields)
+        return self.gate.run(lambda: self.store.descendants(root_id=root_id, max_depth=max_depth, limit=limit, fields=fields))
 
     def ancestors(self, allocation_id: str) -> list[Vertex]:
         return self.store.ancestors(allocation_id=allocation_id)
@@ -84,7 +110,7 @@ class GraphQueries:
         label = self.store.actor_label(actor_id=spec.start_id)
         if label is None:
             raise NotFound(f"no vertex with id {spec.start_id!r}", field="from")
-        return self.store.traverse(spec=replace(spec, start_label=Label(label)))
+        return self.gate.run(lambda: self.store.traverse(spec=replace(spec, start_label=Label(label))))
 
     # --- history and raw queries ---------------------------------------------------------
     def events(self, allocation_id: str | None = None, *, since: float | None = None, limit: int = 100) -> list[Event]:
@@ -97,7 +123,7 @@ class GraphQueries:
     def raw_query(self, text: str, *, timeout_s: float = 10.0, limit: int = 1000) -> RawResult:
         """A read-only query in the engine's own language (Cypher on FalkorDB/Neo4j, Gremlin on Gremlin)."""
         check_raw_query(text, timeout_s, limit)
-        return self.store.raw_query(text=text, timeout_s=timeout_s, limit=limit)
+        return self.gate.run(lambda: self.store.raw_query(text=text, timeout_s=timeout_s, limit=limit))
 
 
 def check_raw_query(text: str, timeout_s: float, limit: int) -> None:

@@ -2,7 +2,11 @@
 
 Run by the one leading scheduler. The reaper declares nodes lost (one guarded
 statement per node) and hands their allocations to supervision as one
-correlated failure per parent. The reconciler re-dispatches allocations stuck
+correlated failure per parent. It reads liveness from node leases, never from
+the graph's write path, and it does not trust its own blindness: when it cannot
+read the leases, or when more than a set share of the watched nodes fell silent
+at once (the fault is then more likely on the control plane's side, as
+Kubernetes' node lifecycle controller assumes), it declares nothing and says so. The reconciler re-dispatches allocations stuck
 in `placed`, fails those stuck in `starting`, finishes stops whose agent is
 gone, and carries out restarts that were decided but never happened (or that
 wait for a node with room).
@@ -15,33 +19,56 @@ from collections.abc import Callable
 from typing import Protocol
 
 from controlplane.domain.clock import wall_clock
+from controlplane.domain.errors import Unavailable
 from controlplane.domain.lifecycle import START_LOST, State
+from controlplane.domain.records import Event
 from controlplane.ports.dispatch import Dispatcher, Key, RestartKey
-from controlplane.ports.store import Change, Hierarchy, Ledger, Repair, Topology
+from controlplane.ports.leases import NodeLeases
+from controlplane.ports.store import Change, Hierarchy, History, Ledger, Repair, Topology
 from controlplane.services.supervisor import SupervisorService
 
 log = logging.getLogger(__name__)
 
 
-class RepairStore(Repair, Ledger, Hierarchy, Topology, Protocol):
+#: more than this share of the watched nodes silent at once: the reaper holds off (Kubernetes' threshold)
+MAX_SILENT_SHARE = 0.55
+#: one hold-off event per node in this many seconds
+HOLD_OFF_EVENT_S = 60.0
+
+
+class RepairStore(Repair, Ledger, Hierarchy, History, Topology, Protocol):
     """What the reaper and the reconciler read and write."""
 
 
 class RepairService:
     def __init__(
-        self, store: RepairStore, supervisor: SupervisorService, dispatcher: Dispatcher, *,
-        clock: Callable[[], float] = wall_clock,
+        self, store: RepairStore, supervisor: SupervisorService, dispatcher: Dispatcher, leases: NodeLeases, *,
+        clock: Callable[[], float] = wall_clock, max_silent_share: float = MAX_SILENT_SHARE,
     ) -> None:
         self.store = store
         self.supervisor = supervisor
         self.dispatcher = dispatcher
+        self.leases = leases
         self.clock = clock
+        self.max_silent_share = max_silent_share
 
     def reap(self, *, grace_s: float) -> dict[str, int]:
-        """Declare nodes whose heartbeat is older than grace lost; their allocations' parents decide once each."""
+        """Declare nodes whose lease lapsed more than grace ago lost; their allocations' parents decide once each.
+
+        Declares nothing (and records why) when the leases cannot be read or too many nodes went silent at once.
+        """
         now = self.clock()
+        watched = self.store.watched_nodes()
+        try:
+            silent = self.leases.silent(node_ids=watched, now=now, grace_s=grace_s)
+        except Unavailable as exc:
+            log.warning("reaper holds off: it cannot see the node leases (%s)", exc)
+            return {}
+        if len(silent) > 1 and len(silent) > self.max_silent_share * len(watched):
+            self._hold_off(silent, len(watched), now)
+            return {}
         reaped: dict[str, int] = {}
-        for node_id in self.store.stale_nodes(heartbeat_before=now - grace_s):
+        for node_id in silent:
             lost = self.store.mark_node_lost(node_id=node_id, heartbeat_before=now - grace_s, now=now)
             if lost is None:
                 continue
@@ -50,6 +77,17 @@ class RepairService:
             if lost:
                 self.supervisor.on_terminated([(a.id, a.incarnation) for a in lost])
         return reaped
+
+    def _hold_off(self, silent: list[str], watched: int, now: float) -> None:
+        why = (f"reaper holds off: {len(silent)} of {watched} nodes went silent at once (more than "
+               f"{self.max_silent_share:.0%}); the fault is more likely the control plane's own, so none is declared lost")
+        log.warning("%s: %s", why, ", ".join(silent))
+        bucket = int(now // HOLD_OFF_EVENT_S)
+        self.store.record_events(events=[
+            Event(id=f"{n}:reaper-holds-off:{bucket}", kind="reaper", allocation_id=n, at=now, reason=why, by="reaper",
+                  data={"silent": len(silent), "watched": watched})
+            for n in silent
+        ])
 
     def reconcile(self, *, placed_deadline_s: float, starting_deadline_s: float, stopping_slack_s: float = 30.0,
                   limit: int = 1000) -> dict[str, int]:

@@ -347,6 +347,9 @@ class CypherStore(ABC):
     def set_actor_fields(self, *, actor_id: str, fields: dict[str, Any]) -> None:
         self._write(q.SET_ACTOR_FIELDS, {"id": actor_id, "fields": fields})
 
+    def watched_nodes(self) -> list[str]:
+        return [r[0] for r in self._read(q.WATCHED_NODES, {})]
+
     def stale_nodes(self, *, heartbeat_before: float) -> list[str]:
         return [r[0] for r in self._read(q.STALE_NODES, {"before": heartbeat_before})]
 

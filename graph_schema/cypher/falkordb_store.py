@@ -20,6 +20,7 @@ from falkordb.path import Path
 
 from controlplane.domain.errors import InvalidInput, QueryTimeout, Unavailable
 from controlplane.domain.records import RawResult
+from graph_schema import raw_elements
 from graph_schema.cypher.base import CypherStore, Row
 
 _UNIQUE = ("Actor", "Node", "Allocation", "Gpu", "Event", "Job", "Task")
@@ -33,11 +34,12 @@ _RANGE = (
 def _browse(value: Any) -> Any:
     """A result value as plain data for a browser: vertices and edges with their labels."""
     if isinstance(value, FNode):
-        return {"labels": list(value.labels), "properties": dict(value.properties)}
+        return raw_elements.vertex(value.id, value.labels, value.properties)
     if isinstance(value, Edge):
-        return {"type": value.relation, "src": value.src_node, "dst": value.dest_node, "properties": dict(value.properties)}
+        return raw_elements.edge(value.id, value.relation, getattr(value.src_node, "id", value.src_node),
+                                 getattr(value.dest_node, "id", value.dest_node), value.properties)
     if isinstance(value, Path):
-        return {"nodes": [_browse(n) for n in value.nodes()], "edges": [_browse(e) for e in value.edges()]}
+        return raw_elements.path([_browse(n) for n in value.nodes()], [_browse(e) for e in value.edges()])
     if isinstance(value, dict):
         return {k: _browse(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -58,23 +60,34 @@ class FalkorDBStore(CypherStore):
     #: every query runs alone and atomically: no lock to take, the marker is dropped
     lock_clause = ""
 
-    def __init__(self, url: str, *, graph: str = "controlplane", timeout_ms: int = 30_000) -> None:
+    def __init__(
+        self, url: str, *, graph: str = "controlplane", timeout_ms: int = 30_000, read_timeout_ms: int | None = None,
+    ) -> None:
+        """`read_timeout_ms`: read queries are stopped by FalkorDB itself after this long (default `timeout_ms`)."""
         super().__init__()
         self._pool = redis.ConnectionPool.from_url(url, max_connections=64, decode_responses=True)
         self._db = FalkorDB(connection_pool=self._pool)
         self._graph = self._db.select_graph(graph)
         self._graph_name = graph
         self._timeout_ms = timeout_ms
+        self._read_timeout_ms = read_timeout_ms or timeout_ms
 
     def _run(self, ro: bool, query: str, params: dict[str, Any]) -> list[Row]:
+        timeout = self._read_timeout_ms if ro else self._timeout_ms
         try:
             fn = self._graph.ro_query if ro else self._graph.query
-            result = fn(self._dialect(query), params, timeout=self._timeout_ms)
+            result = fn(self._dialect(query), params, timeout=timeout)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise Unavailable(f"FalkorDB is unreachable: {exc}") from exc
         except redis.ResponseError as exc:
-            if "unique constraint violation" in str(exc):
+            message = str(exc)
+            if "unique constraint violation" in message:
                 return []  # nothing written (the query is atomic): the caller reads back what exists
+            if ro and "timed out" in message.lower():
+                raise QueryTimeout(f"stopped after {timeout / 1000:g}s", field="query") from None
+            if "mem consumption exceeded" in message.lower():
+                raise InvalidInput(f"the query used more memory than the engine allows one query ({message})",
+                                   field="query") from None
             raise
         return [[_plain(v) for v in row] for row in result.result_set]
 

@@ -27,6 +27,7 @@ from neo4j.graph import Path, Relationship
 
 from controlplane.domain.errors import InvalidInput, QueryTimeout, Unavailable
 from controlplane.domain.records import RawResult
+from graph_schema import raw_elements
 from graph_schema.cypher.base import CypherStore, Row
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,13 @@ _SCHEMA = (
 
 def _browse(value: Any) -> Any:
     if isinstance(value, NNode):
-        return {"labels": sorted(value.labels), "properties": dict(value.items())}
+        return raw_elements.vertex(value.element_id, value.labels, dict(value.items()))
     if isinstance(value, Relationship):
-        return {"type": value.type, "properties": dict(value.items())}
+        start, end = value.start_node, value.end_node
+        return raw_elements.edge(value.element_id, value.type, start.element_id if start is not None else None,
+                                 end.element_id if end is not None else None, dict(value.items()))
     if isinstance(value, Path):
-        return {"nodes": [_browse(n) for n in value.nodes], "edges": [_browse(r) for r in value.relationships]}
+        return raw_elements.path([_browse(n) for n in value.nodes], [_browse(r) for r in value.relationships])
     if isinstance(value, dict):
         return {k: _browse(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -74,20 +77,30 @@ def _plain(value: Any) -> Any:
 class Neo4jStore(CypherStore):
     engine = "neo4j"
 
-    def __init__(self, uri: str, *, user: str | None = None, password: str | None = None, database: str | None = None) -> None:
+    def __init__(
+        self, uri: str, *, user: str | None = None, password: str | None = None, database: str | None = None,
+        read_timeout_s: float | None = None,
+    ) -> None:
+        """`read_timeout_s`: reads run as transactions that Neo4j itself stops after this long."""
         super().__init__()
         self.uri = uri
         auth = (user, password) if user and password else None
         self._driver = GraphDatabase.driver(uri, auth=auth, max_connection_pool_size=64)
         self._database = database
+        self._read_timeout_s = read_timeout_s
 
     def _run(self, routing: RoutingControl, query: str, params: dict[str, Any]) -> list[Row]:
+        timeout = self._read_timeout_s if routing is RoutingControl.READ else None
         try:
             records, _, _ = self._driver.execute_query(
-                self._dialect(query), params, database_=self._database, routing_=routing
+                Query(self._dialect(query), timeout=timeout), params, database_=self._database, routing_=routing
             )
         except (ServiceUnavailable, SessionExpired) as exc:
             raise Unavailable(f"Neo4j is unreachable: {exc}") from exc
+        except ClientError as exc:
+            if timeout is not None and "TransactionTimedOut" in (exc.code or ""):
+                raise QueryTimeout(f"stopped after {timeout:g}s", field="query") from None
+            raise
         return [[_plain(v) for v in r.values()] for r in records]
 
     def _read(self, query: str, params: dict[str, Any]) -> list[Row]:

@@ -294,6 +294,12 @@ SET a += $fields
 RETURN properties(a) AS a
 """
 
+WATCHED_NODES = f"""
+MATCH (n:{N})
+WHERE n.status IN ['ready', 'draining']
+RETURN n.id ORDER BY n.id
+"""
+
 STALE_NODES = f"""
 MATCH (n:{N})
 WHERE n.status IN ['ready', 'draining'] AND n.heartbeat_at < $before

@@ -4,7 +4,7 @@ The text is never parsed nor patched here: it goes to the server's gremlin-lang 
 (TinkerPop's own Gremlin grammar, no Groovy, no code), with `g` aliased to the server's
 read-only traversal source `g_ro` (ReadOnlyStrategy), so the engine itself refuses any
 write. The server stops it past the time limit (evaluationTimeout). Each result is one
-row of one column, `result`; elements come back as plain dicts (id, label, properties).
+row of one column, `result`; elements come back in the engines' common shape (graph_schema.raw_elements).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from gremlin_python.structure.graph import Edge, Path, Vertex, VertexProperty
 
 from controlplane.domain.errors import InvalidInput, QueryTimeout, Unavailable
 from controlplane.domain.records import RawResult
+from graph_schema import raw_elements
 
 if TYPE_CHECKING:
     from graph_schema.gremlin.remote import Remote
@@ -29,14 +30,17 @@ READ_ONLY_SOURCE = "g_ro"
 def browse(v: Any) -> Any:
     """A result as JSON-friendly values."""
     if isinstance(v, Vertex):
-        return {"id": v.id, "label": v.label, "properties": {p.key: browse(p.value) for p in (v.properties or [])}}
+        return raw_elements.vertex(v.id, [v.label], {p.key: browse(p.value) for p in (v.properties or [])})
     if isinstance(v, Edge):
-        return {"id": v.id, "label": v.label, "out": v.outV.id, "in": v.inV.id,
-                "properties": {p.key: browse(p.value) for p in (v.properties or [])}}
+        return raw_elements.edge(v.id, v.label, v.outV.id, v.inV.id, {p.key: browse(p.value) for p in (v.properties or [])})
     if isinstance(v, VertexProperty):
         return {"key": v.key, "value": browse(v.value)}
     if isinstance(v, Path):
-        return [browse(x) for x in v.objects]
+        objects = [browse(x) for x in v.objects]
+        if not all(isinstance(o, dict) and o.get(raw_elements.ELEMENT) in ("vertex", "edge") for o in objects):
+            return objects  # a path of values (path().by('name')): no graph to draw
+        return raw_elements.path([o for o in objects if o[raw_elements.ELEMENT] == "vertex"],
+                                 [o for o in objects if o[raw_elements.ELEMENT] == "edge"])
     if isinstance(v, dict):
         return {_key(k): browse(x) for k, x in v.items()}
     if isinstance(v, (list, tuple, set)):

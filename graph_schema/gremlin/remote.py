@@ -25,7 +25,7 @@ from gremlin_python.process.graph_traversal import GraphTraversal, GraphTraversa
 from gremlin_python.process.traversal import T
 from gremlin_python.statics import long
 
-from controlplane.domain.errors import Unavailable
+from controlplane.domain.errors import QueryTimeout, Unavailable
 
 #: what TinkerTransactionGraph says when another transaction committed an element first, and
 #: what addV says when a concurrent create of the same id committed between our read and our write
@@ -80,14 +80,16 @@ class Remote:
 
     def __init__(
         self, url: str, *, traversal_source: str = "g", pool_size: int = 8, retry_for_s: float = 60.0,
-        answer_timeout_s: float = 10.0,
+        answer_timeout_s: float = 10.0, read_timeout_s: float | None = None,
     ) -> None:
+        """`read_timeout_s`: reads carry evaluationTimeout, so Gremlin Server itself stops them after this long."""
         logging.getLogger("gremlinpython").addFilter(_FILTER)
         self.url = url
         self._source = traversal_source
         self._pool_size = pool_size
         self._retry_for_s = retry_for_s
-        self._answer_timeout_s = answer_timeout_s
+        self._read_timeout_ms = int(read_timeout_s * 1000) if read_timeout_s else None
+        self._answer_timeout_s = max(answer_timeout_s, (read_timeout_s or 0) + 5)
         self._slots = threading.BoundedSemaphore(pool_size)
         self._lock = threading.Lock()
         self._connect()
@@ -99,7 +101,7 @@ class Remote:
             )
         except Exception as exc:  # noqa: BLE001 - any failure to connect is the same to the caller
             raise Unavailable(f"Gremlin Server at {self.url} is unreachable: {exc}") from exc
-        self.g: GraphTraversalSource = traversal().with_remote(self._conn)
+        self.g: GraphTraversalSource = traversal().with_(self._conn)
 
     def _reconnect(self, stale: DriverRemoteConnection) -> None:
         with self._lock:
@@ -118,14 +120,19 @@ class Remote:
         delay = 0.002
         while True:
             conn = self._conn
+            source = traversal().with_(conn)
+            if not write and self._read_timeout_ms:
+                source = source.with_("evaluationTimeout", self._read_timeout_ms)
             try:
-                return self._submit(conn, build(traversal().with_remote(conn)))
+                return self._submit(conn, build(source))
             except _NoAnswer:
                 if time.monotonic() > deadline:
                     raise Unavailable(f"Gremlin Server at {self.url} did not answer") from None
                 self._reconnect(conn)
                 continue
             except GremlinServerError as exc:
+                if not write and getattr(exc, "status_code", None) == 598:
+                    raise QueryTimeout(f"stopped after {(self._read_timeout_ms or 0) / 1000:g}s", field="query") from None
                 if not (write and _is_retryable(exc)) or time.monotonic() > deadline:
                     raise
             except Exception as exc:

@@ -82,8 +82,8 @@ class GremlinStore(SupervisionMixin, PlacementMixin, RawQueryMixin):
 
     engine = "gremlin"
 
-    def __init__(self, url: str, *, traversal_source: str = "g", pool_size: int = 8) -> None:
-        self._remote = Remote(url, traversal_source=traversal_source, pool_size=pool_size)
+    def __init__(self, url: str, *, traversal_source: str = "g", pool_size: int = 8, read_timeout_s: float | None = None) -> None:
+        self._remote = Remote(url, traversal_source=traversal_source, pool_size=pool_size, read_timeout_s=read_timeout_s)
 
     @property
     def remote(self) -> Remote:

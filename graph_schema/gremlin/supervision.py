@@ -131,6 +131,9 @@ class SupervisionMixin:
     def set_actor_fields(self, *, actor_id: str, fields: dict[str, Any]) -> None:
         self._remote.run(lambda g: set_props(g.V(actor_id).has_label(*ACTORS), fields, drop_none=True).values("id"))
 
+    def watched_nodes(self) -> list[str]:
+        return list(self._remote.run(lambda g: having(g, N, "status", _STALE_OK).order().by("id").values("id"), write=False))
+
     def stale_nodes(self, *, heartbeat_before: float) -> list[str]:
         return list(self._remote.run(
             lambda g: having(g, N, "status", _STALE_OK).has("heartbeat_at", P.lt(heartbeat_before))

@@ -188,7 +188,7 @@ def _verify(url: str, deadline: float) -> None:
         conn = None
         try:
             conn = DriverRemoteConnection(url, "g")
-            if traversal().with_remote(conn).inject(1).to_list() == [1]:
+            if traversal().with_(conn).inject(1).to_list() == [1]:
                 return
         except Exception as exc:  # noqa: BLE001 - retried until the deadline
             last = exc

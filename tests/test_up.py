@@ -1,0 +1,117 @@
+"""`controlplane up` as a user runs it: it supervises what it starts, and stops all of it on SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from graph_schema.falkordb_server import find_free_port
+from tests.stack import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+class Up:
+    def __init__(self, tmp: Path) -> None:
+        self.port = find_free_port()
+        self.data_dir = tmp / "data"
+        env = {**os.environ, "HEARTBEAT_S": "0.5", "NODE_GRACE_S": "3"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "controlplane", "up", "--port", str(self.port), "--data-dir", str(self.data_dir),
+             "--node", "up-node"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+
+    def health(self) -> dict[str, Any]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as r:
+                return dict(json.loads(r.read()))
+        except urllib.error.HTTPError as err:
+            return dict(json.loads(err.read()))
+
+    def child(self, word: str) -> int:
+        """The pid of the child process of `up` whose command line has `word`."""
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid), "-f", word], capture_output=True, text=True).stdout.split()
+        assert out, f"no child {word!r} of controlplane up"
+        return int(out[0])
+
+    def descendants(self) -> list[int]:
+        """Every process under `up` (the redis-servers run in sessions of their own, so by parent, not group)."""
+        rows = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.split("\n")
+        children: dict[int, list[int]] = {}
+        for row in rows:
+            if row.strip():
+                pid, ppid = (int(x) for x in row.split())
+                children.setdefault(ppid, []).append(pid)
+        found, todo = [], [self.proc.pid]
+        while todo:
+            for kid in children.get(todo.pop(), []):
+                found.append(kid)
+                todo.append(kid)
+        return found
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    u = Up(tmp_path)
+    try:
+        wait_for(lambda: u.health().get("status") == "ok", 90, "controlplane up to be healthy", every=0.5)
+        yield u
+    finally:
+        if u.proc.poll() is None:
+            u.proc.send_signal(signal.SIGINT)
+            try:
+                u.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(u.proc.pid, signal.SIGKILL)
+                u.proc.wait()
+        u.reader.join(timeout=10)
+        if u.proc.stdout is not None:
+            u.proc.stdout.close()
+
+
+def test_a_crashed_scheduler_is_restarted_and_health_says_so_meanwhile(up: Up) -> None:
+    # Given a healthy stack
+    old = up.child("scheduler")
+    # When its scheduler is killed
+    os.kill(old, signal.SIGKILL)
+    # Then health reports the component down, up prints the restart, and a new scheduler runs
+    degraded = wait_for(lambda: (h := up.health())["status"] == "degraded" and h, 20, "health to say degraded")
+    assert any("scheduler is down" in r for r in degraded["reasons"]), degraded
+    wait_for(lambda: any("scheduler restarted" in line for line in up.lines), 30, "the restart to be printed")
+    new = wait_for(lambda: up.child("scheduler"), 10, "a new scheduler")
+    assert new != old
+    wait_for(lambda: up.health()["status"] == "ok", 30, "health to be ok again")
+
+
+def test_sigterm_stops_every_process_it_started(up: Up) -> None:
+    # Given the stack's processes: supervisor, scheduler, node agent, two redis-servers
+    started = up.descendants()
+    assert len(started) >= 5, started
+    # When it is asked to stop as a service manager would
+    up.proc.send_signal(signal.SIGTERM)
+    up.proc.wait(timeout=40)
+    # Then nothing it started is left running
+    time.sleep(0.5)
+    left = [p for p in started if Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text()]
+    assert left == [], f"left running: {left}"
+    assert not (up.data_dir / "stack.json").exists()

@@ -38,6 +38,12 @@ class Up:
             if "Ctrl-C stops everything" in line or time.monotonic() > deadline:
                 break
         self.output = "".join(lines)
+        while time.monotonic() < deadline:  # the address is printed just before the API listens
+            try:
+                httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
         return self.output
 
     def stop(self) -> None:

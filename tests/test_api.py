@@ -304,7 +304,6 @@ def test_an_unknown_id_is_not_found_naming_the_field(client: TestClient) -> None
     [
         (job(cpu=-5), "spec.resources.cpuMilli"),
         ({**job(), "resources": {"memoryMib": 10**9}}, "spec.resources.memoryMib"),
-        ({**job(), "executor": "docker"}, "spec.executor"),
         ({**job(), "argv": []}, "spec.argv"),
         ({**job(), "env": {"BAD NAME": "x"}}, "spec.env"),
         ({**job(), "nodeLabels": "zone"}, "spec.nodeLabels"),

@@ -32,12 +32,12 @@ from workers.agent import AgentReports
 SPAWN_POLICY = """mutation($parent: ID!, $spec: AllocationSpecInput!) {
   spawnAllocation(parent: $parent, spec: $spec) { id supervision restartType childPolicy restarts orphan escalated
     restartAt native jobId taskId watchers { id } watching { id } } }"""
-SET_SUPERVISION = "mutation($id: ID!, $policy: JSON!) { setSupervision(id: $id, policy: $policy) }"
+SET_SUPERVISION = "mutation($id: ID!, $policy: SupervisionPolicyInput!) { setSupervision(id: $id, policy: $policy) }"
 WATCH = "mutation($w: ID!, $t: ID!) { watch(watcher: $w, target: $t) { id watchers { id name } } }"
 UNWATCH = "mutation($w: ID!, $t: ID!) { unwatch(watcher: $w, target: $t) }"
 EVENTS = """query($id: ID, $since: Float, $first: Int!) {
   events(allocation: $id, since: $since, first: $first) { id kind allocationId incarnation fromState toState at reason by data } }"""
-SUBMIT = """mutation($spec: JSON!, $node: ID, $requestId: String) { submitJob(spec: $spec, node: $node, requestId: $requestId) {
+SUBMIT = """mutation($spec: JobSpecInput!, $node: ID, $requestId: String) { submitJob(spec: $spec, node: $node, requestId: $requestId) {
   id name state tasksTotal error submittedAt submittedBy { id } spec
   root { id state executor native jobId parent { id } }
   tasks { path name parentPath state replicas executor needs runs { incarnation state allocation { id jobId taskId } node { id } } } } }"""
@@ -79,7 +79,7 @@ def allocation(client: TestClient, allocation_id: str, fields: str) -> dict[str,
 
 
 def task(name: str, *needs: str, **kw: Any) -> dict[str, Any]:
-    return {"name": name, "argv": ["sleep", "100"], "needs": list(needs), "resources": {"cpu_milli": 100, "memory_mib": 16}, **kw}
+    return {"name": name, "argv": ["sleep", "100"], "needs": list(needs), "resources": {"cpuMilli": 100, "memoryMib": 16}, **kw}
 
 
 def events_of(client: TestClient, allocation_id: str | None = None, **kw: Any) -> list[dict[str, Any]]:
@@ -109,16 +109,20 @@ def subscriber(client: TestClient) -> Any:
 
 # --- supervision policies ------------------------------------------------------------------
 def test_a_policy_given_at_spawn_is_read_back_with_the_restart_type(client: TestClient) -> None:
-    # Given a parent spawned with a supervision policy and a restart type, and one spawned with neither
-    policy: dict[str, Any] = {"strategy": "one_for_all", "max_restarts": 5, "window_s": 30, "child_policy": "abandon",
-              "deciders": [{"on": "exit", "exit_codes": "3-5", "directive": "stop"}]}
+    # Given a parent spawned with a supervision policy (a typed input, enums in lower case) and a restart type,
+    # and one spawned with neither
+    policy: dict[str, Any] = {"strategy": "one_for_all", "maxRestarts": 5, "windowS": 30, "childPolicy": "abandon",
+                              "deciders": [{"on": "exit", "exitCodes": "3-5", "directive": "stop"}]}
     custom = data(client, SPAWN_POLICY, parent="n1", spec=job("custom", restart="permanent", supervision=policy))
     plain = data(client, SPAWN_POLICY, parent="n1", spec=job("plain"))
-    # Then the client reads the policy back as JSON, the defaults filled in
+    # Then the client reads the policy back as the JSON of files (snake_case keys), the defaults filled in
     got: dict[str, Any] = custom["spawnAllocation"]
-    assert {k: got["supervision"][k] for k in policy} == {**policy, "window_s": 30.0,
-                                                        "deciders": [{**policy["deciders"][0], "error_contains": None}]}
-    assert got["supervision"]["backoff"]["min_s"] == 0.5
+    assert got["supervision"] == {
+        "strategy": "one_for_all", "max_restarts": 5, "window_s": 30.0, "child_policy": "abandon",
+        "deciders": [{"on": "exit", "exit_codes": "3-5", "error_contains": None, "directive": "stop"}],
+        "default_directive": "restart",
+        "backoff": {"min_s": 0.5, "max_s": 30.0, "factor": 2.0, "jitter": 0.2, "reset_after_s": 60.0},
+    }
     assert (got["restartType"], got["childPolicy"], got["restarts"], got["orphan"]) == ("permanent", "abandon", 0, False)
     # And an allocation without a policy shows null (the default) and the default restart type
     assert {k: v for k, v in plain["spawnAllocation"].items() if k != "id"} == {
@@ -145,7 +149,7 @@ def test_set_supervision_changes_how_a_parent_restarts_its_children(client: Test
 
 def test_a_node_takes_a_policy_too(client: TestClient) -> None:
     before = data(client, '{ node(id: "n1") { supervision } }')
-    data(client, SET_SUPERVISION, id="n1", policy={"max_restarts": 1, "window_s": 10})
+    data(client, SET_SUPERVISION, id="n1", policy={"maxRestarts": 1, "windowS": 10})
     after = data(client, '{ node(id: "n1") { supervision } }')["node"]["supervision"]
     assert before == {"node": {"supervision": None}}
     assert (after["max_restarts"], after["window_s"], after["strategy"]) == (1, 10.0, "one_for_one")
@@ -154,14 +158,15 @@ def test_a_node_takes_a_policy_too(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("policy", "field"),
     [
-        ({"strategy": "one_for_none"}, "policy.strategy"),
-        ({"max_restarts": -1}, "policy.max_restarts"),
-        ({"backoff": {"min_s": -1}}, "policy.backoff.min_s"),
-        ({"deciders": [{"on": "exit", "directive": "panic"}]}, "policy.deciders[0].directive"),
-        ({"maxRestarts": 3}, "policy.maxRestarts"),
+        ({"maxRestarts": -1}, "policy.maxRestarts"),
+        ({"windowS": 0}, "policy.windowS"),
+        ({"backoff": {"minS": -1}}, "policy.backoff.minS"),
+        ({"backoff": {"minS": 10, "maxS": 5}}, "policy.backoff.maxS"),
+        ({"deciders": [{"on": "exit", "exitCodes": "three", "directive": "stop"}]}, "policy.deciders[0].exitCodes"),
+        ({"deciders": [{"errorContains": "a\x00b", "directive": "stop"}]}, "policy.deciders[0].errorContains"),
     ],
 )
-def test_a_bad_policy_is_invalid_input_naming_its_key_and_nothing_changes(
+def test_a_bad_policy_is_invalid_input_naming_its_field_and_nothing_changes(
     client: TestClient, policy: dict[str, Any], field: str
 ) -> None:
     a = spawn(client, "n1", job("a"))
@@ -181,7 +186,7 @@ def test_the_policy_of_a_stopped_allocation_cannot_change(client: TestClient) ->
 
 
 def test_children_of_an_abandoning_parent_are_shown_as_orphans(client: TestClient, cp: ControlPlane) -> None:
-    parent = spawn(client, "n1", job("parent", supervision={"child_policy": "abandon"}))
+    parent = spawn(client, "n1", job("parent", supervision={"childPolicy": "abandon"}))
     kid = spawn(client, parent["id"], job("kid"))
     run(cp, parent["id"], kid["id"])
     data(client, "mutation($id: ID!) { stopAllocation(id: $id) { id } }", id=parent["id"])
@@ -191,7 +196,7 @@ def test_children_of_an_abandoning_parent_are_shown_as_orphans(client: TestClien
 # --- death watch -------------------------------------------------------------------------------
 def test_a_watcher_sees_terminated_when_the_watched_one_crashes(client: TestClient, cp: ControlPlane) -> None:
     # Given two running siblings under a parent that resumes (does not restart) failed children
-    parent = spawn(client, "n1", job("parent", supervision={"default_directive": "resume"}))
+    parent = spawn(client, "n1", job("parent", supervision={"defaultDirective": "resume"}))
     watcher, target = (spawn(client, parent["id"], job(n)) for n in ("watcher", "target"))
     run(cp, parent["id"], watcher["id"], target["id"])
     # When the watcher watches the target, and the target crashes
@@ -451,11 +456,13 @@ def test_a_cyclic_job_is_refused_listing_the_cycle_and_nothing_is_written(client
     ("spec", "field", "words"),
     [
         ({"name": "j", "tasks": [{"name": "t"}]}, "spec.tasks[0].argv", ["must not be empty"]),
-        ({"name": "j", "tasks": [task("t", resources={"cpu_milli": -1})]}, "spec.tasks[0].resources.cpu_milli", []),
-        ({"name": "j", "tasks": [task("t", resources={"cpu_milli": 999_000})]}, "spec.tasks", ["t:", "cpu=999000m"]),
+        ({"name": "j", "tasks": [task("t", resources={"cpuMilli": -1})]}, "spec.tasks[0].resources.cpuMilli", []),
+        ({"name": "j", "tasks": [task("t", resources={"cpuMilli": 999_000})]}, "spec.tasks", ["t:", "cpu=999000m"]),
         ({"name": "j", "tasks": []}, "spec.tasks", []),
         ({"name": "bad name", "tasks": [task("t")]}, "spec.name", []),
-        ({"name": "j", "tasks": [task("t")], "colour": "red"}, "spec.colour", []),
+        ({"name": "j", "tasks": [task("t", placement={"nodeLabels": {"zone": "e u"}})]}, "spec.tasks[0].placement.nodeLabels", []),
+        ({"name": "j", "tasks": [task("t", children=[task("c", supervision={"backoff": {"factor": 0.5}})])]},
+         "spec.tasks[0].children[0].supervision.backoff.factor", []),
     ],
 )
 def test_a_bad_job_names_the_place_in_the_spec(client: TestClient, spec: dict[str, Any], field: str, words: list[str]) -> None:

@@ -26,6 +26,7 @@ from controlplane.domain.lifecycle import AGENT_RESTARTED, CLAIM, LIVE, RUN, STA
 from controlplane.domain.records import AllocationRecord, NodeRecord
 from controlplane.domain.specs import NodeSpec, parse
 from controlplane.domain.supervision import START_ERROR_PREFIX
+from controlplane.domain.text import printable
 from controlplane.ports.dispatch import Dispatcher, Key
 from controlplane.ports.leases import NodeLeases
 from controlplane.ports.store import Change, Hierarchy, Ledger, Topology
@@ -145,7 +146,7 @@ class AgentReports:
         now = self.clock()
         changes = [
             Change(key[0], exit_move(code), key[1],
-                   {"exit_code": code, "output_tail": tail[-OUTPUT_TAIL_CHARS:], "finished_at": now},
+                   {"exit_code": code, "output_tail": printable(tail[-OUTPUT_TAIL_CHARS:]), "finished_at": now},
                    failure=describe_exit(code), reason=describe_exit(code), by=self.node, leaf_only=True)
             for key, code, tail in exits
         ]
@@ -159,7 +160,7 @@ class AgentReports:
             elif r.allocation.state is State.STOPPING and r.allocation.incarnation == key[1]:
                 self.store.set_fields(
                     allocation_id=key[0], incarnation=key[1],
-                    fields={"process_exited": True, "exit_code": code, "output_tail": tail[-OUTPUT_TAIL_CHARS:],
+                    fields={"process_exited": True, "exit_code": code, "output_tail": printable(tail[-OUTPUT_TAIL_CHARS:]),
                             "finished_at": now},
                 )
         return ended
@@ -167,7 +168,7 @@ class AgentReports:
     def failed_to_start(self, key: Key, *, error: str) -> bool:
         [r] = self.store.transition_many(
             changes=[Change(key[0], START_FAILED, key[1], {"exit_code": -1},
-                            failure=(START_ERROR_PREFIX + error)[:OUTPUT_TAIL_CHARS], reason="could not start", by=self.node)],
+                            failure=printable(START_ERROR_PREFIX + error)[:OUTPUT_TAIL_CHARS], reason="could not start", by=self.node)],
             now=self.clock(),
         )
         return bool(r and r.applied)

@@ -1,4 +1,5 @@
-"""The FastAPI application: GraphQL at /graphql (GraphiQL on GET), POST /query, the graph browser, /healthz and /metrics.
+"""The FastAPI application: GraphQL at /graphql (GraphiQL on GET; graphql_http.py for media types), POST /query,
+the graph browser, /healthz and /metrics.
 
 `create_app` takes a ready ControlPlane; building the store and the dispatcher
 from settings is the caller's business (the CLI, or a test).
@@ -13,12 +14,13 @@ from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
-from controlplane.api.auth import AuthGraphQLRouter, Browsers, Guard, TrustMiddleware
+from controlplane.api.auth import Browsers, Guard, TrustMiddleware
 from controlplane.api.browser import browser_router
 from controlplane.api.context import ApiContext
 from controlplane.api.health import Health, Probe, nodes_probe
 from controlplane.api.metrics import ApiMetrics
 from controlplane.api.raw import raw_query_router
+from controlplane.api.router import AuthGraphQLRouter
 from controlplane.api.schema import build_schema
 from controlplane.auth import Tokens
 from controlplane.services import ControlPlane

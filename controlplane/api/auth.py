@@ -9,7 +9,8 @@
   not allowed (cross-site pages, websocket hijacking), requires a credential on every
   path but /healthz, and logs GraphiQL in from `?token=` (a cookie, as Jupyter does).
 - `requires(verb, target)` is the permission of each root field: resolvers stay thin.
-- `Authenticated` re-checks the credential on each operation (a websocket outlives tokens).
+- `Authenticated` re-checks the credential on each operation (a websocket outlives tokens);
+  controlplane/api/router.py checks connection_init.
 """
 
 from __future__ import annotations
@@ -27,21 +28,19 @@ from urllib.parse import parse_qs, urlencode
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import SchemaExtension
 from strawberry.permission import BasePermission
 from strawberry.types import Info as StrawberryInfo
 
-from controlplane.api.graphiql import OfflineGraphQLRouter
 from controlplane.auth import Tokens
 from controlplane.domain.capabilities import EVERYTHING, Capability, Kind, Principal, Role, Verb
 from controlplane.domain.errors import ControlPlaneError, Forbidden, NotFound, Unauthenticated
 from controlplane.domain.lifecycle import LIVE
 from controlplane.domain.vocabulary import Label
-from controlplane.services import ControlPlane
 
 if TYPE_CHECKING:
     from controlplane.api.context import ApiContext
+    from controlplane.services import ControlPlane
 
 audit = logging.getLogger("controlplane.audit")
 
@@ -371,41 +370,6 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-# --- nested relations and secrets ---------------------------------------------------------
-async def may_read(ctx: ApiContext, actor_id: str) -> bool:
-    """Whether a relation may lead to `actor_id` (out of the subtree the credential covers: not)."""
-    principal = ctx.principal
-    if principal is None:
-        return False
-    try:
-        return await ctx.guard.covers(principal, Verb.READ, actor_id)
-    except NotFound:
-        return False
-
-
-async def sees_secrets(ctx: ApiContext, allocation_id: str) -> bool:
-    """Env values are for those who could start a command there (spawn on it), not for readers."""
-    principal = ctx.principal
-    if principal is None:
-        return False
-    try:
-        return await ctx.guard.covers(principal, Verb.SPAWN, allocation_id)
-    except NotFound:
-        return False
-
-
-class AuthGraphQLRouter(OfflineGraphQLRouter):
-    """GraphQL over HTTP and websockets where connection_init must carry a credential (unless the upgrade did)."""
-
-    async def on_ws_connect(self, context: Any) -> Any:
-        if context.principal is None:
-            try:
-                context.principal = context.guard.authenticate(connection_token(context.connection_params))
-            except Unauthenticated as exc:
-                audit.warning("refused websocket connection_init: %s", exc.message)
-                raise ConnectionRejectionError({"code": exc.code.value, "message": exc.message}) from None
-        return await super().on_ws_connect(context)
-
 
 async def job_targets(ctx: ApiContext, kwargs: dict[str, Any]) -> Sequence[str] | None:
     """A job is covered where its root allocation is (or the node it was submitted from, before the root exists)."""
@@ -414,14 +378,6 @@ async def job_targets(ctx: ApiContext, kwargs: dict[str, Any]) -> Sequence[str] 
         return None
     job = await ctx.call(ctx.control.jobs.job, str(kwargs["id"]))
     return [job.root_id or job.submitted_by]
-
-
-HIDDEN = "<hidden>"
-
-
-def reads_everything(ctx: ApiContext) -> bool:
-    principal = ctx.principal
-    return principal is not None and Verb.READ in principal.capability.verbs and principal.capability.everything
 
 
 def browsers_from(settings: Any) -> Browsers:

@@ -2,8 +2,9 @@
 
 - A ControlPlaneError keeps its message and names its field in GraphQL spelling;
   `extensions` carries `code` (NOT_FOUND, INVALID_INPUT, CONFLICT, NO_CAPACITY,
-  UNAVAILABLE, TIMEOUT) and `field`. A path into a JSON argument (a job spec, a
-  supervision policy) keeps the keys as the client sent them (`json_argument`).
+  UNAVAILABLE, TIMEOUT) and `field`. Where the domain calls a value by another
+  name than the argument (a job spec is `job`, the argument `spec`), the path
+  is renamed (`renamed_field`).
 - A problem with the query document itself (syntax, unknown field, too deep,
   too many aliases, too costly, a variable of the wrong type) keeps its message,
   with code INVALID_QUERY.
@@ -53,7 +54,7 @@ def client_error(error: GraphQLError) -> GraphQLError:
         return error
     original = error.original_error
     if isinstance(original, ControlPlaneError):
-        field = original.field if getattr(original, _VERBATIM, False) else graphql_field(original.field)
+        field = graphql_field(original.field)
         message = f"{field}: {original.message}" if field else original.message
         extensions = {"code": original.code.value, "field": field}
     elif is_unexpected(error):
@@ -65,15 +66,9 @@ def client_error(error: GraphQLError) -> GraphQLError:
     )
 
 
-_VERBATIM = "field_is_verbatim"
-
-
 @contextlib.contextmanager
-def json_argument(argument: str, *, domain: str) -> Iterator[None]:
-    """Errors about the JSON value of `argument`, which the domain calls `domain`: `job.tasks[0]` -> `spec.tasks[0]`.
-
-    The keys inside stay as the client wrote them (no camelCase: a JSON value is not GraphQL input).
-    """
+def renamed_field(argument: str, *, domain: str) -> Iterator[None]:
+    """Errors about the value of `argument`, which the domain calls `domain`: `job.tasks[0]` -> `spec.tasks[0]`."""
     try:
         yield
     except ControlPlaneError as exc:
@@ -82,7 +77,6 @@ def json_argument(argument: str, *, domain: str) -> Iterator[None]:
             raise
         moved = copy.copy(exc)
         moved.field = argument + field[len(domain):]
-        setattr(moved, _VERBATIM, True)
         raise moved from None
 
 

@@ -10,17 +10,17 @@ the API itself, and a bearer token from the graph browser's session sent along.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
-from strawberry.fastapi import GraphQLRouter
+
+from controlplane.api.graphql_http import GraphQLHTTPRouter
 
 PAGE = Path(__file__).resolve().parent / "static" / "graphiql" / "index.html"
 
 
-class OfflineGraphQLRouter(GraphQLRouter[Any, Any]):
-    """strawberry's GraphQLRouter whose IDE page loads nothing from outside the API."""
+class OfflineGraphQLRouter(GraphQLHTTPRouter):
+    """The GraphQL-over-HTTP router whose IDE page loads nothing from outside the API."""
 
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
         return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"cache-control": "no-cache"})

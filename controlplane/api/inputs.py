@@ -1,24 +1,33 @@
 """GraphQL input types, and their translation to the spec dicts the domain validates.
 
-GraphQL spells fields in camelCase (`cpuMilli`); the domain's specs in
-snake_case (`cpu_milli`). Inputs become plain dicts with omitted fields left
-out, so the domain's defaults and its validation (which names the offending
-field) stay the single source of truth. `graphql_field` turns a field path in
+The specs a client writes (allocations, supervision policies, jobs) are
+generated from the domain's pydantic models (model_inputs.py), with enums for
+strategy, directive, restart type, child policy, decider `on` and executor; the
+few inputs that have no model of their own are written here. GraphQL spells
+fields in camelCase (`cpuMilli`); the domain's specs in snake_case
+(`cpu_milli`). Inputs become plain dicts (enum members as their values, fields
+left out when omitted), so the domain's validation (which names the offending
+field) stays the single source of truth. `graphql_field` turns a field path in
 a domain error back into the GraphQL spelling.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import strawberry
 from strawberry.scalars import JSON
 from strawberry.types.base import get_object_definition
 from strawberry.utils.str_converters import to_camel_case
 
+from controlplane.api.model_inputs import EnumSpec, InputTypes
 from controlplane.api.types import FilterOp
+from controlplane.domain.specs import AllocationSpec, ResourceSpec
+from controlplane.domain.supervision import Backoff, ChildPolicy, DeciderRule, Directive, RestartType, Strategy, SupervisionPolicy
+from controlplane.jobs.spec import Affinity, JobSpec, Placement, TaskSpec
 
 
 @strawberry.input(description="A GPU a node offers.")
@@ -36,36 +45,53 @@ class NodeInput:
     gpus: list[GpuInput] | None = strawberry.UNSET
 
 
-@strawberry.input(description="What an allocation reserves on its node. cpu in millicores, memory in MiB.")
-class ResourcesInput:
-    cpu_milli: int | None = strawberry.UNSET
-    memory_mib: int | None = strawberry.UNSET
-    gpus: int | None = strawberry.UNSET
-    gpu_model: str | None = strawberry.UNSET
+SPECS = InputTypes(
+    names={
+        AllocationSpec: "AllocationSpecInput", ResourceSpec: "ResourcesInput",
+        SupervisionPolicy: "SupervisionPolicyInput", DeciderRule: "DeciderRuleInput", Backoff: "BackoffInput",
+        JobSpec: "JobSpecInput", TaskSpec: "TaskSpecInput", Placement: "PlacementInput", Affinity: "AffinityInput",
+    },
+    enums={
+        Strategy: EnumSpec("SupervisionStrategy", "Which children a parent restarts when one of them fails, as in OTP.", {
+            "one_for_one": "Only the failed child.",
+            "one_for_all": "Every child, the failed one and its live siblings.",
+            "rest_for_one": "The failed child and the siblings created after it.",
+        }),
+        Directive: EnumSpec("SupervisionDirective", "What a parent does about a failed child.", {
+            "restart": "Start a new incarnation (subject to the restart type, intensity and backoff).",
+            "resume": "Leave it as it is: no restart, no escalation; its subtree lives on.",
+            "stop": "Leave it ended and stop its subtree.",
+            "escalate": "The parent fails; its own parent decides.",
+        }),
+        RestartType: EnumSpec("RestartType", "When a parent restarts this child.", {
+            "permanent": "Always, even after a normal exit (services).",
+            "transient": "Only after an abnormal exit (the default: batch work).",
+            "temporary": "Never.",
+        }),
+        ChildPolicy: EnumSpec("ChildPolicy", "What happens to the children when their parent ends.", {
+            "cascade": "They are stopped, children first.",
+            "abandon": "They live on, marked as orphans.",
+        }),
+        (DeciderRule, "on"): EnumSpec("FailureKindMatch", "Which failures a decider rule is about.", {
+            "exit": "A non-zero exit code.", "signal": "Killed by a signal.", "error": "Could not start.",
+            "lost": "Its node was lost.", "escalated": "A child of it escalated.", "any": "Every failure.",
+        }),
+        (AllocationSpec, "executor"): EnumSpec("Executor", "What runs an allocation.", {
+            "process": "A real subprocess on its node.", "native": "Orchestration code in the control plane (see `native`).",
+        }),
+    },
+    enum_note="Its values are spelled as in job files and policies (lower-case), unlike the UPPER_CASE enums of "
+    "this schema that exist only in the API.",
+)
 
-
-@strawberry.input(description="An allocation to create. Omitted fields take the control plane's defaults.")
-class AllocationSpecInput:
-    name: str
-    executor: str | None = strawberry.field(default=strawberry.UNSET, description="`process` (default) or `native`.")
-    argv: list[str] | None = strawberry.UNSET
-    env: JSON | None = strawberry.field(default=strawberry.UNSET, description="Environment variables as an object.")
-    resources: ResourcesInput | None = strawberry.UNSET
-    node: str | None = strawberry.field(default=strawberry.UNSET, description="Place on this node instead of the first that fits.")
-    node_labels: JSON | None = strawberry.field(default=strawberry.UNSET, description="Only nodes with these labels.")
-    grace_period_s: float | None = strawberry.UNSET
-    restart: str | None = strawberry.field(
-        default=strawberry.UNSET, description="When its parent restarts it: `permanent`, `transient` (default) or `temporary`."
-    )
-    supervision: JSON | None = strawberry.field(
-        default=strawberry.UNSET,
-        description="How it supervises its children: strategy, deciders, default_directive, max_restarts, window_s, "
-        "backoff, child_policy (snake_case keys, as in the control plane's SupervisionPolicy).",
-    )
-    native: str | None = strawberry.field(
-        default=strawberry.UNSET, description="For executor `native`: which one runs it (`job`, `replicas`, a plugin's)."
-    )
-    config: JSON | None = strawberry.field(default=strawberry.UNSET, description="For executor `native`: its configuration.")
+if TYPE_CHECKING:  # generated at import time; to the type checker they are opaque input objects
+    AllocationSpecInput = Any
+    SupervisionPolicyInput = Any
+    JobSpecInput = Any
+else:
+    AllocationSpecInput = SPECS.input_type(AllocationSpec)
+    SupervisionPolicyInput = SPECS.input_type(SupervisionPolicy)
+    JobSpecInput = SPECS.input_type(JobSpec)
 
 
 @strawberry.input(description="A traversal filter on a property of the vertices reached.")
@@ -79,6 +105,8 @@ def to_spec(value: Any) -> Any:
     """An input object as the snake_case dict a domain spec accepts, without the fields left out."""
     if isinstance(value, list):
         return [to_spec(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
             f.name: to_spec(getattr(value, f.name))
@@ -90,7 +118,7 @@ def to_spec(value: Any) -> Any:
 
 def _input_names() -> dict[str, str]:
     names: dict[str, str] = {}
-    for cls in (GpuInput, NodeInput, ResourcesInput, AllocationSpecInput, Filter):
+    for cls in (GpuInput, NodeInput, Filter, *SPECS.generated()):
         definition = get_object_definition(cls, strict=True)
         for f in definition.fields:
             names[f.python_name] = f.graphql_name or to_camel_case(f.python_name)

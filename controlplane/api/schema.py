@@ -26,9 +26,9 @@ from strawberry.scalars import JSON
 
 from controlplane.api.auth import Authenticated, arg, guarded, job_targets, requires
 from controlplane.api.context import Info, wanted_fields
-from controlplane.api.errors import ControlPlaneSchema, ErrorMapping, SafeParserCache, json_argument
+from controlplane.api.errors import ControlPlaneSchema, ErrorMapping, SafeParserCache, renamed_field
 from controlplane.api.execution import InlineLeafExecutionContext
-from controlplane.api.inputs import AllocationSpecInput, Filter, NodeInput, to_spec
+from controlplane.api.inputs import AllocationSpecInput, Filter, JobSpecInput, NodeInput, SupervisionPolicyInput, to_spec
 from controlplane.api.limits import PAGED, QueryCost
 from controlplane.api.live import follow_events
 from controlplane.api.metrics import ApiMetrics, OperationMetrics
@@ -229,25 +229,23 @@ class Mutation(TokenMutations):
         return await info.context.call(info.context.control.allocations.unwatch, watcher, target)
 
     @strawberry.mutation(
-        description="Change how a node or a live allocation supervises its children: a SupervisionPolicy with "
-        "snake_case keys (strategy, deciders, default_directive, max_restarts, window_s, backoff, child_policy).",
+        description="Change how a node or a live allocation supervises its children (omitted fields: the defaults).",
         permission_classes=requires(SUPERVISE, arg("id")),
     )
-    async def set_supervision(self, info: Info, id: strawberry.ID, policy: JSON) -> bool:
-        with json_argument("policy", domain="policy"):
-            await info.context.call(info.context.control.supervisor.set_policy, id, policy)
+    async def set_supervision(self, info: Info, id: strawberry.ID, policy: SupervisionPolicyInput) -> bool:
+        await info.context.call(info.context.control.supervisor.set_policy, id, to_spec(policy))
         return True
 
     @strawberry.mutation(
-        description="Submit a job (see `jobSchema`) from `node` (default: the first ready node). Repeating a "
-        "`requestId` answers the job it created instead of creating another.",
+        description="Submit a job from `node` (default: the first ready node). Repeating a `requestId` answers "
+        "the job it created instead of creating another. `jobSchema` is the same spec as a JSON Schema, for files.",
         permission_classes=requires(SUBMIT, arg("node")),
     )
     async def submit_job(
-        self, info: Info, spec: JSON, node: strawberry.ID | None = None, request_id: str | None = None
+        self, info: Info, spec: JobSpecInput, node: strawberry.ID | None = None, request_id: str | None = None
     ) -> Job:
-        with json_argument("spec", domain="job"):
-            job = await info.context.call(info.context.control.jobs.submit, spec, node=node, request_id=request_id,
+        with renamed_field("spec", domain="job"):
+            job = await info.context.call(info.context.control.jobs.submit, to_spec(spec), node=node, request_id=request_id,
                                           by=info.context.by)
         return cast(Job, job)
 

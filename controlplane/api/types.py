@@ -19,7 +19,7 @@ import strawberry
 from strawberry import Parent
 from strawberry.scalars import JSON
 
-from controlplane.api.auth import HIDDEN, may_read, reads_everything, sees_secrets
+from controlplane.api import access
 from controlplane.api.context import Info, wanted_fields, wanted_properties
 from controlplane.domain.errors import InvalidInput
 from controlplane.domain.lifecycle import State
@@ -43,13 +43,16 @@ def _mirror(domain: type[Enum], name: str, description: str) -> Any:
     return strawberry.enum(mirrored, description=description)
 
 
-if TYPE_CHECKING:  # to the type checker, the mirrors are the domain's enums
+if TYPE_CHECKING:  # to the type checker, the mirrors are the domain's enums (whatever order it reads the modules in)
     AllocationState = State
+    EdgeType = VocabularyEdgeType
+    Direction = VocabularyDirection
+    FilterOp = Op
 else:
     AllocationState = _mirror(State, "AllocationState", "Lifecycle state of an allocation.")
-EdgeType = _mirror(VocabularyEdgeType, "EdgeType", "Edge types a traversal may follow.")
-Direction = _mirror(VocabularyDirection, "Direction", "Which way a traversal follows edges.")
-FilterOp = _mirror(Op, "FilterOp", "How a traversal filter compares a property with its value.")
+    EdgeType = _mirror(VocabularyEdgeType, "EdgeType", "Edge types a traversal may follow.")
+    Direction = _mirror(VocabularyDirection, "Direction", "Which way a traversal follows edges.")
+    FilterOp = _mirror(Op, "FilterOp", "How a traversal filter compares a property with its value.")
 
 
 # --- connections -------------------------------------------------------------------------
@@ -145,8 +148,8 @@ class Node(Actor):
             after=after,
             wanted=wanted,
         )
-        if not reads_everything(ctx):  # placed on this node is not created under it
-            rows = [r for r in rows if await may_read(ctx, r.id)]
+        if not access.reads_everything(ctx):  # placed on this node is not created under it
+            rows = [r for r in rows if await access.may_read(ctx, r.id)]
         return cast(Connection[Allocation], connection(rows, more))
 
 
@@ -178,15 +181,15 @@ class Allocation(Actor):
 
     @strawberry.field(description="Its environment; the values are hidden from callers who may not spawn there.")
     async def env(self, root: Parent[AllocationRecord], info: Info) -> JSON:
-        if await sees_secrets(info.context, root.id):
+        if await access.sees_secrets(info.context, root.id):
             return cast(JSON, root.env)
-        return cast(JSON, {k: HIDDEN for k in root.env})
+        return cast(JSON, {k: access.HIDDEN for k in root.env})
 
     # `parent` and `node` are sync: they answer at once when the request knows the record, else an awaitable.
     @strawberry.field(description="The Node or Allocation that created this one.")
     def parent(self, root: Parent[AllocationRecord], info: Info) -> Actor:
         ctx = info.context
-        if not reads_everything(ctx):
+        if not access.reads_everything(ctx):
             return cast(Actor, _readable_parent(ctx, root))
         return cast(Actor, ctx.node(root.parent_id) if root.parent_id == root.node_id else ctx.actor(root.parent_id))
 
@@ -212,8 +215,8 @@ class Allocation(Actor):
     @strawberry.field(description="Parent first, up to and including the root Node.")
     async def ancestors(self, root: Parent[AllocationRecord], info: Info) -> list[Actor]:
         vertices = await info.context.call(info.context.control.queries.ancestors, root.id)
-        if not reads_everything(info.context):
-            vertices = [v for v in vertices if await may_read(info.context, v.id)]
+        if not access.reads_everything(info.context):
+            vertices = [v for v in vertices if await access.may_read(info.context, v.id)]
         return cast(list[Actor], [info.context.seen(actor_from_vertex(v)) for v in vertices])
 
     # --- supervision ----------------------------------------------------------------------
@@ -261,8 +264,8 @@ class Allocation(Actor):
     @strawberry.field(description="Allocations watching this one (death watch): they get a `terminated` event when it ends.")
     async def watchers(self, root: Parent[AllocationRecord], info: Info) -> list[Allocation]:
         ids = await info.context.watchers(root.id)
-        if not reads_everything(info.context):
-            ids = [i for i in ids if await may_read(info.context, i)]
+        if not access.reads_everything(info.context):
+            ids = [i for i in ids if await access.may_read(info.context, i)]
         return cast(list[Allocation], await asyncio.gather(*(maybe_await(info.context.actor(i)) for i in ids)))
 
     @strawberry.field(description="Allocations this one watches (death watch), ordered by id.")
@@ -272,15 +275,15 @@ class Allocation(Actor):
             target_label=Label.ALLOCATION.value, limit=MAX_WATCHING,
         )
         vertices = await info.context.call(info.context.control.queries.traverse, spec)
-        if not reads_everything(info.context):
-            vertices = [v for v in vertices if await may_read(info.context, v.id)]
+        if not access.reads_everything(info.context):
+            vertices = [v for v in vertices if await access.may_read(info.context, v.id)]
         return cast(list[Allocation], [info.context.seen(actor_from_vertex(v)) for v in vertices])
 
 
 async def _readable_parent(ctx: Any, root: AllocationRecord) -> Any:
     from controlplane.domain.errors import Forbidden
 
-    if not await may_read(ctx, root.parent_id):
+    if not await access.may_read(ctx, root.parent_id):
         raise Forbidden(f"the parent of {root.id} is outside the subtrees this credential covers", field="parent")
     return await maybe_await(ctx.node(root.parent_id) if root.parent_id == root.node_id else ctx.actor(root.parent_id))
 
@@ -342,10 +345,10 @@ class Vertex:
     @strawberry.field(description="Its stored properties; an allocation's env values hidden from callers who may not spawn there.")
     async def properties(self, root: Parent[VertexRecord], info: Info) -> JSON:
         props = root.properties
-        if root.label == Label.ALLOCATION.value and props.get("env") and not await sees_secrets(info.context, root.id):
+        if root.label == Label.ALLOCATION.value and props.get("env") and not await access.sees_secrets(info.context, root.id):
             env = props["env"]
             keys = json.loads(env) if isinstance(env, str) else env
-            props = {**props, "env": {k: HIDDEN for k in keys}}
+            props = {**props, "env": {k: access.HIDDEN for k in keys}}
         return cast(JSON, props)
 
 

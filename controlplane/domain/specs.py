@@ -1,12 +1,15 @@
 """Validated inputs: what a caller may ask for when registering a node or spawning an allocation.
 
 pydantic does the checking; `parse()` turns its errors into InvalidInput that
-names the field ("spec.resources.cpu: ...").
+names the field ("spec.resources.cpu: ..."). Every string is also held to the
+one rule of domain/text.py (ids, one-line names, free text), so nothing an
+engine cannot carry gets past a spec.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -14,9 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from controlplane.domain.errors import InvalidInput
 from controlplane.domain.resources import MAX_CPU_MILLI, MAX_GPUS, MAX_MEMORY_MIB, Resources
 from controlplane.domain.supervision import RestartType, SupervisionPolicy
+from controlplane.domain.text import Id, Json, Line, Text, check_mapping
 
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})$")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}=[A-Za-z0-9._/-]{0,63}$")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: an environment variable's value: free text (a process's environment cannot hold a NUL)
+ENV_VALUE = Text(max_length=32_768)
 
 Executor = Literal["process", "native"]
 EXECUTORS: tuple[str, ...] = ("process", "native")
@@ -26,10 +33,30 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
-def _check_labels(v: dict[str, str]) -> dict[str, str]:
+def _string_map(v: Any) -> bool:
+    """A map of strings to strings; anything else is left to pydantic, whose error says what is wrong."""
+    return isinstance(v, Mapping) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
+
+
+def check_labels(v: Any) -> Any:
+    """Node labels (a validator before pydantic's own, so that a bad character is named as such)."""
+    if not _string_map(v):
+        return v
+    check_mapping(v, keys=Line(max_length=64), values=Line(max_length=64), what="label")
     for k, val in v.items():
-        if not LABEL_RE.match(f"{k}={val}"):
+        if not LABEL_RE.fullmatch(f"{k}={val}"):
             raise ValueError(f"label {k!r}={val!r} must be key=value of letters, digits, '.', '_', '/', '-'")
+    return v
+
+
+def check_env(v: Any) -> Any:
+    """Environment variables: names are identifiers, values free text (a validator before pydantic's own)."""
+    if not _string_map(v):
+        return v
+    check_mapping(v, keys=Line(max_length=256), values=ENV_VALUE, what="environment variable")
+    for k in v:
+        if not ENV_NAME_RE.fullmatch(k):
+            raise ValueError(f"environment variable name {k[:40]!r} is not a valid identifier")
     return v
 
 
@@ -50,68 +77,68 @@ class NodeSpec(_Spec):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+        if not NAME_RE.fullmatch(v):
             raise ValueError(
                 "must be 1-63 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
         return v
 
-    @field_validator("labels")
+    @field_validator("labels", mode="before")
     @classmethod
-    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
-        return _check_labels(v)
+    def _labels(cls, v: Any) -> Any:
+        return check_labels(v)
 
     def label_list(self) -> tuple[str, ...]:
         return tuple(sorted(f"{k}={v}" for k, v in self.labels.items()))
 
 
 class ResourceSpec(_Spec):
-    cpu_milli: Annotated[int, Field(ge=0, le=MAX_CPU_MILLI)] = 100
-    memory_mib: Annotated[int, Field(ge=0, le=MAX_MEMORY_MIB)] = 64
-    gpus: Annotated[int, Field(ge=0, le=MAX_GPUS)] = 0
-    gpu_model: Annotated[str | None, Field(min_length=1, max_length=64)] = None
+    """What an allocation reserves on its node."""
+
+    cpu_milli: Annotated[int, Field(ge=0, le=MAX_CPU_MILLI, description="CPU in millicores")] = 100
+    memory_mib: Annotated[int, Field(ge=0, le=MAX_MEMORY_MIB, description="memory in MiB")] = 64
+    gpus: Annotated[int, Field(ge=0, le=MAX_GPUS, description="GPUs claimed exclusively")] = 0
+    gpu_model: Annotated[str | None, Line(min_length=1, max_length=64), Field(description="only GPUs of this model")] = None
 
     def to_resources(self) -> Resources:
         return Resources(self.cpu_milli, self.memory_mib, self.gpus, self.gpu_model)
 
 
 class AllocationSpec(_Spec):
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    executor: Executor = "process"
-    argv: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=1024)
-    env: dict[str, str] = Field(default_factory=dict)
-    resources: ResourceSpec = Field(default_factory=ResourceSpec)
-    node: str | None = None  # place on this node (by name) instead of the first that fits
-    node_labels: dict[str, str] = Field(default_factory=dict)  # placement constraint
-    grace_period_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
-    #: when this allocation is restarted by its parent
-    restart: RestartType = RestartType.TRANSIENT
-    #: how this allocation supervises the children it creates (None: the default policy)
-    supervision: SupervisionPolicy | None = None
-    #: for executor "native": which native executor runs it ("job", "replicas", a plugin's), and its configuration
-    native: Annotated[str | None, Field(min_length=1, max_length=64)] = None
-    config: dict[str, Any] = Field(default_factory=dict)
-    #: placement affinity: on the parent's node or a NEIGHBOR_OF node within this RTT
-    max_rtt_ms: Annotated[float | None, Field(ge=0, le=600_000)] = None
-    #: placement spread: prefer nodes holding the fewest allocations with the same key
-    spread_key: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    """An allocation to create. Omitted fields take the control plane's defaults."""
 
-    @field_validator("node_labels")
+    name: Annotated[str, Line(min_length=1, max_length=200)]
+    executor: Executor = "process"
+    argv: list[Annotated[str, Text(max_length=4096)]] = Field(default_factory=list, max_length=1024,
+                                                              description="the command, for executor process")
+    env: dict[str, Annotated[str, ENV_VALUE]] = Field(default_factory=dict, description='environment variables, e.g. {"A": "1"}')
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    node: Annotated[str | None, Id(), Field(description="place on this node instead of the first that fits")] = None
+    node_labels: dict[str, str] = Field(default_factory=dict, description='only nodes with these labels, e.g. {"zone": "eu"}')
+    grace_period_s: Annotated[float, Field(ge=0, le=3600, description="a stop kills it this long after asking")] = 10.0
+    restart: RestartType = Field(default=RestartType.TRANSIENT, description="when its parent restarts it")
+    supervision: SupervisionPolicy | None = Field(default=None, description="how it supervises its children (null: the default policy)")
+    native: Annotated[str | None, Line(min_length=1, max_length=64),
+                      Field(description="for executor native: which one runs it (job, replicas, a plugin's)")] = None
+    config: Annotated[dict[str, Any], Json()] = Field(default_factory=dict, description="for executor native: its configuration")
+    max_rtt_ms: Annotated[float | None, Field(ge=0, le=600_000, description="affinity: on its parent's node or a "
+                                                                            "NEIGHBOR_OF node within this RTT")] = None
+    spread_key: Annotated[str | None, Line(min_length=1, max_length=200),
+                          Field(description="spread: prefer nodes with the fewest allocations of this key")] = None
+
+    @field_validator("node_labels", mode="before")
     @classmethod
-    def _node_labels(cls, v: dict[str, str]) -> dict[str, str]:
-        return _check_labels(v)
+    def _node_labels(cls, v: Any) -> Any:
+        return check_labels(v)
 
     def label_list(self) -> tuple[str, ...]:
         """The node labels this allocation needs, as the "key=value" strings nodes carry."""
         return tuple(sorted(f"{k}={v}" for k, v in self.node_labels.items()))
 
-    @field_validator("env")
+    @field_validator("env", mode="before")
     @classmethod
-    def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        for k in v:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
-                raise ValueError(f"environment variable name {k!r} is not a valid identifier")
-        return v
+    def _env(cls, v: Any) -> Any:
+        return check_env(v)
 
     def model_post_init(self, __context: Any) -> None:
         if self.executor == "process" and not self.argv:

@@ -34,6 +34,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from controlplane.domain.text import Line, Text
+
 
 class Strategy(str, Enum):
     ONE_FOR_ONE = "one_for_one"
@@ -81,15 +83,18 @@ class _Model(BaseModel):
 class DeciderRule(_Model):
     """`directive` for failures of kind `on` (and, for exits, exit codes in `exit_codes`, e.g. "1-3,7")."""
 
-    on: Literal["exit", "signal", "error", "lost", "escalated", "any"] = "any"
-    exit_codes: str | None = None
-    error_contains: Annotated[str | None, Field(max_length=200)] = None
-    directive: Directive
+    on: Annotated[Literal["exit", "signal", "error", "lost", "escalated", "any"],
+                  Field(description="the kind of failure this rule is about")] = "any"
+    exit_codes: Annotated[str | None, Line(max_length=200),
+                          Field(description='only these exit codes and ranges, e.g. "1-3,7"')] = None
+    error_contains: Annotated[str | None, Text(max_length=200),
+                              Field(description="only failures whose error contains this text")] = None
+    directive: Annotated[Directive, Field(description="what the parent does about a failure this rule matches")]
 
     @field_validator("exit_codes")
     @classmethod
     def _codes(cls, v: str | None) -> str | None:
-        if v is not None and not _CODES.match(v):
+        if v is not None and not _CODES.fullmatch(v):
             raise ValueError("must be a list of codes and ranges like '1-3,7'")
         return v
 
@@ -115,11 +120,13 @@ def _ranges(spec: str) -> list[tuple[int, int]]:
 
 
 class Backoff(_Model):
-    min_s: Annotated[float, Field(ge=0, le=3600)] = 0.5
-    max_s: Annotated[float, Field(ge=0, le=86400)] = 30.0
-    factor: Annotated[float, Field(ge=1, le=100)] = 2.0
-    jitter: Annotated[float, Field(ge=0, le=1)] = 0.2
-    reset_after_s: Annotated[float, Field(ge=0, le=86400)] = 60.0
+    """Delays between restarts of a child: min_s, then times factor up to max_s, each varied by jitter."""
+
+    min_s: Annotated[float, Field(ge=0, le=3600, description="the first delay, in seconds")] = 0.5
+    max_s: Annotated[float, Field(ge=0, le=86400, description="the longest delay, in seconds")] = 30.0
+    factor: Annotated[float, Field(ge=1, le=100, description="each delay is the previous one times this")] = 2.0
+    jitter: Annotated[float, Field(ge=0, le=1, description="random variation, as a fraction of the delay")] = 0.2
+    reset_after_s: Annotated[float, Field(ge=0, le=86400, description="back to min_s after running this long")] = 60.0
 
     @model_validator(mode="after")
     def _order(self) -> Backoff:
@@ -135,13 +142,17 @@ class Backoff(_Model):
 
 
 class SupervisionPolicy(_Model):
-    strategy: Strategy = Strategy.ONE_FOR_ONE
-    deciders: list[DeciderRule] = Field(default_factory=list, max_length=32)
-    default_directive: Directive = Directive.RESTART
-    max_restarts: Annotated[int, Field(ge=0, le=10_000)] = 3
-    window_s: Annotated[float, Field(gt=0, le=86_400 * 7)] = 60.0
-    backoff: Backoff = Field(default_factory=Backoff)
-    child_policy: ChildPolicy = ChildPolicy.CASCADE
+    """How a parent supervises its children (Akka/OTP style)."""
+
+    strategy: Strategy = Field(default=Strategy.ONE_FOR_ONE, description="which children restart when one fails")
+    deciders: list[DeciderRule] = Field(default_factory=list, max_length=32,
+                                        description="per failure, the first rule that matches decides")
+    default_directive: Directive = Field(default=Directive.RESTART, description="what happens when no decider matches")
+    max_restarts: Annotated[int, Field(ge=0, le=10_000, description="restart intensity: at most this many "
+                                                                   "restarts within window_s, else the parent fails")] = 3
+    window_s: Annotated[float, Field(gt=0, le=86_400 * 7, description="the intensity window, in seconds")] = 60.0
+    backoff: Backoff = Field(default_factory=Backoff, description="delays between restarts")
+    child_policy: ChildPolicy = Field(default=ChildPolicy.CASCADE, description="what happens to the children when this parent ends")
 
     def directive_for(self, kind: FailureKind, exit_code: int | None, error: str | None) -> Directive:
         for rule in self.deciders:

@@ -1,7 +1,9 @@
 """A generic semantic traversal: from a vertex, over typed edges, in a direction, to a depth, with filters.
 
-The spec is validated here against the vocabulary; each engine adapter compiles
-it to its own query language with every value as a parameter.
+The spec is validated here against the vocabulary and the string rule of
+domain/text.py (the start and the cursor are ids, a filter's text values free
+text); each engine adapter compiles it to its own query language with every
+value as a parameter.
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ from enum import Enum
 from typing import Any
 
 from controlplane.domain.errors import InvalidInput
+from controlplane.domain.text import Id, Text
 from controlplane.domain.vocabulary import ALL_FILTERABLE, Direction, EdgeType, Label
 
 MAX_TRAVERSAL_DEPTH = 10
 MAX_TRAVERSAL_ROWS = 1000
+#: a text value a filter compares with
+FILTER_TEXT = Text(max_length=4096)
+MAX_FILTER_VALUES = 1000
 
 
 class Op(str, Enum):
@@ -71,8 +77,8 @@ def build_traversal(
     limit: int = 100,
     after: str | None = None,
 ) -> TraversalSpec:
-    if not start_id:
-        raise InvalidInput("must not be empty", field="from")
+    Id("from").check(start_id)
+    Id("after").check(after)
     if not edge_types:
         raise InvalidInput("name at least one edge type", field="edgeTypes")
     types = tuple(dict.fromkeys(_enum(EdgeType, t, f"edgeTypes[{i}]") for i, t in enumerate(edge_types)))
@@ -92,8 +98,13 @@ def build_traversal(
         o = _enum(Op, op, f"where[{i}].op")
         if o is Op.IN and not isinstance(value, list):
             raise InvalidInput("'in' needs a list value", field=f"where[{i}].value")
-        if isinstance(value, (dict,)):
+        if isinstance(value, (dict,)) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)):
             raise InvalidInput("must be a scalar or a list of scalars", field=f"where[{i}].value")
+        if isinstance(value, list) and len(value) > MAX_FILTER_VALUES:
+            raise InvalidInput(f"at most {MAX_FILTER_VALUES} values", field=f"where[{i}].value")
+        for j, text in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(text, str):
+                FILTER_TEXT.check(text, field=f"where[{i}].value[{j}]" if isinstance(value, list) else f"where[{i}].value")
         parsed.append(Filter(prop, o, value))
     return TraversalSpec(
         start_id=start_id,

@@ -13,7 +13,7 @@ import strawberry
 from strawberry import Parent
 from strawberry.scalars import JSON
 
-from controlplane.api.auth import HIDDEN, sees_secrets
+from controlplane.api.access import HIDDEN, sees_secrets
 from controlplane.api.context import Info
 from controlplane.api.types import Allocation, Node, maybe_await
 from controlplane.jobs.model import JobRecord, TaskRecord

@@ -16,6 +16,7 @@ from controlplane.domain.clock import wall_clock
 from controlplane.domain.errors import Conflict, InvalidInput, NotFound
 from controlplane.domain.lifecycle import State
 from controlplane.domain.records import AllocationRecord, NodeRecord
+from controlplane.domain.text import REQUEST_ID_MAX, Id, Line, checked
 from controlplane.jobs.model import JOB_ACTIVE, JOB_FINISHED, JOB_OUTCOME_OF_ROOT, JobRecord, JobState, TaskRecord
 from controlplane.jobs.ports import JobStore, NewTask
 from controlplane.jobs.spec import JobSpec, TaskRow, flatten, parse_job
@@ -47,6 +48,7 @@ class JobService:
         #: a running job root to tell that a nested task of its job ended (set by the assembly point)
         self.advance_root: Callable[[AllocationRecord], None] = lambda root: None
 
+    @checked(node=Id("node"), request_id=Line("requestId", max_length=REQUEST_ID_MAX))
     def submit(
         self, spec: JobSpec | Mapping[str, Any], *, node: str | None = None, request_id: str | None = None,
         by: str | None = None,
@@ -121,6 +123,7 @@ class JobService:
         if problems:
             raise InvalidInput("; ".join(problems), field="job.tasks")
 
+    @checked(job_id=Id("id"))
     def cancel(self, job_id: str, *, by: str = "user") -> JobRecord:
         job = self.job(job_id)
         if job.state in JOB_FINISHED:
@@ -158,12 +161,14 @@ class JobService:
                     "finished_at": now},
         )
 
+    @checked(job_id=Id("id"))
     def job(self, job_id: str) -> JobRecord:
         found = self.jobs_store.get_job(job_id=job_id)
         if found is None:
             raise NotFound(f"no job {job_id!r}", field="id")
         return found
 
+    @checked(after=Id("after"), state=Line("state", max_length=64))
     def jobs(self, *, after: str | None = None, limit: int = 100, state: str | None = None) -> list[JobRecord]:
         if not 1 <= limit <= 1000:
             raise InvalidInput("must be between 1 and 1000", field="first")
@@ -171,10 +176,12 @@ class JobService:
             raise InvalidInput(f"unknown job state {state!r}; expected one of {', '.join(JobState)}", field="state")
         return self.jobs_store.list_jobs(after=after, limit=limit, state=JobState(state) if state else None)
 
+    @checked(job_id=Id("id"))
     def tasks(self, job_id: str) -> list[TaskRecord]:
         self.job(job_id)
         return self.jobs_store.job_tasks(job_id=job_id)
 
+    @checked(job_id=Id("id"))
     def root(self, job_id: str) -> AllocationRecord | None:
         job = self.job(job_id)
         return self.store.get_allocation(allocation_id=job.root_id) if job.root_id else None

@@ -12,10 +12,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from controlplane.domain.specs import ResourceSpec, parse
+from controlplane.domain.specs import ENV_VALUE, ResourceSpec, check_env, check_labels, parse
 from controlplane.domain.supervision import RestartType, SupervisionPolicy
+from controlplane.domain.text import Json, Line, Text
 
 TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 MAX_TASKS = 20_000
@@ -29,32 +30,46 @@ class Affinity(_Model):
     """Place near the parent's node: on it, or on a NEIGHBOR_OF node within max_rtt_ms."""
 
     near_parent: bool = True
-    max_rtt_ms: Annotated[float, Field(ge=0, le=600_000)] = 10.0
+    max_rtt_ms: Annotated[float, Field(ge=0, le=600_000, description="in milliseconds")] = 10.0
 
 
 class Placement(_Model):
-    node_labels: dict[str, str] = Field(default_factory=dict)
+    """Where a task's allocations may go."""
+
+    node_labels: dict[str, str] = Field(default_factory=dict, description='only nodes with these labels, e.g. {"zone": "eu"}')
     affinity: Affinity | None = None
-    #: spread the replicas of a task over as many nodes as possible
-    spread: bool = False
+    spread: bool = Field(default=False, description="spread the replicas of a task over as many nodes as possible")
+
+    @field_validator("node_labels", mode="before")
+    @classmethod
+    def _labels(cls, v: Any) -> Any:
+        return check_labels(v)
 
 
 class TaskSpec(_Model):
+    """A task of a job: one or more allocations, after the sibling tasks it needs, with its own child tasks."""
+
     name: Annotated[str, Field(pattern=TASK_NAME)]
-    #: "process", or the name of a native executor ("job", "replicas", or a plugin's)
-    executor: Annotated[str, Field(min_length=1, max_length=64)] = "process"
-    argv: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=1024)
-    env: dict[str, str] = Field(default_factory=dict)
+    executor: Annotated[str, Line(min_length=1, max_length=64),
+                        Field(description="process, or the name of a native executor (job, replicas, a plugin's)")] = "process"
+    argv: list[Annotated[str, Text(max_length=4096)]] = Field(default_factory=list, max_length=1024,
+                                                              description="the command, for executor process")
+    env: dict[str, Annotated[str, ENV_VALUE]] = Field(default_factory=dict, description='environment variables, e.g. {"A": "1"}')
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
-    replicas: Annotated[int, Field(ge=1, le=10_000)] = 1
-    needs: list[str] = Field(default_factory=list)
-    restart: RestartType = RestartType.TRANSIENT
-    supervision: SupervisionPolicy | None = None
-    #: configuration of a native executor
-    config: dict[str, Any] = Field(default_factory=dict)
+    replicas: Annotated[int, Field(ge=1, le=10_000, description="how many identical allocations run it")] = 1
+    needs: list[Annotated[str, Line(max_length=63)]] = Field(default_factory=list,
+                                                             description="names of sibling tasks that must succeed first")
+    restart: RestartType = Field(default=RestartType.TRANSIENT, description="when its parent restarts it")
+    supervision: SupervisionPolicy | None = Field(default=None, description="how it supervises its child tasks (null: the default)")
+    config: Annotated[dict[str, Any], Json()] = Field(default_factory=dict, description="configuration of a native executor")
     placement: Placement = Field(default_factory=Placement)
-    #: this task's own sub-hierarchy: spawned with the task's allocation as their parent
-    children: list[TaskSpec] = Field(default_factory=list)
+    children: list[TaskSpec] = Field(default_factory=list, description="its own sub-hierarchy: spawned with "
+                                                                       "this task's allocation as their parent")
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, v: Any) -> Any:
+        return check_env(v)
 
     @model_validator(mode="after")
     def _shape(self) -> TaskSpec:
@@ -65,10 +80,11 @@ class TaskSpec(_Model):
 
 
 class JobSpec(_Model):
+    """A job: a DAG of tasks (each after the tasks it `needs`) unwrapped into the hierarchy under a native job root."""
+
     name: Annotated[str, Field(pattern=TASK_NAME)]
     tasks: list[TaskSpec] = Field(min_length=1)
-    #: how the job's root supervises its tasks
-    supervision: SupervisionPolicy | None = None
+    supervision: SupervisionPolicy | None = Field(default=None, description="how the job's root supervises its tasks (null: the default)")
 
     @model_validator(mode="after")
     def _dag(self) -> JobSpec:

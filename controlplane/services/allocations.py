@@ -20,6 +20,7 @@ from controlplane.domain.placement import Demand
 from controlplane.domain.records import AllocationRecord, Event
 from controlplane.domain.specs import AllocationSpec, parse
 from controlplane.domain.supervision import DEFAULT_POLICY
+from controlplane.domain.text import REASON_MAX, REQUEST_ID_MAX, Id, Line, Text, checked
 from controlplane.domain.vocabulary import Label
 from controlplane.ports.dispatch import Dispatcher
 from controlplane.ports.native import NativeExecutor
@@ -57,6 +58,7 @@ class AllocationService:
         self.natives = natives
         self.clock = clock
 
+    @checked(parent_id=Id("parent"), request_id=Line("requestId", max_length=REQUEST_ID_MAX), ids=Id("ids"))
     def spawn(
         self,
         parent_id: str,
@@ -191,6 +193,7 @@ class AllocationService:
             except Exception:  # the reconciler re-dispatches allocations stuck in `placed`
                 log.exception("could not dispatch %d allocations to %s", len(items), node_id)
 
+    @checked(allocation_id=Id("id"), reason=Text("reason", max_length=REASON_MAX))
     def stop(self, allocation_id: str, *, reason: str = "stop requested", by: str = "user") -> AllocationRecord:
         """Stop an allocation and its subtree, children first; unstarted ones end at once; a pending restart is cancelled."""
         current = self._get(allocation_id)
@@ -205,6 +208,7 @@ class AllocationService:
             )])
         return self._get(allocation_id)
 
+    @checked(watcher_id=Id("watcher"), target_id=Id("target"))
     def watch(self, watcher_id: str, target_id: str) -> AllocationRecord:
         """Death watch: when target terminates, watcher gets a Terminated event (at once if it already has)."""
         if watcher_id == target_id:
@@ -218,6 +222,7 @@ class AllocationService:
             self.supervisor.notify_watchers([target], self.clock())
         return target
 
+    @checked(watcher_id=Id("watcher"), target_id=Id("target"))
     def unwatch(self, watcher_id: str, target_id: str) -> bool:
         return self.store.unwatch(watcher_id=watcher_id, target_id=target_id)
 

@@ -9,6 +9,7 @@ from controlplane.domain.clock import wall_clock
 from controlplane.domain.errors import InvalidInput, NotFound
 from controlplane.domain.records import NodeRecord
 from controlplane.domain.specs import NodeSpec, parse
+from controlplane.domain.text import Id, checked
 from controlplane.ports.store import Topology
 
 
@@ -21,10 +22,12 @@ class NodeService:
         node = parse(NodeSpec, spec, field="node")
         return self.store.register_node(spec=node, now=self.clock())
 
+    @checked(node_id=Id("node"))
     def heartbeat(self, node_id: str) -> None:
         if not self.store.heartbeat(node_id=node_id, now=self.clock()):
             raise NotFound(f"no node {node_id!r}", field="node")
 
+    @checked(a=Id("a"), b=Id("b"))
     def connect(self, a: str, b: str, *, rtt_ms: float, bandwidth: float = 0.0) -> None:
         """Link two nodes both ways with their round-trip time (used for affinity) and bandwidth."""
         if a == b:

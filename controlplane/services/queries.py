@@ -18,6 +18,7 @@ from typing import Protocol, TypeVar
 from controlplane.domain.errors import Busy, InvalidInput, NotFound
 from controlplane.domain.lifecycle import parse_state
 from controlplane.domain.records import AllocationRecord, Event, GpuRecord, NeighborRecord, NodeRecord, RawResult, Vertex
+from controlplane.domain.text import Id, Line, Text, checked
 from controlplane.domain.traversal import TraversalSpec
 from controlplane.domain.vocabulary import Label
 from controlplane.ports.store import Admin, Hierarchy, History, Topology
@@ -58,28 +59,34 @@ class GraphQueries:
         self.gate = gate or QueryGate()
 
     # --- nodes -------------------------------------------------------------------------
+    @checked(node_id=Id("id"))
     def node(self, node_id: str) -> NodeRecord:
         found = self.store.get_node(node_id=node_id)
         if found is None:
             raise NotFound(f"no node {node_id!r}", field="id")
         return found
 
+    @checked(after=Id("after"), status=Line("status", max_length=64))
     def nodes(self, *, after: str | None = None, limit: int = 100, status: str | None = None) -> list[NodeRecord]:
         return self.store.list_nodes(after=after, limit=page(limit), status=status)
 
+    @checked(node_id=Id("id"))
     def neighbors(self, node_id: str) -> list[NeighborRecord]:
         return self.store.neighbors(node_id=node_id)
 
+    @checked(node_id=Id("id"))
     def gpus(self, node_id: str) -> list[GpuRecord]:
         return self.store.gpus(node_id=node_id)
 
     # --- allocations and the hierarchy -------------------------------------------------
+    @checked(allocation_id=Id("id"))
     def allocation(self, allocation_id: str) -> AllocationRecord:
         found = self.store.get_allocation(allocation_id=allocation_id)
         if found is None:
             raise NotFound(f"no allocation {allocation_id!r}", field="id")
         return found
 
+    @checked(after=Id("after"), state=Line("state", max_length=64), node_id=Id("node"))
     def allocations(
         self, *, after: str | None = None, limit: int = 100, state: str | None = None, node_id: str | None = None
     ) -> list[AllocationRecord]:
@@ -87,9 +94,11 @@ class GraphQueries:
             parse_state(state)
         return self.store.list_allocations(after=after, limit=page(limit), state=state, node_id=node_id)
 
+    @checked(parent_id=Id("id"), after=Id("after"))
     def children(self, parent_id: str, *, after: str | None = None, limit: int = 100) -> list[AllocationRecord]:
         return self.store.children(parent_id=parent_id, after=after, limit=page(limit))
 
+    @checked(root_id=Id("id"), fields=Line("fields", max_length=64))
     def descendants(
         self, root_id: str, *, max_depth: int = 64, limit: int = 10_000, fields: Collection[str] | None = None
     ) -> list[AllocationRecord]:
@@ -100,9 +109,11 @@ class GraphQueries:
             raise InvalidInput("must be between 1 and 100000", field="first")
         return self.gate.run(lambda: self.store.descendants(root_id=root_id, max_depth=max_depth, limit=limit, fields=fields))
 
+    @checked(allocation_id=Id("id"))
     def ancestors(self, allocation_id: str) -> list[Vertex]:
         return self.store.ancestors(allocation_id=allocation_id)
 
+    @checked(target_ids=Id("ids"))
     def watchers(self, target_ids: list[str]) -> dict[str, list[str]]:
         return self.store.watchers(target_ids=target_ids)
 
@@ -113,6 +124,7 @@ class GraphQueries:
         return self.gate.run(lambda: self.store.traverse(spec=replace(spec, start_label=Label(label))))
 
     # --- history and raw queries ---------------------------------------------------------
+    @checked(allocation_id=Id("allocation"))
     def events(self, allocation_id: str | None = None, *, since: float | None = None, limit: int = 100) -> list[Event]:
         if not 1 <= limit <= 10_000:
             raise InvalidInput("must be between 1 and 10000", field="first")
@@ -120,6 +132,7 @@ class GraphQueries:
             raise NotFound(f"no node or allocation {allocation_id!r}", field="allocation")
         return self.store.events(allocation_id=allocation_id, since=since, limit=limit)
 
+    @checked(text=Text("query", max_length=RAW_QUERY_MAX_CHARS))
     def raw_query(self, text: str, *, timeout_s: float = 10.0, limit: int = 1000) -> RawResult:
         """A read-only query in the engine's own language (Cypher on FalkorDB/Neo4j, Gremlin on Gremlin)."""
         check_raw_query(text, timeout_s, limit)

@@ -37,6 +37,7 @@ from controlplane.domain.supervision import (
     policy_from_json,
     restart_type_of,
 )
+from controlplane.domain.text import Id, checked
 from controlplane.domain.vocabulary import Label
 from controlplane.ports.dispatch import Dispatcher, Key, RestartKey
 from controlplane.ports.store import Change, CreateRefused, Hierarchy, History, Ledger, RestartItem, Topology
@@ -372,6 +373,7 @@ class SupervisorService:
         return [float(t) for t in parent.extra.get("restart_log") or []]
 
     # --- policy -------------------------------------------------------------------------
+    @checked(actor_id=Id("id"))
     def set_policy(self, actor_id: str, policy: SupervisionPolicy | dict[str, Any]) -> None:
         """Change how a node or a live allocation supervises its children."""
         parsed = parse(SupervisionPolicy, policy, field="policy")

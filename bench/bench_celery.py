@@ -2,9 +2,12 @@
 
 Starts the graph engine, the embedded FalkorDB as Redis (the broker) and real
 node agents (`controlplane worker`), spawns N allocations in batches and waits
-until every one has succeeded.
+until every one has succeeded. `--isolation off,on` runs it without the agents'
+isolation (ISOLATION=none, the agent's user) and with it (a cgroup, a user and a
+working directory per allocation), one line each.
 
     python -m bench.bench_celery [--engines falkordb,neo4j,gremlin] [--total 3000] [--agents 1] [--concurrency 16]
+                                 [--isolation off,on]
 """
 
 from __future__ import annotations
@@ -32,13 +35,26 @@ def _uri(store: Any) -> str:
     return str(store.uri if hasattr(store, "uri") else store.remote.url)
 
 
-def run(engine: str, total: int, batch: int, agents: int, concurrency: int) -> None:
+ISOLATION_ENV = {
+    "off": {"ISOLATION": "none", "ISOLATION_USER": "agent"},
+    "on": {"ISOLATION": "auto", "ISOLATION_USER": "auto"},
+}
+
+
+def _cpu_s(pid: int) -> float:
+    """cpu time of a process and of its reaped children (an agent's allocation processes are its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def run(engine: str, total: int, batch: int, agents: int, concurrency: int, isolation: str = "off") -> None:
     with open_engine(engine) as (store, graph_server), tempfile.TemporaryDirectory() as tmp:
         store.clear()
         broker = graph_server or FalkorDBServer(FalkorDBServerConfig(data_dir=Path(tmp) / "redis")).start()
         uri = broker.url if engine == "falkordb" else _uri(store)
         env = {**os.environ, "GRAPH_BACKEND": engine, "GRAPH_URI": uri, "GRAPH_NAME": "bench",
-               "REDIS_URL": broker.redis_url(1), "DATA_DIR": tmp}
+               "REDIS_URL": broker.redis_url(1), "DATA_DIR": tmp, "ISOLATION_WORK_ROOT": f"{tmp}/work",
+               **ISOLATION_ENV[isolation]}
         procs = [
             subprocess.Popen([sys.executable, "-m", "controlplane", "worker", "--node", f"agent{i}", "--concurrency", str(concurrency)], env=env)
             for i in range(agents)
@@ -48,6 +64,7 @@ def run(engine: str, total: int, batch: int, agents: int, concurrency: int) -> N
             while len(store.list_nodes(after=None, limit=100)) < agents:
                 time.sleep(0.1)
             spec = {"name": "t", "argv": ["true"], "resources": {"cpu_milli": 0, "memory_mib": 1}}
+            cpu_before = sum(_cpu_s(p.pid) for p in procs)
             started = time.perf_counter()
             ids = []
             for i in range(0, total, batch):
@@ -61,8 +78,13 @@ def run(engine: str, total: int, batch: int, agents: int, concurrency: int) -> N
                 pending -= {a.id for a in page if a.state is State.SUCCEEDED}
                 time.sleep(0.25)  # a light probe: the graph serves the workers, not the benchmark
             elapsed = time.perf_counter() - started
-            print(f"{engine:9s} celery+process: {total} allocations spawn->running->succeeded in {elapsed:.2f}s = "
-                  f"{total / elapsed:,.0f}/s ({agents} agent(s) x {concurrency} threads; spawning took {spawned:.2f}s)")
+            cpu_ms = (sum(_cpu_s(p.pid) for p in procs) - cpu_before) / total * 1000
+            node = store.get_node(node_id="agent0")
+            enforced = node.extra.get("isolation") if node else None
+            print(f"{engine:9s} celery+process isolation {isolation:3s} ({enforced}): {total} allocations "
+                  f"spawn->running->succeeded in {elapsed:.2f}s = "
+                  f"{total / elapsed:,.0f}/s ({agents} agent(s) x {concurrency} threads; spawning took {spawned:.2f}s; "
+                  f"agent cpu {cpu_ms:.1f} ms per allocation, its processes included)")
         finally:
             for p in procs:
                 p.send_signal(signal.SIGTERM)
@@ -79,9 +101,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--agents", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--isolation", default="off,on", help="off, on, or both in turn (off,on)")
     args = p.parse_args()
     for engine in args.engines.split(","):
-        run(engine, args.total, args.batch, args.agents, args.concurrency)
+        for isolation in args.isolation.split(","):
+            run(engine, args.total, args.batch, args.agents, args.concurrency, isolation)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,35 @@ class Settings(BaseSettings):
     #: the API address allocations are told (CONTROLPLANE_API_URL); default http://<api_host>:<api_port>
     api_public_url: str | None = None
 
+    # --- isolation: what a node agent enforces on the processes it runs (workers/isolation) ---
+    #: auto: cgroup limits where the machine allows them, else none (said at start, `isolation=none` on the Node);
+    #: cgroup: refuse to start without them; none: no limits
+    isolation: Literal["auto", "cgroup", "none"] = "auto"
+    #: auto: v2 for each controller the unified hierarchy offers, v1 for the others; v1 or v2: only that version
+    isolation_cgroup_versions: Literal["auto", "v1", "v2"] = "auto"
+    #: the cgroup (same path in each hierarchy) under which agents make theirs; empty: the agent's own + /controlplane
+    isolation_cgroup_parent: str | None = None
+    #: who allocations run as: auto (a user per allocation when the agent is root, else the agent's user),
+    #: per-allocation, agent, or a fixed UID:GID
+    isolation_user: str = "auto"
+    #: the uids (and gids) handed out one per live allocation; claimed machine-wide in isolation_claims_dir
+    isolation_uid_base: int = Field(200_000, ge=1000, le=2**31 - 2**20)
+    isolation_uid_count: int = Field(60_000, ge=1, le=2**20)
+    isolation_claims_dir: Path = Path("/run/controlplane/uids")
+    #: where private working directories are made; empty: /var/lib/controlplane/work with per-allocation users, else DATA_DIR/work
+    isolation_work_root: Path | None = None
+    #: when a working directory outlives its allocation: never, failed (kept sealed for inspection), always
+    isolation_keep_workdir: Literal["never", "failed", "always"] = "never"
+    #: the most processes (and threads) one allocation may have at once
+    isolation_pids_max: int = Field(1024, ge=8, le=4_194_304)
+    #: the memory limit is the reservation, but never below this (a process needs a few MiB to exec at all)
+    isolation_min_memory_mib: int = Field(8, ge=1, le=1024)
+    #: how often each live allocation's measured usage is written to its vertex (0: never)
+    usage_period_s: float = Field(10.0, ge=0, le=3600)
+    #: output log of one incarnation: rotated past this size, keeping this many older files
+    log_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    log_backups: int = Field(2, ge=0, le=100)
+
 
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment, with explicit overrides (CLI flags) on top; errors name the field."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the project needs from the system and is not on the machine yet:
-# Java 17 and Maven (the Neo4j and Gremlin test servers), util-linux's setpriv (ties
-# allocation processes to their node agent), docker-compose (validates
+# Java 17 and Maven (the Neo4j and Gremlin test servers), util-linux's setpriv (runs
+# allocation processes as their own users, tied to their node agent), docker-compose (validates
 # docker-compose.yml offline), Chromium and its driver (the graph browser's tests
 # drive it with Playwright). Only runs apt-get when something is missing.
 set -euo pipefail

@@ -22,6 +22,24 @@ ENGINES = [e.strip() for e in os.environ.get("CONTROLPLANE_TEST_ENGINES", "falko
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolation_work_root() -> Iterator[Path]:
+    """Allocations' working directories in a temporary root the agents' allocation users can pass through (0711),
+    removed after the session; node agents started by tests inherit it through the environment."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="controlplane-work-"))
+    root.chmod(0o711)
+    before = os.environ.get("ISOLATION_WORK_ROOT")
+    os.environ["ISOLATION_WORK_ROOT"] = str(root)
+    yield root
+    if before is None:
+        os.environ.pop("ISOLATION_WORK_ROOT", None)
+    else:
+        os.environ["ISOLATION_WORK_ROOT"] = before
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def _unavailable(what: str, exc: BaseException) -> None:
     if IN_CI:
         pytest.fail(f"{what} could not start in CI: {exc}", pytrace=False)

@@ -19,6 +19,18 @@ from workers.app import configure
 from workers.dispatch import CeleryDispatcher
 
 
+def clean_node(node: str, data_dir: Path) -> int:
+    """What a new agent of `node` would do at start: kill and remove every cgroup, uid and directory a dead one left."""
+    from controlplane.settings import load_settings
+    from workers.isolation import Sandbox, sandbox_config
+
+    sandbox = Sandbox(sandbox_config(load_settings()), node=node, data_dir=data_dir)
+    try:
+        return sandbox.recover()
+    finally:
+        sandbox.close()
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition", every: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -64,6 +76,7 @@ class Stack:
             "STARTING_DEADLINE_S": "10",
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.agents: set[str] = set()
         self.store: GraphStore = store if store is not None else FalkorDBStore(server.url, graph=graph)
         self.store.bootstrap()
         self.control = assemble(self.store, CeleryDispatcher(configure(server.redis_url(2))))
@@ -76,6 +89,7 @@ class Stack:
     def agent(self, node: str, **labels: str) -> subprocess.Popen[bytes]:
         proc = self.start(node, "worker", "--node", node, "--concurrency", "8",
                           *[a for k, v in labels.items() for a in ("--label", f"{k}={v}")])
+        self.agents.add(node)
         wait_for(lambda: (n := self.store.get_node(node_id=node)) and n.status == "ready", 60, f"agent {node} to register")
         return proc
 
@@ -93,4 +107,6 @@ class Stack:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        for node in self.agents:  # those killed with -9 and never started again left their cgroups
+            clean_node(node, self.data_dir)
         self.store.close()

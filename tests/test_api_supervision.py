@@ -27,7 +27,7 @@ from tests.credentials import app_with_auth
 from tests.credentials import client as client_with
 from tests.http import TestClient
 from tests.test_api import SPAWN, data, error, job, post, register, spawn
-from workers.agent import AgentReports
+from workers.agent import AgentReports, Exit
 
 SPAWN_POLICY = """mutation($parent: ID!, $spec: AllocationSpecInput!) {
   spawnAllocation(parent: $parent, spec: $spec) { id supervision restartType childPolicy restarts orphan escalated
@@ -69,7 +69,7 @@ def run(cp: ControlPlane, *ids: str) -> None:
 def crash(cp: ControlPlane, allocation_id: str, code: int = 1) -> None:
     """What a node agent reports when the process exits; then the supervisor reacts."""
     current = cp.queries.allocation(allocation_id)
-    ended = AgentReports(cp.store, node=current.node_id, clock=cp.clock).exited([((allocation_id, current.incarnation), code, "boom")])
+    ended = AgentReports(cp.store, node=current.node_id, clock=cp.clock).exited([Exit((allocation_id, current.incarnation), code, "boom")])
     cp.dispatcher.terminated(keys=[(e.id, e.incarnation) for e in ended])
 
 

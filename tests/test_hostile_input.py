@@ -42,7 +42,7 @@ from controlplane.wiring import assemble
 from tests.credentials import app_with_auth
 from tests.credentials import client as client_with
 from tests.test_api import EVIL, REGISTER, SPAWN, data, job, node_input, register, spawn
-from workers.agent import AgentReports
+from workers.agent import AgentReports, Exit
 
 # --- the strings ---------------------------------------------------------------------------------
 #: refused wherever a string enters
@@ -331,7 +331,7 @@ def test_a_process_output_with_control_characters_is_recorded_printable(client: 
     cp.store.transition_many(changes=[Change(a, CLAIM)], now=cp.clock())
     cp.store.transition_many(changes=[Change(a, RUN, fields={"started_at": cp.clock()})], now=cp.clock())
     # When its process exits having written a NUL, an escape sequence and undecodable bytes
-    ended = AgentReports(cp.store, node="n1", clock=cp.clock).exited([((a, 1), 3, "out\x00put \x1b[31m\ud800 done\n")])
+    ended = AgentReports(cp.store, node="n1", clock=cp.clock).exited([Exit((a, 1), 3, "out\x00put \x1b[31m\ud800 done\n")])
     # Then the agent's report is recorded, the output with those characters replaced
     got = data(client, "query($id: ID!) { allocation(id: $id) { state exitCode outputTail } }", id=a)["allocation"]
     assert [e.id for e in ended] == [a]

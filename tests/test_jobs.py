@@ -15,7 +15,7 @@ from controlplane.domain.lifecycle import State
 from controlplane.ports.store import GraphStore
 from controlplane.services import ControlPlane
 from controlplane.wiring import assemble
-from workers.agent import AgentReports
+from workers.agent import AgentReports, Exit
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def finish(cp: ControlPlane, job_id: str, code: int = 0, only: set[str] | None =
                 agent = AgentReports(cp.store, node=a.node_id)
                 agent.claim([(a.id, a.incarnation)])
                 agent.running([((a.id, a.incarnation), 4242)])
-                ended = agent.exited([((a.id, a.incarnation), code, "")])
+                ended = agent.exited([Exit((a.id, a.incarnation), code, "")])
                 cp.dispatcher.terminated(keys=[(e.id, e.incarnation) for e in ended])
                 done.append(t.path)
     return done
@@ -123,7 +123,7 @@ def test_the_replicas_executor_keeps_its_copies(cp: ControlPlane) -> None:
     a = kids[0]
     agent = AgentReports(cp.store, node=a.node_id)
     agent.claim([(a.id, 1)])
-    ended = agent.exited([((a.id, 1), 0, "")])
+    ended = agent.exited([Exit((a.id, 1), 0, "")])
     cp.dispatcher.terminated(keys=[(e.id, e.incarnation) for e in ended])
     assert cp.queries.allocation(a.id).incarnation == 2  # permanent: brought back even after a normal exit
 

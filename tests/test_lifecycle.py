@@ -24,7 +24,7 @@ from controlplane.domain.records import TransitionResult
 from controlplane.ports.store import Change, GraphStore
 from controlplane.services import ControlPlane, build
 from controlplane.wiring import job_store
-from workers.agent import AgentReports
+from workers.agent import AgentReports, Exit
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = [ROOT / "controlplane", ROOT / "workers", ROOT / "graph_schema"]
@@ -115,7 +115,7 @@ def test_what_the_services_and_agents_do_stays_in_the_table(store: GraphStore) -
     ok, bad, never, stopped, running, orphaned = cp.allocations.spawn("n1", [spec] * 6)
     agent.claim([(a.id, 1) for a in (ok, bad, stopped, running, orphaned)])
     agent.running([((a.id, 1), 100 + i) for i, a in enumerate((ok, bad, stopped, running, orphaned))])
-    cp.dispatcher.terminated(keys=[(e.id, e.incarnation) for e in agent.exited([((ok.id, 1), 0, ""), ((bad.id, 1), 3, "")])])
+    cp.dispatcher.terminated(keys=[(e.id, e.incarnation) for e in agent.exited([Exit((ok.id, 1), 0, ""), Exit((bad.id, 1), 3, "")])])
     agent.failed_to_start((never.id, 1), error="no such file")
     cp.allocations.stop(stopped.id)
     agent.stop_unstarted((stopped.id, 1))

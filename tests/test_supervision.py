@@ -17,7 +17,7 @@ from controlplane.domain.records import AllocationRecord
 from controlplane.ports.store import Change, GraphStore
 from controlplane.services import ControlPlane
 from controlplane.wiring import assemble
-from workers.agent import AgentReports
+from workers.agent import AgentReports, Exit
 
 
 class Clock:
@@ -53,7 +53,7 @@ def run(cp: ControlPlane, *allocs: AllocationRecord) -> None:
 def crash(cp: ControlPlane, a: AllocationRecord, code: int = 1) -> None:
     """What a node agent reports when the process exits, then the supervisor reacts."""
     current = cp.queries.allocation(a.id)
-    ended = AgentReports(cp.store, node=current.node_id, clock=cp.clock).exited([((a.id, current.incarnation), code, "boom")])
+    ended = AgentReports(cp.store, node=current.node_id, clock=cp.clock).exited([Exit((a.id, current.incarnation), code, "boom")])
     cp.dispatcher.terminated(keys=[(e.id, e.incarnation) for e in ended])
 
 

@@ -25,7 +25,7 @@ from controlplane.services import ControlPlane
 from controlplane.wiring import assemble
 from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer
-from tests.stack import wait_for
+from tests.stack import clean_node, wait_for
 from workers.app import configure
 from workers.dispatch import CeleryDispatcher
 
@@ -160,4 +160,5 @@ def test_killing_the_agent_kills_its_processes(falkordb_server: FalkorDBServer, 
     finally:
         if proc.poll() is None:
             proc.kill()
+        clean_node("doomed", tmp_path)
         store.close()

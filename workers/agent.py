@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -30,6 +29,10 @@ from controlplane.domain.text import printable
 from controlplane.ports.dispatch import Dispatcher, Key
 from controlplane.ports.leases import NodeLeases
 from controlplane.ports.store import Change, Hierarchy, Ledger, Topology
+from workers.isolation import Reservation, Sandbox, SandboxConfig
+from workers.isolation.cgroups import IsolationError
+from workers.isolation.gpus import query_gpus
+from workers.isolation.usage import UsageRecorder
 from workers.processes import ExecutableNotFound, Handle, ProcessManager
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,18 @@ def _g(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return _graph_retry(fn)(*args, **kwargs)
 
 
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """A process that ended: its key, exit code and output tail; why it failed when the code does not say it
+    (e.g. "oom_killed: memory limit ..."), and what was measured of it (usage_cpu_s, ...)."""
+
+    key: Key
+    exit_code: int
+    output_tail: str
+    failure: str | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
 def describe_exit(code: int) -> str:
     return f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
 
@@ -65,20 +80,9 @@ def machine_resources() -> dict[str, object]:
                     break
     except OSError:
         pass
-    gpus: list[dict[str, object]] = []
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run(
-                [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                capture_output=True, text=True, timeout=10, check=True,
-            ).stdout
-            for line in out.strip().splitlines():
-                name, mem = (p.strip() for p in line.split(",", 1))
-                model = "".join(ch if ch.isalnum() or ch in " ._-" else "-" for ch in name)[:64]
-                gpus.append({"model": model, "memory_mib": int(float(mem))})
-        except (subprocess.SubprocessError, OSError, ValueError):
-            log.warning("nvidia-smi did not answer; registering no GPUs")
+    gpus: list[dict[str, object]] = [
+        {"model": g.model, "memory_mib": g.memory_mib, "uuid": g.uuid, "index": g.index} for g in query_gpus()
+    ]
     return {"cpu_milli": cpu * 1000, "memory_mib": memory_mib, "gpus": gpus}
 
 
@@ -137,32 +141,33 @@ class AgentReports:
         return {key for (key, _pid), r in zip(started, results, strict=True)
                 if r is not None and not r.applied and r.allocation.state in (State.STOPPING, State.STOPPED)}
 
-    def exited(self, exits: Sequence[tuple[Key, int, str]]) -> list[AllocationRecord]:
+    def exited(self, exits: Sequence[Exit]) -> list[AllocationRecord]:
         """Processes ended: stopped if a stop was asked for, else succeeded (0) or failed.
 
         Returns the allocations that became terminal. A stopping parent whose process ended before its
         children keeps `stopping` (its exit is noted); the supervisor ends it once its subtree is terminal.
         """
         now = self.clock()
+
+        def noted(e: Exit) -> dict[str, Any]:
+            return {**e.fields, "exit_code": e.exit_code, "output_tail": printable(e.output_tail[-OUTPUT_TAIL_CHARS:]),
+                    "finished_at": now}
+
         changes = [
-            Change(key[0], exit_move(code), key[1],
-                   {"exit_code": code, "output_tail": printable(tail[-OUTPUT_TAIL_CHARS:]), "finished_at": now},
-                   failure=describe_exit(code), reason=describe_exit(code), by=self.node, leaf_only=True)
-            for key, code, tail in exits
+            Change(e.key[0], exit_move(e.exit_code), e.key[1], noted(e), failure=e.failure or describe_exit(e.exit_code),
+                   reason=e.failure or describe_exit(e.exit_code), by=self.node, leaf_only=True)
+            for e in exits
         ]
         results = self.store.transition_many(changes=changes, now=now)
         ended = []
-        for (key, code, tail), r in zip(exits, results, strict=True):
+        for e, r in zip(exits, results, strict=True):
             if r is None:
                 continue
             if r.applied:
                 ended.append(r.allocation)
-            elif r.allocation.state is State.STOPPING and r.allocation.incarnation == key[1]:
-                self.store.set_fields(
-                    allocation_id=key[0], incarnation=key[1],
-                    fields={"process_exited": True, "exit_code": code, "output_tail": printable(tail[-OUTPUT_TAIL_CHARS:]),
-                            "finished_at": now},
-                )
+            elif r.allocation.state is State.STOPPING and r.allocation.incarnation == e.key[1]:
+                self.store.set_fields(allocation_id=e.key[0], incarnation=e.key[1],
+                                      fields={**noted(e), "process_exited": True})
         return ended
 
     def failed_to_start(self, key: Key, *, error: str) -> bool:
@@ -198,6 +203,8 @@ class NodeAgent:
         resources: dict[str, object] | None = None,
         notify: Callable[[], None] | None = None,
         clock: Callable[[], float] = wall_clock,
+        isolation: SandboxConfig | None = None,
+        usage_period_s: float = 10.0,
         credentials: Callable[[str, int], dict[str, str]] | None = None,
     ) -> None:
         self.store = store
@@ -215,17 +222,23 @@ class NodeAgent:
         self.dispatcher = dispatcher
         self.clock = clock
         self.reports = AgentReports(store, node=node, clock=clock)
-        self.processes = ProcessManager(work_dir / "runs" / node, self._on_exit)
+        gpus = self.resources.get("gpus") or []
+        self.sandbox = Sandbox(isolation or SandboxConfig(), node=node, data_dir=work_dir, gpus=gpus)  # type: ignore[arg-type]
+        self.processes = ProcessManager(work_dir / "runs" / node, self._on_exit, self.sandbox)
+        self.usage = UsageRecorder(self.processes, self._record_usage, period_s=usage_period_s)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     # --- life of the agent -------------------------------------------------------------
     def register(self) -> NodeRecord:
-        spec = parse(NodeSpec, {"name": self.node, "labels": self.labels, **self.resources}, field="node")
+        spec = parse(NodeSpec, {"name": self.node, "labels": self.labels, **self.resources,
+                                "isolation": self.sandbox.isolation}, field="node")
         return _g(self.store.register_node, spec=spec, now=self.clock())
 
     def recover(self) -> list[Key]:
-        """End what the dead predecessor of this agent process had started (see AgentReports.recover)."""
+        """End what the dead predecessor of this agent process had started (see AgentReports.recover):
+        first every process it left (their cgroups), then the graph."""
+        self.sandbox.recover()
         ended = _g(self.reports.recover)
         if ended:
             log.warning("node %s: %d allocations of the previous agent process ended", self.node, len(ended))
@@ -240,6 +253,7 @@ class NodeAgent:
         self._threads.append(threading.Thread(target=self._mirror, name="heartbeat-mirror", daemon=True))
         for t in self._threads:
             t.start()
+        self.usage.start()
 
     def _renew(self) -> None:
         assert self.leases is not None
@@ -276,6 +290,7 @@ class NodeAgent:
 
     def shutdown(self) -> None:
         self._stop.set()
+        self.usage.stop()
         self.processes.kill_all()
         self.processes.close()
 
@@ -285,12 +300,15 @@ class NodeAgent:
         claimed = _g(self.reports.claim, keys)
         if not claimed:
             return
-        futures = self.processes.start_many([((r.id, r.incarnation), list(r.argv), self._env(r)) for r in claimed])
+        futures = self.processes.start_many(
+            [((r.id, r.incarnation), list(r.argv), self._env(r)) for r in claimed],
+            {(r.id, r.incarnation): Reservation(r.cpu, r.memory, r.gpu_ids) for r in claimed},
+        )
         started: list[tuple[Key, int]] = []
         for rec, fut in zip(claimed, futures, strict=True):
             try:
                 started.append(((rec.id, rec.incarnation), fut.result(timeout=60).pid))
-            except (ExecutableNotFound, OSError) as exc:
+            except (ExecutableNotFound, OSError, IsolationError) as exc:
                 if _g(self.reports.failed_to_start, (rec.id, rec.incarnation), error=str(exc)):
                     self.dispatcher.terminated(keys=[(rec.id, rec.incarnation)])
         self.notify()
@@ -300,17 +318,17 @@ class NodeAgent:
             self.processes.stop(key, grace_s=grace[key])
 
     def _env(self, rec: AllocationRecord) -> dict[str, str]:
-        return {
-            "PATH": os.environ.get("PATH", os.defpath),
-            "HOME": os.environ.get("HOME", "/"),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            **rec.env,
-            **(self.credentials(rec.id, rec.incarnation) if self.credentials else {}),
+        """Its whole environment: PATH, HOME (its working directory), LANG, its spec's env, these, its GPUs."""
+        return self.sandbox.environment((rec.id, rec.incarnation), spec_env=rec.env, gpu_ids=rec.gpu_ids, controlplane={
             "CONTROLPLANE_ALLOCATION_ID": rec.id,
             "CONTROLPLANE_INCARNATION": str(rec.incarnation),
             "CONTROLPLANE_NODE": self.node,
             "CONTROLPLANE_PARENT_ID": rec.parent_id,
-        }
+            **(self.credentials(rec.id, rec.incarnation) if self.credentials else {}),  # API address, its own token
+        })
+
+    def _record_usage(self, key: Key, fields: dict[str, object]) -> None:
+        self.store.set_fields(allocation_id=key[0], incarnation=key[1], fields={**fields, "usage_at": self.clock()})
 
     def stop(self, allocation_id: str, incarnation: int) -> None:
         rec = _g(self.store.get_allocation, allocation_id=allocation_id)
@@ -320,7 +338,7 @@ class NodeAgent:
                 self.dispatcher.terminated(keys=[(allocation_id, incarnation)])
 
     def _on_exit(self, exits: list[tuple[Handle, int, str]]) -> None:
-        ended = _g(self.reports.exited, [(h.key, code, tail) for h, code, tail in exits])
+        ended = _g(self.reports.exited, [Exit(h.key, code, tail, h.outcome.failure, h.outcome.fields) for h, code, tail in exits])
         self.notify()
         keys = [(a.id, a.incarnation) for a in ended]
         if keys:

@@ -12,6 +12,7 @@ from controlplane.wiring import control_plane, open_store
 from workers.agent import NodeAgent
 from workers.app import CONTROL_QUEUE, configure, node_queue
 from workers.dispatch import CeleryDispatcher
+from workers.isolation import sandbox_config
 from workers.runtime import install
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,14 @@ def run_worker(
         store, CeleryDispatcher(app), node=node, work_dir=settings.data_dir, heartbeat_s=settings.heartbeat_s,
         leases=RedisLeases(broker_url), mirror_s=settings.heartbeat_mirror_s,
         labels=labels, resources=resources, notify=RedisNotifier(broker_url).notify, credentials=credentials,
+        isolation=sandbox_config(settings), usage_period_s=settings.usage_period_s,
     )
     _quiet_root_warning()
     agent.recover()
     record = agent.register()
-    log.warning("node %s registered: %d mCPU, %d MiB", record.id, record.cpu, record.memory)
+    log.warning("node %s registered: %d mCPU, %d MiB; isolation: %s", record.id, record.cpu, record.memory, agent.sandbox.describe())
+    if agent.sandbox.isolation == "none":
+        log.warning("node %s enforces no resource limits (isolation=none on its Node): %s", record.id, agent.sandbox.layout.reason)
     agent.start_heartbeat()
     install(agent=agent)
     try:

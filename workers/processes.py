@@ -5,7 +5,10 @@ through pidfds (one epoll, however many processes). Each child gets
 PDEATHSIG=KILL (through util-linux `setpriv`), tied to that thread: if the
 node agent dies, its allocations die with it, exactly as when a machine is
 lost, and the control plane sees them `lost`, never running unobserved.
-Each child leads its own process group so a stop reaches its descendants.
+Each child leads its own process group so a graceful stop reaches its descendants;
+how it is confined (cgroup, user, working directory, log) is workers/isolation's,
+and a kill or an exit ends every process of its cgroup, grandchildren that left
+the group included.
 """
 
 from __future__ import annotations
@@ -18,16 +21,19 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from workers.isolation import Confinement, Outcome, Reservation, Sandbox, SandboxConfig
+from workers.isolation.logs import tail as log_tail
+from workers.isolation.sandbox import Prepared
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]  # (allocation id, incarnation)
 TAIL_BYTES = 4096
-_SETPRIV = shutil.which("setpriv")
 
 
 class ExecutableNotFound(Exception):
@@ -41,6 +47,9 @@ class Handle:
     log_path: Path
     stop_requested: bool = False
     kill_timer: threading.Timer | None = field(default=None, repr=False)
+    confinement: Confinement | None = field(default=None, repr=False)
+    #: what the exit adds to its report (oom_killed, measured usage), set once it has ended
+    outcome: Outcome = field(default_factory=Outcome, repr=False)
 
     @property
     def pid(self) -> int:
@@ -53,30 +62,28 @@ MAX_REPORT_BATCH = 500
 
 
 def read_tail(path: Path, limit: int = TAIL_BYTES) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+    return log_tail(path, limit)
 
 
 class ProcessManager:
-    def __init__(self, log_dir: Path, on_exit: ExitCallback) -> None:
+    def __init__(self, log_dir: Path, on_exit: ExitCallback, sandbox: Sandbox | None = None) -> None:
         self.log_dir = log_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.sandbox = sandbox or Sandbox(SandboxConfig(mode="none", user="agent"), node=log_dir.name, data_dir=log_dir)
         self._on_exit = on_exit
         self._handles: dict[Key, Handle] = {}
         self._by_fd: dict[int, Handle] = {}
         self._lock = threading.Lock()
-        self._requests: queue.SimpleQueue[tuple[Key, list[str], dict[str, str], Future[Handle]] | None] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[tuple[Key, list[str], dict[str, str], Future[Handle], Prepared] | None] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._exits: queue.SimpleQueue[tuple[Handle, int, str] | None] = queue.SimpleQueue()
+        #: ending a confinement (kill leftovers, read counters, remove cgroup and directory) for several exits at once
+        self._finisher = ThreadPoolExecutor(4, thread_name_prefix="exit-finisher")
+        #: moving new processes into their cgroups, off the forking thread
+        self._admitter = ThreadPoolExecutor(4, thread_name_prefix="cgroup-admitter")
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="process-manager", daemon=True)
         self._thread.start()
@@ -88,8 +95,10 @@ class ProcessManager:
         """Start argv; returns once the process exists. Idempotent per key while it runs."""
         return self.start_many([(key, argv, env)])[0].result(timeout=60)
 
-    def start_many(self, requests: list[tuple[Key, list[str], dict[str, str]]]) -> list[Future[Handle]]:
-        """Start many processes; each future holds the handle or the reason it could not start."""
+    def start_many(
+        self, requests: list[tuple[Key, list[str], dict[str, str]]], reservations: Mapping[Key, Reservation] | None = None,
+    ) -> list[Future[Handle]]:
+        """Start many processes, each confined to its reservation; each future holds the handle or why it could not start."""
         futures: list[Future[Handle]] = []
         for key, argv, env in requests:
             fut: Future[Handle] = Future()
@@ -103,7 +112,13 @@ class ProcessManager:
             if exe is None:
                 fut.set_exception(ExecutableNotFound(f"executable {argv[0] if argv else ''!r} not found on PATH"))
                 continue
-            self._requests.put((key, [exe, *argv[1:]], env, fut))
+            try:
+                prepared = self.sandbox.prepare(key, (reservations or {}).get(key, Reservation()))
+            except Exception as exc:  # noqa: BLE001 - reported to the caller
+                fut.set_exception(exc)
+                continue
+            self._requests.put((key, [exe, *argv[1:]], env, fut, prepared))
+            os.write(self._wake_w, b"x")  # fork this one while the next is prepared
         os.write(self._wake_w, b"x")
         return futures
 
@@ -149,32 +164,46 @@ class ProcessManager:
         self._thread.join(timeout=5)
         self._exits.put(None)
         self._reporter.join(timeout=30)
+        self._admitter.shutdown(wait=True)
+        self._finisher.shutdown(wait=True)
+        self.sandbox.close()
 
     # --- the manager thread ------------------------------------------------------------
     @staticmethod
     def _signal(handle: Handle, sig: int) -> None:
+        if handle.confinement is not None:
+            handle.confinement.signal(sig)
+            return
         try:
             os.killpg(handle.pid, sig)
         except ProcessLookupError:
             pass
 
-    def _spawn(self, key: Key, argv: list[str], env: dict[str, str], fut: Future[Handle]) -> None:
+    def _spawn(self, key: Key, argv: list[str], env: dict[str, str], fut: Future[Handle], prepared: Prepared) -> None:
         log_path = self.log_dir / f"{key[0]}.{key[1]}.log"
         try:
-            prefix = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
-            with log_path.open("ab") as out:
-                proc = subprocess.Popen(
-                    prefix + argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    env=env, start_new_session=True, close_fds=True,
-                )
-            handle = Handle(key=key, proc=proc, log_path=log_path)
-            fd = os.pidfd_open(proc.pid)
+            confinement = self.sandbox.launch(prepared, argv, env, log_path)
+            handle = Handle(key=key, proc=confinement.proc, log_path=log_path, confinement=confinement)
+            fd = os.pidfd_open(handle.pid)
             with self._lock:
                 self._handles[key] = handle
                 self._by_fd[fd] = handle
             self._selector.register(fd, selectors.EVENT_READ)
-            fut.set_result(handle)
+            if confinement.admitted:
+                fut.set_result(handle)
+            else:
+                self._admitter.submit(self._admit, handle, fut)
         except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            fut.set_exception(exc)
+
+    @staticmethod
+    def _admit(handle: Handle, fut: Future[Handle]) -> None:
+        assert handle.confinement is not None
+        try:
+            handle.confinement.admit()
+            fut.set_result(handle)
+        except BaseException as exc:  # noqa: BLE001 - it never ran its argv; its exit cleans up as any other
+            handle.proc.kill()
             fut.set_exception(exc)
 
     def _loop(self) -> None:
@@ -205,7 +234,16 @@ class ProcessManager:
         code = handle.proc.wait()
         if handle.kill_timer is not None:
             handle.kill_timer.cancel()
-        self._exits.put((handle, code, read_tail(handle.log_path)))
+        self._exits.put((handle, code, ""))  # the reporter ends its confinement, then reads the tail
+
+    @staticmethod
+    def _finish(handle: Handle, code: int) -> str:
+        if handle.confinement is not None:
+            try:
+                handle.outcome = handle.confinement.finish(code, stop_requested=handle.stop_requested)
+            except Exception:
+                log.exception("could not clean up after %s", handle.key)
+        return read_tail(handle.log_path)
 
     def _report_loop(self) -> None:
         while True:
@@ -222,6 +260,8 @@ class ProcessManager:
                     self._exits.put(None)
                     break
                 batch.append(item)
+            tails = list(self._finisher.map(lambda item: self._finish(item[0], item[1]), batch))
+            batch = [(h, code, tail) for (h, code, _), tail in zip(batch, tails, strict=True)]
             try:
                 self._on_exit(batch)
             except Exception:

@@ -48,6 +48,8 @@ class GpuRecord:
     memory: int
     node_id: str
     claimed_by: str | None
+    uuid: str | None = None
+    index: int | None = None
 
     @classmethod
     def from_props(cls, p: dict[str, Any]) -> GpuRecord:
@@ -57,6 +59,8 @@ class GpuRecord:
             memory=int(p.get("memory", 0)),
             node_id=p.get("node_id", ""),
             claimed_by=p.get("claimed_by"),
+            uuid=p.get("uuid"),
+            index=int(p["index"]) if p.get("index") is not None else None,
         )
 
 

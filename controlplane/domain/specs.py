@@ -63,6 +63,14 @@ def check_env(v: Any) -> Any:
 class GpuSpec(_Spec):
     model: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$")]
     memory_mib: Annotated[int, Field(ge=0, le=1024 * 1024)] = 0
+    #: the device as the node agent found it (nvidia-smi): what it gives a process that claims this GPU
+    uuid: Annotated[str | None, Field(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")] = None
+    index: Annotated[int | None, Field(ge=0, le=1024)] = None
+
+
+#: the node label an agent sets from what it enforces, and that `require_isolation` asks for
+ISOLATION_LABEL = "isolation"
+ISOLATION_ENFORCED = "cgroup"
 
 
 class NodeSpec(_Spec):
@@ -73,6 +81,8 @@ class NodeSpec(_Spec):
     gpus: list[GpuSpec] = Field(default_factory=list, max_length=MAX_GPUS)
     #: how this node supervises the allocations it creates (None: the default policy)
     supervision: SupervisionPolicy | None = None
+    #: what its agent enforces on allocations: cgroup limits, or none (None: not reported)
+    isolation: Literal["cgroup", "none"] | None = None
 
     @field_validator("name")
     @classmethod
@@ -89,7 +99,11 @@ class NodeSpec(_Spec):
         return check_labels(v)
 
     def label_list(self) -> tuple[str, ...]:
-        return tuple(sorted(f"{k}={v}" for k, v in self.labels.items()))
+        """The labels, with `isolation=` set by what the agent reported (a label of that name is not the caller's to set)."""
+        labels = {k: v for k, v in self.labels.items() if self.isolation is None or k != ISOLATION_LABEL}
+        if self.isolation is not None:
+            labels[ISOLATION_LABEL] = self.isolation
+        return tuple(sorted(f"{k}={v}" for k, v in labels.items()))
 
 
 class ResourceSpec(_Spec):
@@ -125,6 +139,8 @@ class AllocationSpec(_Spec):
                                                                             "NEIGHBOR_OF node within this RTT")] = None
     spread_key: Annotated[str | None, Line(min_length=1, max_length=200),
                           Field(description="spread: prefer nodes with the fewest allocations of this key")] = None
+    require_isolation: bool = Field(default=False, description="only nodes whose agent enforces its limits "
+                                                               "(label isolation=cgroup)")
 
     @field_validator("node_labels", mode="before")
     @classmethod
@@ -132,8 +148,12 @@ class AllocationSpec(_Spec):
         return check_labels(v)
 
     def label_list(self) -> tuple[str, ...]:
-        """The node labels this allocation needs, as the "key=value" strings nodes carry."""
-        return tuple(sorted(f"{k}={v}" for k, v in self.node_labels.items()))
+        """The node labels this allocation needs, as the "key=value" strings nodes carry (isolation=cgroup when it
+        requires isolation): what it is placed by, stored with it, and placed by again on every restart."""
+        labels = dict(self.node_labels)
+        if self.require_isolation:
+            labels[ISOLATION_LABEL] = ISOLATION_ENFORCED
+        return tuple(sorted(f"{k}={v}" for k, v in labels.items()))
 
     @field_validator("env", mode="before")
     @classmethod

@@ -62,12 +62,15 @@ class ChildPolicy(str, Enum):
 
 
 START_ERROR_PREFIX = "could not start: "
+#: how an exit's error starts when the kernel killed the allocation at its memory limit
+OOM_KILLED = "oom_killed"
 
 
 class FailureKind(str, Enum):
     NORMAL = "normal"  # exit code 0
     EXIT = "exit"  # a non-zero exit code
     SIGNAL = "signal"  # killed by a signal
+    OOM_KILLED = "oom_killed"  # killed by the kernel at its memory limit
     ERROR = "error"  # could not start (executor error)
     LOST = "lost"  # its node was lost
     ESCALATED = "escalated"  # a child escalated to it: it failed as a supervisor
@@ -83,7 +86,7 @@ class _Model(BaseModel):
 class DeciderRule(_Model):
     """`directive` for failures of kind `on` (and, for exits, exit codes in `exit_codes`, e.g. "1-3,7")."""
 
-    on: Annotated[Literal["exit", "signal", "error", "lost", "escalated", "any"],
+    on: Annotated[Literal["exit", "signal", "oom_killed", "error", "lost", "escalated", "any"],
                   Field(description="the kind of failure this rule is about")] = "any"
     exit_codes: Annotated[str | None, Line(max_length=200),
                           Field(description='only these exit codes and ranges, e.g. "1-3,7"')] = None
@@ -303,6 +306,8 @@ def classify(state: str, exit_code: int | None, error: str | None) -> FailureKin
         return FailureKind.ESCALATED
     if exit_code is None or (error or "").startswith(START_ERROR_PREFIX):
         return FailureKind.ERROR
+    if (error or "").startswith(OOM_KILLED):
+        return FailureKind.OOM_KILLED
     if exit_code < 0:
         return FailureKind.SIGNAL
     return FailureKind.EXIT if exit_code != 0 else FailureKind.NORMAL

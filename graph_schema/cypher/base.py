@@ -111,7 +111,8 @@ class CypherStore(ABC):
 
     # --- nodes -------------------------------------------------------------------------
     def register_node(self, *, spec: NodeSpec, now: float) -> NodeRecord:
-        gpus = [{"id": f"{spec.name}/gpu{i}", "model": g.model, "memory": g.memory_mib} for i, g in enumerate(spec.gpus)]
+        gpus = [{"id": f"{spec.name}/gpu{i}", "model": g.model, "memory": g.memory_mib, "uuid": g.uuid, "index": g.index}
+                for i, g in enumerate(spec.gpus)]
         rows = self._write(
             q.REGISTER_NODE,
             {
@@ -123,6 +124,7 @@ class CypherStore(ABC):
                 "gpus": gpus,
                 "holding": _HOLDING,
                 "supervision": spec.supervision.model_dump_json() if spec.supervision else None,
+                "isolation": spec.isolation,
                 "now": now,
             },
         )

@@ -39,10 +39,10 @@ ON CREATE SET n.registered_at = $now, n.version = 0
 REMOVE n._lock
 SET n.name = $name, n.labels = $labels, n.cpu = $cpu, n.memory = $memory,
     n.status = 'ready', n.heartbeat_at = $now, n.version = n.version + 1,
-    n.supervision = coalesce($supervision, n.supervision), n.child_policy = 'cascade'
+    n.supervision = coalesce($supervision, n.supervision), n.child_policy = 'cascade', n.isolation = $isolation
 FOREACH (gs IN $gpus |
   MERGE (g:{G} {{id: gs.id}})
-  SET g.model = gs.model, g.memory = gs.memory, g.node_id = $id
+  SET g.model = gs.model, g.memory = gs.memory, g.node_id = $id, g.uuid = gs.uuid, g.index = gs.index
   MERGE (g)-[:{GPU_OWNER}]->(n))
 WITH n
 OPTIONAL MATCH (a:{A})-[:{RUNS_ON}]->(n) WHERE a.state IN $holding

@@ -107,12 +107,13 @@ class GremlinStore(SupervisionMixin, PlacementMixin, RawQueryMixin):
     def register_node(self, *, spec: NodeSpec, now: float) -> NodeRecord:
         node = {
             "id": spec.name, "name": spec.name, "labels": list(spec.label_list()),
-            "cpu": spec.cpu_milli, "memory": spec.memory_mib,
+            "cpu": spec.cpu_milli, "memory": spec.memory_mib, "isolation": spec.isolation,
         }
         supervision = getattr(spec, "supervision", None)
         if supervision is not None:
             node["supervision"] = supervision.model_dump_json()
-        gpus = [{"id": f"{spec.name}/gpu{i}", "model": g.model, "memory": g.memory_mib} for i, g in enumerate(spec.gpus)]
+        gpus = [{"id": f"{spec.name}/gpu{i}", "model": g.model, "memory": g.memory_mib, "uuid": g.uuid, "index": g.index}
+                for i, g in enumerate(spec.gpus)]
         m = self._remote.one(lambda g: writes.register_node(g, node=node, gpus=gpus, holding=_HOLDING, now=now))
         return NodeRecord.from_props(props_of(m))
 

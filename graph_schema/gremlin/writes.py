@@ -58,7 +58,8 @@ def register_node(
     t = add(t, "version", 1)
     for gs in gpus:
         gpu = __.V(gs["id"]).has_label(G).fold().coalesce(__.unfold(), new_vertex(G, gs["id"], {}))
-        gpu = set_props(gpu, {"model": gs["model"], "memory": gs["memory"], "node_id": nid})
+        gpu = set_props(gpu, {"model": gs["model"], "memory": gs["memory"], "node_id": nid,
+                              "uuid": gs.get("uuid"), "index": gs.get("index")})
         gpu = gpu.coalesce(__.out(GPU_OWNER).has_id(nid), __.add_e(GPU_OWNER).to(__.V(nid)))
         t = t.side_effect(gpu)
     for key in ("cpu", "memory"):

@@ -10,7 +10,6 @@ and once it is stopped its token no longer works.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 from graph_schema.falkordb_server import FalkorDBServer, find_free_port
 from tests.stack import Stack, wait_for
 
+PY = "/usr/bin/python3"  # reachable by the allocations' own users (the test's interpreter may live under /root)
 SCRIPT = r"""
 import json, os, sys, time, urllib.request, urllib.error
 def ask(query, **variables):
@@ -67,7 +67,7 @@ def ask(url: str, headers: dict[str, str], query: str, **variables: Any) -> dict
 def test_a_running_allocation_spawns_its_own_children_with_its_token_and_nothing_else(stack: tuple[Stack, str, dict[str, str]]) -> None:
     s, url, admin = stack
     spawned = ask(url, admin, 'mutation($a: [String!]!) { spawnAllocation(parent: "e2e-node", spec: {name: "self", argv: $a}) { id } }',
-                  a=[sys.executable, "-c", SCRIPT])
+                  a=[PY, "-c", SCRIPT])
     me = spawned["data"]["spawnAllocation"]["id"]
 
     def report() -> dict[str, Any] | None:

@@ -1,7 +1,7 @@
 """Allocations committed to the graph per second through the batch spawn (target: >= 1,500/s), in the service and
 through GraphQL over HTTP with authentication off and on.
 
-    python -m bench.bench_spawn [--engines falkordb,neo4j] [--total 20000] [--batch 500]
+    python -m bench.bench_spawn [--engines falkordb,neo4j,gremlin,janusgraph] [--total 20000] [--batch 500] [--singles 200]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from bench.engines import open_engine
 from controlplane.wiring import assemble
 
 
-def run(engine: str, total: int, batch: int, nodes: int) -> None:
+def run(engine: str, total: int, batch: int, nodes: int, singles: int = 200) -> None:
     with open_engine(engine) as (store, server):
         store.clear()
         cp = assemble(store)
@@ -40,9 +40,9 @@ def run(engine: str, total: int, batch: int, nodes: int) -> None:
             f"(batch {batch}: p50 {statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms)"
         )
         t = time.perf_counter()
-        for _ in range(200):
+        for _ in range(singles):
             cp.allocations.spawn(root.id, [spec])
-        single = 200 / (time.perf_counter() - t)
+        single = singles / (time.perf_counter() - t)
         print(f"{engine:9s} single spawn: {single:,.0f}/s (one request per allocation)")
         over_http(engine, store, server, root.id, total=min(total, 5000), batch=batch)
 
@@ -90,9 +90,10 @@ def main() -> None:
     p.add_argument("--total", type=int, default=20_000)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--nodes", type=int, default=10)
+    p.add_argument("--singles", type=int, default=200, help="single spawns, one request each")
     args = p.parse_args()
     for engine in args.engines.split(","):
-        run(engine, args.total, args.batch, args.nodes)
+        run(engine, args.total, args.batch, args.nodes, args.singles)
 
 
 if __name__ == "__main__":

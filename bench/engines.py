@@ -1,4 +1,4 @@
-"""Real engines for benchmarks: the embedded FalkorDB, and Neo4j from the test harness."""
+"""Real engines for benchmarks: the embedded FalkorDB, and Neo4j, Gremlin Server and JanusGraph from the test harnesses."""
 
 from __future__ import annotations
 
@@ -55,6 +55,15 @@ def gremlin_store() -> contextlib.AbstractContextManager[tuple[GraphStore, None]
     return _jvm_store(start_gremlin, lambda server: GremlinStore(server.url))
 
 
+def janusgraph_store() -> contextlib.AbstractContextManager[tuple[GraphStore, None]]:
+    """JanusGraph Server 1.1 over one Cassandra 5.0 node (the test suite's single-node setup)."""
+    from graph_schema.gremlin.janusgraph import JanusGraphStore
+    from tests.janusgraph_harness.launcher import start_single
+
+    return _jvm_store(start_single, lambda stack: JanusGraphStore(stack.url))
+
+
 def open_engine(name: str) -> contextlib.AbstractContextManager[tuple[GraphStore, FalkorDBServer | None]]:
-    engines: dict[str, Callable[[], contextlib.AbstractContextManager[tuple[GraphStore, FalkorDBServer | None]]]] = {"falkordb": falkordb_store, "neo4j": neo4j_store, "gremlin": gremlin_store}
+    engines: dict[str, Callable[[], contextlib.AbstractContextManager[tuple[GraphStore, FalkorDBServer | None]]]] = {
+        "falkordb": falkordb_store, "neo4j": neo4j_store, "gremlin": gremlin_store, "janusgraph": janusgraph_store}
     return engines[name]()

@@ -354,6 +354,51 @@ def stop(allocation: Annotated[str, typer.Argument(help="Allocation id")], data_
     console.print(f"{a.id}  {a.state.value}")
 
 
+@app.command()
+def cordon(node: Annotated[str, typer.Argument(help="Node id")], data_dir: DataDir = None) -> None:
+    """Cordon a node: nothing new is placed on it; what runs there stays."""
+    try:
+        n = _control(_settings(data_dir=data_dir)).nodes.cordon(node)
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+    console.print(f"{n.id}  {n.status}, cordoned")
+
+
+@app.command()
+def uncordon(node: Annotated[str, typer.Argument(help="Node id")], data_dir: DataDir = None) -> None:
+    """Allow placements on a cordoned or drained node again."""
+    try:
+        n = _control(_settings(data_dir=data_dir)).nodes.uncordon(node)
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+    console.print(f"{n.id}  {n.status}")
+
+
+@app.command()
+def drain(
+    node: Annotated[str, typer.Argument(help="Node id")],
+    deadline: Annotated[float, typer.Option(help="Seconds each allocation gets to stop before it is killed")] = 30.0,
+    data_dir: DataDir = None,
+) -> None:
+    """Drain a node: cordon it and move its allocations elsewhere, each by its restart type."""
+    try:
+        control = _control(_settings(data_dir=data_dir))
+        n = control.nodes.drain(node, deadline_s=deadline)
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+    console.print(f"{n.id}  {n.status}: its allocations are moving off (each stopped within {deadline:g} s)")
+
+
+@app.command()
+def deregister(node: Annotated[str, typer.Argument(help="Node id")], data_dir: DataDir = None) -> None:
+    """Remove a node with no live work from the graph (refused, with the count, while it has some)."""
+    try:
+        _control(_settings(data_dir=data_dir)).nodes.deregister(node)
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+    console.print(f"{node}  deregistered")
+
+
 def _label(a: AllocationRecord) -> str:
     colour = {"running": "green", "succeeded": "blue", "failed": "red", "lost": "red", "stopped": "dim"}.get(a.state.value, "yellow")
     code = f" exit={a.exit_code}" if a.exit_code is not None else ""

@@ -141,7 +141,7 @@ def start_demo(settings: Settings, endpoints: Endpoints, control: ControlPlane, 
     for name, cores, memory, gpus, labels in DEMO_NODES:
         args = ["worker", "--node", name, "--cpus", str(cores), "--memory-mib", str(memory), "--concurrency", "8"]
         args += [a for g in gpus for a in ("--gpu", g)] + [a for label in labels for a in ("--label", label)]
-        children.add(f"node agent {name}", partial(spawn_child, settings, endpoints, *args))
+        children.add(f"node agent {name}", partial(spawn_child, settings, endpoints, *args), stop_rank=1)
 
     def seed() -> None:
         deadline = time.monotonic() + 60
@@ -202,9 +202,10 @@ def run_stack(
         node_name = node or local_node_name()
         children.add("supervisor", partial(spawn_child, settings, endpoints, "supervisor"))
         children.add("scheduler", partial(spawn_child, settings, endpoints, "scheduler"))
-        if worker:
+        if worker:  # agents stop last: no decision is made while the stack stops, the next `up` decides
             children.add(f"node agent {node_name}", partial(
-                spawn_child, settings, endpoints, "worker", "--node", node_name, "--concurrency", str(concurrency)))
+                spawn_child, settings, endpoints, "worker", "--node", node_name, "--concurrency", str(concurrency)),
+                stop_rank=1)
         if demo:
             start_demo(settings, endpoints, control, node_name if worker else None, children)
         app = create_app(control, tokens=tokens, browsers=browsers_from(settings), health_checks=health_checks(control.store, broker_url),

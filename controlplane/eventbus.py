@@ -13,10 +13,11 @@ import logging
 from collections.abc import AsyncIterator
 
 import redis
-import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from controlplane.redis_urls import async_client, sync_client
 
 CHANNEL = "controlplane:events"
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 class RedisNotifier:
     def __init__(self, url: str) -> None:
-        self._redis = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+        self._redis = sync_client(url, socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
 
     def notify(self) -> None:
         try:
@@ -41,7 +42,7 @@ class Doorbell:
 
     @contextlib.asynccontextmanager
     async def listen(self) -> AsyncIterator[_Waiter]:
-        client = aioredis.Redis.from_url(self._url)
+        client = async_client(self._url)
         pubsub: PubSub | None = client.pubsub()
         try:
             await pubsub.subscribe(CHANNEL)  # type: ignore[union-attr]
@@ -52,7 +53,7 @@ class Doorbell:
         finally:
             if pubsub is not None:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    await pubsub.aclose()
             with contextlib.suppress(Exception):
                 await client.aclose()
 

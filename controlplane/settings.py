@@ -14,14 +14,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from controlplane.domain.errors import InvalidInput
 
-Backend = Literal["falkordb", "neo4j", "gremlin"]
+Backend = Literal["falkordb", "neo4j", "gremlin", "janusgraph"]
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     graph_backend: Backend = "falkordb"
-    #: falkordb: redis://host:port ; neo4j: bolt://host:port or neo4j://... ; gremlin: ws://host:port/gremlin.
+    #: falkordb: redis://host:port ; neo4j: bolt://host:port or neo4j://... ; gremlin: ws://host:port/gremlin ;
+    #: janusgraph: ws://host:port/gremlin, or several JanusGraph Servers comma-separated (clients spread, fail over).
     #: Empty: the embedded server (FalkorDB only).
     graph_uri: str | None = None
     graph_user: str | None = None

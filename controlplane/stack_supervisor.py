@@ -31,6 +31,8 @@ class Child:
     restart_at: float | None = None
     restarts: int = 0
     last_exit: int | None = field(default=None)
+    #: lower stops first
+    stop_rank: int = 0
 
 
 class StackSupervisor:
@@ -42,8 +44,8 @@ class StackSupervisor:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="stack-supervisor", daemon=True)
 
-    def add(self, name: str, start: Callable[[], subprocess.Popen[bytes]]) -> None:
-        child = Child(name, start)
+    def add(self, name: str, start: Callable[[], subprocess.Popen[bytes]], *, stop_rank: int = 0) -> None:
+        child = Child(name, start, stop_rank=stop_rank)
         child.proc, child.started_at = start(), time.monotonic()
         with self._lock:
             self._children.append(child)
@@ -92,18 +94,20 @@ class StackSupervisor:
             self._say(f"{c.name} restarted (restart {c.restarts}, pid {c.proc.pid})")
 
     def stop(self, *, timeout_s: float = 15.0) -> None:
-        """Stop watching, then SIGTERM every child (last started first) and wait; SIGKILL what remains."""
+        """Stop watching, then SIGTERM the children rank by rank (lowest first) and wait; SIGKILL what remains."""
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         with self._lock:
-            procs = [c.proc for c in reversed(self._children) if c.proc is not None]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            children = sorted(self._children, key=lambda c: c.stop_rank)
+        for rank in sorted({c.stop_rank for c in children}):
+            procs = [c.proc for c in children if c.stop_rank == rank and c.proc is not None]
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()

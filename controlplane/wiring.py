@@ -43,6 +43,13 @@ def open_store(settings: Settings, *, graph_uri: str | None = None, reader: bool
         if not uri:
             raise InvalidInput("set the Gremlin Server address, e.g. ws://localhost:8182/gremlin", field="GRAPH_URI")
         return GremlinStore(uri, read_timeout_s=timeout_s)
+    if settings.graph_backend == "janusgraph":
+        from graph_schema.gremlin.janusgraph import JanusGraphStore
+
+        if not uri:
+            raise InvalidInput("set the JanusGraph Server address(es), e.g. ws://jg1:8182/gremlin,ws://jg2:8182/gremlin",
+                               field="GRAPH_URI")
+        return JanusGraphStore(uri, read_timeout_s=timeout_s)
     raise InvalidInput(f"unknown graph engine {settings.graph_backend!r}", field="GRAPH_BACKEND")
 
 
@@ -98,11 +105,12 @@ def control_plane(
 
 def health_checks(store: GraphStore, broker_url: str) -> dict[str, Callable[[], None]]:
     """What /healthz checks: the graph answers a query, and the broker answers PING."""
-    import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    broker = redis.Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
+    from controlplane.redis_urls import sync_client
+
+    broker = sync_client(broker_url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
 
     def check_broker() -> None:
         broker.ping()

@@ -574,14 +574,14 @@ class FalkorDBServer:
                         client.ping()
                         if not self._config.graph:
                             return
-                        names = _module_names(client.execute_command("MODULE", "LIST"))  # type: ignore[no-untyped-call]  # redis-py: untyped
+                        names = _module_names(client.execute_command("MODULE", "LIST"))
                         if GRAPH_MODULE_NAME not in names:
                             raise FalkorDBServerError(
                                 f"FalkorDB module not loaded (MODULE LIST: {sorted(names)}); "
                                 f"data dir {self._data_dir}. Server log tail:\n"
                                 f"{_read_log_tail(self.log_path, log_offset)}"
                             )
-                        client.execute_command("GRAPH.LIST")  # type: ignore[no-untyped-call]
+                        client.execute_command("GRAPH.LIST")
                         return
                 except redis.BusyLoadingError:
                     last_problem = "server is loading its data set"
@@ -607,7 +607,7 @@ class FalkorDBServer:
             try:
                 # SHUTDOWN flushes and fsyncs the AOF (and saves an RDB when
                 # save points are configured) before exiting.
-                client.execute_command("SHUTDOWN")  # type: ignore[no-untyped-call]
+                client.execute_command("SHUTDOWN")
             except redis.ConnectionError:
                 pass  # expected: the server closes the connection as it exits
             except redis.RedisError:

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Install what the project needs from the system and is not on the machine yet:
-# Java 17 and Maven (the Neo4j and Gremlin test servers), util-linux's setpriv (runs
-# allocation processes as their own users, tied to their node agent), docker-compose (validates
-# docker-compose.yml offline), Chromium and its driver (the graph browser's tests
-# drive it with Playwright). Only runs apt-get when something is missing.
+# Java 17 (JDK: tests/jvm_harness compiles its launcher with javac) and Maven (the Neo4j, Gremlin Server,
+# Cassandra and JanusGraph test servers), util-linux's setpriv (runs allocation processes as their own
+# users, tied to their node agent), docker-compose (validates docker-compose.yml offline), Chromium and its
+# driver (the graph browser's tests drive it with Playwright). Only runs apt-get when something is missing.
 set -euo pipefail
 missing=()
-command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
+{ command -v java && command -v javac; } >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)

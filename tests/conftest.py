@@ -1,8 +1,12 @@
 """Shared fixtures: real graph servers started by the tests themselves.
 
 `store` is parametrized over every engine, so each behaviour runs on each.
-Which engines: CONTROLPLANE_TEST_ENGINES (default "falkordb,neo4j,gremlin"). An engine
+Which engines: CONTROLPLANE_TEST_ENGINES (default "falkordb,neo4j,gremlin,janusgraph"). An engine
 that cannot start skips on a laptop, but fails the run in CI (CI=true).
+
+JanusGraph over Cassandra is a 30-100x slower engine (locks on every compare-and-set), so by default it
+runs the suites that prove the store's guarantees (JANUSGRAPH_SUITES: conformance, supervision, jobs, the
+placement property test, the lifecycle) and its own; CONTROLPLANE_JANUSGRAPH_EVERYWHERE=1 runs it in all.
 """
 
 from __future__ import annotations
@@ -18,8 +22,28 @@ import pytest
 from controlplane.ports.store import GraphStore
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 
-ENGINES = [e.strip() for e in os.environ.get("CONTROLPLANE_TEST_ENGINES", "falkordb,neo4j,gremlin").split(",") if e.strip()]
+ENGINES = [e.strip() for e in os.environ.get("CONTROLPLANE_TEST_ENGINES", "falkordb,neo4j,gremlin,janusgraph").split(",") if e.strip()]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+JANUSGRAPH_SUITES = {
+    "test_store_conformance", "test_supervision", "test_jobs", "test_placement_properties", "test_lifecycle",
+    "test_redelivery", "test_janusgraph_limits",
+}
+JANUSGRAPH_EVERYWHERE = os.environ.get("CONTROLPLANE_JANUSGRAPH_EVERYWHERE", "").lower() in {"1", "true", "yes"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """JanusGraph runs the suites that prove the store's guarantees, unless asked to run everywhere."""
+    if JANUSGRAPH_EVERYWHERE:
+        return
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_janus = callspec is not None and callspec.params.get("store") == "janusgraph"
+        (dropped if on_janus and item.path.stem not in JANUSGRAPH_SUITES else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -86,6 +110,14 @@ def gremlin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield from _jvm_server("Gremlin Server", "GREMLIN_TEST_URL", Path(tmp_path_factory.mktemp("gremlin")), start_gremlin, "url")
 
 
+@pytest.fixture(scope="session")
+def janusgraph_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """JanusGraph Server 1.1 over a single Cassandra 5.0 node (the ring is tests/test_janusgraph_ring.py's)."""
+    from tests.janusgraph_harness.launcher import start_single
+
+    yield from _jvm_server("JanusGraph", "JANUSGRAPH_TEST_URL", Path(tmp_path_factory.mktemp("janusgraph")), start_single, "url")
+
+
 def _open_store(engine: str, request: pytest.FixtureRequest) -> GraphStore:
     if engine == "falkordb":
         from graph_schema.cypher.falkordb_store import FalkorDBStore
@@ -100,6 +132,10 @@ def _open_store(engine: str, request: pytest.FixtureRequest) -> GraphStore:
         from graph_schema.gremlin.store import GremlinStore
 
         return GremlinStore(request.getfixturevalue("gremlin_url"))
+    if engine == "janusgraph":
+        from graph_schema.gremlin.janusgraph import JanusGraphStore
+
+        return JanusGraphStore(request.getfixturevalue("janusgraph_url"))
     raise ValueError(f"unknown engine {engine}")
 
 

@@ -4,7 +4,7 @@
   machine without docker-compose, a failure in CI, where scripts/ensure-system-deps.sh installs it);
 - every service built from this repository runs a `controlplane` command that exists, with options
   that command parses, and sets only environment variables that Settings reads (or NODE_NAME);
-- every stack (the default on Neo4j, the falkordb and gremlin profiles) has its API, node agents,
+- every stack (the default on Neo4j, the falkordb, gremlin and janusgraph profiles) has its API, node agents,
   supervisors and exactly one scheduler, and its own broker database;
 - the servers and the APIs have health checks, published ports bind to BIND_ADDRESS (127.0.0.1 by
   default), and the Dockerfile runs `controlplane` as a non-root user with setpriv installed.
@@ -37,7 +37,11 @@ PROFILES: dict[str | None, set[str]] = {
     None: {"neo4j", "redis", "api", "agent", "supervisor", "scheduler"},
     "falkordb": {"falkordb", "api-falkordb", "agent-falkordb", "supervisor-falkordb", "scheduler-falkordb"},
     "gremlin": {"gremlin-server", "api-gremlin", "agent-gremlin", "supervisor-gremlin", "scheduler-gremlin"},
+    "janusgraph": {"cassandra", "janusgraph", "redis-ha", "redis-ha-replica", "redis-sentinel",
+                   "api-janusgraph", "agent-janusgraph", "supervisor-janusgraph", "scheduler-janusgraph"},
 }
+#: the servers (images of their own, not built from this repository)
+SERVERS = {"neo4j", "redis", "falkordb", "gremlin-server", "cassandra", "janusgraph", "redis-ha", "redis-ha-replica", "redis-sentinel"}
 #: what a shell expansion in an entrypoint stands for when its argv is parsed here
 SHELL_WORD = "node-from-shell"
 EXTRA_ENV = {"NODE_NAME"}  # read by the agent's entrypoint, not by Settings
@@ -167,7 +171,7 @@ def test_docker_compose_config_validates(compose_command: list[str], profile: st
 
 def test_every_service_of_ours_runs_a_cli_command_that_parses(services: dict[str, dict[str, Any]]) -> None:
     found = ours(services)
-    assert set(found) == {n for names in PROFILES.values() for n in names} - {"neo4j", "redis", "falkordb", "gremlin-server"}
+    assert set(found) == {n for names in PROFILES.values() for n in names} - SERVERS
     for name, service in found.items():
         ctx = parse_cli(cli_argv(service))
         if ctx.info_name == "api":
@@ -236,7 +240,8 @@ def test_each_stack_is_complete_with_exactly_one_scheduler(services: dict[str, d
         assert roles == ["api", "scheduler", "supervisor", "worker"], f"stack on {graph}: {members}"
         (scheduler,) = [n for n, role in members.items() if role == "scheduler"]
         assert replicas(services[scheduler]) == 1, f"{scheduler} must run exactly one replica"
-    assert [n for n, s in ours(services).items() if cli_argv(s)[0] == "scheduler"] == ["scheduler", "scheduler-falkordb", "scheduler-gremlin"]
+    assert [n for n, s in ours(services).items() if cli_argv(s)[0] == "scheduler"] == ["scheduler", "scheduler-falkordb", "scheduler-gremlin",
+                                                                                           "scheduler-janusgraph"]
     assert "profiles" not in services["scheduler"]
 
 
@@ -253,7 +258,8 @@ def test_each_stack_has_its_own_broker(services: dict[str, dict[str, Any]]) -> N
 
 
 def test_servers_and_apis_have_health_checks_and_are_waited_for(services: dict[str, dict[str, Any]]) -> None:
-    for name in ("neo4j", "redis", "api", "falkordb", "api-falkordb", "gremlin-server", "api-gremlin"):
+    for name in ("neo4j", "redis", "api", "falkordb", "api-falkordb", "gremlin-server", "api-gremlin", "cassandra",
+                 "janusgraph", "redis-ha", "redis-ha-replica", "redis-sentinel", "api-janusgraph"):
         test = (services[name].get("healthcheck") or {}).get("test")
         assert test and test[0] in {"CMD", "CMD-SHELL"}, f"{name} has no health check"
     assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
@@ -274,8 +280,9 @@ def test_published_ports_bind_to_bind_address(services: dict[str, dict[str, Any]
     for name, service in services.items():
         for port in service.get("ports") or []:
             assert str(port).startswith("${BIND_ADDRESS:-127.0.0.1}:"), f"{name} publishes {port} on every interface"
-    api_ports = [interpolate(str(p)).split(":")[1] for n in ("api", "api-falkordb", "api-gremlin") for p in services[n]["ports"]]
-    assert len(set(api_ports)) == 3, "the stacks' APIs need their own host ports"
+    apis = ("api", "api-falkordb", "api-gremlin", "api-janusgraph")
+    api_ports = [interpolate(str(p)).split(":")[1] for n in apis for p in services[n]["ports"]]
+    assert len(set(api_ports)) == len(apis), "the stacks' APIs need their own host ports"
 
 
 def test_neo4j_is_the_lts_with_its_browser_and_persistent_volumes(services: dict[str, dict[str, Any]]) -> None:

@@ -26,7 +26,7 @@ DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo-job.yaml"
 
 @pytest.fixture
 def stack(store: GraphStore, falkordb_server: FalkorDBServer, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
-    uri = {"neo4j": "neo4j_uri", "gremlin": "gremlin_url"}.get(store.engine)
+    uri = {"neo4j": "neo4j_uri", "gremlin": "gremlin_url", "janusgraph": "janusgraph_url"}.get(store.engine)
     uri = request.getfixturevalue(uri) if uri else None
     graph = "e2e"
     if store.engine == "falkordb":

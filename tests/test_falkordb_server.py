@@ -83,7 +83,7 @@ def test_start_is_healthy_and_urls(server: FalkorDBServer, tmp_path: pathlib.Pat
     assert client.config_get("appendonly")["appendonly"] == "yes"
     assert client.config_get("appendfsync")["appendfsync"] == "everysec"
     assert client.config_get("daemonize")["daemonize"] == "no"
-    modules = client.execute_command("MODULE", "LIST")  # type: ignore[no-untyped-call]  # redis-py: untyped
+    modules = client.execute_command("MODULE", "LIST")
     assert "graph" in fs._module_names(modules)
     client.close()
 

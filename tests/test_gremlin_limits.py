@@ -141,7 +141,6 @@ def test_an_in_memory_graph_is_gone_after_a_server_restart(tmp_path: Path) -> No
 def test_stop_ends_the_jvm(tmp_path: Path) -> None:
     with start_gremlin(tmp_path) as server:
         assert server.url.startswith("ws://127.0.0.1:") and server.is_running()
-        assert server.startup_seconds < 60
     assert not server.is_running()
 
 

@@ -58,14 +58,18 @@ GREMLIN = [
 ]
 
 
+#: engines whose raw queries are Gremlin (on g_ro); the others speak Cypher
+GREMLIN_ENGINES = {"gremlin", "janusgraph"}
+
+
 def attempts(engine: str) -> list[str]:
-    if engine == "gremlin":
+    if engine in GREMLIN_ENGINES:
         return GREMLIN
     return CYPHER + CYPHER_PROCEDURES[engine]
 
 
 def count_all(cp: ControlPlane) -> object:
-    text = "g.V().count()" if cp.store.engine == "gremlin" else "MATCH (n) RETURN count(n)"
+    text = "g.V().count()" if cp.store.engine in GREMLIN_ENGINES else "MATCH (n) RETURN count(n)"
     return cp.queries.raw_query(text).rows
 
 

@@ -11,11 +11,13 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from controlplane.ports.store import GraphStore
 from graph_schema.falkordb_server import find_free_port
 from tests.stack import wait_for
 
@@ -23,10 +25,10 @@ pytestmark = pytest.mark.slow
 
 
 class Up:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, **env_overrides: str) -> None:
         self.port = find_free_port()
         self.data_dir = tmp / "data"
-        env = {**os.environ, "HEARTBEAT_S": "0.5", "NODE_GRACE_S": "3"}
+        env = {**os.environ, "HEARTBEAT_S": "0.5", "NODE_GRACE_S": "3", **env_overrides}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "controlplane", "up", "--port", str(self.port), "--data-dir", str(self.data_dir),
              "--node", "up-node"],
@@ -40,6 +42,22 @@ class Up:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line.rstrip())
+
+    def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
+        body = json.dumps({"query": query, "variables": variables}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/graphql", data=body,
+                                         headers={"content-type": "application/json", "accept": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            answer = dict(json.loads(r.read()))
+        assert not answer.get("errors"), answer
+        return dict(answer["data"])
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=60)
+        self.reader.join(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
     def health(self) -> dict[str, Any]:
         try:
@@ -115,3 +133,45 @@ def test_sigterm_stops_every_process_it_started(up: Up) -> None:
     left = [p for p in started if Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text()]
     assert left == [], f"left running: {left}"
     assert not (up.data_dir / "stack.json").exists()
+
+
+SPAWN = """mutation($spec: AllocationSpecInput!) { spawnAllocation(parent: "up-node", spec: $spec) { id } }"""
+STATE = """query($id: ID!) { allocation(id: $id) { state incarnation } }"""
+
+
+@pytest.fixture
+def engine_env(store: GraphStore, request: pytest.FixtureRequest) -> dict[str, str]:
+    """`up` on the engine under test: the embedded FalkorDB, or the test's Neo4j or Gremlin Server."""
+    if store.engine == "falkordb":
+        return {}
+    uri = request.getfixturevalue({"neo4j": "neo4j_uri", "gremlin": "gremlin_url"}[store.engine])
+    store.clear()
+    return {"GRAPH_BACKEND": store.engine, "GRAPH_URI": uri}
+
+
+def test_ctrl_c_is_a_power_off_and_the_next_up_restarts_what_the_policies_say(tmp_path: Path, engine_env: dict[str, str]) -> None:
+    # Given a stack running a permanent and a temporary allocation
+    first = Up(tmp_path, **engine_env)
+    try:
+        wait_for(lambda: first.health().get("status") == "ok", 90, "controlplane up", every=0.5)
+        kinds = {}
+        for restart in ("permanent", "temporary"):
+            spec = {"name": restart, "argv": ["sleep", "600"], "restart": restart,
+                    "resources": {"cpuMilli": 10, "memoryMib": 16}}
+            kinds[restart] = first.graphql(SPAWN, spec=spec)["spawnAllocation"]["id"]
+        for a in kinds.values():
+            wait_for(partial(lambda i: first.graphql(STATE, id=i)["allocation"]["state"] == "RUNNING", a), 60, f"{a} running")
+    finally:
+        # When the user presses Ctrl-C
+        first.stop()
+    # Then the next `up` finds them ended with the node agent, and their parent decides as for a lost node:
+    # the permanent one runs again as a new incarnation, the temporary one stays ended
+    second = Up(tmp_path, **engine_env)
+    try:
+        wait_for(lambda: second.health().get("status") == "ok", 90, "controlplane up again", every=0.5)
+        again = wait_for(lambda: (s := second.graphql(STATE, id=kinds["permanent"])["allocation"])["state"] == "RUNNING" and s,
+                         60, "the permanent one running again")
+        assert again["incarnation"] == 2
+        assert second.graphql(STATE, id=kinds["temporary"])["allocation"] == {"state": "LOST", "incarnation": 1}
+    finally:
+        second.stop()

@@ -21,7 +21,17 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 
 from controlplane.domain.clock import wall_clock
 from controlplane.domain.errors import Unavailable
-from controlplane.domain.lifecycle import AGENT_RESTARTED, CLAIM, LIVE, RUN, START_FAILED, STOPPED, State, exit_move
+from controlplane.domain.lifecycle import (
+    AGENT_RESTARTED,
+    AGENT_STOPPED,
+    CLAIM,
+    LIVE,
+    RUN,
+    START_FAILED,
+    STOPPED,
+    State,
+    exit_move,
+)
 from controlplane.domain.records import AllocationRecord, NodeRecord
 from controlplane.domain.specs import NodeSpec, parse
 from controlplane.domain.supervision import START_ERROR_PREFIX
@@ -170,6 +180,14 @@ class AgentReports:
                                       fields={**noted(e), "process_exited": True})
         return ended
 
+    def gone_with_agent(self, keys: Sequence[Key]) -> list[AllocationRecord]:
+        """The agent was stopped on purpose and its processes with it: lost (their parents decide), not failed."""
+        results = self.store.transition_many(changes=[
+            Change(i, AGENT_STOPPED, inc, {"process_exited": True}, failure="node agent stopped",
+                   reason="node agent stopped", by=self.node)
+            for i, inc in keys], now=self.clock())
+        return [r.allocation for r in results if r is not None and r.applied]
+
     def failed_to_start(self, key: Key, *, error: str) -> bool:
         [r] = self.store.transition_many(
             changes=[Change(key[0], START_FAILED, key[1], {"exit_code": -1},
@@ -227,6 +245,7 @@ class NodeAgent:
         self.processes = ProcessManager(work_dir / "runs" / node, self._on_exit, self.sandbox)
         self.usage = UsageRecorder(self.processes, self._record_usage, period_s=usage_period_s)
         self._stop = threading.Event()
+        self._shutting_down = False
         self._threads: list[threading.Thread] = []
 
     # --- life of the agent -------------------------------------------------------------
@@ -289,7 +308,10 @@ class NodeAgent:
         return stale
 
     def shutdown(self) -> None:
+        """A deliberate stop: its processes go with it, recorded `lost` with "node agent stopped" (as a machine that
+        powers off), and their parents decide when a supervisor runs (at once, or on the next `controlplane up`)."""
         self._stop.set()
+        self._shutting_down = True
         self.usage.stop()
         self.processes.kill_all()
         self.processes.close()
@@ -333,12 +355,18 @@ class NodeAgent:
     def stop(self, allocation_id: str, incarnation: int) -> None:
         rec = _g(self.store.get_allocation, allocation_id=allocation_id)
         grace = rec.grace_period_s if rec else 10.0
+        if rec is not None and rec.extra.get("stop_grace_s") is not None:  # a drain's deadline
+            grace = min(grace, float(rec.extra["stop_grace_s"]))
         if not self.processes.stop((allocation_id, incarnation), grace_s=grace):
             if _g(self.reports.stop_unstarted, (allocation_id, incarnation)):
                 self.dispatcher.terminated(keys=[(allocation_id, incarnation)])
 
     def _on_exit(self, exits: list[tuple[Handle, int, str]]) -> None:
-        ended = _g(self.reports.exited, [Exit(h.key, code, tail, h.outcome.failure, h.outcome.fields) for h, code, tail in exits])
+        if self._shutting_down:
+            ended = _g(self.reports.gone_with_agent, [h.key for h, _, _ in exits])
+        else:
+            ended = _g(self.reports.exited, [Exit(h.key, code, tail, h.outcome.failure, h.outcome.fields)
+                                             for h, code, tail in exits])
         self.notify()
         keys = [(a.id, a.incarnation) for a in ended]
         if keys:

@@ -13,6 +13,8 @@ from typing import Any
 from celery import Celery
 from kombu import pools as kombu_pools
 
+from controlplane.redis_urls import celery_broker
+
 app = Celery("controlplane", include=["workers.tasks"])
 app.conf.update(
     task_serializer="json",
@@ -35,7 +37,9 @@ CONTROL_QUEUE = "control"
 
 
 def configure(broker_url: str) -> Celery:
-    """Point the app at a broker; connections pooled for a previous broker are dropped."""
+    """Point the app at a broker (a Redis, or its Sentinels); connections pooled for a previous broker are dropped."""
+    broker_url, options = celery_broker(broker_url)
+    app.conf.broker_transport_options = {"visibility_timeout": 120, **options}
     if app.conf.broker_url != broker_url:
         private: Any = app  # Celery keeps its connection pools private, and offers no way to drop them
         if private._pool is not None:

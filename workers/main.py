@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 import warnings
+from typing import Any
+
+from celery import Celery
 
 from controlplane.eventbus import RedisNotifier
 from controlplane.redis_leases import RedisLeases
@@ -30,6 +34,26 @@ def _worker_args(queue: str, name: str, concurrency: int, loglevel: str) -> list
         "--quiet", "worker", "-Q", queue, "-P", "threads", "-c", str(concurrency), "-n", f"{name}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", loglevel,
     ]
+
+
+def _consume(app: Celery, argv: list[str], what: str) -> None:
+    """Run the Celery consumer until this process is asked to stop (a signal sets Celery's shutdown flags).
+
+    A consumer that dies of an error of its own is started again in the same process, so that what the
+    process runs (a node's allocations) outlives it: kombu's Redis transport can fail its reconnect after
+    a broker restart ("'NoneType' object has no attribute 'hostname'"), which Celery reports as an
+    unrecoverable error and ends the worker with.
+    """
+    from celery.worker import state
+
+    starter: Any = app  # celery-types says start() never returns; it returns when the consumer stops
+    while True:
+        starter.start(argv=argv)
+        flags = vars(state)  # set by Celery's signal handlers (typed as always None in celery-types)
+        if flags.get("should_stop") is not None or flags.get("should_terminate") is not None:
+            return
+        log.error("%s: the Celery consumer stopped on an unrecoverable error; starting it again", what)
+        time.sleep(1.0)
 
 
 def run_worker(
@@ -69,7 +93,7 @@ def run_worker(
     agent.start_heartbeat()
     install(agent=agent)
     try:
-        app.worker_main(_worker_args(node_queue(node), node, concurrency, loglevel))
+        _consume(app, _worker_args(node_queue(node), node, concurrency, loglevel), f"node agent {node}")
     finally:
         agent.shutdown()
         store.close()
@@ -82,6 +106,6 @@ def run_supervisor(
     _quiet_root_warning()
     install(control=control)
     try:
-        configure(broker_url).worker_main(_worker_args(CONTROL_QUEUE, name, concurrency, loglevel))
+        _consume(configure(broker_url), _worker_args(CONTROL_QUEUE, name, concurrency, loglevel), name)
     finally:
         control.store.close()

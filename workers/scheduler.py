@@ -15,6 +15,7 @@ import time
 
 import redis
 
+from controlplane.redis_urls import sync_client
 from controlplane.settings import Settings
 from controlplane.wiring import control_plane
 
@@ -47,7 +48,7 @@ class LeaderLock:
 
 def run_scheduler(settings: Settings, *, graph_uri: str | None, broker_url: str, stop: threading.Event | None = None) -> None:
     control = control_plane(settings, graph_uri=graph_uri, broker_url=broker_url)
-    lock = LeaderLock(redis.Redis.from_url(broker_url), ttl_s=max(2.0, settings.scheduler_interval_s * 4))
+    lock = LeaderLock(sync_client(broker_url), ttl_s=max(2.0, settings.scheduler_interval_s * 4))
     stop = stop or threading.Event()
     leader = False
     try:

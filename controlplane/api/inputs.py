@@ -73,7 +73,8 @@ SPECS = InputTypes(
             "abandon": "They live on, marked as orphans.",
         }),
         (DeciderRule, "on"): EnumSpec("FailureKindMatch", "Which failures a decider rule is about.", {
-            "exit": "A non-zero exit code.", "signal": "Killed by a signal.", "error": "Could not start.",
+            "exit": "A non-zero exit code.", "signal": "Killed by a signal.",
+            "oom_killed": "Killed by the kernel for going past its memory limit.", "error": "Could not start.",
             "lost": "Its node was lost.", "escalated": "A child of it escalated.", "any": "Every failure.",
         }),
         (AllocationSpec, "executor"): EnumSpec("Executor", "What runs an allocation.", {

@@ -121,6 +121,10 @@ class Node(Actor):
     def is_type_of(cls, obj: Any, _info: Any) -> bool:
         return isinstance(obj, (cls, NodeRecord))
 
+    @strawberry.field(description="Cordoned (or draining): no new allocation is placed on it.")
+    def cordoned(self, root: Parent[NodeRecord]) -> bool:
+        return bool(root.extra.get("cordoned"))
+
     @strawberry.field
     async def gpus(self, root: Parent[NodeRecord], info: Info) -> list[Gpu]:
         return cast(list[Gpu], await info.context.call(info.context.control.queries.gpus, root.id))

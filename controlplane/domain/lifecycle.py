@@ -124,6 +124,8 @@ STOP = _move("stop", (S.PENDING, S.STOPPED), (S.PLACED, S.STOPPED), (S.STARTING,
 STOPPED = _move("stopped", (S.STOPPING, S.STOPPED))
 #: a new node agent finds what its dead predecessor had started
 AGENT_RESTARTED = _move("agent_restarted", (S.STARTING, S.LOST), (S.RUNNING, S.LOST), (S.STOPPING, S.STOPPED))
+#: the node agent is stopped deliberately (Ctrl-C on `controlplane up`, a service stop): what it ran is gone with it
+AGENT_STOPPED = _move("agent_stopped", (S.STARTING, S.LOST), (S.RUNNING, S.LOST), (S.STOPPING, S.STOPPED))
 #: the reconciler: started long ago and never reported running
 START_LOST = _move("start_lost", (S.STARTING, S.FAILED))
 #: a native executor ends its allocation
@@ -136,7 +138,7 @@ NODE_LOST = _move("node_lost", *((s, S.LOST) for s in sorted(sources_of(S.LOST),
 
 #: every move the code makes, by name: the table the services, agents and store statements obey
 MOVES: Mapping[str, Move] = MappingProxyType({m.name: m for m in (
-    SPAWN, CLAIM, RUN, EXIT_OK, EXIT_FAILED, START_FAILED, STOP, STOPPED, AGENT_RESTARTED, START_LOST,
+    SPAWN, CLAIM, RUN, EXIT_OK, EXIT_FAILED, START_FAILED, STOP, STOPPED, AGENT_RESTARTED, AGENT_STOPPED, START_LOST,
     NATIVE_SUCCEED, NATIVE_FAIL, NATIVE_CRASH, NODE_LOST,
 )})
 

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 Key = tuple[str, int]  # (allocation id, incarnation)
-#: a restart to carry out: (child id, the incarnation it restarts from or -1 for a live one to stop first, backoff level)
+#: a restart to carry out: (child id, the incarnation it replaces (a live one is stopped first), backoff level);
+#: once that incarnation is replaced, the same restart delivered again does nothing
 RestartKey = tuple[str, int, int]
 
 

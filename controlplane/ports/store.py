@@ -140,6 +140,13 @@ class Topology(Protocol):
 
     def connect_neighbors(self, *, a: str, b: str, rtt_ms: float, bandwidth: float) -> bool: ...
 
+    def set_node_scheduling(self, *, node_id: str, cordoned: bool, drain: bool) -> NodeRecord | None:
+        """Cordon or uncordon; `drain` also marks a ready node `draining` (uncordon makes it `ready` again)."""
+
+    def deregister_node(self, *, node_id: str) -> int | None:
+        """Delete a node with no live work (placed on it or created by it) and its GPUs: 0. With live work,
+        nothing is deleted and the count comes back; None when there is no such node."""
+
     def get_node(self, *, node_id: str) -> NodeRecord | None: ...
 
     def list_nodes(self, *, after: str | None, limit: int, status: str | None = None) -> list[NodeRecord]: ...

@@ -2,9 +2,13 @@
 
 The decision itself is the pure `decide()`; this module gathers the situation
 from the graph and carries the decision out with guarded, idempotent store
-calls. A decision is keyed by the failures it reacts to (child, incarnation)
-and recorded once (`record_decision`), so a redelivered `terminated` carries
-out the recorded decision again instead of deciding twice. Long waits
+calls. A decision is keyed by the failures it reacts to (child, incarnation,
+as the `terminated` message reported them) and recorded once
+(`record_decision`) with the parent's incarnation, so a redelivered
+`terminated` carries out the recorded decision again instead of deciding
+twice, and only while the parent incarnation that decided lives. Restarts
+name the incarnation they replace, so a redelivered `restart` finds it
+replaced and does nothing. Long waits
 (backoff, a subtree still stopping) go through the dispatcher as delayed
 tasks, never as sleeps.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -31,6 +36,7 @@ from controlplane.domain.supervision import (
     Restart,
     RestartType,
     Situation,
+    Strategy,
     SupervisionPolicy,
     classify,
     decide,
@@ -50,6 +56,8 @@ RESTART_POLL_S = 0.25
 RESTART_SLACK_S = 5.0
 #: how soon a restart that found no node with room is tried again
 WAIT_RETRY_S = 2.0
+#: one_for_one restarts of one decision go out in waves this far apart (their jittered delays, bucketed)
+RESTART_WAVE_S = 0.1
 
 
 class SupervisorStore(Ledger, Hierarchy, History, Topology, Protocol):
@@ -126,9 +134,13 @@ class SupervisorService:
     # --- reacting to terminations -------------------------------------------------------
     def on_terminated(self, keys: Sequence[Key]) -> None:
         """Allocations reached a terminal state: watchers, child policy, parents' decisions, stops in progress."""
-        records = [a for a in self.store.get_allocations(allocation_ids=[k[0] for k in keys]) if a.state in TERMINAL]
         wanted = dict(keys)
-        records = [a for a in records if wanted.get(a.id) == a.incarnation]
+        fetched = self.store.get_allocations(allocation_ids=list(wanted))
+        #: what this message reports of each parent's children: the key of that parent's decision
+        reported: dict[str, list[Key]] = {}
+        for a in fetched:
+            reported.setdefault(a.parent_id, []).append((a.id, wanted[a.id]))
+        records = [a for a in fetched if a.state in TERMINAL and wanted.get(a.id) == a.incarnation]
         if not records:
             return
         now = self.clock()
@@ -144,7 +156,7 @@ class SupervisorService:
             if a.state is not State.STOPPED:  # a stop asked for is not a failure to supervise
                 by_parent.setdefault(a.parent_id, []).append(a)
         for parent_id, children in by_parent.items():
-            self.supervise(parent_id, children)
+            self.supervise(parent_id, children, reported=reported[parent_id])
         self.advance({a.parent_id for a in records})
         ended = self.store.get_allocations(allocation_ids=[a.id for a in records])
         for hook in self.hooks.ended:
@@ -164,15 +176,22 @@ class SupervisorService:
             for hook in self.hooks.watched:
                 hook(watchers, records)
 
-    def supervise(self, parent_id: str, failed: Sequence[AllocationRecord]) -> Decision | None:
-        """Decide once about these failures of the parent's children, and carry the decision out."""
+    def supervise(
+        self, parent_id: str, failed: Sequence[AllocationRecord], *, reported: Sequence[Key] | None = None
+    ) -> Decision | None:
+        """Decide once about these failures of the parent's children, and carry the decision out.
+
+        `reported`: the (child, incarnation) pairs the message reported for this parent, the key of the
+        decision (default: the failures). A redelivery after some of them were restarted reports the same
+        pairs, so it finds the decision made for all of them, never a new one about the rest.
+        """
         if all(a.state is State.SUCCEEDED and restart_type_of(a.extra.get("restart_type")) is not RestartType.PERMANENT
                for a in failed):
             return None  # normal exits of non-permanent children: nothing to decide, no siblings to read
         parent = self._parent(parent_id)
         if parent is None:
             return None
-        is_node, policy_json, restart_log = parent
+        is_node, policy_json, restart_log, incarnation = parent
         policy = policy_from_json(policy_json)
         siblings = self.children_of(parent_id)
         situation = Situation(
@@ -192,10 +211,10 @@ class SupervisorService:
         decision = decide(situation, now)
         if decision.directive is None:
             return decision
-        key = ",".join(sorted(f"{a.id}:{a.incarnation}" for a in failed))
+        key = ",".join(sorted(f"{i}:{n}" for i, n in reported or [(a.id, a.incarnation) for a in failed]))
         event = Event(
             id=f"{parent_id}:decision:{hashlib.sha256(key.encode()).hexdigest()[:16]}", kind="decision",
-            allocation_id=parent_id, at=now, reason=decision.reason, by=parent_id,
+            allocation_id=parent_id, at=now, incarnation=incarnation, reason=decision.reason, by=parent_id,
             data={"directive": decision.directive.value, "children": sorted(decision.per_child),
                   "restarts": [r.child_id for r in decision.restarts], "failures": key, "plan": _plan(decision)},
         )
@@ -205,6 +224,10 @@ class SupervisorService:
             restart_at={r.child_id: now + r.delay_s + RESTART_SLACK_S for r in decision.restarts},
         )
         if not fresh:
+            if recorded.incarnation != incarnation:
+                log.info("decision %s was made by incarnation %s of %s, now ended; nothing to carry out",
+                         recorded.id, recorded.incarnation, parent_id)
+                return None
             log.info("decision %s was already made; carrying it out again", recorded.id)
             decision = _decision_of(recorded, decision)
         self.store.record_events(events=[Event(
@@ -227,25 +250,27 @@ class SupervisorService:
             for r in decision.restarts:
                 if r.was_live:
                     self.stop(r.child_id, include_root=True, reason=f"{policy.strategy.value} restart", by=parent_id)
-            self.dispatcher.restart(
-                parent_id=parent_id,
-                items=[(r.child_id, r.from_incarnation if not r.was_live else -1, r.backoff_level) for r in decision.restarts],
-                reason=decision.reason,
-                countdown=max(r.delay_s for r in decision.restarts),
-            )
+            for countdown, wave in _waves(policy, decision.restarts):
+                self.dispatcher.restart(
+                    parent_id=parent_id,
+                    items=[(r.child_id, r.from_incarnation, r.backoff_level) for r in wave],
+                    reason=decision.reason,
+                    countdown=countdown,
+                )
 
-    def _parent(self, parent_id: str) -> tuple[bool, str | None, tuple[float, ...]] | None:
-        """(is a node, its policy, its restart log), or None when it is not there to decide (gone, ending)."""
+    def _parent(self, parent_id: str) -> tuple[bool, str | None, tuple[float, ...], int | None] | None:
+        """(is a node, its policy, its restart log, its incarnation), or None when it is not there to decide."""
         label = self.store.actor_label(actor_id=parent_id)
         if label == Label.NODE.value:
             node = self.store.get_node(node_id=parent_id)
             if node is None:
                 return None
-            return True, node.extra.get("supervision"), tuple(float(t) for t in node.extra.get("restart_log") or ())
+            return True, node.extra.get("supervision"), tuple(float(t) for t in node.extra.get("restart_log") or ()), None
         parent = self.store.get_allocation(allocation_id=parent_id)
         if parent is None or parent.state not in LIVE or parent.state is State.STOPPING:
             return None  # the parent is ending: its children are being stopped, nothing to restart
-        return False, parent.extra.get("supervision"), tuple(float(t) for t in parent.extra.get("restart_log") or ())
+        return (False, parent.extra.get("supervision"), tuple(float(t) for t in parent.extra.get("restart_log") or ()),
+                parent.incarnation)
 
     def children_of(self, parent_id: str) -> list[AllocationRecord]:
         """Every child, in creation order."""
@@ -285,7 +310,7 @@ class SupervisorService:
         todo: list[tuple[AllocationRecord, int]] = []
         for child_id, from_inc, level in items:
             a = current.get(child_id)
-            if a is None or (from_inc != -1 and a.incarnation != from_inc):
+            if a is None or a.incarnation != from_inc:
                 continue  # stale: already restarted
             if a.state not in RESTARTABLE and a.state not in LIVE:
                 continue
@@ -297,7 +322,7 @@ class SupervisorService:
             for a, _ in todo:
                 if a.state in LIVE or live.get(a.id, 0):
                     self.stop(a.id, include_root=a.state in LIVE, reason="restart: stopping first", by=parent_id)
-            fixed = [(a.id, a.incarnation if a.state in TERMINAL else -1, level) for a, level in todo]
+            fixed = [(a.id, a.incarnation, level) for a, level in todo]
             self.dispatcher.restart(parent_id=parent_id, items=fixed, reason=reason, countdown=RESTART_POLL_S)
             return []
         origin = self._origin(parent_id)
@@ -390,6 +415,18 @@ class SupervisorService:
             actor_id=actor_id,
             fields={"supervision": parsed.model_dump_json(), "child_policy": parsed.child_policy.value},
         )
+
+
+def _waves(policy: SupervisionPolicy, restarts: Sequence[Restart]) -> list[tuple[float, list[Restart]]]:
+    """When each restart goes out: one_for_one restarts spread by their own (jittered) delays, bucketed
+    into waves so that a correlated failure neither restarts everything at one instant nor sends a message
+    per child; a group strategy restarts its set together, in order, after the longest delay."""
+    if policy.strategy is not Strategy.ONE_FOR_ONE:
+        return [(max(r.delay_s for r in restarts), list(restarts))]
+    waves: dict[int, list[Restart]] = {}
+    for r in restarts:
+        waves.setdefault(math.ceil(round(r.delay_s / RESTART_WAVE_S, 6)), []).append(r)
+    return [(max(r.delay_s for r in wave), wave) for _, wave in sorted(waves.items())]
 
 
 def _plan(decision: Decision) -> str:

@@ -134,6 +134,17 @@ class CypherStore(ABC):
         rows = self._write(q.HEARTBEAT, {"id": node_id, "now": now})
         return rows[0][0] if rows else None
 
+    def set_node_scheduling(self, *, node_id: str, cordoned: bool, drain: bool) -> NodeRecord | None:
+        rows = self._write(q.SET_NODE_SCHEDULING, {"id": node_id, "cordoned": cordoned, "drain": drain})
+        return NodeRecord.from_props(props_of(rows[0][0])) if rows else None
+
+    def deregister_node(self, *, node_id: str) -> int | None:
+        if self._write(q.DEREGISTER_NODE, {"id": node_id, "live": _LIVE}):
+            return 0
+        if self.get_node(node_id=node_id) is None:
+            return None
+        return int(self._read(q.NODE_WORK, {"id": node_id, "live": _LIVE})[0][0])
+
     def connect_neighbors(self, *, a: str, b: str, rtt_ms: float, bandwidth: float) -> bool:
         return bool(self._write(q.CONNECT_NEIGHBORS, {"a": a, "b": b, "rtt_ms": float(rtt_ms), "bandwidth": float(bandwidth)}))
 

@@ -38,7 +38,8 @@ MERGE (n:{N}:{ACT} {{id: $id}})
 ON CREATE SET n.registered_at = $now, n.version = 0
 REMOVE n._lock
 SET n.name = $name, n.labels = $labels, n.cpu = $cpu, n.memory = $memory,
-    n.status = 'ready', n.heartbeat_at = $now, n.version = n.version + 1,
+    n.status = CASE WHEN n.status = 'draining' THEN 'draining' ELSE 'ready' END, n.heartbeat_at = $now,
+    n.version = n.version + 1,
     n.supervision = coalesce($supervision, n.supervision), n.child_policy = 'cascade', n.isolation = $isolation
 FOREACH (gs IN $gpus |
   MERGE (g:{G} {{id: gs.id}})
@@ -55,6 +56,38 @@ HEARTBEAT = f"""
 MATCH (n:{N} {{id: $id}})
 SET n.heartbeat_at = CASE WHEN n.heartbeat_at > $now THEN n.heartbeat_at ELSE $now END
 RETURN n.status
+"""
+
+# Cordon (no new placements), drain (cordoned, and `draining` while its work moves), uncordon.
+SET_NODE_SCHEDULING = f"""
+MATCH (n:{N} {{id: $id}})
+REMOVE n._lock
+SET n.cordoned = $cordoned,
+    n.status = CASE WHEN $drain AND n.status = 'ready' THEN 'draining'
+                    WHEN NOT $cordoned AND n.status = 'draining' THEN 'ready' ELSE n.status END,
+    n.version = n.version + 1
+RETURN properties(n) AS n
+"""
+
+# A node with no live work leaves the graph with its GPUs (its neighbour links go with it); with live
+# work (placed on it or created by it) nothing is deleted and no row comes back.
+DEREGISTER_NODE = f"""
+MATCH (n:{N} {{id: $id}})
+REMOVE n._lock
+WITH n
+OPTIONAL MATCH (a:{A}) WHERE a.state IN $live AND (a.node_id = $id OR a.parent_id = $id)
+WITH n, count(a) AS busy
+WHERE busy = 0
+OPTIONAL MATCH (g:{G})-[:{GPU_OWNER}]->(n)
+WITH n, collect(g) AS gs
+FOREACH (x IN gs | DETACH DELETE x)
+DETACH DELETE n
+RETURN 1
+"""
+
+NODE_WORK = f"""
+MATCH (a:{A}) WHERE a.state IN $live AND (a.node_id = $id OR a.parent_id = $id)
+RETURN count(a)
 """
 
 CONNECT_NEIGHBORS = f"""
@@ -96,7 +129,8 @@ REMOVE n._lock
 WITH p, d, n
 OPTIONAL MATCH (g:{G})-[:{GPU_OWNER}]->(n) WHERE g.id IN d.gpu_ids AND g.claimed_by IS NULL
 WITH p, d, n, count(g) AS free_gpus
-WHERE n.status = 'ready' AND n.cpu_free >= d.cpu AND n.memory_free >= d.memory AND free_gpus = size(d.gpu_ids)
+WHERE n.status = 'ready' AND NOT coalesce(n.cordoned, false)
+  AND n.cpu_free >= d.cpu AND n.memory_free >= d.memory AND free_gpus = size(d.gpu_ids)
 WITH p, collect(n) AS nodes, collect(d) AS ds
 WHERE size(nodes) = size($demands)
 """
@@ -249,7 +283,8 @@ SET a.state = 'placed', a.incarnation = a.incarnation + 1, a.version = a.version
     a.gpu_ids = it.gpu_ids, a.updated_at = $now, a.restarts = coalesce(a.restarts, 0) + 1,
     a.backoff_level = it.backoff_level, a.exit_code = null, a.pid = null, a.error = null,
     a.output_tail = null, a.agent = null, a.started_at = null, a.finished_at = null, a.restart_at = null,
-    a.stop_requested_at = null, a.process_exited = null, a.escalated = null, a.waiting = null
+    a.stop_requested_at = null, a.process_exited = null, a.escalated = null, a.waiting = null,
+    a.stop_grace_s = null
 CREATE (a)-[:{RUNS_ON}]->(n)
 CREATE (:{EV} {{id: a.id + ':' + toString(a.version), kind: 'transition', allocation_id: a.id,
   incarnation: a.incarnation, from: prev, to: 'placed', at: $now, tick: $tick, reason: $reason, by: p.id}})
@@ -409,7 +444,7 @@ RETURN a.id
 # model through GPU_OWNER), most free cpu first; `ids` narrows to the nodes near the parent.
 CANDIDATES = f"""
 MATCH (n:{N})
-WHERE n.status = 'ready' AND n.cpu_free >= $cpu AND n.memory_free >= $memory
+WHERE n.status = 'ready' AND NOT coalesce(n.cordoned, false) AND n.cpu_free >= $cpu AND n.memory_free >= $memory
   AND ($ids IS NULL OR n.id IN $ids) AND all(l IN $labels WHERE l IN n.labels)
 WITH n ORDER BY n.cpu_free DESC, n.id LIMIT $limit
 OPTIONAL MATCH (g:{G})-[:{GPU_OWNER}]->(n) WHERE g.claimed_by IS NULL
@@ -419,7 +454,7 @@ RETURN n.id, n.status, n.labels, n.cpu_free, n.memory_free, collect(g.id), colle
 CANDIDATES_GPU = f"""
 MATCH (g:{G})-[:{GPU_OWNER}]->(n:{N})
 WHERE g.claimed_by IS NULL AND ($model IS NULL OR g.model = $model)
-  AND n.status = 'ready' AND n.cpu_free >= $cpu AND n.memory_free >= $memory
+  AND n.status = 'ready' AND NOT coalesce(n.cordoned, false) AND n.cpu_free >= $cpu AND n.memory_free >= $memory
   AND ($ids IS NULL OR n.id IN $ids) AND all(l IN $labels WHERE l IN n.labels)
 WITH n, count(g) AS wanted WHERE wanted >= $gpus
 WITH n ORDER BY n.cpu_free DESC, n.id LIMIT $limit

@@ -52,7 +52,8 @@ class PlacementMixin:
 
         def build(g: Any) -> GraphTraversal:
             t = g.V(*dict.fromkeys(node_ids)).has_label(N) if node_ids is not None else having(g, N, "status", ["ready"])
-            t = t.has("status", "ready").has("cpu_free", P.gte(value(cpu))).has("memory_free", P.gte(value(memory)))
+            t = t.has("status", "ready").not_(__.has("cordoned", True))
+            t = t.has("cpu_free", P.gte(value(cpu))).has("memory_free", P.gte(value(memory)))
             for label in labels:
                 t = t.where(__.values("labels").unfold().is_(label))
             if gpus:

@@ -58,10 +58,15 @@ def _key(k: Any) -> Any:
 
 class RawQueryMixin:
     _remote: Remote
+    engine: str
+
+    def _raw_client(self) -> Client:
+        """A one-connection client of the read-only source (an engine may pick its serializer)."""
+        return Client(self._remote.url, READ_ONLY_SOURCE, pool_size=1)
 
     def raw_query(self, *, text: str, timeout_s: float, limit: int) -> RawResult:
         started = time.perf_counter()
-        client = Client(self._remote.url, READ_ONLY_SOURCE, pool_size=1)
+        client = self._raw_client()
         try:
             options = {"language": "gremlin-lang", "evaluationTimeout": max(1, int(timeout_s * 1000))}
             results = client.submit(text, request_options=options).all().result()
@@ -74,7 +79,7 @@ class RawQueryMixin:
         finally:
             client.close()
         return RawResult(
-            engine="gremlin", language="gremlin", columns=("result",),
+            engine=self.engine, language="gremlin", columns=("result",),
             rows=tuple((browse(r),) for r in results[:limit]), truncated=len(results) > limit,
             elapsed_ms=(time.perf_counter() - started) * 1000,
         )

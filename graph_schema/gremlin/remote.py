@@ -133,15 +133,22 @@ class Remote:
             except GremlinServerError as exc:
                 if not write and getattr(exc, "status_code", None) == 598:
                     raise QueryTimeout(f"stopped after {(self._read_timeout_ms or 0) / 1000:g}s", field="query") from None
-                if not (write and _is_retryable(exc)) or time.monotonic() > deadline:
+                if not (write and self._retryable(exc)) or time.monotonic() > deadline:
                     raise
             except Exception as exc:
-                # aiohttp's client errors are not all OSErrors
-                if isinstance(exc, (OSError, TimeoutError)) or type(exc).__module__.startswith("aiohttp"):
+                # aiohttp's client errors are not all OSErrors; a connection the server closed (it died)
+                # is a RuntimeError of gremlinpython's transport
+                if isinstance(exc, (OSError, TimeoutError)) or type(exc).__module__.startswith("aiohttp") or (
+                    isinstance(exc, RuntimeError) and "Connection was already closed" in str(exc)
+                ):
                     raise Unavailable(f"Gremlin Server at {self.url} is unreachable: {exc}") from exc
                 raise
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.1)
+
+    def _retryable(self, exc: GremlinServerError) -> bool:
+        """Whether the server refused a write that a rerun may commit (an engine names its own conflicts)."""
+        return _is_retryable(exc)
 
     def _submit(self, conn: DriverRemoteConnection, t: GraphTraversal) -> list[Any]:
         """Send the bytecode on a free connection and wait for the answer at most answer_timeout_s."""

@@ -121,6 +121,14 @@ class GremlinStore(SupervisionMixin, PlacementMixin, RawQueryMixin):
         status = self._remote.one(lambda g: writes.heartbeat(g, node_id=node_id, now=now))
         return str(status) if status is not None else None
 
+    def set_node_scheduling(self, *, node_id: str, cordoned: bool, drain: bool) -> NodeRecord | None:
+        m = self._remote.one(lambda g: writes.set_node_scheduling(g, node_id=node_id, cordoned=cordoned, drain=drain))
+        return NodeRecord.from_props(props_of(m)) if m else None
+
+    def deregister_node(self, *, node_id: str) -> int | None:
+        r = self._remote.one(lambda g: writes.deregister_node(g, node_id=node_id, live=_LIVE))
+        return int(r) if r is not None else None
+
     def connect_neighbors(self, *, a: str, b: str, rtt_ms: float, bandwidth: float) -> bool:
         return bool(self._remote.run(lambda g: writes.connect_neighbors(g, a=a, b=b, rtt_ms=rtt_ms, bandwidth=bandwidth)))
 

@@ -54,7 +54,8 @@ def register_node(
     t = g.V(nid).has_label(N).fold().coalesce(
         __.unfold(), new_vertex(N, nid, {"registered_at": now, "version": 0})
     )
-    t = set_props(t, {**node, "status": "ready", "heartbeat_at": now, "child_policy": "cascade"})
+    t = set_props(t, {**node, "heartbeat_at": now, "child_policy": "cascade"})
+    t = t.choose(__.has("status", "draining"), __.identity(), __.property("status", "ready"))  # a drain outlives a restart
     t = add(t, "version", 1)
     for gs in gpus:
         gpu = __.V(gs["id"]).has_label(G).fold().coalesce(__.unfold(), new_vertex(G, gs["id"], {}))
@@ -75,6 +76,28 @@ def heartbeat(g: GraphTraversalSource, *, node_id: str, now: float) -> GraphTrav
         .side_effect(__.not_(__.has("heartbeat_at", P.gt(now))).property("heartbeat_at", now))
         .values("status")
     )
+
+
+def set_node_scheduling(g: GraphTraversalSource, *, node_id: str, cordoned: bool, drain: bool) -> GraphTraversal:
+    t = g.V(node_id).has_label(N).property("cordoned", cordoned)
+    if drain:
+        t = t.choose(__.has("status", "ready"), __.property("status", "draining"), __.identity())
+    elif not cordoned:
+        t = t.choose(__.has("status", "draining"), __.property("status", "ready"), __.identity())
+    return add(t, "version", 1).element_map()
+
+
+def deregister_node(g: GraphTraversalSource, *, node_id: str, live: Sequence[str]) -> GraphTraversal:
+    """Delete the node and its GPUs when it has no live work; the count of that work either way."""
+    def work() -> GraphTraversal:  # a new one each time: gremlinpython's steps change the traversal they are called on
+        return __.union(
+            __.V(node_id).has_label(N).in_(RUNS_ON).has_label(A).has("state", P.within(list(live))),
+            __.V(node_id).has_label(N).out(PARENT_OF).has_label(A).has("state", P.within(list(live))),
+        ).dedup().count()
+
+    gone = __.side_effect(__.V(node_id).has_label(N).in_(GPU_OWNER).has_label(G).drop()).side_effect(
+        __.V(node_id).has_label(N).drop()).constant(0)
+    return g.V(node_id).has_label(N).choose(work().is_(0), gone, work())
 
 
 def connect_neighbors(g: GraphTraversalSource, *, a: str, b: str, rtt_ms: float, bandwidth: float) -> GraphTraversal:
@@ -156,7 +179,7 @@ def create_allocations(
 
 def fits(d: Mapping[str, Any]) -> GraphTraversal:
     node = (
-        __.V(d["node_id"]).has_label(N).has("status", "ready")
+        __.V(d["node_id"]).has_label(N).has("status", "ready").not_(__.has("cordoned", True))
         .has("cpu_free", P.gte(value(d["cpu"]))).has("memory_free", P.gte(value(d["memory"])))
     )
     gpu_ids = list(d["gpu_ids"])

@@ -193,16 +193,16 @@ def events(
     limit: Annotated[int, typer.Option(help="At most this many past events")] = 200,
     data_dir: DataDir = None,
 ) -> None:
-    """Print the ordered history of transitions and supervision decisions."""
+    """Print the ordered history: transitions, supervision decisions, waits, Terminated (death watch)."""
+    from controlplane.views import event_line
+
     try:
         control = _control(_settings(data_dir=data_dir))
-        since = None
+        since: float | None = None
         while True:
             batch = control.queries.events(allocation, since=since, limit=limit)
             for e in batch:
-                move = f"{e.from_state} -> {e.to_state}" if e.to_state else e.kind
-                stamp = time.strftime("%H:%M:%S", time.localtime(e.at)) + f".{int(e.at * 1000) % 1000:03d}"
-                console.print(f"{stamp}  {e.allocation_id}  inc={e.incarnation or '-'}  {move:22s}  {e.reason or ''}  [dim]by {e.by or '-'}[/dim]")
+                console.print(event_line(e), highlight=False)
                 since = e.at
             if not follow:
                 break
@@ -345,6 +345,35 @@ def schema() -> None:
 
 
 @app.command()
+def logs(
+    allocation: Annotated[str, typer.Argument(help="Allocation id")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the incarnation ends")] = False,
+    incarnation: Annotated[Optional[int], typer.Option(help="Which incarnation (default: the current one)")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Print an allocation's output (stdout and stderr), read from its node agent's log on this machine;
+    elsewhere, say which node and file hold it and show what the graph kept."""
+    from controlplane.views import print_log
+
+    settings = _settings(data_dir=data_dir)
+    try:
+        control = _control(settings)
+        loc = control.queries.log_of(allocation, incarnation)
+
+        def ended() -> bool:
+            a = control.queries.allocation(allocation)
+            return a.incarnation != loc.incarnation or a.is_terminal
+
+        status = print_log(loc, settings.data_dir.absolute() / "runs", follow=follow and loc.live, ended=ended,
+                           err=err)
+    except KeyboardInterrupt:
+        return
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+    raise typer.Exit(status)
+
+
+@app.command()
 def stop(allocation: Annotated[str, typer.Argument(help="Allocation id")], data_dir: DataDir = None) -> None:
     """Stop an allocation (graceful, then killed after its grace period)."""
     try:
@@ -399,18 +428,11 @@ def deregister(node: Annotated[str, typer.Argument(help="Node id")], data_dir: D
     console.print(f"{node}  deregistered")
 
 
-def _label(a: AllocationRecord) -> str:
-    colour = {"running": "green", "succeeded": "blue", "failed": "red", "lost": "red", "stopped": "dim"}.get(a.state.value, "yellow")
-    code = f" exit={a.exit_code}" if a.exit_code is not None else ""
-    restarts = a.extra.get("restarts") or 0
-    orphan = " [magenta]orphan[/magenta]" if a.extra.get("orphan") else ""
-    return (f"{a.name} [dim]{a.id}[/dim] [{colour}]{a.state.value}[/{colour}] inc={a.incarnation} "
-            f"restarts={restarts} on {a.node_id}{code}{orphan}")
-
-
 @app.command()
 def tree(root: Annotated[str, typer.Argument(help="Id of a Node or an Allocation")], data_dir: DataDir = None) -> None:
-    """Print the hierarchy under a node or an allocation."""
+    """Print the hierarchy under a node or an allocation: state, incarnation, restarts, node, pid and log."""
+    from controlplane.views import allocation_label as _label
+
     try:
         control = _control(_settings(data_dir=data_dir))
         if control.store.actor_label(actor_id=root) == "Allocation":

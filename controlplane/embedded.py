@@ -116,7 +116,8 @@ def run_api(settings: Settings) -> None:
     ends = resolve_endpoints(settings)
     control = control_plane(settings, graph_uri=ends.graph_uri, broker_url=ends.broker_url, readers=True)
     app = create_app(control, tokens=tokens, browsers=browsers_from(settings), health_checks=health_checks(control.store, ends.broker_url),
-                     max_depth=settings.max_query_depth, max_descendants=settings.max_descendants, events_redis_url=ends.broker_url)
+                     max_depth=settings.max_query_depth, max_descendants=settings.max_descendants, events_redis_url=ends.broker_url,
+                     runs_dir=settings.data_dir.absolute() / "runs")
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
 
 
@@ -210,7 +211,8 @@ def run_stack(
             start_demo(settings, endpoints, control, node_name if worker else None, children)
         app = create_app(control, tokens=tokens, browsers=browsers_from(settings), health_checks=health_checks(control.store, broker_url),
                          health_probes={"components": children.down}, max_depth=settings.max_query_depth,
-                         max_descendants=settings.max_descendants, events_redis_url=broker_url)
+                         max_descendants=settings.max_descendants, events_redis_url=broker_url,
+                         runs_dir=settings.data_dir.absolute() / "runs")
         announce(endpoints, node_name if worker else None, login)
         config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         # uvicorn re-raises the signal that stopped it once it is done: make SIGTERM end this process through

@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     #: one more waits query_wait_s, then is refused BUSY
     max_concurrent_queries: int = Field(4, ge=1, le=256)
     query_wait_s: float = Field(2.0, ge=0, le=60)
+    #: retention: events older than this, or beyond this many (the oldest first), are pruned in the background
+    retention_events_max_age_s: float = Field(7 * 86_400.0, gt=0)
+    retention_events_max_count: int = Field(1_000_000, ge=1)
+    #: ended allocations nothing depends on (no children, no restart due) older than this, or beyond this many
+    retention_allocations_max_age_s: float = Field(7 * 86_400.0, gt=0)
+    retention_allocations_max_count: int = Field(100_000, ge=1)
+    #: how often the leading scheduler prunes, and how many rows one statement deletes at most
+    retention_interval_s: float = Field(60.0, gt=0, le=86_400)
+    retention_batch: int = Field(500, ge=1, le=10_000)
     #: GraphQL query depth limit (nesting of fields) and traversal limits
     max_query_depth: int = Field(12, ge=2, le=64)
     max_descendants: int = Field(10_000, ge=1, le=1_000_000)

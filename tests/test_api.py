@@ -336,12 +336,23 @@ def test_spawning_under_a_stopped_parent_is_a_conflict(client: TestClient) -> No
     assert "stopped" in err["message"]
 
 
-def test_resources_no_node_offers_are_no_capacity(client: TestClient) -> None:
+def test_what_no_node_could_ever_offer_is_invalid_input_and_what_none_has_now_no_capacity(client: TestClient) -> None:
     register(client, cpu=2000)
     err = error(client, SPAWN, parent="n1", spec=job(cpu=3000))
     gpu = error(client, SPAWN, parent="n1", spec=job(gpus=1))
-    assert err["extensions"] == {"code": "NO_CAPACITY", "field": "spec"}
-    assert gpu["extensions"]["code"] == "NO_CAPACITY"
+    mars = error(client, SPAWN, parent="n1", spec=job(nodeLabels={"zone": "mars"}))
+    assert (err["extensions"], err["message"]) == (
+        {"code": "INVALID_INPUT", "field": "spec.resources.cpuMilli"},
+        "spec.resources.cpuMilli: no node offers cpu=3000m (the largest has 2000m)")
+    assert (gpu["extensions"], gpu["message"]) == (
+        {"code": "INVALID_INPUT", "field": "spec.resources.gpus"}, "spec.resources.gpus: no node has a GPU")
+    assert (mars["extensions"], mars["message"]) == (
+        {"code": "INVALID_INPUT", "field": "spec.nodeLabels"}, "spec.nodeLabels: no node has zone=mars")
+    data(client, SPAWN, parent="n1", spec=job(cpu=1500))
+    full = error(client, SPAWN, parent="n1", spec=job(cpu=1000))
+    assert (full["extensions"], full["message"]) == (
+        {"code": "NO_CAPACITY", "field": "spec"},
+        "spec: no ready node with room for cpu=1000m memory=64MiB now: n1 has 500m cpu free")
 
 
 @pytest.mark.parametrize(

@@ -256,7 +256,8 @@ def readme_operations() -> list[str]:
 
 
 def test_the_readme_graphql_examples_run(client: TestClient) -> None:
-    # Given the README's node of the traversal example, and its own operations in order
+    # Given the README's nodes: the gpu-box its agent registers, the demo's edge-eu-1; and its operations in order
+    register(client, name="gpu-box", cpu=8000, memory=32768, gpus=1, zone="eu")
     register(client, name="edge-eu-1")
     operations = [op for op in readme_operations() if not op.startswith("subscription")]
     created: dict[str, str] = {}

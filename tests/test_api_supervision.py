@@ -310,12 +310,12 @@ def test_a_full_page_of_known_events_makes_the_cursor_read_more() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_a_subscription_streams_history_then_each_new_transition(client: TestClient) -> None:
-    # Given a placed allocation and a client subscribed to its events over graphql-transport-ws
+def test_a_subscription_since_0_streams_history_then_each_new_transition(client: TestClient) -> None:
+    # Given a placed allocation and a client subscribed to all its events over graphql-transport-ws
     a = spawn(client, "n1", job("a"))
     with subscriber(client) as ws:
         sub = Subscriber(ws)
-        sub.subscribe(SUBSCRIBE, id=a["id"])
+        sub.subscribe(SUBSCRIBE, id=a["id"], since=0)
         history = sub.next()
         # When the allocation is stopped
         data(client, "mutation($id: ID!) { stopAllocation(id: $id) { id } }", id=a["id"])
@@ -364,7 +364,7 @@ def test_a_subscription_stops_reading_when_the_client_goes_away(
     a = spawn(client, "n1", job("a"))
     with subscriber(client) as ws:
         sub = Subscriber(ws)
-        sub.subscribe(SUBSCRIBE, id=a["id"])
+        sub.subscribe(SUBSCRIBE, id=a["id"], since=0)
         assert sub.next()["type"] == "next"
     # When it disconnects without a word, and some polling periods pass
     after_close = len(reads)
@@ -399,7 +399,7 @@ def test_the_redis_doorbell_wakes_subscribers_at_once(
         a = spawn(client, "n1", job("a"))
         with subscriber(client) as ws:
             sub = Subscriber(ws)
-            sub.subscribe(SUBSCRIBE, id=a["id"])
+            sub.subscribe(SUBSCRIBE, id=a["id"], since=0)
             sub.next()  # the history: pending -> placed; the subscriber now waits for the bell
             time.sleep(0.2)
             # When the allocation is stopped (the supervisor rings the bell)
@@ -459,7 +459,7 @@ def test_a_cyclic_job_is_refused_listing_the_cycle_and_nothing_is_written(client
     [
         ({"name": "j", "tasks": [{"name": "t"}]}, "spec.tasks[0].argv", ["must not be empty"]),
         ({"name": "j", "tasks": [task("t", resources={"cpuMilli": -1})]}, "spec.tasks[0].resources.cpuMilli", []),
-        ({"name": "j", "tasks": [task("t", resources={"cpuMilli": 999_000})]}, "spec.tasks", ["t:", "cpu=999000m"]),
+        ({"name": "j", "tasks": [task("t", resources={"cpuMilli": 999_000})]}, "spec.tasks", ["t.resources.cpu_milli: no node offers cpu=999000m"]),
         ({"name": "j", "tasks": []}, "spec.tasks", []),
         ({"name": "bad name", "tasks": [task("t")]}, "spec.name", []),
         ({"name": "j", "tasks": [task("t", placement={"nodeLabels": {"zone": "e u"}})]}, "spec.tasks[0].placement.nodeLabels", []),

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.domain.errors import NoCapacity
+from controlplane.domain.errors import Unsatisfiable
 from controlplane.domain.lifecycle import TERMINAL, State
 from controlplane.domain.records import AllocationRecord
 from graph_schema.falkordb_server import FalkorDBServer
@@ -413,9 +413,11 @@ def test_placement_can_require_isolation_and_an_agent_without_cgroups_says_so(st
         del stack.env["ISOLATION_CGROUP_VERSIONS"]
     bare = stack.control.queries.node("bare")
     assert bare.extra.get("isolation") == "none" and "isolation=none" in bare.labels
-    # When an allocation requires isolation, then it is never placed there
-    with pytest.raises(NoCapacity):
+    # When an allocation requires isolation, then it is never placed there: refused as what that node could never do
+    with pytest.raises(Unsatisfiable) as never:
         stack.control.allocations.spawn("iso", [spec("strict", ["true"], node="bare", require_isolation=True)])
+    assert (never.value.field, never.value.message) == (
+        "specs.require_isolation", "node bare does not enforce isolation (label isolation=cgroup)")
     [ok] = stack.control.allocations.spawn("iso", [spec("strict", ["true"], node=None, require_isolation=True)])
     assert ok.node_id == "iso" or stack.control.queries.node(ok.node_id).extra.get("isolation") == "cgroup"
     settle(stack, ok.id)

@@ -31,7 +31,7 @@ def task(name: str, *needs: str, **kw: object) -> dict[str, Any]:
     return {"name": name, "argv": ["true"], "needs": list(needs), "resources": {"cpu_milli": 100, "memory_mib": 16}, **kw}
 
 
-def finish(cp: ControlPlane, job_id: str, code: int = 0, only: set[str] | None = None) -> list[str]:
+def finish(cp: ControlPlane, job_id: str, code: int = 0, only: set[str] | None = None, output: str = "") -> list[str]:
     """Run every placed allocation of the job's tasks to exit `code`, as node agents would."""
     done = []
     for t in cp.jobs.tasks(job_id):
@@ -43,7 +43,7 @@ def finish(cp: ControlPlane, job_id: str, code: int = 0, only: set[str] | None =
                 agent = AgentReports(cp.store, node=a.node_id)
                 agent.claim([(a.id, a.incarnation)])
                 agent.running([((a.id, a.incarnation), 4242)])
-                ended = agent.exited([Exit((a.id, a.incarnation), code, "")])
+                ended = agent.exited([Exit((a.id, a.incarnation), code, output)])
                 cp.dispatcher.terminated(keys=[(e.id, e.incarnation) for e in ended])
                 done.append(t.path)
     return done
@@ -82,17 +82,34 @@ def test_nested_children_are_spawned_by_their_task_allocation(cp: ControlPlane) 
     assert cp.queries.allocation(ev.allocation_id).parent_id == trainer.allocation_id
 
 
-def test_a_failed_task_fails_the_job_and_stops_the_rest(cp: ControlPlane) -> None:
+def test_a_failed_task_fails_the_job_saying_why_and_the_rest_end_with_it(cp: ControlPlane) -> None:
+    # Given a job where a (never restarted) fails while b runs and c waits for a
     job = cp.jobs.submit({"name": "doomed", "tasks": [
         task("a", restart="temporary"), {**task("b"), "argv": ["sleep", "100"]}, task("c", "a"),
     ]}, node="n1")
-    finish(cp, job.id, code=3, only={"a"})
+    [a_run] = cp.jobs.tasks(job.id)[0].runs
+    # When a exits with code 3 after printing a traceback
+    finish(cp, job.id, code=3, only={"a"}, output="step 1\nTraceback (most recent call last):\nValueError: bad row 7\n")
+    # Then the job failed, and its error names the task, the allocation, the exit code and the end of the output
     j = cp.jobs.job(job.id)
-    assert j.state == "failed" and "a" in (j.error or "")
+    assert j.state == "failed"
+    assert j.error == (f"task a failed: allocation {a_run.allocation_id} (incarnation 1 on {a_run.node_id}) exited with code 3; "
+                       "output ends: step 1\nTraceback (most recent call last):\nValueError: bad row 7")
     assert j.root_id is not None and cp.queries.allocation(j.root_id).state is State.FAILED
+    assert (cp.queries.allocation(j.root_id).error or "").startswith("job doomed: task a failed")
     b = cp.jobs.tasks(job.id)[1].runs[0]
     assert cp.queries.allocation(b.allocation_id).state is State.STOPPED  # the root's end cascaded
-    assert cp.jobs.tasks(job.id)[2].runs == ()  # c never started
+    # And no task is left pending or running: b was cancelled, c (never started) skipped
+    assert {t.path: t.state for t in cp.jobs.tasks(job.id)} == {"a": "failed", "b": "cancelled", "c": "skipped"}
+    assert cp.jobs.tasks(job.id)[2].runs == ()
+
+
+def test_a_task_killed_by_a_signal_says_which(cp: ControlPlane) -> None:
+    job = cp.jobs.submit({"name": "killed", "tasks": [task("a", restart="temporary"), task("b", "a")]}, node="n1")
+    finish(cp, job.id, code=-9, only={"a"})
+    error = cp.jobs.job(job.id).error or ""
+    assert "killed by signal 9 (SIGKILL); no output" in error and error.startswith("task a failed: allocation ")
+    assert [t.state for t in cp.jobs.tasks(job.id)] == ["failed", "skipped"]
 
 
 def test_a_failed_task_is_restarted_per_policy_before_the_job_gives_up(cp: ControlPlane) -> None:
@@ -104,14 +121,16 @@ def test_a_failed_task_is_restarted_per_policy_before_the_job_gives_up(cp: Contr
     assert cp.jobs.job(job.id).state == "succeeded"
 
 
-def test_cancel_stops_the_whole_hierarchy(cp: ControlPlane) -> None:
-    job = cp.jobs.submit({"name": "long", "tasks": [{**task("svc"), "argv": ["sleep", "1000"]}]}, node="n1")
+def test_cancel_stops_the_whole_hierarchy_running_tasks_cancelled_the_rest_skipped(cp: ControlPlane) -> None:
+    job = cp.jobs.submit({"name": "long", "tasks": [{**task("svc"), "argv": ["sleep", "1000"]}, task("after", "svc")]},
+                         node="n1")
     cancelled = cp.jobs.cancel(job.id)
     assert cancelled.state == "cancelled"
     assert cancelled.root_id is not None
     root = cp.queries.allocation(cancelled.root_id)
     assert root.state is State.STOPPED
     assert all(cp.queries.allocation(r.allocation_id).state is State.STOPPED for t in cp.jobs.tasks(job.id) for r in t.runs)
+    assert {t.path: t.state for t in cp.jobs.tasks(job.id)} == {"svc": "cancelled", "after": "skipped"}
 
 
 def test_the_replicas_executor_keeps_its_copies(cp: ControlPlane) -> None:
@@ -133,11 +152,11 @@ def test_the_replicas_executor_keeps_its_copies(cp: ControlPlane) -> None:
     [
         ({"name": "c", "tasks": [task("a", "b"), task("b", "a")]}, "job.tasks", ["cycle", "a -> b -> a"]),
         ({"name": "m", "tasks": [task("a", "ghost")]}, "job.tasks", ["a -> ghost"]),
-        ({"name": "big", "tasks": [task("huge", resources={"cpu_milli": 999_000}), task("ok")]}, "job.tasks", ["huge", "cpu=999000m"]),
-        ({"name": "gpu", "tasks": [task("h", resources={"gpus": 1, "gpu_model": "H100"})]}, "job.tasks", ["h:", "H100"]),
-        ({"name": "x", "tasks": [task("t", resources={"gpus": 3})]}, "job.tasks", ["gpus=3"]),
+        ({"name": "big", "tasks": [task("huge", resources={"cpu_milli": 999_000}), task("ok")]}, "job.tasks", ["huge.resources.cpu_milli: no node offers cpu=999000m"]),
+        ({"name": "gpu", "tasks": [task("h", resources={"gpus": 1, "gpu_model": "H100"})]}, "job.tasks", ["h.resources.gpu_model: no node has a GPU of model H100"]),
+        ({"name": "x", "tasks": [task("t", resources={"gpus": 3})]}, "job.tasks", ["t.resources.gpus: no node has 3 GPUs (at most 2)"]),
         ({"name": "n", "tasks": [{"name": "t", "executor": "warp-drive"}]}, "job.tasks", ["warp-drive"]),
-        ({"name": "l", "tasks": [task("t", placement={"node_labels": {"zone": "mars"}})]}, "job.tasks", ["zone=mars"]),
+        ({"name": "l", "tasks": [task("t", placement={"node_labels": {"zone": "mars"}})]}, "job.tasks", ["t.placement.node_labels: no node has zone=mars"]),
         ({"name": "e", "tasks": []}, "job.tasks", []),
     ],
 )
@@ -197,3 +216,4 @@ def test_stopping_a_jobs_root_directly_cancels_the_job(cp: ControlPlane) -> None
     assert job.root_id is not None
     cp.allocations.stop(job.root_id)
     assert cp.jobs.job(job.id).state == "cancelled"
+    assert [t.state for t in cp.jobs.tasks(job.id)] == ["cancelled"]  # its allocation was stopped with the root

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.domain.errors import Conflict, InvalidInput, NoCapacity, NotFound
+from controlplane.domain.errors import Conflict, InvalidInput, NoCapacity, NotFound, Unsatisfiable
 from controlplane.domain.lifecycle import CLAIM, EXIT_FAILED, EXIT_OK, RUN, Move, State
 from controlplane.domain.records import TransitionResult
 from controlplane.domain.traversal import build_traversal
@@ -157,14 +157,52 @@ def test_a_batch_that_does_not_fit_writes_nothing(cp: ControlPlane, store: Graph
     assert cp.queries.node("n1").cpu_free == 2000
 
 
-def test_resources_no_node_offers_are_no_capacity(cp: ControlPlane) -> None:
-    cp.nodes.register(node(cpu=2000))
-    with pytest.raises(NoCapacity) as err:
-        cp.allocations.spawn("n1", [job(cpu=3000)], field="spec")
-    assert err.value.field == "spec"
+def test_resources_no_node_could_ever_offer_are_invalid_input_naming_the_field(cp: ControlPlane, store: GraphStore) -> None:
+    # Given nodes of 2 and 4 cores, one with zone=eu and one T4
+    cp.nodes.register(node("small", cpu=2000, zone="eu"))
+    cp.nodes.register(node("big", cpu=4000, gpus=1, model="T4"))
+    # When a spawn asks for what no node could ever offer, even empty, Then it is refused INVALID_INPUT naming the field
+    cases = [
+        (job(cpu=999_000), "spec.resources.cpu_milli", "no node offers cpu=999000m (the largest has 4000m)"),
+        ({**job(), "node_labels": {"zone": "mars"}}, "spec.node_labels", "no node has zone=mars"),
+        ({**job(), "resources": {"gpus": 1, "gpu_model": "H100"}}, "spec.resources.gpu_model", "no node has a GPU of model H100"),
+        ({**job(), "resources": {"gpus": 2, "gpu_model": "T4"}}, "spec.resources.gpus", "no node has 2 T4 (at most 1)"),
+        ({**job(cpu=3000), "node_labels": {"zone": "eu"}}, "spec.resources.cpu_milli",
+         "no node with zone=eu offers cpu=3000m (the largest has 2000m)"),
+        ({**job(cpu=3000), "node": "small"}, "spec.resources.cpu_milli", "node small offers cpu=2000m, not cpu=3000m"),
+    ]
+    for spec, field, message in cases:
+        with pytest.raises(Unsatisfiable) as err:
+            cp.allocations.spawn("small", [spec], field="spec")
+        assert (err.value.code.value, err.value.field, err.value.message) == ("INVALID_INPUT", field, message)
+    assert allocation_count(store) == 0
     with pytest.raises(NotFound) as err2:
-        cp.allocations.spawn("n1", [{**job(), "node": "ghost"}], field="spec")
+        cp.allocations.spawn("small", [{**job(), "node": "ghost"}], field="spec")
     assert err2.value.field == "spec.node"
+
+
+def test_a_constraint_only_a_lost_or_full_node_meets_is_no_capacity_saying_what_stands_in_the_way(
+    cp: ControlPlane, store: GraphStore,
+) -> None:
+    # Given two eu nodes: eu-1 full, eu-2 lost
+    cp.nodes.register(node("eu-1", cpu=2000, zone="eu"))
+    cp.nodes.register(node("eu-2", cpu=2000, zone="eu"))
+    cp.nodes.register(node("us-1", cpu=8000, zone="us"))
+    cp.allocations.spawn("eu-1", [{**job(cpu=2000), "node": "eu-1"}])
+    store.set_actor_fields(actor_id="eu-2", fields={"status": "lost"})
+    # When a spawn needs zone=eu, Then it is NO_CAPACITY (some node could, none can now), naming each eu node's state
+    with pytest.raises(NoCapacity) as err:
+        cp.allocations.spawn("us-1", [{**job(cpu=1000), "node_labels": {"zone": "eu"}}], field="spec")
+    assert err.value.field == "spec"
+    assert err.value.message == (
+        "no ready node with zone=eu and room for cpu=1000m memory=256MiB now: eu-1 has 0m cpu free; eu-2 is lost"
+    )
+    # And a batch that fits one by one but not together says which one found no room
+    with pytest.raises(NoCapacity) as err2:
+        cp.allocations.spawn("us-1", [job(cpu=5000), job(cpu=5000)])
+    assert (err2.value.field, err2.value.message) == ("specs[1]", (
+        "no ready node with room for cpu=5000m memory=256MiB left for specs[1] after the 1 before it: "
+        "us-1 has cpu=8000m memory=8192MiB free"))
 
 
 def test_spawn_with_a_request_id_is_idempotent(cp: ControlPlane, store: GraphStore) -> None:
@@ -202,10 +240,15 @@ def test_a_gpu_is_claimed_exclusively_and_released_at_the_end(cp: ControlPlane, 
     assert b.gpu_ids == ("g/gpu0",)
 
 
-def test_a_gpu_model_nobody_has_is_no_capacity(cp: ControlPlane) -> None:
+def test_a_gpu_model_nobody_has_is_invalid_input_and_a_claimed_one_no_capacity(cp: ControlPlane) -> None:
     cp.nodes.register(node("g", gpus=1, model="T4"))
-    with pytest.raises(NoCapacity):
+    with pytest.raises(Unsatisfiable) as never:
         cp.allocations.spawn("g", [{**job(), "resources": {"gpus": 1, "gpu_model": "H100"}}])
+    assert never.value.field == "specs.resources.gpu_model"
+    cp.allocations.spawn("g", [{**job(), "resources": {"gpus": 1, "gpu_model": "T4"}}])
+    with pytest.raises(NoCapacity) as now:
+        cp.allocations.spawn("g", [{**job(), "resources": {"gpus": 1, "gpu_model": "T4"}}])
+    assert now.value.message.endswith("now: g has 0 T4 free")
 
 
 # --- lifecycle --------------------------------------------------------------------------

@@ -231,7 +231,10 @@ def test_a_restart_keeps_the_label_constraint_and_waits_for_a_fitting_node(cp: C
     waiting = cp.queries.allocation(a.id)
     assert (waiting.state, waiting.incarnation) == (State.LOST, 2)
     why = [e for e in cp.queries.events(a.id) if e.kind == "waiting"]
-    assert len(why) == 1 and "zone=eu" in (why[0].reason or "")
+    wants = "waiting for a ready node with zone=eu and room for cpu=3000m memory=16MiB"
+    assert cp.queries.allocation(a.id).extra["waiting"] == wants
+    assert len(why) == 1 and why[0].reason == f"{wants}: eu-1 is lost; eu-2 is lost"
+    assert why[0].data["code"] == "NO_CAPACITY"
     clock.now += 10
     cp.repair.reconcile(placed_deadline_s=30, starting_deadline_s=60)
     assert cp.queries.allocation(a.id).state is State.LOST  # still no eu node: still waiting, still one event
@@ -243,6 +246,36 @@ def test_a_restart_keeps_the_label_constraint_and_waits_for_a_fitting_node(cp: C
     back = cp.queries.allocation(a.id)
     assert (back.state, back.incarnation, back.node_id) == (State.PLACED, 3, "eu-3")
     assert back.extra.get("waiting") is None
+
+
+def test_a_waiting_restart_says_what_it_waits_for_once_per_change_and_stop_ends_the_wait(cp: ControlPlane, clock: Clock) -> None:
+    # Given an allocation that needs one A100 in zone=eu, on the only such node
+    cp.nodes.register({"name": "eu-gpu", "cpu_milli": 4_000, "memory_mib": 4_096, "labels": {"zone": "eu"},
+                       "gpus": [{"model": "A100"}]})
+    [a] = cp.allocations.spawn("n1", [spec("trainer", node_labels={"zone": "eu"}, restart="permanent",
+                                           resources={"cpu_milli": 500, "memory_mib": 16, "gpus": 1, "gpu_model": "A100"})])
+    run(cp, a)
+    # When its node is lost, it waits for a node like it, and says so
+    clock.now += 10
+    cp.nodes.heartbeat("n1")
+    assert "eu-gpu" in cp.repair.reap(grace_s=3)
+    wants = "waiting for a ready node with zone=eu, 1 A100 and room for cpu=500m memory=16MiB"
+    assert cp.queries.allocation(a.id).extra["waiting"] == wants
+    # When the node comes back without its zone label, no node could ever take it: a second event, INVALID_INPUT
+    cp.nodes.register({"name": "eu-gpu", "cpu_milli": 4_000, "memory_mib": 4_096, "labels": {"zone": "us"},
+                       "gpus": [{"model": "A100"}]})
+    for _ in range(3):  # retried, one event per change of what it waits on
+        clock.now += 10
+        cp.nodes.heartbeat("n1")
+        cp.repair.reconcile(placed_deadline_s=30, starting_deadline_s=60)
+    waits = [(e.reason, e.data["code"]) for e in cp.queries.events(a.id) if e.kind == "waiting"]
+    assert waits == [(f"{wants}: eu-gpu is lost", "NO_CAPACITY"), (f"{wants}: no node has zone=eu", "INVALID_INPUT")]
+    # When it is stopped, the wait ends
+    stopped = cp.allocations.stop(a.id)
+    assert (stopped.state, stopped.extra.get("waiting"), stopped.extra.get("restart_at")) == (State.LOST, None, None)
+    clock.now += 10
+    cp.repair.reconcile(placed_deadline_s=30, starting_deadline_s=60)
+    assert cp.queries.allocation(a.id).incarnation == 1
 
 
 def test_a_node_pin_holds_the_allocation_waits_for_its_node(cp: ControlPlane, clock: Clock) -> None:

@@ -142,10 +142,13 @@ class AgentReports:
         results = self.store.transition_many(changes=changes, now=self.clock())
         return [r.allocation for r in results if r is not None and r.applied and r.allocation.node_id == self.node]
 
-    def running(self, started: Sequence[tuple[Key, int]]) -> set[Key]:
-        """starting -> running with the pid; returns the keys that were stopped meanwhile (to be ended)."""
+    def running(self, started: Sequence[tuple[Key, int]], *, log_paths: Mapping[Key, str] | None = None) -> set[Key]:
+        """starting -> running with the pid (and where its output goes); returns the keys that were stopped
+        meanwhile (to be ended)."""
         now = self.clock()
-        changes = [Change(i, RUN, inc, {"pid": pid, "started_at": now}, reason=f"pid {pid}", by=self.node)
+        logs = log_paths or {}
+        changes = [Change(i, RUN, inc, {"pid": pid, "started_at": now, "log_path": logs.get((i, inc))},
+                          reason=f"pid {pid}", by=self.node)
                    for (i, inc), pid in started]
         results = self.store.transition_many(changes=changes, now=now)
         return {key for (key, _pid), r in zip(started, results, strict=True)
@@ -327,15 +330,18 @@ class NodeAgent:
             {(r.id, r.incarnation): Reservation(r.cpu, r.memory, r.gpu_ids) for r in claimed},
         )
         started: list[tuple[Key, int]] = []
+        log_paths: dict[Key, str] = {}
         for rec, fut in zip(claimed, futures, strict=True):
             try:
-                started.append(((rec.id, rec.incarnation), fut.result(timeout=60).pid))
+                handle = fut.result(timeout=60)
+                started.append(((rec.id, rec.incarnation), handle.pid))
+                log_paths[(rec.id, rec.incarnation)] = os.path.abspath(handle.log_path)
             except (ExecutableNotFound, OSError, IsolationError) as exc:
                 if _g(self.reports.failed_to_start, (rec.id, rec.incarnation), error=str(exc)):
                     self.dispatcher.terminated(keys=[(rec.id, rec.incarnation)])
         self.notify()
         grace = {(r.id, r.incarnation): r.grace_period_s for r in claimed}
-        for key in _g(self.reports.running, started):
+        for key in _g(self.reports.running, started, log_paths=log_paths):
             # stopped while starting: the stop found no process yet, so ending it is ours
             self.processes.stop(key, grace_s=grace[key])
 

@@ -1,4 +1,4 @@
-"""The periodic scheduler: reaps lost nodes and reconciles stuck allocations.
+"""The periodic scheduler: reaps lost nodes, reconciles stuck allocations, prunes old history (retention).
 
 Exactly one runs at a time: each tick happens only while holding a Redis lock
 with a short TTL (renewed every tick), so a second scheduler waits as a hot
@@ -16,6 +16,7 @@ import time
 import redis
 
 from controlplane.redis_urls import sync_client
+from controlplane.services.retention import RetentionPolicy
 from controlplane.settings import Settings
 from controlplane.wiring import control_plane
 
@@ -46,11 +47,21 @@ class LeaderLock:
             self.client.delete(self.key)
 
 
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    return RetentionPolicy(
+        events_max_age_s=settings.retention_events_max_age_s, events_max_count=settings.retention_events_max_count,
+        allocations_max_age_s=settings.retention_allocations_max_age_s,
+        allocations_max_count=settings.retention_allocations_max_count, batch=settings.retention_batch,
+    )
+
+
 def run_scheduler(settings: Settings, *, graph_uri: str | None, broker_url: str, stop: threading.Event | None = None) -> None:
     control = control_plane(settings, graph_uri=graph_uri, broker_url=broker_url)
     lock = LeaderLock(sync_client(broker_url), ttl_s=max(2.0, settings.scheduler_interval_s * 4))
     stop = stop or threading.Event()
     leader = False
+    retention = retention_policy(settings)
+    next_prune = 0.0
     try:
         while not stop.is_set():
             try:
@@ -63,6 +74,10 @@ def run_scheduler(settings: Settings, *, graph_uri: str | None, broker_url: str,
                     control.repair.reconcile(
                         placed_deadline_s=settings.placed_deadline_s, starting_deadline_s=settings.starting_deadline_s
                     )
+                    if time.monotonic() >= next_prune:
+                        next_prune = time.monotonic() + settings.retention_interval_s
+                        if control.retention.prune(retention).more:  # more to go: again at the next tick
+                            next_prune = 0.0
             except Exception as exc:  # a restarted graph or broker: keep ticking
                 log.warning("scheduler tick failed: %s", exc)
             stop.wait(settings.scheduler_interval_s)

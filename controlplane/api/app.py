@@ -8,6 +8,7 @@ from settings is the caller's business (the CLI, or a test).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
@@ -38,6 +39,7 @@ def create_app(
     max_depth: int = 12,
     max_descendants: int = DEFAULT_MAX_DESCENDANTS,
     events_redis_url: str | None = None,
+    runs_dir: Path | None = None,
 ) -> FastAPI:
     """The API over `control`.
 
@@ -51,6 +53,8 @@ def create_app(
     max_descendants: the most allocations one `descendants` field may return.
     events_redis_url: the Redis whose doorbell (controlplane.eventbus) wakes event subscriptions;
         None: they poll the graph.
+    runs_dir: where node agents on this machine write allocations' output (<data_dir>/runs), for
+        `Allocation.output`; None: only what the graph kept.
     """
     checks = {"graph": control.store.ping} if health_checks is None else dict(health_checks)
     health = Health(checks, {"nodes": nodes_probe(lambda: _statuses(control)), **(health_probes or {})})
@@ -60,8 +64,8 @@ def create_app(
     guard = Guard(control, tokens, browsers or Browsers.local("127.0.0.1", 8000))
 
     async def context(connection: HTTPConnection) -> ApiContext:
-        return ApiContext(control, max_descendants=max_descendants, events_redis_url=events_redis_url, guard=guard,
-                          principal=connection.scope.get("state", {}).get("principal"))
+        return ApiContext(control, max_descendants=max_descendants, events_redis_url=events_redis_url, runs_dir=runs_dir,
+                          guard=guard, principal=connection.scope.get("state", {}).get("principal"))
 
     graphql = AuthGraphQLRouter(
         schema,

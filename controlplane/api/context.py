@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import strawberry
@@ -44,6 +45,7 @@ class ApiContext(BaseContext):
         events_redis_url: str | None = None,
         guard: Guard | None = None,
         principal: Principal | None = None,
+        runs_dir: Path | None = None,
     ) -> None:
         super().__init__()
         self.control = control
@@ -53,6 +55,8 @@ class ApiContext(BaseContext):
         self.max_descendants = max_descendants
         #: where live event subscriptions hear the doorbell (None: they poll)
         self.events_redis_url = events_redis_url
+        #: where the node agents of this machine write their allocations' output (None: no local logs)
+        self.runs_dir = runs_dir
         self._forget()
 
     def _forget(self) -> None:

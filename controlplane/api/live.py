@@ -64,8 +64,9 @@ class EventCursor:
 async def follow_events(
     control: ControlPlane, allocation_id: str | None, since: float | None, *, redis_url: str | None
 ) -> AsyncGenerator[Event, None]:
-    """Every event of `allocation_id` (or of all) after `since`, in order, forever; stops when closed or cancelled."""
-    cursor = EventCursor(since)
+    """Every event of `allocation_id` (or of all) after `since` (None: from now on), in order, forever; stops when
+    closed or cancelled."""
+    cursor = EventCursor(control.clock() if since is None else since)
     async with _waiter(redis_url) as (wait, poll_s):
         while True:
             limit = cursor.limit

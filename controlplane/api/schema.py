@@ -281,8 +281,9 @@ class Mutation(TokenMutations):
 @strawberry.type
 class Subscription:
     @strawberry.subscription(
-        description="Events as they happen, of one allocation or node or of all, in order: first the history after "
-        "`since` (all of it when omitted), then each new one.",
+        description="Events as they happen, of one allocation or node or of all, in order, from the moment of "
+        "subscribing; with `since` (Unix seconds), first the history after it (`since: 0`: all that is kept), then "
+        "each new one.",
         permission_classes=requires(READ, arg("allocation")),
     )
     async def events(

@@ -21,6 +21,7 @@ from strawberry.scalars import JSON
 
 from controlplane.api import access
 from controlplane.api.context import Info, wanted_fields, wanted_properties
+from controlplane.api.output import DEFAULT_TAIL_BYTES, AllocationOutput, read_output
 from controlplane.domain.errors import InvalidInput
 from controlplane.domain.lifecycle import State
 from controlplane.domain.records import AllocationRecord, GpuRecord, NeighborRecord, NodeRecord
@@ -244,6 +245,33 @@ class Allocation(Actor):
     def restart_at(self, root: Parent[AllocationRecord]) -> float | None:
         value = root.extra.get("restart_at")
         return float(value) if value is not None else None
+
+    @strawberry.field(
+        description="What its restart waits for when no node can take it, e.g. \"waiting for a ready node with "
+        "zone=eu, 1 A100 and room for cpu=500m memory=256MiB\" (retried; each change is a `waiting` event saying "
+        "what stands in the way); null when it waits for nothing. `stopAllocation` ends the wait."
+    )
+    def waiting(self, root: Parent[AllocationRecord]) -> str | None:
+        value = root.extra.get("waiting")
+        return str(value) if value is not None else None
+
+    @strawberry.field(description="The file its node agent writes the current incarnation's output to, on its node; "
+                      "null before it starts (see `output`).")
+    def log_path(self, root: Parent[AllocationRecord]) -> str | None:
+        value = root.extra.get("log_path")
+        return str(value) if value is not None else None
+
+    @strawberry.field(
+        description="An incarnation's output (default: the current one): its node, its log file there, and its last "
+        "`tailBytes` bytes. Null for a native allocation (no process, no output)."
+    )
+    async def output(
+        self, root: Parent[AllocationRecord], info: Info, incarnation: int | None = None, tail_bytes: int = DEFAULT_TAIL_BYTES,
+    ) -> AllocationOutput | None:
+        if root.executor != "process":
+            return None
+        ctx = info.context
+        return await ctx.call(lambda: read_output(ctx.control.queries.log_of(root.id, incarnation), ctx.runs_dir, tail_bytes))
 
     @strawberry.field(description="Why it failed as a supervisor (a child escalated to it); null if it did not.")
     def escalated(self, root: Parent[AllocationRecord]) -> str | None:

@@ -43,6 +43,14 @@ class InvalidInput(ControlPlaneError):
     code = ErrorCode.INVALID_INPUT
 
 
+class Unsatisfiable(InvalidInput):
+    """No node of the cluster could ever meet this demand, even empty: fix the request or add such a node.
+
+    Not "no room now" (NoCapacity): a label no node carries, a GPU model nobody owns, more cpu than
+    any node has. A restart that meets it waits (a node may join); a spawn is refused.
+    """
+
+
 class Conflict(ControlPlaneError):
     code = ErrorCode.CONFLICT
 

@@ -58,7 +58,7 @@ ALLOCATION_PROPERTIES: frozenset[str] = frozenset({
     "pid", "seq", "restart_type", "supervision", "child_policy", "restart_log", "backoff_level", "restarts", "native",
     "config", "job_id", "task_id", "root_of", "orphan", "orphaned_at", "restart_at", "started_at", "finished_at",
     "stop_requested_at", "escalated", "agent", "process_exited", "pin", "node_labels", "max_rtt_ms", "spread_key",
-    "waiting", "stop_grace_s",
+    "waiting", "stop_grace_s", "log_path",
 })
 #: always part of a projection: what records and relations need
 ALLOCATION_CORE: tuple[str, ...] = ("id", "state", "incarnation", "parent_id", "node_id", "executor", "name")

@@ -45,7 +45,10 @@ class Task:
     path: str = strawberry.field(description='Its place in the job, e.g. "train/worker".')
     name: str
     parent_path: str | None = strawberry.field(description="The task whose allocation spawns this one's, if nested.")
-    state: str = strawberry.field(description="`pending`, `running`, `succeeded`, `failed`, ...")
+    state: str = strawberry.field(
+        description="`pending`, `running`, `succeeded`, `failed`; once its job has ended, a task that had not finished "
+        "is `cancelled` (its allocations were stopped) or `skipped` (it never started)."
+    )
     replicas: int
     executor: str
     runs: list[TaskRun] = strawberry.field(description="The allocations that execute it, one per replica.")
@@ -66,7 +69,10 @@ class Job:
     state: str = strawberry.field(description="`submitted`, `running`, `succeeded`, `failed` or `cancelled`.")
     submitted_at: float = strawberry.field(description="Unix time, in seconds.")
     updated_at: float
-    error: str | None
+    error: str | None = strawberry.field(
+        description="Why it failed: the failing task, its allocation, how it ended (exit code or signal) and the end "
+        "of its output; or why a task could not start."
+    )
     tasks_total: int
 
     @classmethod

@@ -16,11 +16,8 @@ from controlplane.jobs.ports import NewTask
 from graph_schema.cypher.base import CypherStore, props_of
 
 A = Label.ALLOCATION.value
-N = Label.NODE.value
-G = Label.GPU.value
 JOB = Label.JOB.value
 TASK = Label.TASK.value
-GPU_OWNER = EdgeType.GPU_OWNER.value
 HAS_TASK = EdgeType.HAS_TASK.value
 DEPENDS_ON = EdgeType.DEPENDS_ON.value
 EXECUTES = EdgeType.EXECUTES.value
@@ -77,10 +74,6 @@ SET j += $fields
 RETURN properties(j) AS j
 """
 
-GPU_INVENTORY = f"""
-MATCH (g:{G})-[:{GPU_OWNER}]->(n:{N})
-RETURN n.id, g.model, count(g)
-"""
 
 
 class CypherJobStore:
@@ -130,9 +123,3 @@ class CypherJobStore:
                                                 "now": now,
                                                 "fields": {k: v for k, v in (fields or {}).items() if v is not None}})
         return JobRecord.from_props(props_of(rows[0][0])) if rows else None
-
-    def gpu_inventory(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for node_id, model, n in self.store.read(GPU_INVENTORY, {}):
-            out.setdefault(node_id, {})[model] = int(n)
-        return out

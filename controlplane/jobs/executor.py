@@ -5,7 +5,9 @@ the graph with the allocations that ran them, derives each task's state, and
 spawns the tasks whose needs have all succeeded: top-level tasks as its own
 children, nested tasks as children of their parent task's allocation. Each task
 is claimed (pending -> running) by one guarded write before it is spawned with
-ids derived from the task, so concurrent or repeated events spawn it once.
+ids derived from the task, so concurrent or repeated events spawn it once. When a
+task fails for good, the job fails saying which task, how it ended and how its
+output ended; the tasks that had not finished end with it (`end_tasks`).
 """
 
 from __future__ import annotations
@@ -16,16 +18,26 @@ from functools import lru_cache
 from typing import Any
 
 from controlplane.domain.errors import ControlPlaneError
+from controlplane.domain.lifecycle import State
 from controlplane.domain.records import AllocationRecord
-from controlplane.jobs.model import JOB_ACTIVE, JobState, TaskRecord, TaskState, derive
+from controlplane.jobs.model import JOB_ACTIVE, JobState, TaskRecord, TaskState, at_job_end, derive, failure_summary
 from controlplane.jobs.ports import JobStore
 from controlplane.jobs.spec import JobSpec, TaskRow, TaskSpec, flatten
 from controlplane.ports.native import NativeContext
+from controlplane.ports.store import Hierarchy
 from controlplane.services.ids import new_ids
 
 log = logging.getLogger(__name__)
 #: a task claimed but still without an allocation this long after: its spawn was lost
 ORPHAN_AFTER_S = 30.0
+#: failed tasks a job's error describes one by one (the rest are counted)
+DESCRIBED_FAILURES = 3
+
+
+def end_tasks(store: JobStore, job_id: str, now: float) -> None:
+    """The job ended: every task that had not finished ends with it (`skipped` or `cancelled`, see at_job_end)."""
+    tasks = store.job_tasks(job_id=job_id)
+    store.set_task_states(changes=[(t.id, [t.state], end) for t in tasks if (end := at_job_end(t)) is not t.state], now=now)
 
 
 @lru_cache(maxsize=64)
@@ -55,8 +67,10 @@ def allocation_spec(task: TaskSpec, *, index: int) -> dict[str, Any]:
 
 
 class JobExecutor:
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, allocations: Hierarchy) -> None:
         self.store = store
+        #: to read how the failed tasks' allocations ended
+        self.allocations = allocations
 
     def validate(self, config: dict[str, Any]) -> None:
         return None
@@ -88,9 +102,11 @@ class JobExecutor:
         store.set_task_states(changes=changed, now=now)
         failed = sorted(p for p, s in states.items() if s is TaskState.FAILED)
         if failed:
+            why = self._why(failed, by_path)
             store.set_job_state(job_id=job_id, expected=JOB_ACTIVE, to=JobState.FAILED, now=now,
-                                fields={"error": f"task(s) failed: {', '.join(failed)}", "finished_at": now})
-            ctx.fail(f"job {job.name}: task(s) failed: {', '.join(failed)}")
+                                fields={"error": why, "finished_at": now})
+            end_tasks(store, job_id, now)
+            ctx.fail(f"job {job.name}: {why}")
             return
         if all(s is TaskState.SUCCEEDED for s in states.values()):
             store.set_job_state(job_id=job_id, expected=[JobState.RUNNING], to=JobState.SUCCEEDED, now=now,
@@ -117,6 +133,18 @@ class JobExecutor:
         if any(rows[t.path].spec.children for t in fresh + orphaned):
             self.advance(ctx)  # their nested children can start now that their parent allocations exist
 
+    def _why(self, failed: Sequence[str], by_path: dict[str, TaskRecord]) -> str:
+        """The failed tasks, each with its failing allocation, how it ended and the end of its output."""
+        described = list(failed[:DESCRIBED_FAILURES])
+        runs = {p: [r for r in by_path[p].runs if r.state in (State.FAILED, State.LOST, State.STOPPED) and not r.restart_pending]
+                for p in described}
+        records = {a.id: a for a in self.allocations.get_allocations(
+            allocation_ids=[r.allocation_id for rs in runs.values() for r in rs])}
+        parts = [failure_summary(p, [records[r.allocation_id] for r in runs[p] if r.allocation_id in records]) for p in described]
+        if len(failed) > len(described):
+            parts.append(f"{len(failed) - len(described)} more task(s) failed: {', '.join(failed[len(described):])}")
+        return "; ".join(parts)
+
     @staticmethod
     def _parent_of(ctx: NativeContext, task: TaskRecord, by_path: dict[str, TaskRecord]) -> str:
         return ctx.allocation.id if task.parent_path is None else by_path[task.parent_path].runs[0].allocation_id
@@ -139,5 +167,6 @@ class JobExecutor:
             self.store.set_task_states(changes=[(t.id, [TaskState.RUNNING, TaskState.PENDING], TaskState.FAILED) for t in tasks],
                                        now=now)
             self.store.set_job_state(job_id=tasks[0].job_id, expected=[JobState.RUNNING], to=JobState.FAILED, now=now,
-                                     fields={"error": f"task(s) {paths} could not start: {exc}"})
+                                     fields={"error": f"task(s) {paths} could not start: {exc}", "finished_at": now})
+            end_tasks(self.store, tasks[0].job_id, now)
             ctx.fail(f"task(s) {paths} could not start: {exc}")

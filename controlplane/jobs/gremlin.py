@@ -7,7 +7,6 @@ precondition inside, values as arguments.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,28 +17,18 @@ from controlplane.domain.vocabulary import EdgeType, Label
 from controlplane.jobs.model import JobRecord, JobState, TaskRecord, TaskState
 from controlplane.jobs.ports import NewTask
 from graph_schema.gremlin.remote import Remote, props_of
-from graph_schema.gremlin.steps import GPU_OWNER, A, G, N, having, set_props, vertex_map
+from graph_schema.gremlin.steps import A, having, set_props, vertex_map
 
 JOB = Label.JOB.value
 TASK = Label.TASK.value
 HAS_TASK = EdgeType.HAS_TASK.value
 DEPENDS_ON = EdgeType.DEPENDS_ON.value
 EXECUTES = EdgeType.EXECUTES.value
-#: every node status (DESIGN.md): nodes are found through their indexed status, never by a scan
-NODE_STATUSES = ("ready", "draining", "lost", "down")
 
 
 class GremlinJobStore:
     def __init__(self, remote: Remote) -> None:
         self._remote = remote
-
-    def gpu_inventory(self) -> dict[str, dict[str, int]]:
-        rows = self._remote.run(
-            lambda g: having(g, N, "status", list(NODE_STATUSES)).project("n", "models")
-            .by("id").by(__.in_(GPU_OWNER).has_label(G).values("model").fold()),
-            write=False,
-        )
-        return {r["n"]: dict(Counter(r["models"])) for r in rows if r["models"]}
 
     def create_job(
         self, *, job_id: str, name: str, spec_json: str, node_id: str, tasks: Sequence[NewTask], root_id: str, now: float

@@ -45,6 +45,3 @@ class JobStore(Protocol):
     def set_job_state(
         self, *, job_id: str, expected: Sequence[JobState], to: JobState, now: float, fields: dict[str, Any] | None = None
     ) -> JobRecord | None: ...
-
-    def gpu_inventory(self) -> dict[str, dict[str, int]]:
-        """node id -> GPU model -> how many GPUs of it the node owns (claimed or not): what a job could ever get."""

@@ -13,20 +13,25 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from controlplane.domain.clock import wall_clock
-from controlplane.domain.errors import Conflict, InvalidInput, NotFound
+from controlplane.domain.errors import Conflict, InvalidInput, NotFound, Unsatisfiable
 from controlplane.domain.lifecycle import State
-from controlplane.domain.records import AllocationRecord, NodeRecord
+from controlplane.domain.placement import Demand, explain
+from controlplane.domain.records import AllocationRecord
 from controlplane.domain.text import REQUEST_ID_MAX, Id, Line, checked
+from controlplane.jobs.executor import end_tasks
 from controlplane.jobs.model import JOB_ACTIVE, JOB_FINISHED, JOB_OUTCOME_OF_ROOT, JobRecord, JobState, TaskRecord
 from controlplane.jobs.ports import JobStore, NewTask
 from controlplane.jobs.spec import JobSpec, TaskRow, flatten, parse_job
 from controlplane.ports.native import NativeExecutor
-from controlplane.ports.store import Hierarchy, Topology
+from controlplane.ports.store import Hierarchy, PlacementReads, Topology
 from controlplane.services.allocations import AllocationService
 from controlplane.services.ids import new_ids
 
+#: nodes a submitted job's tasks are checked against (the most cpu first)
+FEASIBILITY_NODES = 10_000
 
-class JobReads(Topology, Hierarchy, Protocol):
+
+class JobReads(Topology, Hierarchy, PlacementReads, Protocol):
     """What jobs read of the platform graph."""
 
 
@@ -87,16 +92,9 @@ class JobService:
         return ready[0].id
 
     def _check_feasible(self, rows: list[TaskRow]) -> None:
-        nodes: list[NodeRecord] = []
-        after = None
-        while True:
-            page = self.store.list_nodes(after=after, limit=1000)
-            nodes.extend(n for n in page if n.status in ("ready", "draining"))
-            if len(page) < 1000:
-                break
-            after = page[-1].id
-        inventory = self.jobs_store.gpu_inventory()
-        models = {n.id: inventory.get(n.id, {}) for n in nodes}
+        """Refuse what no node could ever run, by the placer's own rule (`explain`): a task's resources, GPUs and
+        labels against every node, whatever its status now. No room now is not refused: the task waits its turn."""
+        inventory = self.store.node_inventory(labels=(), node_ids=None, limit=FEASIBILITY_NODES)
         problems = []
         for r in rows:
             t = r.spec
@@ -106,20 +104,12 @@ class JobService:
                 except InvalidInput as exc:
                     problems.append(f"{r.path}: {exc}")
                     continue
-            res = t.resources
-            fits = [
-                n for n in nodes
-                if n.cpu >= res.cpu_milli and n.memory >= res.memory_mib
-                and all(f"{k}={v}" in n.labels for k, v in t.placement.node_labels.items())
-                and (res.gpus == 0 or sum(c for m, c in models[n.id].items() if res.gpu_model in (None, m)) >= res.gpus)
-            ]
-            if not fits:
-                wanted = f"cpu={res.cpu_milli}m memory={res.memory_mib}MiB"
-                if res.gpus:
-                    wanted += f" gpus={res.gpus}{' ' + res.gpu_model if res.gpu_model else ''}"
-                if t.placement.node_labels:
-                    wanted += " labels=" + ",".join(f"{k}={v}" for k, v in t.placement.node_labels.items())
-                problems.append(f"{r.path}: no node could ever offer {wanted}")
+            demand = Demand(resources=t.resources.to_resources(),
+                            labels=tuple(sorted(f"{k}={v}" for k, v in t.placement.node_labels.items())))
+            why = explain(demand, inventory, field=r.path)
+            if isinstance(why, Unsatisfiable):
+                where = (why.field or r.path).replace(f"{r.path}.node_labels", f"{r.path}.placement.node_labels")
+                problems.append(f"{where}: {why.message}")
         if problems:
             raise InvalidInput("; ".join(problems), field="job.tasks")
 
@@ -131,6 +121,7 @@ class JobService:
         now = self.clock()
         cancelled = self.jobs_store.set_job_state(job_id=job_id, expected=JOB_ACTIVE, to=JobState.CANCELLED,
                                                   now=now, fields={"finished_at": now}) or job
+        end_tasks(self.jobs_store, job_id, now)  # running ones are cancelled, unstarted ones skipped
         if job.root_id:
             self.allocations.stop(job.root_id, reason=f"job {job.name} cancelled", by=by)
         return cancelled
@@ -155,11 +146,13 @@ class JobService:
         """A job's root ended other than by its executor (stopped, lost, failed): the job ends with it."""
         outcome = JOB_OUTCOME_OF_ROOT.get(root.state, JobState.FAILED)
         now = self.clock()
+        job_id = str(root.extra["root_of"])
         self.jobs_store.set_job_state(
-            job_id=str(root.extra["root_of"]), expected=JOB_ACTIVE, to=outcome, now=now,
+            job_id=job_id, expected=JOB_ACTIVE, to=outcome, now=now,
             fields={"error": None if outcome is not JobState.FAILED else f"root {root.id} {root.state.value}: {root.error or ''}".strip(),
                     "finished_at": now},
         )
+        end_tasks(self.jobs_store, job_id, now)  # whatever ended the job, no task is left pending or running
 
     @checked(job_id=Id("id"))
     def job(self, job_id: str) -> JobRecord:

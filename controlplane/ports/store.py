@@ -9,11 +9,12 @@ conformance suite in tests/ runs each behaviour on each engine.
 | role | for | who uses it |
 | --- | --- | --- |
 | Topology | nodes, GPUs, neighbour links | node service, node agents, placement, queries |
-| PlacementReads | candidate nodes, spread counts | the placer |
+| PlacementReads | candidate nodes, spread counts, what nodes are (why nothing fits) | the placer, jobs |
 | Ledger | creating, moving, restarting allocations; watches; decisions | allocations, supervisor, agents, native runner |
 | Hierarchy | reading allocations and the PARENT_OF tree | nearly everyone |
 | History | the ordered events | supervisor, queries |
 | Repair | what the reaper and the reconciler look for | repair |
+| Retention | pruning old events and ended allocations in small batches | retention |
 | Admin | schema, health, raw read-only queries | wiring, queries, tests |
 """
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from controlplane.domain.lifecycle import Move, State
+from controlplane.domain.placement import NodeInventory
 from controlplane.domain.records import (
     AllocationRecord,
     Event,
@@ -168,6 +170,10 @@ class PlacementReads(Protocol):
     def spread_counts(self, *, keys: Sequence[str]) -> dict[tuple[str, str], int]:
         """(spread key, node id) -> live allocations with that key on that node."""
 
+    def node_inventory(self, *, labels: Sequence[str], node_ids: Sequence[str] | None, limit: int) -> list[NodeInventory]:
+        """Nodes carrying every label (and among `node_ids` when given), whatever their status, most cpu first:
+        what they are and what they have free (why a placement failed)."""
+
 
 class Hierarchy(Protocol):
     def get_allocation(self, *, allocation_id: str) -> AllocationRecord | None: ...
@@ -269,6 +275,25 @@ class Repair(Protocol):
         """(parent id, allocation id, incarnation) of decided restarts that should have happened by `before`."""
 
 
+class Retention(Protocol):
+    """History and ended allocations do not grow for ever: each call deletes a small batch, so writers never wait long."""
+
+    def event_cutoff(self, *, keep: int) -> float | None:
+        """The `at` of the oldest of the `keep` newest events (those strictly older are over the count); None when
+        there are fewer."""
+
+    def prune_events(self, *, before: float, limit: int) -> int:
+        """Delete at most `limit` events with `at < before`; returns how many went."""
+
+    def allocation_cutoff(self, *, keep: int) -> float | None:
+        """The last change (`updated_at`) of the longest ended of the `keep` most recently ended allocations."""
+
+    def prune_allocations(self, *, before: float, limit: int) -> list[str]:
+        """Delete at most `limit` ended allocations, oldest first, last changed before `before`, that nothing
+        depends on: terminal, no restart decided, no children (a live allocation's parent chain is never touched;
+        a parent goes once its children have). Each goes with all its edges. Returns their ids."""
+
+
 class Admin(Protocol):
     engine: str
 
@@ -292,5 +317,5 @@ class Admin(Protocol):
         """
 
 
-class GraphStore(Topology, PlacementReads, Hierarchy, Ledger, History, Repair, Admin, Protocol):
+class GraphStore(Topology, PlacementReads, Hierarchy, Ledger, History, Repair, Retention, Admin, Protocol):
     """Every role: what an engine adapter implements, and what the assembly point holds."""

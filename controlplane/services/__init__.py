@@ -28,6 +28,7 @@ from controlplane.services.nodes import NodeService
 from controlplane.services.placement import Placer
 from controlplane.services.queries import GraphQueries, QueryGate
 from controlplane.services.repair import RepairService
+from controlplane.services.retention import RetentionService
 from controlplane.services.supervisor import Hooks, SupervisorService
 
 
@@ -45,6 +46,7 @@ class ControlPlane:
     repair: RepairService
     native: NativeRunner
     jobs: JobService
+    retention: RetentionService
 
 
 def build(
@@ -68,7 +70,7 @@ def build(
     hooks = Hooks()
     placer = Placer(store)
     supervisor = SupervisorService(store, send, placer, clock=clock, notify=notify, hooks=hooks)
-    executors = NativeExecutors({"job": JobExecutor(jobs)})
+    executors = NativeExecutors({"job": JobExecutor(jobs, store)})
     allocations = AllocationService(store, send, placer, supervisor, executors.get, clock=clock)
     native = NativeRunner(store, send, allocations, supervisor, executors, clock=clock)
     job_service = JobService(jobs, store, allocations, executors.get, clock=clock)
@@ -81,5 +83,5 @@ def build(
         store=store, dispatcher=send, clock=clock, nodes=NodeService(store, supervisor, clock=clock), queries=GraphQueries(reader or store, gate=gate),
         allocations=allocations, supervisor=supervisor,
         repair=RepairService(store, supervisor, send, leases or GraphLeases(store), clock=clock),
-        native=native, jobs=job_service,
+        native=native, jobs=job_service, retention=RetentionService(store, clock=clock),
     )

@@ -4,7 +4,9 @@ Candidates come from a graph traversal per demand shape (ready nodes with room,
 free GPUs of the model through GPU_OWNER, the labels, neighbours of the
 parent's node within an RTT through NEIGHBOR_OF); the pure `place()` picks the
 best. Nothing here scans every node: when a batch needs more nodes than the
-first candidates hold, the traversal is asked again for more.
+first candidates hold, the traversal is asked again for more. When nothing fits,
+the failing demand is explained from the nodes' inventory (`explain`): could
+never (Unsatisfiable, INVALID_INPUT) or not now (NoCapacity).
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from controlplane.domain.errors import NoCapacity
-from controlplane.domain.placement import Demand, Placement, place
+from controlplane.domain.placement import Demand, NoRoom, Placement, explain, place
 from controlplane.domain.records import AllocationRecord
 from controlplane.domain.resources import NodeCapacity, Resources
 from controlplane.ports.store import PlacementReads
@@ -21,6 +22,8 @@ from controlplane.ports.store import PlacementReads
 #: candidates asked for beyond a shape's count, and how much more each further round asks for
 CANDIDATE_SLACK = 16
 GROWTH = 8
+#: nodes read to explain a placement that failed (the most cpu first)
+INVENTORY_LIMIT = 1000
 
 
 class _Shape(NamedTuple):
@@ -52,7 +55,9 @@ class Placer:
         self.store = store
 
     def place(self, demands: Sequence[Demand], origin: str, *, field: str) -> list[Placement]:
-        """A node (and GPUs) for each demand, all or nothing; `origin` is the node of the parent (RTTs are from it)."""
+        """A node (and GPUs) for each demand, all or nothing; `origin` is the node of the parent (RTTs are from it).
+
+        Raises Unsatisfiable (no node could ever take a demand) or NoCapacity (none can now), naming the demand."""
         rtt: dict[str, float] = {}
         if any(d.max_rtt_ms is not None for d in demands):
             rtt = {origin: 0.0, **{n.node_id: n.rtt_ms for n in self.store.neighbors(node_id=origin)}}
@@ -77,8 +82,16 @@ class Placer:
                 nodes.update((c.node_id, c) for c in found)
             try:
                 return place(demands, list(nodes.values()), rtt_ms=rtt, spread=spread, field=field)
-            except NoCapacity:
+            except NoRoom as refused:
                 if len(exhausted) == len(limits):
-                    raise
+                    raise self._explain(demands[refused.index], rtt, field=refused.field or field,
+                                        placed_before=refused.index) from None
                 # a batch bigger than the best candidates hold: ask the traversal for more of them
                 limits = {shape: limit if shape in exhausted else limit * GROWTH for shape, limit in limits.items()}
+
+    def _explain(self, d: Demand, rtt: dict[str, float], *, field: str, placed_before: int) -> Exception:
+        inventory = self.store.node_inventory(labels=d.labels, node_ids=[d.node_id] if d.node_id else None,
+                                              limit=INVENTORY_LIMIT)
+        if d.node_id and not inventory:  # the pinned node without its labels: say which are missing
+            inventory = self.store.node_inventory(labels=(), node_ids=[d.node_id], limit=1)
+        return explain(d, inventory, rtt_ms=rtt, field=field, placed_before=placed_before)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Collection
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import PurePath
 from typing import Protocol, TypeVar
 
 from controlplane.domain.errors import Busy, InvalidInput, NotFound
-from controlplane.domain.lifecycle import parse_state
+from controlplane.domain.lifecycle import LIVE, State, parse_state
 from controlplane.domain.records import AllocationRecord, Event, GpuRecord, NeighborRecord, NodeRecord, RawResult, Vertex
 from controlplane.domain.text import Id, Line, Text, checked
 from controlplane.domain.traversal import TraversalSpec
@@ -34,6 +35,23 @@ T = TypeVar("T")
 
 class QueryStore(Topology, Hierarchy, History, Admin, Protocol):
     """Everything a reader may ask."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogLocation:
+    """Where one incarnation's output is: the node whose agent ran it, and the file that agent writes."""
+
+    allocation_id: str
+    incarnation: int
+    node_id: str
+    #: the file on that node (None: not known, e.g. an older incarnation on another node whose events were pruned)
+    path: str | None
+    #: its process was started, so its agent wrote a log (for an older incarnation: its start is on record)
+    started: bool
+    #: it may still be writing (the current incarnation, not ended)
+    live: bool
+    #: what the graph kept of its output: the current incarnation's last bytes, once it ended
+    output_tail: str | None
 
 
 class QueryGate:
@@ -122,6 +140,28 @@ class GraphQueries:
         if label is None:
             raise NotFound(f"no vertex with id {spec.start_id!r}", field="from")
         return self.gate.run(lambda: self.store.traverse(spec=replace(spec, start_label=Label(label))))
+
+    @checked(allocation_id=Id("id"))
+    def log_of(self, allocation_id: str, incarnation: int | None = None) -> LogLocation:
+        """Where an incarnation's output is (default: the current one): its node and its file there."""
+        a = self.allocation(allocation_id)
+        if a.executor != "process":
+            raise InvalidInput(f"allocation {a.id} is {a.executor}: it runs no process and writes no output", field="id")
+        n = a.incarnation if incarnation is None else incarnation
+        if not 1 <= n <= a.incarnation:
+            raise InvalidInput(f"allocation {a.id} has incarnations 1 to {a.incarnation}", field="incarnation")
+        if n == a.incarnation:
+            started = a.pid is not None or a.extra.get("log_path") is not None or a.extra.get("started_at") is not None
+            path = a.extra.get("log_path")
+            return LogLocation(a.id, n, a.node_id, str(path) if path else None, started, a.state in LIVE, a.output_tail)
+        ran = [e for e in self.store.events(allocation_id=a.id, since=None, limit=10_000)
+               if e.kind == "transition" and e.incarnation == n and e.to_state == State.RUNNING.value]
+        node = ran[0].by if ran and ran[0].by else None
+        path = None
+        current = a.extra.get("log_path")
+        if node is not None and node == a.node_id and current:  # beside the current incarnation's file
+            path = str(PurePath(str(current)).with_name(f"{a.id}.{n}.log"))
+        return LogLocation(a.id, n, node or a.node_id, path, bool(ran), False, None)
 
     # --- history and raw queries ---------------------------------------------------------
     @checked(allocation_id=Id("allocation"))

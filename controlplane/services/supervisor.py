@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from controlplane.domain.clock import wall_clock
-from controlplane.domain.errors import Conflict, NoCapacity, NotFound
+from controlplane.domain.errors import Conflict, ControlPlaneError, NoCapacity, NotFound, Unsatisfiable
 from controlplane.domain.lifecycle import LIVE, RESTARTABLE, STOP, STOPPED, TERMINAL, State
+from controlplane.domain.placement import NoRoom, waiting_for
 from controlplane.domain.records import AllocationRecord, Event
 from controlplane.domain.specs import parse
 from controlplane.domain.supervision import (
@@ -333,8 +334,8 @@ class SupervisorService:
             now = self.clock()
             try:
                 placements = self.placer.place([demand_of(a) for a, _ in todo], origin, field="restart")
-            except NoCapacity as exc:
-                self._wait(parent_id, [a for a, _ in todo], str(exc.message), now)
+            except (NoCapacity, Unsatisfiable) as exc:  # no node now, or none could ever: a node may join
+                self._wait(parent_id, [a for a, _ in todo], exc, now)
                 return []
             restart_items = [
                 RestartItem(a.id, a.incarnation, p.node_id, p.gpu_ids, a.cpu, a.memory, level)
@@ -364,16 +365,23 @@ class SupervisorService:
             return restarted
         return []
 
-    def _wait(self, parent_id: str, waiting: Sequence[AllocationRecord], why: str, now: float) -> None:
-        """No node can take them now: say so once per reason, and try again later (the reconciler)."""
+    def _wait(self, parent_id: str, waiting: Sequence[AllocationRecord], refused: ControlPlaneError, now: float) -> None:
+        """No node can take them now: say what each waits for (the `waiting` property), one event per change of
+        it (what stands in the way now, e.g. free cpu, is in the event, not in its identity), and try again
+        later (the reconciler)."""
+        detail = refused.detail if isinstance(refused, NoRoom) and refused.detail else refused.message
+        events = []
         for a in waiting:
+            why = f"waiting for {waiting_for(demand_of(a))}"
             self.store.set_fields(allocation_id=a.id, incarnation=a.incarnation,
                                   fields={"restart_at": now + WAIT_RETRY_S, "waiting": why})
-        digest = hashlib.sha256(why.encode()).hexdigest()[:12]
-        self.store.record_events(events=[Event(
-            id=f"{a.id}:{a.incarnation}:waiting:{digest}", kind="waiting", allocation_id=a.id, at=now,
-            incarnation=a.incarnation, reason=f"waiting to restart: {why}", by=parent_id,
-        ) for a in waiting])
+            digest = hashlib.sha256(f"{why}|{refused.code.value}".encode()).hexdigest()[:12]
+            events.append(Event(
+                id=f"{a.id}:{a.incarnation}:waiting:{digest}", kind="waiting", allocation_id=a.id, at=now,
+                incarnation=a.incarnation, reason=f"{why}: {detail}", by=parent_id,
+                data={"code": refused.code.value, "field": refused.field},
+            ))
+        self.store.record_events(events=events)
         self.notify()
 
     def _abandon_restart(self, records: Sequence[AllocationRecord]) -> None:

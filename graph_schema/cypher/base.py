@@ -15,7 +15,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, HOLDS_RESOURCES, LIVE, NODE_LOST, RESTARTABLE, State
+from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, HOLDS_RESOURCES, LIVE, NODE_LOST, RESTARTABLE, TERMINAL, State
+from controlplane.domain.placement import NodeInventory
 from controlplane.domain.records import (
     AllocationRecord,
     Event,
@@ -38,6 +39,7 @@ _HOLDING = sorted(s.value for s in HOLDS_RESOURCES)
 _ACCEPTS = sorted(s.value for s in ACCEPTS_CHILDREN)
 _LIVE = sorted(s.value for s in LIVE)
 _RESTARTABLE = sorted(s.value for s in RESTARTABLE)
+_TERMINAL = sorted(s.value for s in TERMINAL)
 _NODE_LOST_FROM = sorted(s.value for s in NODE_LOST.steps)
 
 
@@ -174,6 +176,19 @@ class CypherStore(ABC):
     def spread_counts(self, *, keys: Sequence[str]) -> dict[tuple[str, str], int]:
         rows = self._read(q.SPREAD_COUNTS, {"keys": list(keys), "live": _LIVE})
         return {(r[0], r[1]): int(r[2]) for r in rows}
+
+    def node_inventory(self, *, labels: Sequence[str], node_ids: Sequence[str] | None, limit: int) -> list[NodeInventory]:
+        rows = self._read(q.NODE_INVENTORY, {"labels": list(labels), "ids": list(node_ids) if node_ids is not None else None,
+                                             "limit": int(limit)})
+        out = []
+        for r in rows:
+            gpus = sorted((str(m), bool(free)) for m, free in r[7] if m is not None)
+            out.append(NodeInventory(
+                node_id=r[0], status=r[1], labels=tuple(r[2] or ()), cpu=int(r[3]), memory=int(r[4]),
+                cpu_free=int(r[5]), memory_free=int(r[6]), gpu_models=tuple(m for m, _ in gpus),
+                free_gpu_models=tuple(m for m, free in gpus if free), cordoned=bool(r[8]),
+            ))
+        return out
 
     # --- allocations -------------------------------------------------------------------
     def create_allocations(
@@ -412,6 +427,29 @@ class CypherStore(ABC):
     def due_restarts(self, *, before: float, limit: int) -> list[tuple[str, str, int]]:
         rows = self._read(q.DUE_RESTARTS, {"before": before, "limit": int(limit), "restartable": _RESTARTABLE})
         return [(r[0], r[1], int(r[2])) for r in rows]
+
+    # --- retention -----------------------------------------------------------------------
+    def event_cutoff(self, *, keep: int) -> float | None:
+        excess = int(self._read(q.EVENT_COUNT, {})[0][0]) - max(1, int(keep))
+        if excess <= 0:
+            return None
+        rows = self._read(q.EVENT_CUTOFF, {"skip": excess})
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def prune_events(self, *, before: float, limit: int) -> int:
+        rows = self._write(q.PRUNE_EVENTS, {"before": float(before), "limit": int(limit)})
+        return int(rows[0][0]) if rows else 0
+
+    def allocation_cutoff(self, *, keep: int) -> float | None:
+        excess = int(self._read(q.ENDED_COUNT, {"terminal": _TERMINAL})[0][0]) - max(1, int(keep))
+        if excess <= 0:
+            return None
+        rows = self._read(q.ALLOCATION_CUTOFF, {"skip": excess, "terminal": _TERMINAL})
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def prune_allocations(self, *, before: float, limit: int) -> list[str]:
+        rows = self._write(q.PRUNE_ALLOCATIONS, {"before": float(before), "limit": int(limit), "terminal": _TERMINAL})
+        return [r[0] for r in rows]
 
     @staticmethod
     def _primary_label(labels: Sequence[str]) -> str:

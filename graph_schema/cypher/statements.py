@@ -284,7 +284,7 @@ SET a.state = 'placed', a.incarnation = a.incarnation + 1, a.version = a.version
     a.backoff_level = it.backoff_level, a.exit_code = null, a.pid = null, a.error = null,
     a.output_tail = null, a.agent = null, a.started_at = null, a.finished_at = null, a.restart_at = null,
     a.stop_requested_at = null, a.process_exited = null, a.escalated = null, a.waiting = null,
-    a.stop_grace_s = null
+    a.stop_grace_s = null, a.log_path = null
 CREATE (a)-[:{RUNS_ON}]->(n)
 CREATE (:{EV} {{id: a.id + ':' + toString(a.version), kind: 'transition', allocation_id: a.id,
   incarnation: a.incarnation, from: prev, to: 'placed', at: $now, tick: $tick, reason: $reason, by: p.id}})
@@ -462,8 +462,71 @@ OPTIONAL MATCH (g:{G})-[:{GPU_OWNER}]->(n) WHERE g.claimed_by IS NULL
 RETURN n.id, n.status, n.labels, n.cpu_free, n.memory_free, collect(g.id), collect(g.model)
 """
 
+# Why a placement failed: what the nodes with the labels are, whatever their status (totals and every
+# GPU they own, each with whether it is free), most cpu first. Read only when nothing fits.
+NODE_INVENTORY = f"""
+MATCH (n:{N})
+WHERE ($ids IS NULL OR n.id IN $ids) AND all(l IN $labels WHERE l IN n.labels)
+WITH n ORDER BY n.cpu DESC, n.id LIMIT $limit
+OPTIONAL MATCH (g:{G})-[:{GPU_OWNER}]->(n)
+RETURN n.id, n.status, n.labels, n.cpu, n.memory, n.cpu_free, n.memory_free,
+       collect([g.model, g.claimed_by IS NULL]), coalesce(n.cordoned, false)
+"""
+
 SPREAD_COUNTS = f"""
 MATCH (a:{A})
 WHERE a.spread_key IN $keys AND a.state IN $live
 RETURN a.spread_key, a.node_id, count(a)
+"""
+
+# --- retention: history and ended allocations pruned in small batches ------------------------
+
+EVENT_COUNT = f"MATCH (e:{EV}) RETURN count(e)"
+
+# The `at` of the oldest event to keep: `skip` (the excess over the count) older ones go. Ascending, so an
+# engine walks only the excess (the index on `at`), not the events kept.
+EVENT_CUTOFF = f"""
+MATCH (e:{EV})
+WITH e.at AS at ORDER BY at SKIP $skip LIMIT 1
+RETURN at
+"""
+
+# At most `limit` events older than `before`, through the index on `at` (events have no edges).
+PRUNE_EVENTS = f"""
+MATCH (e:{EV})
+WHERE e.at < $before
+WITH e LIMIT $limit
+DELETE e
+RETURN count(*)
+"""
+
+ENDED_COUNT = f"MATCH (a:{A}) WHERE a.state IN $terminal RETURN count(a)"
+
+# The last change of the longest ended allocation to keep: `skip` (the excess over the count) go before it.
+ALLOCATION_CUTOFF = f"""
+MATCH (a:{A})
+WHERE a.state IN $terminal
+WITH a.updated_at AS at ORDER BY at SKIP $skip LIMIT 1
+RETURN at
+"""
+
+# Ended allocations that nothing depends on, oldest first: terminal, no restart decided, no children (so no
+# live allocation's parent chain goes through one; their parents become leaves for the next batch). Each is
+# locked and checked again before it goes, with every edge it has (PARENT_OF from its parent, RUNS_ON,
+# WATCHES, EXECUTES).
+PRUNE_ALLOCATIONS = f"""
+MATCH (a:{A})
+WHERE a.updated_at < $before AND a.state IN $terminal AND a.restart_at IS NULL
+OPTIONAL MATCH (a)-[:{PARENT_OF}]->(k:{A})
+WITH a, count(k) AS kids
+WHERE kids = 0
+WITH a ORDER BY a.updated_at LIMIT $limit
+REMOVE a._lock
+WITH a
+OPTIONAL MATCH (a)-[:{PARENT_OF}]->(k:{A})
+WITH a, count(k) AS kids
+WHERE kids = 0 AND a.state IN $terminal AND a.restart_at IS NULL
+WITH a, a.id AS id
+DETACH DELETE a
+RETURN id
 """

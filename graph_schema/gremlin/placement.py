@@ -13,6 +13,7 @@ from gremlin_python.process.graph_traversal import GraphTraversal, __
 from gremlin_python.process.traversal import Order, P
 
 from controlplane.domain.lifecycle import LIVE
+from controlplane.domain.placement import NodeInventory
 from controlplane.domain.resources import FreeGpu, NodeCapacity
 from graph_schema.gremlin.remote import value
 from graph_schema.gremlin.steps import GPU_OWNER, A, G, N, having
@@ -64,6 +65,34 @@ class PlacementMixin:
             return capacity_projection(t.order().by("cpu_free", Order.desc).by("id").limit(int(limit)))
 
         return [capacity(r) for r in self._remote.run(build, write=False)]
+
+    def node_inventory(self, *, labels: Sequence[str], node_ids: Sequence[str] | None, limit: int) -> list[NodeInventory]:
+        if node_ids is not None and not node_ids:
+            return []
+
+        def build(g: Any) -> GraphTraversal:
+            t = g.V(*dict.fromkeys(node_ids)).has_label(N) if node_ids is not None else g.V().has_label(N)
+            for label in labels:
+                t = t.where(__.values("labels").unfold().is_(label))
+            gpus = __.in_(GPU_OWNER).has_label(G).project("model", "free").by("model").by(
+                __.choose(__.has("claimed_by"), __.constant(False), __.constant(True))).fold()
+            return (
+                t.order().by("cpu", Order.desc).by("id").limit(int(limit))
+                .project("id", "status", "labels", "cpu", "memory", "cpu_free", "memory_free", "gpus", "cordoned")
+                .by("id").by("status").by("labels").by("cpu").by("memory").by("cpu_free").by("memory_free").by(gpus)
+                .by(__.coalesce(__.values("cordoned"), __.constant(False)))
+            )
+
+        out = []
+        for r in self._remote.run(build, write=False):
+            gpus = sorted((str(x["model"]), bool(x["free"])) for x in r["gpus"])
+            out.append(NodeInventory(
+                node_id=r["id"], status=r["status"], labels=tuple(r.get("labels") or ()), cpu=int(r["cpu"]),
+                memory=int(r["memory"]), cpu_free=int(r["cpu_free"]), memory_free=int(r["memory_free"]),
+                gpu_models=tuple(m for m, _ in gpus), free_gpu_models=tuple(m for m, free in gpus if free),
+                cordoned=bool(r["cordoned"]),
+            ))
+        return out
 
     def spread_counts(self, *, keys: Sequence[str]) -> dict[tuple[str, str], int]:
         if not keys:

@@ -53,6 +53,7 @@ from graph_schema.gremlin import writes
 from graph_schema.gremlin.placement import PlacementMixin
 from graph_schema.gremlin.raw import RawQueryMixin
 from graph_schema.gremlin.remote import Remote, props_of, split_element
+from graph_schema.gremlin.retention import RetentionMixin
 from graph_schema.gremlin.semantic import compile_traversal
 from graph_schema.gremlin.steps import ACTORS, GPU_OWNER, NEIGHBOR_OF, PARENT_OF, RUNS_ON, A, G, N
 from graph_schema.gremlin.supervision import SupervisionMixin
@@ -77,8 +78,8 @@ def allocation(m: dict[Any, Any]) -> AllocationRecord:
     return AllocationRecord.from_props(props_of(m))
 
 
-class GremlinStore(SupervisionMixin, PlacementMixin, RawQueryMixin):
-    """The GraphStore on a Gremlin Server; the mixins hold the supervision, placement and raw-query methods."""
+class GremlinStore(SupervisionMixin, PlacementMixin, RawQueryMixin, RetentionMixin):
+    """The GraphStore on a Gremlin Server; the mixins hold the supervision, placement, raw-query and retention methods."""
 
     engine = "gremlin"
 

@@ -50,7 +50,7 @@ _STALE_OK = ["ready", "draining"]
 #: what a new incarnation starts without
 _CLEARED = (
     "exit_code", "pid", "error", "output_tail", "agent", "started_at", "finished_at", "restart_at",
-    "stop_requested_at", "process_exited", "escalated", "waiting", "stop_grace_s",
+    "stop_requested_at", "process_exited", "escalated", "waiting", "stop_grace_s", "log_path",
 )
 
 

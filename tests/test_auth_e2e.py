@@ -63,7 +63,7 @@ def ask(url: str, headers: dict[str, str], query: str, **variables: Any) -> dict
     return body
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_a_running_allocation_spawns_its_own_children_with_its_token_and_nothing_else(stack: tuple[Stack, str, dict[str, str]]) -> None:
     s, url, admin = stack
     spawned = ask(url, admin, 'mutation($a: [String!]!) { spawnAllocation(parent: "e2e-node", spec: {name: "self", argv: $a}) { id } }',
@@ -88,7 +88,7 @@ def test_a_running_allocation_spawns_its_own_children_with_its_token_and_nothing
     assert [a.id for a in s.control.queries.children("e2e-node")] == [me]
     # When it is stopped, Then its token is refused, and the graph is unchanged by the attempt
     ask(url, admin, "mutation($id: ID!) { stopAllocation(id: $id) { id } }", id=me)
-    wait_for(lambda: (a := s.store.get_allocation(allocation_id=me)) is not None and a.state.value == "stopped", timeout=60,
+    wait_for(lambda: (a := s.store.get_allocation(allocation_id=me)) is not None and a.state.value == "stopped", timeout=120,
              what="it to stop")
     before = s.control.queries.allocations(limit=100)
     late = ask(url, {"Authorization": "Bearer " + got["token"]},

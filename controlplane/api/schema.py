@@ -189,24 +189,28 @@ class Mutation(TokenMutations):
         await ctx.call(ctx.control.nodes.connect, a, b, rtt_ms=rtt_ms, bandwidth=bandwidth)
         return cast(Node, ctx.seen(await ctx.call(ctx.control.queries.node, a)))
 
-    @strawberry.mutation(description="Cordon a node: nothing new is placed on it; what runs there stays.")
+    @strawberry.mutation(description="Cordon a node: nothing new is placed on it; what runs there stays.",
+                         permission_classes=requires(REGISTER, arg("id")))
     async def cordon_node(self, info: Info, id: strawberry.ID) -> Node:
         return cast(Node, await info.context.call(info.context.control.nodes.cordon, id))
 
-    @strawberry.mutation(description="Allow placements on a cordoned or drained node again.")
+    @strawberry.mutation(description="Allow placements on a cordoned or drained node again.",
+                         permission_classes=requires(REGISTER, arg("id")))
     async def uncordon_node(self, info: Info, id: strawberry.ID) -> Node:
         return cast(Node, await info.context.call(info.context.control.nodes.uncordon, id))
 
     @strawberry.mutation(
         description="Drain a node: cordon it and move its allocations off, each by its restart type (permanent and "
-        "transient ones restarted elsewhere by their parents, temporary ones stopped), each stopped within `deadlineS`."
+        "transient ones restarted elsewhere by their parents, temporary ones stopped), each stopped within `deadlineS`.",
+        permission_classes=requires(REGISTER, arg("id")),
     )
     async def drain_node(self, info: Info, id: strawberry.ID, deadline_s: float = 30.0) -> Node:
         return cast(Node, await info.context.call(info.context.control.nodes.drain, id, deadline_s=deadline_s))
 
     @strawberry.mutation(
         description="Remove a node with no live work from the graph (with its GPUs); refused (CONFLICT) with the "
-        "count while allocations run on it or were created by it and live. Answers its id."
+        "count while allocations run on it or were created by it and live. Answers its id.",
+        permission_classes=requires(REGISTER, arg("id")),
     )
     async def deregister_node(self, info: Info, id: strawberry.ID) -> strawberry.ID:
         await info.context.call(info.context.control.nodes.deregister, id)

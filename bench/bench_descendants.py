@@ -1,4 +1,5 @@
-"""Descendants of a 1,100-allocation subtree through GraphQL over HTTP (target p50 <= 20 ms), beside the raw store time.
+"""Descendants of a 1,100-allocation subtree through GraphQL over HTTP (target p50 <= 20 ms), beside the raw store time,
+with authentication off and on (the difference should stay within a few percent).
 
 The API runs as its own process (`controlplane api`, uvicorn) on the engine; this
 process is the HTTP client.
@@ -9,21 +10,15 @@ process is the HTTP client.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from typing import Any
 
 import httpx
 
+from bench.api import auth_overhead_us, delta, graph_uri, redis_url, running_api
 from bench.engines import open_engine
 from controlplane.services import ControlPlane
 from controlplane.wiring import assemble
-from graph_schema.falkordb_server import find_free_port
 
 QUERY = "query($id: ID!) { allocation(id: $id) { descendants(maxDepth: 10, first: 2000) { id name state } } }"
 
@@ -39,7 +34,7 @@ def build_tree(cp: ControlPlane) -> str:
 
 
 def run(engine: str, requests: int) -> None:
-    with open_engine(engine) as (store, server), tempfile.TemporaryDirectory() as tmp:
+    with open_engine(engine) as (store, server):
         store.clear()
         cp = assemble(store)
         root = build_tree(cp)
@@ -52,44 +47,30 @@ def run(engine: str, requests: int) -> None:
             t = time.perf_counter()
             store.descendants(root_id=root, max_depth=10, limit=2000, fields={"id", "name", "state"})
             projected.append(time.perf_counter() - t)
-        port = find_free_port()
-        env = {**os.environ, "GRAPH_BACKEND": engine, "GRAPH_URI": _uri(store, server), "GRAPH_NAME": "bench",
-               "REDIS_URL": server.redis_url(3) if server else "redis://127.0.0.1:1/0", "DATA_DIR": tmp}
-        api = subprocess.Popen([sys.executable, "-m", "controlplane", "api", "--port", str(port)], env=env)
-        try:
-            url = f"http://127.0.0.1:{port}/graphql"
-            with httpx.Client(timeout=30) as client:
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        client.get(f"http://127.0.0.1:{port}/healthz")
-                        break
-                    except httpx.TransportError:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
-                http = []
-                for i in range(requests + 10):
+        # Both APIs run at once and take turns, so that a busy machine slows both alike.
+        with running_api(engine, graph_uri(store, server), redis_url(server), auth=False) as off, \
+                running_api(engine, graph_uri(store, server), redis_url(server), auth=True) as on, \
+                httpx.Client(timeout=30) as client:
+            http: dict[bool, list[float]] = {False: [], True: []}
+            for i in range(requests + 10):
+                for auth, (url, headers) in ((False, off), (True, on)):
                     t = time.perf_counter()
-                    r = client.post(url, json={"query": QUERY, "variables": {"id": root}})
+                    r = client.post(url, json={"query": QUERY, "variables": {"id": root}}, headers=headers)
                     elapsed = time.perf_counter() - t
                     assert r.status_code == 200 and len(r.json()["data"]["allocation"]["descendants"]) == 1100, r.text[:300]
                     if i >= 10:  # warm-up
-                        http.append(elapsed)
-        finally:
-            api.send_signal(signal.SIGTERM)
-            api.wait(timeout=20)
-        print(
-            f"{engine:9s} descendants(1,100) over HTTP: p50 {statistics.median(http) * 1000:.1f} ms, "
-            f"p99 {statistics.quantiles(http, n=100)[98] * 1000:.1f} ms; raw store p50 {statistics.median(projected) * 1000:.1f} ms "
-            f"for the fields asked (id, name, state), {statistics.median(raw) * 1000:.1f} ms for whole records"
-        )
-
-
-def _uri(store: Any, server: Any) -> str:
-    if server is not None:
-        return str(server.url)
-    return str(store.uri if hasattr(store, "uri") else store.remote.url)  # Neo4j, Gremlin
+                        http[auth].append(elapsed)
+        for auth in (False, True):
+            print(
+                f"{engine:9s} descendants(1,100) over HTTP, auth {'on ' if auth else 'off'}: p50 {statistics.median(http[auth]) * 1000:.1f} ms, "
+                f"p99 {statistics.quantiles(http[auth], n=100)[98] * 1000:.1f} ms; raw store p50 {statistics.median(projected) * 1000:.1f} ms "
+                f"for the fields asked (id, name, state), {statistics.median(raw) * 1000:.1f} ms for whole records"
+            )
+        p50 = {auth: statistics.median(v) for auth, v in http.items()}
+        print(f"{engine:9s} descendants over HTTP: authentication costs {delta(p50[True], p50[False])} at p50")
+    on_us, off_us = auth_overhead_us()
+    print(f"trust layer per request, in process: {on_us:.1f} us with authentication on, {off_us:.1f} us off "
+          f"({(on_us - off_us) / 1e6 / statistics.median(http[True]) * 100:.3f}% of the p50 above)")
 
 
 def main() -> None:

@@ -66,10 +66,18 @@ def up(
 
     settings = _settings(api_host=host, api_port=port, data_dir=data_dir)
 
-    def announce(ends: Endpoints, node_name: str | None) -> None:
+    def announce(ends: Endpoints, node_name: str | None, login: tuple[str, bool] | None) -> None:
         console.print(f"[bold green]control plane up[/bold green] ({settings.graph_backend})")
         console.print(f"  GraphQL   {ends.api_url}/graphql")
         console.print(f"  browser   {ends.api_url}/browser")
+        if login is None:
+            console.print("  [red]authentication is OFF[/red] (AUTH_DISABLED)")
+        elif login[1]:  # made now: shown once, as Jupyter does
+            console.print(f"  GraphiQL  {ends.api_url}/graphql?token={login[0]}", soft_wrap=True)
+            console.print(f"  browser   {ends.api_url}/browser?token={login[0]}", soft_wrap=True)
+            console.print(f"  token     written to {settings.data_dir / 'admin.token'} (0600); the CLI reads it from there")
+        else:
+            console.print(f"  token     {settings.data_dir / 'admin.token'}  (`controlplane token url` prints the GraphiQL login)")
         console.print(f"  health    {ends.api_url}/healthz")
         console.print(f"  graph     {ends.graph_uri}  (graph '{settings.graph_name}')")
         console.print(f"  broker    {ends.broker_url}")
@@ -134,7 +142,7 @@ def worker_cmd(
     try:
         ends = resolve_endpoints(settings)
         run_worker(settings, node=node, graph_uri=ends.graph_uri, broker_url=ends.broker_url,
-                   concurrency=concurrency, labels=labels, resources=resources, loglevel=loglevel)
+                   concurrency=concurrency, labels=labels, resources=resources, loglevel=loglevel, api_url=ends.api_url)
     except ControlPlaneError as exc:
         raise _fail(exc) from None
 
@@ -472,6 +480,11 @@ def status(data_dir: DataDir = None) -> None:
     console.print(table)
     console.print("allocations: " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"))
 
+
+from controlplane.cli_tokens import keys_app, token_app  # noqa: E402 - sub-commands, registered after the app
+
+app.add_typer(token_app, name="token")
+app.add_typer(keys_app, name="keys")
 
 if __name__ == "__main__":
     app()

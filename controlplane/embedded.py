@@ -26,6 +26,7 @@ from controlplane.settings import Settings
 from controlplane.stack_supervisor import StackSupervisor
 
 if TYPE_CHECKING:
+    from controlplane.auth import Tokens
     from controlplane.services import ControlPlane
 
 STACK_FILE = "stack.json"
@@ -85,17 +86,37 @@ def spawn_child(settings: Settings, endpoints: Endpoints, *args: str) -> subproc
     return subprocess.Popen([sys.executable, "-m", "controlplane", *args], env=env)
 
 
+def open_api_tokens(settings: Settings) -> tuple[Tokens | None, tuple[str, bool] | None]:
+    """The API's Tokens (keys generated on first start) and its admin token (made on first start: print it once).
+
+    (None, None) when authentication is off, which only a loopback listener may be.
+    """
+    from controlplane.auth.bootstrap import ensure_admin_token, open_tokens
+    from controlplane.domain.errors import InvalidInput
+
+    if settings.auth_disabled:
+        if settings.api_host not in ("127.0.0.1", "localhost", "::1"):
+            raise InvalidInput("authentication can be off only on a loopback address", field="AUTH_DISABLED")
+        return None, None
+    tokens = open_tokens(settings, create=True)
+    return tokens, ensure_admin_token(tokens, settings)
+
+
 def run_api(settings: Settings) -> None:
     """Serve the API alone against an external graph and broker (GRAPH_URI, REDIS_URL): for deployments."""
     import uvicorn
 
     from controlplane.api import create_app
+    from controlplane.api.auth import browsers_from
     from controlplane.wiring import control_plane, health_checks
 
+    tokens, login = open_api_tokens(settings)
+    if login is not None and login[1]:
+        print(f"admin token written to {settings.data_dir / 'admin.token'} (0600)", flush=True)
     ends = resolve_endpoints(settings)
     control = control_plane(settings, graph_uri=ends.graph_uri, broker_url=ends.broker_url, readers=True)
-    app = create_app(control, health_checks=health_checks(control.store, ends.broker_url), max_depth=settings.max_query_depth,
-                     max_descendants=settings.max_descendants, events_redis_url=ends.broker_url,
+    app = create_app(control, tokens=tokens, browsers=browsers_from(settings), health_checks=health_checks(control.store, ends.broker_url),
+                     max_depth=settings.max_query_depth, max_descendants=settings.max_descendants, events_redis_url=ends.broker_url,
                      runs_dir=settings.data_dir.absolute() / "runs")
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
 
@@ -150,15 +171,17 @@ def run_stack(
     node: str | None,
     worker: bool,
     concurrency: int,
-    announce: Callable[[Endpoints, str | None], None],
+    announce: Callable[[Endpoints, str | None, tuple[str, bool] | None], None],
     demo: bool = False,
 ) -> None:
     import uvicorn
 
     from controlplane.api import create_app
+    from controlplane.api.auth import browsers_from
     from controlplane.wiring import control_plane, health_checks
     from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 
+    tokens, login = open_api_tokens(settings)  # before the node agents start: they sign their allocations' tokens
     servers: list[FalkorDBServer] = []
     children = StackSupervisor(say=lambda line: print(f"controlplane up: {line}", flush=True))
     graph_uri, broker_url = settings.graph_uri, settings.redis_url
@@ -186,11 +209,11 @@ def run_stack(
                 stop_rank=1)
         if demo:
             start_demo(settings, endpoints, control, node_name if worker else None, children)
-        app = create_app(control, health_checks=health_checks(control.store, broker_url),
+        app = create_app(control, tokens=tokens, browsers=browsers_from(settings), health_checks=health_checks(control.store, broker_url),
                          health_probes={"components": children.down}, max_depth=settings.max_query_depth,
                          max_descendants=settings.max_descendants, events_redis_url=broker_url,
                          runs_dir=settings.data_dir.absolute() / "runs")
-        announce(endpoints, node_name if worker else None)
+        announce(endpoints, node_name if worker else None, login)
         config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
         # uvicorn re-raises the signal that stopped it once it is done: make SIGTERM end this process through
         # the `finally` below (as Ctrl-C does), so the children and servers are stopped, never orphaned

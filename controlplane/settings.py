@@ -61,6 +61,24 @@ class Settings(BaseSettings):
     #: GraphQL query depth limit (nesting of fields) and traversal limits
     max_query_depth: int = Field(12, ge=2, le=64)
     max_descendants: int = Field(10_000, ge=1, le=1_000_000)
+    # --- trust (controlplane.auth): keys, tokens, browsers ---
+    #: where the Ed25519 keys live (default <data_dir>/keys): signing.pem (0600) and verify/*.pem
+    auth_keys_dir: Path | None = None
+    #: the signing key as PEM text, or a file holding it (deployments); else the keys directory's
+    auth_signing_key: str | None = None
+    auth_signing_key_file: Path | None = None
+    #: more public keys whose tokens are accepted (comma-separated files): rotation, other issuers
+    auth_verify_key_files: str | None = None
+    #: no authentication at all (only to measure its cost): refused unless the API listens on loopback
+    auth_disabled: bool = False
+    admin_token_ttl_s: float = Field(30 * 86400.0, gt=0)
+    #: an allocation's token also ends with its incarnation, whichever comes first
+    allocation_token_ttl_s: float = Field(365 * 86400.0, gt=0)
+    #: Host names (comma-separated) the API answers to besides its listen address; Origins allowed besides its own
+    api_allowed_hosts: str | None = None
+    api_allowed_origins: str | None = None
+    #: the API address allocations are told (CONTROLPLANE_API_URL); default http://<api_host>:<api_port>
+    api_public_url: str | None = None
 
     # --- isolation: what a node agent enforces on the processes it runs (workers/isolation) ---
     #: auto: cgroup limits where the machine allows them, else none (said at start, `isolation=none` on the Node);

@@ -74,11 +74,18 @@ class UpStack:
         )
         self.http = httpx.Client(base_url=self.url, timeout=30)
 
+    @property
+    def token(self) -> str:
+        """The admin token `controlplane up` wrote on its first start (what a person pastes from its output)."""
+        return (self.data_dir / "admin.token").read_text().strip()
+
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"controlplane up exited ({self.proc.returncode}): {self.output()[-2000:]}")
+            if "authorization" not in self.http.headers and (self.data_dir / "admin.token").exists():
+                self.http.headers["Authorization"] = f"Bearer {self.token}"
             try:
                 node = self.gql('query($id: ID!) { node(id: $id) { status } }', id=NODE)["node"]
                 if node and node["status"] == "ready":
@@ -212,7 +219,7 @@ def click_vertex(page: Any, key: str) -> None:
 
 
 def open_page(page: Any, up: UpStack) -> None:
-    page.goto(f"{up.url}/browser")
+    page.goto(f"{up.url}/browser?token={up.token}")  # the browser address `controlplane up` printed
     page.wait_for_selector("body[data-ready=true]", timeout=30_000)
     page.wait_for_selector("#live[data-live=on]", timeout=30_000)
 

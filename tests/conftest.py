@@ -26,7 +26,7 @@ ENGINES = [e.strip() for e in os.environ.get("CONTROLPLANE_TEST_ENGINES", "falko
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 JANUSGRAPH_SUITES = {
     "test_store_conformance", "test_supervision", "test_jobs", "test_placement_properties", "test_lifecycle",
-    "test_redelivery", "test_janusgraph_limits",
+    "test_redelivery", "test_janusgraph_limits", "test_raw_readonly",
 }
 JANUSGRAPH_EVERYWHERE = os.environ.get("CONTROLPLANE_JANUSGRAPH_EVERYWHERE", "").lower() in {"1", "true", "yes"}
 

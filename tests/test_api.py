@@ -13,7 +13,6 @@ from typing import Any, cast
 
 import pytest
 
-from controlplane.api import create_app
 from controlplane.api import types as api_types
 from controlplane.domain.lifecycle import State
 from controlplane.domain.traversal import Op
@@ -21,6 +20,8 @@ from controlplane.domain.vocabulary import Direction, EdgeType
 from controlplane.ports.store import GraphStore
 from controlplane.services import ControlPlane
 from controlplane.wiring import assemble
+from tests.credentials import app_with_auth
+from tests.credentials import client as client_with
 from tests.http import TestClient
 
 EVIL = "x'}) MATCH (n) DETACH DELETE n // \" RETURN 1"
@@ -32,8 +33,10 @@ def cp(store: GraphStore) -> ControlPlane:
 
 
 @pytest.fixture
-def client(cp: ControlPlane) -> Iterator[TestClient]:
-    with TestClient(create_app(cp)) as c:
+def client(cp: ControlPlane, tmp_path: Any) -> Iterator[TestClient]:
+    """An admin's client: the token of the API's first start, sent as a bearer token."""
+    app, admin = app_with_auth(cp, tmp_path)
+    with client_with(app, admin) as c:
         yield c
 
 
@@ -500,23 +503,24 @@ def test_healthz_is_degraded_while_no_node_is_ready(client: TestClient, cp: Cont
     assert (lost.status_code, lost.json()["status"], lost.json()["reasons"]) == (200, "degraded", ["no node is ready (1 lost)"])
 
 
-def test_healthz_names_a_component_that_is_down_and_a_slow_dependency(cp: ControlPlane) -> None:
+def test_healthz_names_a_component_that_is_down_and_a_slow_dependency(cp: ControlPlane, tmp_path: Any) -> None:
     def slow() -> None:
         time.sleep(1.2)
 
-    app = create_app(cp, health_checks={"graph": cp.store.ping, "broker": slow},
-                     health_probes={"components": lambda: ["scheduler is down (exit code -9; 1 restarts)"]})
-    with TestClient(app) as c:
+    app, _ = app_with_auth(cp, tmp_path, health_checks={"graph": cp.store.ping, "broker": slow},
+                           health_probes={"components": lambda: ["scheduler is down (exit code -9; 1 restarts)"]})
+    with client_with(app, None) as c:  # /healthz is open
         r = c.get("/healthz")
     assert (r.status_code, r.json()["status"]) == (200, "degraded")
     assert set(r.json()["reasons"]) >= {"broker answered in 1.2 s", "scheduler is down (exit code -9; 1 restarts)"}
 
 
-def test_healthz_is_503_naming_the_failing_check(cp: ControlPlane) -> None:
+def test_healthz_is_503_naming_the_failing_check(cp: ControlPlane, tmp_path: Any) -> None:
     def broker() -> None:
         raise ConnectionError("broker unreachable at redis://localhost:1")
 
-    with TestClient(create_app(cp, health_checks={"graph": cp.store.ping, "broker": broker})) as c:
+    app, _ = app_with_auth(cp, tmp_path, health_checks={"graph": cp.store.ping, "broker": broker})
+    with client_with(app, None) as c:  # /healthz is open
         r = c.get("/healthz")
     assert r.status_code == 503
     assert r.json() == {

@@ -23,7 +23,6 @@ with warnings.catch_warnings():  # starlette suggests httpx2; the httpx TestClie
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
     from fastapi.testclient import TestClient
 
-from controlplane.api import create_app
 from controlplane.domain.specs import EXECUTORS, AllocationSpec, ResourceSpec
 from controlplane.domain.supervision import Backoff, ChildPolicy, DeciderRule, Directive, RestartType, Strategy, SupervisionPolicy
 from controlplane.jobs.spec import Affinity, JobSpec, Placement, TaskSpec
@@ -31,6 +30,8 @@ from controlplane.services import ControlPlane
 from controlplane.wiring import assemble
 from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer
+from tests.credentials import app_with_auth
+from tests.credentials import client as client_with
 from tests.test_api import SPAWN, data, job, register
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
@@ -49,8 +50,9 @@ def cp(falkordb_server: FalkorDBServer) -> Iterator[ControlPlane]:
 
 
 @pytest.fixture
-def client(cp: ControlPlane) -> Iterator[TestClient]:
-    with TestClient(create_app(cp)) as c:
+def client(cp: ControlPlane, tmp_path: Path) -> Iterator[TestClient]:
+    app, admin = app_with_auth(cp, tmp_path)
+    with client_with(app, admin) as c:
         register(c, name="n1", cpu=64_000, memory=65_536, gpus=1, zone="eu")
         yield c
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from controlplane.api import create_app, live
+from controlplane.api import live
 from controlplane.api.live import PAGE, EventCursor
 from controlplane.domain.lifecycle import CLAIM, RUN
 from controlplane.domain.records import Event
@@ -23,6 +24,8 @@ from controlplane.ports.store import Change, GraphStore
 from controlplane.services import ControlPlane
 from controlplane.wiring import assemble
 from graph_schema.falkordb_server import FalkorDBServer
+from tests.credentials import app_with_auth
+from tests.credentials import client as client_with
 from tests.http import TestClient
 from tests.test_api import SPAWN, data, error, job, post, register, spawn
 from workers.agent import AgentReports, Exit
@@ -51,8 +54,9 @@ def cp(store: GraphStore) -> ControlPlane:
 
 
 @pytest.fixture
-def client(cp: ControlPlane) -> Iterator[TestClient]:
-    with TestClient(create_app(cp)) as c:
+def client(cp: ControlPlane, tmp_path: Path) -> Iterator[TestClient]:
+    app, admin = app_with_auth(cp, tmp_path)
+    with client_with(app, admin) as c:
         register(c, cpu=64_000, memory=65_536)
         yield c
 
@@ -243,7 +247,7 @@ def test_the_events_of_an_allocation_come_in_order(client: TestClient, cp: Contr
     assert {(e["allocationId"], e["incarnation"]) for e in every} == {(a["id"], 1)}
     assert two == every[:2] and [e["id"] for e in field] == [e["id"] for e in every]
     # And the stop says who asked for it
-    assert next(e for e in every if e["toState"] == "stopping")["by"] == "user"
+    assert next(e for e in every if e["toState"] == "stopping")["by"] == "admin:admin"
 
 
 def test_events_after_since_and_across_allocations(client: TestClient) -> None:
@@ -322,7 +326,7 @@ def test_a_subscription_since_0_streams_history_then_each_new_transition(client:
     assert history == {"id": "1", "type": "next", "payload": {"data": {"events": {
         "kind": "transition", "allocationId": a["id"], "fromState": "pending", "toState": "placed", "by": placed["by"]}}}}
     assert live["type"] == "next" and live["payload"]["data"]["events"] == {
-        "kind": "transition", "allocationId": a["id"], "fromState": "placed", "toState": "stopped", "by": "user",
+        "kind": "transition", "allocationId": a["id"], "fromState": "placed", "toState": "stopped", "by": "admin:admin",
     }
 
 
@@ -382,14 +386,15 @@ def test_a_subscription_to_an_unknown_allocation_is_not_found(client: TestClient
 
 @pytest.mark.timeout(60)
 def test_the_redis_doorbell_wakes_subscribers_at_once(
-    store: GraphStore, falkordb_server: FalkorDBServer, monkeypatch: pytest.MonkeyPatch
+    store: GraphStore, falkordb_server: FalkorDBServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # Given an API whose subscriptions listen to the doorbell the supervisor rings, and read the graph
     # otherwise only once an hour (so an event that arrives at all was brought by the bell)
     monkeypatch.setattr(live, "DOORBELL_POLL_S", 3600.0)
     url = falkordb_server.redis_url(2)
     cp = assemble(store, notify=RedisNotifier(url).notify)
-    with TestClient(create_app(cp, events_redis_url=url)) as client:
+    app, admin = app_with_auth(cp, tmp_path, events_redis_url=url)
+    with client_with(app, admin) as client:
         register(client)
         a = spawn(client, "n1", job("a"))
         with subscriber(client) as ws:

@@ -334,20 +334,20 @@ def test_a_token_in_the_url_is_kept_for_the_tab_and_sent_as_a_bearer_token(up: U
     tab.on("request", lambda r: headers.append(r.headers.get("authorization")) if r.url.endswith("/graphql") else None)
     tab.on("websocket", lambda ws: ws.on("framesent", lambda payload: init.append(str(payload)) if "connection_init" in str(payload) else None))
     try:
-        tab.goto(f"{up.url}/browser?token=s3cret")
+        tab.goto(f"{up.url}/browser?token={up.token}")
         tab.wait_for_selector("#live[data-live=on]", timeout=30_000)
         run_query(tab, q(up, "node"))
         # the token leaves the address bar, stays in this tab, and goes with every request
         assert "token" not in tab.url and tab.inner_text("#auth") == "token: set"
-        assert headers and set(headers) == {"Bearer s3cret"}
-        assert len(init) == 1 and '"Authorization":"Bearer s3cret"' in init[0]
+        assert headers and set(headers) == {f"Bearer {up.token}"}
+        assert len(init) == 1 and f'"Authorization":"Bearer {up.token}"' in init[0]
         # GraphiQL in the same tab sends it too
         tab.goto(f"{up.url}/graphql")
         tab.wait_for_selector(".graphiql-container .graphiql-query-editor", timeout=30_000)
         headers.clear()
         tab.click(".graphiql-execute-button")
         tab.wait_for_function(f"() => document.querySelector('.graphiql-response')?.innerText.includes('{NODE}')")
-        assert "Bearer s3cret" in headers
+        assert f"Bearer {up.token}" in headers
     finally:
         context.close()
 
@@ -366,7 +366,7 @@ def test_graphiql_loads_and_answers_with_no_internet(up: UpStack, chromium: Any)
 
     tab.route("**/*", only_local)
     try:
-        tab.goto(f"{up.url}/graphql")
+        tab.goto(f"{up.url}/graphql?token={up.token}")  # the GraphiQL address `controlplane up` printed
         tab.wait_for_selector(".graphiql-container .graphiql-query-editor", timeout=30_000)
         tab.click(".graphiql-execute-button")
         tab.wait_for_function(

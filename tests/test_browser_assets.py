@@ -20,10 +20,11 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
     from fastapi.testclient import TestClient
 
-from controlplane.api import create_app
 from controlplane.wiring import assemble
 from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer
+from tests.credentials import app_with_auth
+from tests.credentials import client as client_with
 
 VENDOR = Path(__file__).resolve().parent.parent / "controlplane" / "api" / "static" / "vendor"
 ASSET = re.compile(r'''(?:src|href)="([^"#][^"]*)"''')
@@ -31,9 +32,10 @@ IMPORT = re.compile(r'''(?:^|\n)\s*import\s[^"']*["']([^"']+)["']''')
 
 
 @pytest.fixture
-def client(falkordb_server: FalkorDBServer) -> Iterator[TestClient]:
+def client(falkordb_server: FalkorDBServer, tmp_path: Path) -> Iterator[TestClient]:
     store = FalkorDBStore(falkordb_server.url, graph="browser-assets")
-    with TestClient(create_app(assemble(store))) as c:
+    app, admin = app_with_auth(assemble(store), tmp_path)
+    with client_with(app, admin) as c:
         yield c
     store.close()
 

@@ -24,7 +24,6 @@ with warnings.catch_warnings():  # starlette suggests httpx2; the httpx TestClie
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
     from fastapi.testclient import TestClient
 
-from controlplane.api import create_app
 from controlplane.domain.errors import NoCapacity
 from controlplane.domain.lifecycle import CLAIM, RUN, State
 from controlplane.domain.records import AllocationRecord
@@ -34,6 +33,8 @@ from controlplane.wiring import assemble
 from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 from tests.broker import HeldBroker
+from tests.credentials import app_with_auth
+from tests.credentials import client as client_with
 from tests.stack import Stack, wait_for
 from workers.agent import AgentReports, Exit
 from workers.dispatch import RESTART
@@ -210,7 +211,8 @@ def outage(tmp_path: Path) -> Iterator[tuple[FalkorDBServer, TestClient]]:
     store = FalkorDBStore(server.url, graph="outage")
     try:
         store.bootstrap()
-        with TestClient(create_app(assemble(store))) as client:
+        app, admin = app_with_auth(assemble(store), tmp_path)
+        with client_with(app, admin) as client:
             yield server, client
     finally:
         store.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,12 +19,13 @@ with warnings.catch_warnings():  # starlette suggests httpx2; the httpx TestClie
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
     from fastapi.testclient import TestClient
 
-from controlplane.api import create_app
 from controlplane.api.graphql_http import APPLICATION_JSON, GRAPHQL_RESPONSE_JSON, negotiate
 from controlplane.services import ControlPlane
 from controlplane.wiring import assemble
 from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer
+from tests.credentials import app_with_auth
+from tests.credentials import client as client_with
 from tests.test_api import REGISTER, data, node_input, register
 
 NO_ACCEPT = object()
@@ -39,8 +41,9 @@ def cp(falkordb_server: FalkorDBServer) -> Iterator[ControlPlane]:
 
 
 @pytest.fixture
-def client(cp: ControlPlane) -> Iterator[TestClient]:
-    with TestClient(create_app(cp)) as c:
+def client(cp: ControlPlane, tmp_path: Path) -> Iterator[TestClient]:
+    app, admin = app_with_auth(cp, tmp_path)
+    with client_with(app, admin) as c:
         register(c, name="n1")
         yield c
 

@@ -17,6 +17,7 @@ import json
 import re
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +28,6 @@ with warnings.catch_warnings():  # starlette suggests httpx2; the httpx TestClie
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
     from fastapi.testclient import TestClient
 
-from controlplane.api import create_app
 from controlplane.domain.errors import InvalidInput
 from controlplane.domain.lifecycle import CLAIM, RUN
 from controlplane.domain.text import Id, Line, Text, printable, rules_of
@@ -39,6 +39,8 @@ from controlplane.services.nodes import NodeService
 from controlplane.services.queries import GraphQueries
 from controlplane.services.supervisor import SupervisorService
 from controlplane.wiring import assemble
+from tests.credentials import app_with_auth
+from tests.credentials import client as client_with
 from tests.test_api import EVIL, REGISTER, SPAWN, data, job, node_input, register, spawn
 from workers.agent import AgentReports, Exit
 
@@ -144,8 +146,9 @@ def cp(store: GraphStore) -> ControlPlane:
 
 
 @pytest.fixture
-def client(cp: ControlPlane) -> Iterator[TestClient]:
-    with TestClient(create_app(cp)) as c:
+def client(cp: ControlPlane, tmp_path: Path) -> Iterator[TestClient]:
+    app, admin = app_with_auth(cp, tmp_path)
+    with client_with(app, admin) as c:
         register(c, name="n1", cpu=64_000, memory=65_536)
         register(c, name="n2")
         yield c

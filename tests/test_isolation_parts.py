@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.domain.errors import NoCapacity
+from controlplane.domain.errors import NoCapacity, Unsatisfiable
 from controlplane.domain.placement import Demand, place
 from controlplane.domain.resources import NodeCapacity, Resources
 from controlplane.domain.specs import AllocationSpec, NodeSpec
@@ -110,5 +110,7 @@ def test_every_engine_keeps_what_an_agent_enforces_and_its_gpus_as_devices(store
     node = cp.queries.node("box")
     assert node.extra.get("isolation") == "none" and "isolation=none" in node.labels and "isolation=cgroup" not in node.labels
     assert sorted((g.id, g.uuid, g.index) for g in cp.queries.gpus("box")) == [("box/gpu0", "GPU-aaaa", 0), ("box/gpu1", "GPU-bbbb", 1)]
-    with pytest.raises(NoCapacity):
+    # no node enforces isolation, so none ever could take it: refused naming the field, not "no room now"
+    with pytest.raises(Unsatisfiable) as never:
         cp.allocations.spawn("box", [{"name": "strict", "argv": ["true"], "require_isolation": True}])
+    assert never.value.field == "specs.require_isolation" and "enforces isolation" in never.value.message

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from controlplane.api import create_app
 from controlplane.domain.errors import Busy
 from controlplane.domain.lifecycle import State
 from controlplane.ports.store import GraphStore
@@ -27,6 +26,8 @@ from controlplane.services.queries import QueryGate
 from controlplane.settings import Settings
 from controlplane.wiring import assemble, control_plane
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig, find_free_port
+from tests.credentials import app_with_auth
+from tests.credentials import client as client_with
 from tests.http import TestClient
 from tests.stack import Stack, wait_for
 
@@ -98,7 +99,7 @@ def clique(cp: ControlPlane, leases: RedisLeases, stop: threading.Event) -> list
 
 
 @pytest.mark.slow
-def test_endless_reads_in_a_loop_starve_neither_heartbeats_nor_the_api(stack: Stack) -> None:
+def test_endless_reads_in_a_loop_starve_neither_heartbeats_nor_the_api(stack: Stack, tmp_path: Path) -> None:
     # Given three allocations running on a real agent, and a dense neighbour clique to traverse
     cp = stack.control
     stop = threading.Event()
@@ -119,7 +120,8 @@ def test_endless_reads_in_a_loop_starve_neither_heartbeats_nor_the_api(stack: St
             with lock:
                 outcomes[code] = outcomes.get(code, 0) + 1
 
-    with TestClient(create_app(cp, health_checks={})) as client:
+    app, admin = app_with_auth(cp, tmp_path, health_checks={})
+    with client_with(app, admin) as client:
         raw = "query($q: String!) { rawQuery(query: $q, timeoutS: 5) { rows } }"
         readers = [
             threading.Thread(target=flood, args=(client, raw, {"q": q}), daemon=True) for q in ENDLESS[lang] * 2

@@ -17,11 +17,11 @@ from typing import Any, cast
 
 import pytest
 
-from controlplane.api import create_app
 from controlplane.domain.lifecycle import State
 from controlplane.domain.records import AllocationRecord
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
-from tests.http import TestClient
+from tests.credentials import app_with_auth
+from tests.credentials import client as client_with
 from tests.stack import Stack, wait_for
 
 pytestmark = pytest.mark.slow
@@ -124,7 +124,7 @@ def test_logs_that_are_not_on_this_machine_say_where_they_are_and_show_the_store
     assert f"is on node {NODE} at {log_path}" in " ".join(out.stderr.split()) and "kept in the graph" in out.stderr
 
 
-def test_graphql_output_reads_the_live_log_then_the_stored_tail(stack: Stack) -> None:
+def test_graphql_output_reads_the_live_log_then_the_stored_tail(stack: Stack, tmp_path: Path) -> None:
     # Given the API on the agent's machine and a running allocation that printed
     [a] = stack.control.allocations.spawn(NODE, [spec("speaker", "echo live line; sleep 600")])
     running = until(stack, a.id, lambda r: r.state is State.RUNNING, "speaker running")
@@ -132,7 +132,8 @@ def test_graphql_output_reads_the_live_log_then_the_stored_tail(stack: Stack) ->
     wait_for(lambda: log_path.exists() and log_path.read_bytes(), what="its output")
     query = """query($id: ID!) { allocation(id: $id) { pid logPath node { id }
                output(tailBytes: 5) { incarnation nodeId path text source live } } }"""
-    with TestClient(create_app(stack.control, runs_dir=stack.data_dir / "runs")) as client:
+    app, admin = app_with_auth(stack.control, tmp_path, runs_dir=stack.data_dir / "runs")
+    with client_with(app, admin) as client:
         # When a client asks for its output, Then it reads the log itself, live
         got = client.post("/graphql", json={"query": query, "variables": {"id": a.id}}).json()["data"]["allocation"]
         assert (got["pid"], got["logPath"], got["node"]["id"]) == (running.pid, str(log_path), NODE)

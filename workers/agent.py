@@ -226,8 +226,11 @@ class NodeAgent:
         clock: Callable[[], float] = wall_clock,
         isolation: SandboxConfig | None = None,
         usage_period_s: float = 10.0,
+        credentials: Callable[[str, int], dict[str, str]] | None = None,
     ) -> None:
         self.store = store
+        #: the API address and token each started incarnation gets (controlplane.auth.bootstrap.AllocationCredentials)
+        self.credentials = credentials
         #: rings the live-events doorbell after the agent changed the graph
         self.notify = notify or (lambda: None)
         self.node = node
@@ -349,6 +352,7 @@ class NodeAgent:
             "CONTROLPLANE_INCARNATION": str(rec.incarnation),
             "CONTROLPLANE_NODE": self.node,
             "CONTROLPLANE_PARENT_ID": rec.parent_id,
+            **(self.credentials(rec.id, rec.incarnation) if self.credentials else {}),  # API address, its own token
         })
 
     def _record_usage(self, key: Key, fields: dict[str, object]) -> None:

@@ -66,14 +66,22 @@ def run_worker(
     labels: dict[str, str] | None = None,
     resources: dict[str, object] | None = None,
     loglevel: str = "WARNING",
+    api_url: str | None = None,
 ) -> None:
     store = open_store(settings, graph_uri=graph_uri)
     store.bootstrap()
     app = configure(broker_url)
+    credentials = None
+    if settings.api_public_url or api_url:  # no API to tell allocations about: no token either (nor its imports)
+        from controlplane.auth.bootstrap import allocation_credentials
+
+        credentials = allocation_credentials(settings, settings.api_public_url or api_url)
+    if credentials is None:
+        log.warning("node %s: no signing key or API address here; its allocations get no CONTROLPLANE_TOKEN", node)
     agent = NodeAgent(
         store, CeleryDispatcher(app), node=node, work_dir=settings.data_dir, heartbeat_s=settings.heartbeat_s,
         leases=RedisLeases(broker_url), mirror_s=settings.heartbeat_mirror_s,
-        labels=labels, resources=resources, notify=RedisNotifier(broker_url).notify,
+        labels=labels, resources=resources, notify=RedisNotifier(broker_url).notify, credentials=credentials,
         isolation=sandbox_config(settings), usage_period_s=settings.usage_period_s,
     )
     _quiet_root_warning()

@@ -12,15 +12,18 @@ from pathlib import Path
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
+from starlette.requests import HTTPConnection
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
+from controlplane.api.auth import Browsers, Guard, TrustMiddleware
 from controlplane.api.browser import browser_router
 from controlplane.api.context import ApiContext
-from controlplane.api.graphiql import OfflineGraphQLRouter
 from controlplane.api.health import Health, Probe, nodes_probe
 from controlplane.api.metrics import ApiMetrics
 from controlplane.api.raw import raw_query_router
+from controlplane.api.router import AuthGraphQLRouter
 from controlplane.api.schema import build_schema
+from controlplane.auth import Tokens
 from controlplane.services import ControlPlane
 
 DEFAULT_MAX_DESCENDANTS = 10_000
@@ -29,6 +32,8 @@ DEFAULT_MAX_DESCENDANTS = 10_000
 def create_app(
     control: ControlPlane,
     *,
+    tokens: Tokens | None,
+    browsers: Browsers | None = None,
     health_checks: dict[str, Callable[[], None]] | None = None,
     health_probes: dict[str, Probe] | None = None,
     max_depth: int = 12,
@@ -38,6 +43,9 @@ def create_app(
 ) -> FastAPI:
     """The API over `control`.
 
+    tokens: verifies (and issues) credentials; every path but /healthz needs one. None turns
+        authentication off (benchmarks comparing its cost only): say so explicitly.
+    browsers: the Host names and Origins allowed (default: 127.0.0.1:8000 and localhost).
     health_checks: name -> a callable that raises when that dependency is unwell;
         None checks the graph store (`control.store.ping`), {} checks nothing.
     health_probes: name -> a callable returning the reasons the service is degraded (beside "no node is ready").
@@ -53,16 +61,20 @@ def create_app(
     metrics = ApiMetrics()
     schema = build_schema(max_depth=max_depth, max_descendants=max_descendants, metrics=metrics)
 
-    async def context() -> ApiContext:
-        return ApiContext(control, max_descendants=max_descendants, events_redis_url=events_redis_url, runs_dir=runs_dir)
+    guard = Guard(control, tokens, browsers or Browsers.local("127.0.0.1", 8000))
 
-    graphql = OfflineGraphQLRouter(
+    async def context(connection: HTTPConnection) -> ApiContext:
+        return ApiContext(control, max_descendants=max_descendants, events_redis_url=events_redis_url, runs_dir=runs_dir,
+                          guard=guard, principal=connection.scope.get("state", {}).get("principal"))
+
+    graphql = AuthGraphQLRouter(
         schema,
         graphql_ide="graphiql",
         context_getter=context,
         subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
     )
     app = FastAPI(title="controlplane", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(TrustMiddleware, guard=guard)
     app.include_router(graphql, prefix="/graphql")
     app.include_router(raw_query_router(control))
     app.include_router(browser_router(control))

@@ -25,6 +25,8 @@ from strawberry.dataloader import DataLoader
 from strawberry.fastapi import BaseContext
 from strawberry.utils.str_converters import to_snake_case
 
+from controlplane.api.auth import Browsers, Guard
+from controlplane.domain.capabilities import Principal
 from controlplane.domain.errors import InvalidInput, NotFound
 from controlplane.domain.records import AllocationRecord, NodeRecord
 from controlplane.services import ControlPlane
@@ -36,10 +38,20 @@ Actor = NodeRecord | AllocationRecord
 
 class ApiContext(BaseContext):
     def __init__(
-        self, control: ControlPlane, *, max_descendants: int, events_redis_url: str | None = None, runs_dir: Path | None = None,
+        self,
+        control: ControlPlane,
+        *,
+        max_descendants: int,
+        events_redis_url: str | None = None,
+        guard: Guard | None = None,
+        principal: Principal | None = None,
+        runs_dir: Path | None = None,
     ) -> None:
         super().__init__()
         self.control = control
+        #: authentication and authorization (controlplane.api.auth); `principal`: who is asking (None: no credential yet)
+        self.guard = guard if guard is not None else Guard(control, None, Browsers(frozenset(), frozenset()))
+        self.principal = principal
         self.max_descendants = max_descendants
         #: where live event subscriptions hear the doorbell (None: they poll)
         self.events_redis_url = events_redis_url
@@ -59,6 +71,16 @@ class ApiContext(BaseContext):
         other = copy.copy(self)
         other._forget()
         return other
+
+    @property
+    def by(self) -> str:
+        """The principal's name, for the `by` of the events its mutations cause."""
+        return self.principal.name if self.principal is not None else "anonymous"
+
+    def status(self, code: int) -> None:
+        """The HTTP status of this answer, where the transport has one."""
+        if self.response is not None and hasattr(self.response, "status_code"):
+            self.response.status_code = code
 
     async def call(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """Run one blocking service call in a worker thread."""

@@ -19,6 +19,7 @@ import strawberry
 from strawberry import Parent
 from strawberry.scalars import JSON
 
+from controlplane.api import access
 from controlplane.api.context import Info, wanted_fields, wanted_properties
 from controlplane.api.output import DEFAULT_TAIL_BYTES, AllocationOutput, read_output
 from controlplane.domain.errors import InvalidInput
@@ -43,13 +44,16 @@ def _mirror(domain: type[Enum], name: str, description: str) -> Any:
     return strawberry.enum(mirrored, description=description)
 
 
-if TYPE_CHECKING:  # to the type checker, the mirrors are the domain's enums
+if TYPE_CHECKING:  # to the type checker, the mirrors are the domain's enums (whatever order it reads the modules in)
     AllocationState = State
+    EdgeType = VocabularyEdgeType
+    Direction = VocabularyDirection
+    FilterOp = Op
 else:
     AllocationState = _mirror(State, "AllocationState", "Lifecycle state of an allocation.")
-EdgeType = _mirror(VocabularyEdgeType, "EdgeType", "Edge types a traversal may follow.")
-Direction = _mirror(VocabularyDirection, "Direction", "Which way a traversal follows edges.")
-FilterOp = _mirror(Op, "FilterOp", "How a traversal filter compares a property with its value.")
+    EdgeType = _mirror(VocabularyEdgeType, "EdgeType", "Edge types a traversal may follow.")
+    Direction = _mirror(VocabularyDirection, "Direction", "Which way a traversal follows edges.")
+    FilterOp = _mirror(Op, "FilterOp", "How a traversal filter compares a property with its value.")
 
 
 # --- connections -------------------------------------------------------------------------
@@ -149,6 +153,8 @@ class Node(Actor):
             after=after,
             wanted=wanted,
         )
+        if not access.reads_everything(ctx):  # placed on this node is not created under it
+            rows = [r for r in rows if await access.may_read(ctx, r.id)]
         return cast(Connection[Allocation], connection(rows, more))
 
 
@@ -156,7 +162,6 @@ class Node(Actor):
 class Allocation(Actor):
     executor: str
     argv: list[str]
-    env: JSON
     state: AllocationState
     incarnation: int
     version: int
@@ -179,10 +184,18 @@ class Allocation(Actor):
     def is_type_of(cls, obj: Any, _info: Any) -> bool:
         return isinstance(obj, (cls, AllocationRecord))
 
+    @strawberry.field(description="Its environment; the values are hidden from callers who may not spawn there.")
+    async def env(self, root: Parent[AllocationRecord], info: Info) -> JSON:
+        if await access.sees_secrets(info.context, root.id):
+            return cast(JSON, root.env)
+        return cast(JSON, {k: access.HIDDEN for k in root.env})
+
     # `parent` and `node` are sync: they answer at once when the request knows the record, else an awaitable.
     @strawberry.field(description="The Node or Allocation that created this one.")
     def parent(self, root: Parent[AllocationRecord], info: Info) -> Actor:
         ctx = info.context
+        if not access.reads_everything(ctx):
+            return cast(Actor, _readable_parent(ctx, root))
         return cast(Actor, ctx.node(root.parent_id) if root.parent_id == root.node_id else ctx.actor(root.parent_id))
 
     @strawberry.field(description="The node it runs on (RUNS_ON).")
@@ -207,6 +220,8 @@ class Allocation(Actor):
     @strawberry.field(description="Parent first, up to and including the root Node.")
     async def ancestors(self, root: Parent[AllocationRecord], info: Info) -> list[Actor]:
         vertices = await info.context.call(info.context.control.queries.ancestors, root.id)
+        if not access.reads_everything(info.context):
+            vertices = [v for v in vertices if await access.may_read(info.context, v.id)]
         return cast(list[Actor], [info.context.seen(actor_from_vertex(v)) for v in vertices])
 
     # --- supervision ----------------------------------------------------------------------
@@ -281,6 +296,8 @@ class Allocation(Actor):
     @strawberry.field(description="Allocations watching this one (death watch): they get a `terminated` event when it ends.")
     async def watchers(self, root: Parent[AllocationRecord], info: Info) -> list[Allocation]:
         ids = await info.context.watchers(root.id)
+        if not access.reads_everything(info.context):
+            ids = [i for i in ids if await access.may_read(info.context, i)]
         return cast(list[Allocation], await asyncio.gather(*(maybe_await(info.context.actor(i)) for i in ids)))
 
     @strawberry.field(description="Allocations this one watches (death watch), ordered by id.")
@@ -290,7 +307,17 @@ class Allocation(Actor):
             target_label=Label.ALLOCATION.value, limit=MAX_WATCHING,
         )
         vertices = await info.context.call(info.context.control.queries.traverse, spec)
+        if not access.reads_everything(info.context):
+            vertices = [v for v in vertices if await access.may_read(info.context, v.id)]
         return cast(list[Allocation], [info.context.seen(actor_from_vertex(v)) for v in vertices])
+
+
+async def _readable_parent(ctx: Any, root: AllocationRecord) -> Any:
+    from controlplane.domain.errors import Forbidden
+
+    if not await access.may_read(ctx, root.parent_id):
+        raise Forbidden(f"the parent of {root.id} is outside the subtrees this credential covers", field="parent")
+    return await maybe_await(ctx.node(root.parent_id) if root.parent_id == root.node_id else ctx.actor(root.parent_id))
 
 
 async def maybe_await(value: Any) -> Any:
@@ -342,11 +369,19 @@ class Neighbor:
 class Vertex:
     label: str
     id: strawberry.ID
-    properties: JSON
 
     @classmethod
     def is_type_of(cls, obj: Any, _info: Any) -> bool:
         return isinstance(obj, (cls, VertexRecord))
+
+    @strawberry.field(description="Its stored properties; an allocation's env values hidden from callers who may not spawn there.")
+    async def properties(self, root: Parent[VertexRecord], info: Info) -> JSON:
+        props = root.properties
+        if root.label == Label.ALLOCATION.value and props.get("env") and not await access.sees_secrets(info.context, root.id):
+            env = props["env"]
+            keys = json.loads(env) if isinstance(env, str) else env
+            props = {**props, "env": {k: access.HIDDEN for k in keys}}
+        return cast(JSON, props)
 
 
 @strawberry.type(description="A transition or a supervision decision, in the order it happened.")

@@ -17,6 +17,8 @@ class ErrorCode(str, Enum):
     UNAVAILABLE = "UNAVAILABLE"
     TIMEOUT = "TIMEOUT"
     BUSY = "BUSY"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN = "FORBIDDEN"
 
 
 class ControlPlaneError(Exception):
@@ -73,6 +75,18 @@ class Busy(ControlPlaneError):
     """Too many expensive queries run at once; retry shortly (control traffic keeps its share)."""
 
     code = ErrorCode.BUSY
+
+
+class Unauthenticated(ControlPlaneError):
+    """No credential, or one that does not verify (expired, tampered, unknown key, revoked, ended)."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class Forbidden(ControlPlaneError):
+    """A valid credential that does not cover this verb on this subtree."""
+
+    code = ErrorCode.FORBIDDEN
 
 
 class IllegalTransition(Conflict):

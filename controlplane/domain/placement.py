@@ -183,7 +183,7 @@ def explain(
             return Unsatisfiable(f"node {pin} does not enforce isolation (label {ISOLATED})", field=f"{field}.require_isolation")
         pool = [node]
     if not pool:
-        if not any(all(label in n.labels for label in asked) for n in inventory):
+        if asked and not any(all(label in n.labels for label in asked) for n in inventory):
             return Unsatisfiable(f"no node has {' and '.join(asked)}", field=f"{field}.node_labels")
         with_asked = f" with {', '.join(asked)}" if asked else ""
         return Unsatisfiable(f"no node{with_asked} enforces isolation (label {ISOLATED})", field=f"{field}.require_isolation")

@@ -13,6 +13,7 @@ import strawberry
 from strawberry import Parent
 from strawberry.scalars import JSON
 
+from controlplane.api.access import HIDDEN, sees_secrets
 from controlplane.api.context import Info
 from controlplane.api.types import Allocation, Node, maybe_await
 from controlplane.jobs.model import JobRecord, TaskRecord
@@ -78,9 +79,13 @@ class Job:
     def is_type_of(cls, obj: Any, _info: Any) -> bool:
         return isinstance(obj, (cls, JobRecord))
 
-    @strawberry.field(description="The spec as accepted, with the control plane's defaults filled in (snake_case keys).")
-    def spec(self, root: Parent[JobRecord]) -> JSON:
-        return cast(JSON, json.loads(root.spec_json))
+    @strawberry.field(description="The spec as accepted, with the control plane's defaults filled in (snake_case keys); "
+                      "env values hidden from callers who may not spawn there.")
+    async def spec(self, root: Parent[JobRecord], info: Info) -> JSON:
+        spec = json.loads(root.spec_json)
+        if not await sees_secrets(info.context, root.root_id or root.submitted_by):
+            spec = _hide_env(spec)
+        return cast(JSON, spec)
 
     @strawberry.field(description="The node it was submitted from: the parent of its root.")
     def submitted_by(self, root: Parent[JobRecord], info: Info) -> Node:
@@ -93,3 +98,11 @@ class Job:
     @strawberry.field(description="Every task, parents and needs before the tasks that refer to them.")
     async def tasks(self, root: Parent[JobRecord], info: Info) -> list[Task]:
         return cast(list[Task], await info.context.call(info.context.control.jobs.tasks, root.id))
+
+
+def _hide_env(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ({e: HIDDEN for e in v} if k == "env" and isinstance(v, dict) else _hide_env(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hide_env(v) for v in value]
+    return value

@@ -54,7 +54,10 @@ class JobService:
         self.advance_root: Callable[[AllocationRecord], None] = lambda root: None
 
     @checked(node=Id("node"), request_id=Line("requestId", max_length=REQUEST_ID_MAX))
-    def submit(self, spec: JobSpec | Mapping[str, Any], *, node: str | None = None, request_id: str | None = None) -> JobRecord:
+    def submit(
+        self, spec: JobSpec | Mapping[str, Any], *, node: str | None = None, request_id: str | None = None,
+        by: str | None = None,
+    ) -> JobRecord:
         job = parse_job(spec)
         rows = flatten(job)
         submitter = self._submitter(node)
@@ -73,7 +76,8 @@ class JobService:
         }
         if job.supervision is not None:
             root_spec["supervision"] = job.supervision.model_dump(mode="json")
-        self.allocations.spawn(submitter, [root_spec], request_id=f"root:{job_id}", field="job", extra=[{"root_of": job_id}])
+        self.allocations.spawn(submitter, [root_spec], request_id=f"root:{job_id}", field="job", extra=[{"root_of": job_id}],
+                               by=by)
         return self.jobs_store.get_job(job_id=job_id) or record
 
     def _submitter(self, node: str | None) -> str:
@@ -110,7 +114,7 @@ class JobService:
             raise InvalidInput("; ".join(problems), field="job.tasks")
 
     @checked(job_id=Id("id"))
-    def cancel(self, job_id: str) -> JobRecord:
+    def cancel(self, job_id: str, *, by: str = "user") -> JobRecord:
         job = self.job(job_id)
         if job.state in JOB_FINISHED:
             return job
@@ -119,7 +123,7 @@ class JobService:
                                                   now=now, fields={"finished_at": now}) or job
         end_tasks(self.jobs_store, job_id, now)  # running ones are cancelled, unstarted ones skipped
         if job.root_id:
-            self.allocations.stop(job.root_id, reason=f"job {job.name} cancelled")
+            self.allocations.stop(job.root_id, reason=f"job {job.name} cancelled", by=by)
         return cancelled
 
     def on_ended(self, records: Sequence[AllocationRecord]) -> None:

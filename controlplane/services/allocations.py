@@ -68,12 +68,13 @@ class AllocationService:
         field: str = "specs",
         extra: Sequence[Mapping[str, Any]] | None = None,
         ids: Sequence[str] | None = None,
+        by: str | None = None,
     ) -> list[AllocationRecord]:
         """Create allocations under `parent_id` (a Node or an Allocation): placed, reserved, dispatched.
 
         `extra`: properties recorded with each allocation by orchestration code (job and task ids);
         `ids`: the allocation ids to use (orchestration code derives them from what they run, so a
-        repeat creates nothing twice).
+        repeat creates nothing twice); `by`: the principal asking, recorded on the allocations and their events.
         """
         if not specs:
             raise InvalidInput("give at least one allocation spec", field=field)
@@ -143,6 +144,7 @@ class AllocationService:
                         "native": s.native,
                         "config": json.dumps(s.config, sort_keys=True) if s.config else None,
                         **(dict(extra[i]) if extra else {}),
+                        **({"created_by": by} if by else {}),
                     },
                 )
                 for i, (s, p) in enumerate(zip(parsed, placements, strict=True))

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache, partial
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol
 
+from controlplane.domain.capabilities import Kind, Verb, default_capability
 from controlplane.domain.clock import wall_clock
-from controlplane.domain.errors import InvalidInput
+from controlplane.domain.errors import Forbidden, InvalidInput
 from controlplane.domain.lifecycle import CLAIM, NATIVE_CRASH, NATIVE_FAIL, NATIVE_SUCCEED, RUN, Move, State
 from controlplane.domain.records import AllocationRecord
 from controlplane.ports.dispatch import Dispatcher, Key
@@ -69,6 +71,20 @@ class Context:
     def __init__(self, runner: NativeRunner, allocation: AllocationRecord) -> None:
         self._runner = runner
         self._allocation = allocation
+        #: what an allocation's token grants at the API: its own subtree (the incarnation is this record's)
+        self._capability = default_capability(Kind.ALLOCATION, allocation.id, role=None, expires_at=math.inf)
+
+    @property
+    def principal(self) -> str:
+        return f"allocation:{self._allocation.id}#{self._allocation.incarnation}"
+
+    def _require(self, verb: Verb, target: str) -> None:
+        """The same rule as an allocation's token at the API: its verbs, on its own subtree only."""
+        if target == self._allocation.id:
+            return
+        lineage = (target, *(v.id for v in self._runner.store.ancestors(allocation_id=target)))
+        if not self._capability.covers(verb, lineage):
+            raise Forbidden(f"{self.principal} may not {verb.value} {target}: not in its subtree", field="parent")
 
     @property
     def allocation(self) -> AllocationRecord:
@@ -91,8 +107,9 @@ class Context:
         extra: Sequence[dict[str, Any]] | None = None,
         ids: Sequence[str] | None = None,
     ) -> list[AllocationRecord]:
+        self._require(Verb.SPAWN, parent_id or self._allocation.id)
         return self._runner.allocations.spawn(parent_id or self._allocation.id, specs, request_id=request_id,
-                                              extra=extra, ids=ids)
+                                              extra=extra, ids=ids, by=self.principal)
 
     def children(self) -> list[AllocationRecord]:
         return self._runner.supervisor.children_of(self._allocation.id)
@@ -101,6 +118,7 @@ class Context:
         self._runner.allocations.watch(self._allocation.id, target_id)
 
     def stop(self, allocation_id: str, reason: str) -> None:
+        self._require(Verb.STOP, allocation_id)
         self._runner.supervisor.stop(allocation_id, include_root=True, reason=reason, by=self._allocation.id)
 
     def succeed(self, reason: str) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from controlplane.domain.placement import Demand, NoRoom, Placement, explain, place
+from controlplane.domain.placement import ISOLATED, Demand, NoRoom, Placement, explain, place
 from controlplane.domain.records import AllocationRecord
 from controlplane.domain.resources import NodeCapacity, Resources
 from controlplane.ports.store import PlacementReads
@@ -90,7 +90,9 @@ class Placer:
                 limits = {shape: limit if shape in exhausted else limit * GROWTH for shape, limit in limits.items()}
 
     def _explain(self, d: Demand, rtt: dict[str, float], *, field: str, placed_before: int) -> Exception:
-        inventory = self.store.node_inventory(labels=d.labels, node_ids=[d.node_id] if d.node_id else None,
+        # by the labels asked for by name: whether a node enforces isolation is what explain() tells apart
+        asked = tuple(label for label in d.labels if label != ISOLATED)
+        inventory = self.store.node_inventory(labels=asked, node_ids=[d.node_id] if d.node_id else None,
                                               limit=INVENTORY_LIMIT)
         if d.node_id and not inventory:  # the pinned node without its labels: say which are missing
             inventory = self.store.node_inventory(labels=(), node_ids=[d.node_id], limit=1)

@@ -153,7 +153,8 @@ CREATE (a:{A}:{ACT})
 SET a = props
 CREATE (p)-[:{PARENT_OF}]->(a), (a)-[:{RUNS_ON}]->(n)
 CREATE (:{EV} {{id: a.id + ':1', kind: 'transition', allocation_id: a.id, incarnation: 1,
-  from: 'pending', to: 'placed', at: $now, tick: $tick, reason: 'spawned by ' + p.id + ' on ' + n.id, by: p.id}})
+  from: 'pending', to: 'placed', at: $now, tick: $tick, reason: 'spawned by ' + p.id + ' on ' + n.id, by: coalesce(a.created_by, p.id),
+  parent: p.id}})
 WITH a
 OPTIONAL MATCH (t:{TASK} {{id: a.task_id}})
 FOREACH (x IN CASE WHEN t IS NULL THEN [] ELSE [t] END | CREATE (a)-[:{EXECUTES}]->(x))

@@ -172,7 +172,8 @@ class GremlinStore(SupervisionMixin, PlacementMixin, RawQueryMixin, RetentionMix
             props.append(_allocation_props(a, parent_id=parent_id, now=now))
             events.append({
                 "id": f"{a.id}:1", "kind": "transition", "allocation_id": a.id, "incarnation": 1, "from": "pending",
-                "to": "placed", "at": now, "tick": tick, "reason": f"spawned by {parent_id} on {a.node_id}", "by": parent_id,
+                "to": "placed", "at": now, "tick": tick, "reason": f"spawned by {parent_id} on {a.node_id}",
+                "by": (a.extra or {}).get("created_by") or parent_id, "parent": parent_id,
             })
         r = self._remote.one(lambda g: writes.create_allocations(
             g, parent_id=parent_id, demands=ordered, allocs=props, events=events, accepts=_ACCEPTS))

@@ -171,7 +171,9 @@ const live = new Live($("#events"), $("#live"), {
       if (e.incarnation) props.incarnation = e.incarnation;
       const drawn = view.update(e.allocationId, props);
       const creation = e.fromState === "pending" && e.incarnation === 1 && e.at >= cfg.serverTime;
-      if (!drawn && creation && e.by && (view.has(e.by) || expected.has(e.by)) && !expected.has(e.allocationId)) {
+      // who created it: the parent named on its creation event (`by` is the principal who asked)
+      const parent = e.data?.parent ?? e.by;
+      if (!drawn && creation && parent && (view.has(parent) || expected.has(parent)) && !expected.has(e.allocationId)) {
         born.push(e.allocationId);
         expected.add(e.allocationId);
         adoptSoon();

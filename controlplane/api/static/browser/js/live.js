@@ -6,7 +6,7 @@ import { subscribe } from "./api.js";
 import { esc, fmtTime } from "./dom.js";
 
 const EVENTS = `subscription($since: Float) { events(since: $since) {
-  id kind allocationId incarnation fromState toState at reason by } }`;
+  id kind allocationId incarnation fromState toState at reason by data } }`;
 const SHOWN = 300;
 const BACKLOG_S = 300;
 const RESUME_WINDOW_S = 1;

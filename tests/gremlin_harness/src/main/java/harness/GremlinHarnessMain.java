@@ -9,7 +9,6 @@ import java.nio.file.Path;
 import java.util.Map;
 import java.util.concurrent.TimeUnit;
 import io.netty.channel.Channel;
-import org.apache.tinkerpop.gremlin.process.traversal.strategy.verification.ReadOnlyStrategy;
 import org.apache.tinkerpop.gremlin.server.GraphManager;
 import org.apache.tinkerpop.gremlin.server.GremlinServer;
 import org.apache.tinkerpop.gremlin.server.Settings;
@@ -85,8 +84,9 @@ public final class GremlinHarnessMain {
             createIndex(graph, "rtt_ms", Edge.class);
         }
         graphs.putTraversalSource("g", graph.traversal());
-        // what raw (text) queries run against: any mutating step is refused before it runs
-        graphs.putTraversalSource("g_ro", graph.traversal().withStrategies(ReadOnlyStrategy.instance()));
+        // what raw (text) queries run against: any mutating step is refused before it runs, and the query
+        // cannot remove that guard (ReadOnlyTraversalSource refuses withoutStrategies, withComputer, io)
+        graphs.putTraversalSource("g_ro", new ReadOnlyTraversalSource(graph));
 
         server.start().get(60, TimeUnit.SECONDS);
         int bound = boundPort(server, port);

@@ -46,16 +46,19 @@ def stack(falkordb_server: FalkorDBServer, broker: ReplicatedRedis, tmp_path: Pa
     s.store.clear()
     s.env["REDIS_URL"] = broker.url
     s.control = assemble(s.store, CeleryDispatcher(configure(broker.url)), notify=RedisNotifier(broker.url).notify)
-    s.start("supervisor", "supervisor")
-    s.start("scheduler", "scheduler")
-    s.agent("alpha")
-    s.agent("beta")
-    yield s
-    s.close()
+    try:
+        s.start("supervisor", "supervisor")
+        s.start("scheduler", "scheduler")
+        s.agent("alpha")
+        s.agent("beta")
+        yield s
+    finally:  # a stack that failed to come up stops what it started too
+        s.close()
 
 
-def spawn(stack: Stack, i: int, out: Path) -> str:
-    spec = {"name": f"job{i}", "argv": ["sh", "-c", f"echo job{i} >> {out}; sleep 0.5"],
+def spawn(stack: Stack, i: int, drop: Path) -> str:
+    # every run leaves a file of its own (runs are users of their own: none could append to another's file)
+    spec = {"name": f"job{i}", "argv": ["sh", "-c", f"mktemp {drop}/job{i}.XXXXXX; sleep 0.5"],
             "resources": {"cpu_milli": 10, "memory_mib": 8}}
     deadline = time.monotonic() + 60
     while True:  # a spawn whose dispatch hit the dying primary is asked again: the request id makes it the same one
@@ -69,15 +72,18 @@ def spawn(stack: Stack, i: int, out: Path) -> str:
 
 
 def test_killing_the_redis_primary_loses_no_allocation_and_starts_none_twice(
-    stack: Stack, broker: ReplicatedRedis, tmp_path: Path
+    stack: Stack, broker: ReplicatedRedis, tmp_path: Path, isolation_work_root: Path
 ) -> None:
-    out = tmp_path / "runs.log"
-    ids = [spawn(stack, i, out) for i in range(SPAWNS // 2)]
+    # a directory every allocation user may write to (and the tests' temporary directories are not)
+    drop = isolation_work_root / tmp_path.name
+    drop.mkdir()
+    drop.chmod(0o1777)
+    ids = [spawn(stack, i, drop) for i in range(SPAWNS // 2)]
     wait_for(lambda: any(stack.control.queries.allocation(a).state is State.SUCCEEDED for a in ids), 60, "the first runs")
     # When the primary dies mid-run (half the spawns done, some of them still running)
     old_primary = broker.primary.port
     broker.kill_primary()
-    ids += [spawn(stack, i, out) for i in range(SPAWNS // 2, SPAWNS)]
+    ids += [spawn(stack, i, drop) for i in range(SPAWNS // 2, SPAWNS)]
     new_primary = broker.wait_for_failover()
     # Then every allocation succeeds, each started once, and the broker is the promoted replica
     done = wait_for(lambda: all((x := stack.control.queries.allocation(a)).state is State.SUCCEEDED for a in ids) and x, 120,
@@ -87,8 +93,9 @@ def test_killing_the_redis_primary_loses_no_allocation_and_starts_none_twice(
     for a in ids:
         rec = stack.control.queries.allocation(a)
         starts = [e for e in stack.control.queries.events(a) if e.to_state == "starting"]
-        assert (rec.incarnation, rec.exit_code, len(starts)) == (1, 0, 1), (a, rec, starts)
-    ran = Counter(out.read_text().split())
+        assert (rec.incarnation, rec.exit_code, len(starts)) == (1, 0, 1), (
+            a, [(e.incarnation, e.from_state, e.to_state, e.reason, e.by) for e in stack.control.queries.events(a)])
+    ran = Counter(p.name.split(".")[0] for p in drop.iterdir())
     assert ran == Counter(f"job{i}" for i in range(SPAWNS))  # each process ran exactly once
     # a client through the Sentinels (the doorbell's, the lease's) now writes to the promoted replica
     client = sync_client(broker.url, socket_timeout=2)

@@ -100,6 +100,7 @@ class FalkorDBStore(CypherStore):
     def raw_query(self, *, text: str, timeout_s: float, limit: int) -> RawResult:
         started = time.perf_counter()
         try:
+            self._refuse_load_csv(text)
             result = self._graph.ro_query(text, timeout=max(1, int(timeout_s * 1000)))
         except redis.TimeoutError:
             raise QueryTimeout(f"stopped after {timeout_s:g}s", field="query") from None
@@ -120,6 +121,14 @@ class FalkorDBStore(CypherStore):
             rows=tuple(tuple(_browse(v) for v in row) for row in rows[:limit]),
             truncated=len(rows) > limit, elapsed_ms=(time.perf_counter() - started) * 1000,
         )
+
+    def _refuse_load_csv(self, text: str) -> None:
+        """LOAD CSV is a read, so GRAPH.RO_QUERY runs it: local files are confined to the server's empty IMPORT_FOLDER,
+        but https:// URLs would be fetched by the server, from wherever it stands. The plan says whether a query
+        loads CSV however it is spelt; raw queries never may."""
+        plan = self._db.execute_command("GRAPH.EXPLAIN", self._graph_name, text)
+        if isinstance(plan, list) and any(str(op).strip().startswith("Load CSV") for op in plan):
+            raise InvalidInput("LOAD CSV is not allowed in raw queries: they never read files or URLs", field="query")
 
     def bootstrap(self) -> None:
         existing = {(c["label"], tuple(c["properties"])) for c in self._constraints()}

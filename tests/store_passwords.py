@@ -27,7 +27,7 @@ def any_graph_user(password: str) -> RedisUser:
 
 def server_config(data_dir: Path, **kwargs: Any) -> FalkorDBServerConfig:
     """A test server's configuration: passwords of its own for the administrator, the graph and the broker users."""
-    users = (broker_user(BROKER_USER, secrets.token_urlsafe(12)),)
+    users: tuple[RedisUser, ...] = (broker_user(BROKER_USER, secrets.token_urlsafe(12)),)
     if kwargs.get("graph", True):  # a plain Redis has no GRAPH.* commands to grant
         users += (any_graph_user(secrets.token_urlsafe(12)),)
     return FalkorDBServerConfig(data_dir=data_dir, password=secrets.token_urlsafe(12), users=users, **kwargs)

@@ -68,7 +68,7 @@ def test_a_client_without_the_password_or_with_a_wrong_one_is_refused(server: Fa
 def test_no_password_is_on_a_command_line_or_in_the_servers_user_list(server: FalkorDBServer) -> None:
     passwords = [u.password for u in server.config.users] + [server.config.password or ""]
     cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes()
-    acl = " ".join(no_retry(server.url).acl_list())
+    acl = " ".join(str(rule) for rule in no_retry(server.url).acl_list())
     for password in passwords:
         assert password.encode() not in cmdline
         assert password not in acl

@@ -82,9 +82,11 @@ def read_endpoints(settings: Settings) -> Endpoints | None:
 
 def resolve_endpoints(settings: Settings) -> Endpoints:
     """Where the graph and the broker are: settings first, else the running embedded stack."""
+    from controlplane.wiring import broker_address
+
     stack = read_endpoints(settings)
     graph = settings.graph_uri or (stack.graph_uri if stack and settings.graph_backend == "falkordb" else None)
-    broker = settings.redis_url or (stack.broker_url if stack else None)
+    broker = broker_address(settings, settings.redis_url) if settings.redis_url else (stack.broker_url if stack else None)
     if not graph or not broker:
         from controlplane.domain.errors import Unavailable
 
@@ -216,12 +218,13 @@ def run_stack(
     from controlplane.api import create_app
     from controlplane.api.auth import browsers_from
     from controlplane.store_secrets import BROKER, GRAPH, USER
-    from controlplane.wiring import control_plane, health_checks
+    from controlplane.wiring import broker_address, control_plane, health_checks
 
     tokens, login = open_api_tokens(settings)  # before the node agents start: they sign their allocations' tokens
     servers: list[FalkorDBServer] = []
     children = StackSupervisor(say=lambda line: print(f"controlplane up: {line}", flush=True))
-    graph_uri, broker_url = settings.graph_uri, settings.redis_url
+    graph_uri = settings.graph_uri
+    broker_url = broker_address(settings, settings.redis_url) if settings.redis_url else None
     graph_secret = broker_secret = None
     if settings.graph_backend == "falkordb" and not graph_uri:
         servers.append(embedded_server(settings, "falkordb").start())

@@ -66,7 +66,10 @@ class FalkorDBStore(CypherStore):
         """`read_timeout_ms`: read queries are stopped by FalkorDB itself after this long (default `timeout_ms`)."""
         super().__init__()
         self._pool = redis.ConnectionPool.from_url(url, max_connections=64, decode_responses=True)
-        self._db = FalkorDB(connection_pool=self._pool)
+        try:  # the client asks the server what it is (a Sentinel? a cluster?) at once
+            self._db = FalkorDB(connection_pool=self._pool)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise Unavailable(f"FalkorDB is unreachable: {exc}") from exc
         self._graph = self._db.select_graph(graph)
         self._graph_name = graph
         self._timeout_ms = timeout_ms

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from gremlin_python.driver.client import Client
 from gremlin_python.driver.driver_remote_connection import DriverRemoteConnection
 from gremlin_python.driver.protocol import GremlinServerError
 from gremlin_python.process.anonymous_traversal import traversal
@@ -67,6 +71,32 @@ def props_of(m: dict[Any, Any]) -> dict[str, Any]:
     return split_element(m)[1]
 
 
+@dataclass(frozen=True)
+class Access:
+    """How a client logs in to a Gremlin Server (SASL PLAIN: a SimpleAuthenticator's user and password) and which
+    certificates it trusts over wss:// (a CA file; a client certificate and key for servers that ask for one)."""
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    def options(self, url: str) -> dict[str, Any]:
+        """The keyword arguments of gremlinpython's connections and clients for this access to `url`."""
+        out: dict[str, Any] = {}
+        if self.user:
+            out.update(username=self.user, password=self.password or "")
+        if self.tls_ca_file or self.tls_cert_file:
+            if not url.startswith("wss://"):
+                raise Unavailable(f"TLS settings are given, but {url} is not a wss:// address")
+            context = ssl.create_default_context(cafile=str(self.tls_ca_file) if self.tls_ca_file else None)
+            if self.tls_cert_file:
+                context.load_cert_chain(str(self.tls_cert_file), str(self.tls_key_file) if self.tls_key_file else None)
+            out["ssl_options"] = context
+        return out
+
+
 class Remote:
     """A pooled connection to the traversal source `g` of one Gremlin Server.
 
@@ -80,11 +110,13 @@ class Remote:
 
     def __init__(
         self, url: str, *, traversal_source: str = "g", pool_size: int = 8, retry_for_s: float = 60.0,
-        answer_timeout_s: float = 10.0, read_timeout_s: float | None = None,
+        answer_timeout_s: float = 10.0, read_timeout_s: float | None = None, access: Access | None = None,
     ) -> None:
-        """`read_timeout_s`: reads carry evaluationTimeout, so Gremlin Server itself stops them after this long."""
+        """`read_timeout_s`: reads carry evaluationTimeout, so Gremlin Server itself stops them after this long;
+        `access`: credentials and TLS trust for every connection this makes."""
         logging.getLogger("gremlinpython").addFilter(_FILTER)
         self.url = url
+        self.access = access or Access()
         self._source = traversal_source
         self._pool_size = pool_size
         self._retry_for_s = retry_for_s
@@ -97,7 +129,8 @@ class Remote:
     def _connect(self) -> None:
         try:
             self._conn = DriverRemoteConnection(
-                self.url, self._source, pool_size=self._pool_size, max_content_length=64 * 1024 * 1024
+                self.url, self._source, pool_size=self._pool_size, max_content_length=64 * 1024 * 1024,
+                **self.access.options(self.url),
             )
         except Exception as exc:  # noqa: BLE001 - any failure to connect is the same to the caller
             raise Unavailable(f"Gremlin Server at {self.url} is unreachable: {exc}") from exc
@@ -164,6 +197,10 @@ class Remote:
             raise _NoAnswer() from None
         finally:
             self._slots.release()
+
+    def client(self, traversal_source: str, **kwargs: Any) -> Client:
+        """A one-connection script client of this server (raw text queries, a schema script), with the same access."""
+        return Client(self.url, traversal_source, pool_size=1, **self.access.options(self.url), **kwargs)
 
     def one(self, build: Callable[[GraphTraversalSource], GraphTraversal], *, write: bool = True) -> Any:
         rows = self.run(build, write=write)

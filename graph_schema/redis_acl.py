@@ -67,9 +67,18 @@ def graph_user(name: str, password: str, *, graphs: tuple[str, ...]) -> RedisUse
     return RedisUser(name, password, ("resetchannels", *keys, *(f"+{c}" for c in (*GRAPH_COMMANDS, *CONNECTION_COMMANDS))))
 
 
+#: Redis' own command categories, all of them but @admin and @dangerous (taken out again below, since a command
+#: may be in several). A module's commands (FalkorDB's GRAPH.*) are in none of them, so they are not granted.
+DATA_CATEGORIES = (
+    "read", "write", "keyspace", "string", "list", "hash", "set", "sortedset", "bitmap", "hyperloglog", "geo", "stream",
+    "pubsub", "scripting", "transaction", "connection", "blocking", "fast", "slow",
+)
+
+
 def broker_user(name: str, password: str) -> RedisUser:
     """The control plane on its broker (Celery's queues, node leases, the events doorbell): every key and channel
-    and every data command, but no administration (CONFIG, MODULE, SHUTDOWN, ACL, DEBUG, REPLICAOF, ...) and
-    nothing Redis calls dangerous (FLUSHALL, KEYS, MIGRATE, ...)."""
-    return RedisUser(name, password, ("~*", "&*", "+@all", "-@admin", "-@dangerous"))
+    and every data command, but no administration (CONFIG, MODULE, SHUTDOWN, ACL, DEBUG, REPLICAOF, ...), nothing
+    Redis calls dangerous (FLUSHALL, KEYS, MIGRATE, INFO, ...) and no module command (on a FalkorDB server that is
+    also the broker, this user cannot query the graph)."""
+    return RedisUser(name, password, ("~*", "&*", *(f"+@{c}" for c in DATA_CATEGORIES), "-@admin", "-@dangerous"))
 

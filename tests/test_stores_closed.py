@@ -103,7 +103,7 @@ def test_the_graph_user_runs_the_control_plane_and_nothing_else(server: FalkorDB
     store.close()
 
 
-def test_the_broker_user_has_data_commands_but_no_administration(server: FalkorDBServer) -> None:
+def test_the_broker_user_has_data_commands_but_no_administration_and_no_graph(server: FalkorDBServer) -> None:
     broker = no_retry(server.user_url("broker", 3))
     # Given what Celery, the leases and the doorbell do
     broker.lpush("node.n1", "message")
@@ -112,7 +112,8 @@ def test_the_broker_user_has_data_commands_but_no_administration(server: FalkorD
     # When the broker user tries to administer the server, Then it is refused
     for command in [("CONFIG", "SET", "dir", "/tmp"), ("SHUTDOWN", "NOSAVE"), ("FLUSHALL",), ("KEYS", "*"),
                     ("MODULE", "LOAD", "/tmp/x.so"), ("ACL", "SETUSER", "broker", "+@all"), ("DEBUG", "SLEEP", "0"),
-                    ("REPLICAOF", "127.0.0.1", "1")]:
+                    ("REPLICAOF", "127.0.0.1", "1"), ("GRAPH.QUERY", GRAPH, "CREATE (:X)"),
+                    ("GRAPH.RO_QUERY", GRAPH, "MATCH (n) RETURN n"), ("GRAPH.DELETE", GRAPH)]:
         with pytest.raises(redis.exceptions.ResponseError, match=REFUSED):
             broker.execute_command(*command)
     assert no_retry(server.url).ping()

@@ -26,6 +26,19 @@ class Pki:
     client_cert: Path
     client_key: Path
 
+    def server_pkcs12(self, path: Path, password: str) -> Path:
+        """The server's key and certificate (with its CA) as a PKCS12 key store, what JVM servers read."""
+        from cryptography.hazmat.primitives.serialization import pkcs12
+
+        key = serialization.load_pem_private_key(self.server_key.read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        cert = x509.load_pem_x509_certificate(self.server_cert.read_bytes())
+        ca = x509.load_pem_x509_certificate(self.ca.read_bytes())
+        path.write_bytes(pkcs12.serialize_key_and_certificates(
+            b"server", key, cert, [ca], serialization.BestAvailableEncryption(password.encode())))
+        path.chmod(0o600)
+        return path
+
 
 def _name(common: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])

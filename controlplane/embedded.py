@@ -197,7 +197,9 @@ def embedded_server(settings: Settings, role: str) -> FalkorDBServer:
     password = store_secret(settings.data_dir, mine)
     user = graph_user(USER, password, graphs=(settings.graph_name,)) if graph else broker_user(USER, password)
     return FalkorDBServer(FalkorDBServerConfig(
-        data_dir=settings.data_dir / role, graph=graph, password=store_secret(settings.data_dir, admin), users=(user,)))
+        data_dir=settings.data_dir / role, graph=graph, password=store_secret(settings.data_dir, admin), users=(user,),
+        query_mem_mib=settings.falkordb_query_mem_mib,
+        query_timeout_max_ms=int(settings.falkordb_query_timeout_max_s * 1000)))
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     #: the API address allocations are told (CONTROLPLANE_API_URL); default http://<api_host>:<api_port>
     api_public_url: str | None = None
 
+    # --- the embedded FalkorDB's limits (`controlplane up`; a FalkorDB of your own is limited by its FALKORDB_ARGS) ---
+    #: the most memory one query may take (QUERY_MEM_CAPACITY); a query past it fails, the server goes on
+    falkordb_query_mem_mib: int = Field(1024, ge=16, le=1_048_576)
+    #: no query runs longer than this (TIMEOUT_MAX), reads and writes alike
+    falkordb_query_timeout_max_s: float = Field(60.0, ge=1, le=86_400)
+
     # --- data stores between machines: TLS (docs/deployment.md, "Data stores: passwords, users, TLS") ---
     #: CA certificates (PEM) the graph server's certificate must chain to: FalkorDB over rediss://, Neo4j over Bolt
     #: (bolt:// and neo4j:// become encrypted; +s alone trusts the system's CAs), Gremlin/JanusGraph over wss://

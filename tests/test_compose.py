@@ -7,17 +7,22 @@
 - every stack (the default on Neo4j, the falkordb, gremlin and janusgraph profiles) has its API, node agents,
   supervisors and exactly one scheduler, and its own broker database;
 - the servers and the APIs have health checks, published ports bind to BIND_ADDRESS (127.0.0.1 by
-  default), and the Dockerfile runs `controlplane` as a non-root user with setpriv installed.
+  default), and the Dockerfile runs `controlplane` as a non-root user with setpriv installed;
+- no data store has a default secret: `docker-compose config` refuses to run without each of the passwords,
+  naming it, no password variable has a default, and the Redis users per role are redis_acl's, proven on a
+  real redis-server started with the compose command line.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -45,6 +50,10 @@ SERVERS = {"neo4j", "redis", "falkordb", "gremlin-server", "cassandra", "janusgr
 #: what a shell expansion in an entrypoint stands for when its argv is parsed here
 SHELL_WORD = "node-from-shell"
 EXTRA_ENV = {"NODE_NAME"}  # read by the agent's entrypoint, not by Settings
+#: the passwords the file requires (`${VAR:?message}`), and test values for them (8+ characters: Neo4j 5's minimum)
+SECRETS = {"NEO4J_PASSWORD": "neo4j-test-pw", "REDIS_ADMIN_PASSWORD": "redis-admin-test-pw",
+           "REDIS_PASSWORD": "redis-broker-test-pw", "FALKORDB_PASSWORD": "falkordb-test-pw",
+           "GREMLIN_PASSWORD": "gremlin-test-pw"}
 
 #: the CLI's command objects (Typer's own Click: it may vendor it, so only its interface is used)
 CLI: Any = typer.main.get_command(app)
@@ -52,17 +61,22 @@ CLI: Any = typer.main.get_command(app)
 
 # --- reading the file ---------------------------------------------------------------------------
 
-_INTERPOLATION = re.compile(r"\$\$|\$\{(\w+)(?::?-([^}]*))?\}|\$(\w+)")
+_INTERPOLATION = re.compile(r"\$\$|\$\{(\w+)(?::?([-?])([^}]*))?\}|\$(\w+)")
 
 
 def interpolate(value: str, env: dict[str, str] | None = None) -> str:
-    """Compose's variable substitution: ${VAR:-default}, ${VAR}, $VAR, and $$ for a literal $."""
+    """Compose's variable substitution: ${VAR:-default}, ${VAR:?message} (required), ${VAR}, $VAR, and $$ for a
+    literal $. The required passwords take their test values (SECRETS) unless `env` says otherwise."""
+    values = SECRETS | (env or {})
 
     def sub(m: re.Match[str]) -> str:
         if m.group(0) == "$$":
             return "$"
-        name = m.group(1) or m.group(3)
-        return (env or {}).get(name) or m.group(2) or ""
+        name = m.group(1) or m.group(4)
+        if m.group(2) == "?":
+            assert values.get(name), f"{name} is required: {m.group(3)}"
+            return values[name]
+        return values.get(name) or m.group(3) or ""
 
     return _INTERPOLATION.sub(sub, value)
 
@@ -74,8 +88,8 @@ def services() -> dict[str, dict[str, Any]]:
 
 
 def ours(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The services built from this repository: the ones running `controlplane`."""
-    return {name: s for name, s in services.items() if "build" in s}
+    """The services built from this repository running `controlplane` (not the servers, some built here too)."""
+    return {name: s for name, s in services.items() if "build" in s and name not in SERVERS}
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
@@ -155,14 +169,14 @@ def compose_command() -> list[str]:
 @pytest.mark.parametrize("profile", list(PROFILES), ids=lambda p: p or "default")
 def test_docker_compose_config_validates(compose_command: list[str], profile: str | None, tmp_path: Path) -> None:
     # only what compose itself needs: no stray NEO4J_PASSWORD or BIND_ADDRESS from this shell
-    env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL") if k in os.environ} | {"HOME": str(tmp_path)}
+    env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL") if k in os.environ} | {"HOME": str(tmp_path)} | SECRETS
     argv = [*compose_command, "-f", str(COMPOSE), *(["--profile", profile] if profile else []), "config"]
     result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stderr}"
     resolved = yaml.safe_load(result.stdout)["services"]
     assert PROFILES[None] | PROFILES[profile] <= set(resolved), f"missing services: {PROFILES[profile] - set(resolved)}"
     for name in PROFILES[None] | PROFILES[profile]:
-        if "build" in resolved[name]:
+        if "build" in resolved[name] and name not in SERVERS:
             assert resolved[name]["environment"]["GRAPH_URI"], name  # substituted, and not empty
 
 
@@ -263,8 +277,8 @@ def test_servers_and_apis_have_health_checks_and_are_waited_for(services: dict[s
         test = (services[name].get("healthcheck") or {}).get("test")
         assert test and test[0] in {"CMD", "CMD-SHELL"}, f"{name} has no health check"
     assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
-    assert services["redis"]["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
-    assert services["redis"]["command"][1:] == ["--appendonly", "yes"]
+    assert "redis-cli --user admin ping" in services["redis"]["healthcheck"]["test"][-1]
+    assert services["redis"]["command"][1:3] == ["--appendonly", "yes"]
     for name, service in ours(services).items():
         depends = service.get("depends_on") or {}
         assert depends, f"{name} waits for nothing"
@@ -293,3 +307,112 @@ def test_neo4j_is_the_lts_with_its_browser_and_persistent_volumes(services: dict
     password = environment(services["api"])["GRAPH_PASSWORD"]
     assert interpolate(neo4j["environment"]["NEO4J_AUTH"]) == f"neo4j/{password}"
     assert len(password) >= 8, "Neo4j 5 refuses passwords shorter than 8 characters"
+
+
+# --- (e) no default secret ----------------------------------------------------------------------------
+
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_AUTH\b|_PASS\b", re.IGNORECASE)
+
+
+def test_no_secret_variable_has_a_default_and_every_one_is_required() -> None:
+    text = COMPOSE.read_text()
+    used = {m.group(1): m.group(2) for m in re.finditer(r"(?<!\$)\$\{(\w+)(:?[-?]|)", text) if SECRET_NAME.search(m.group(1))}
+    assert set(used) == set(SECRETS), f"the secrets the file uses: {sorted(used)}"
+    for name in SECRETS:
+        forms = set(re.findall(r"(?<!\$)\$\{" + name + r"(:?[-?]?)", text))
+        assert forms == {":?"}, f"{name} must always be ${{{name}:?message}}, never with a default or optional: {forms}"
+    # and no literal password next to a user: NEO4J_AUTH, redis:// URLs, Redis users (`>password`)
+    assert not re.search(r"NEO4J_AUTH:\s*neo4j/[^$]", text)
+    assert not re.search(r"redis://[\w.-]*:[^$@/]+@", text), "a redis:// URL with a literal password"
+    literal = re.search(r"(?<=[\s\"])>(?![$/&\s\"]|-\n)\S*", text)  # `>password`, not `>/dev/null` or `>${VAR:?..}`
+    assert literal is None, f"a Redis user with a literal password: {literal.group(0) if literal else ''}"
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_docker_compose_refuses_to_run_without_each_password(compose_command: list[str], missing: str, tmp_path: Path) -> None:
+    # Given every password but one
+    env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL") if k in os.environ} | {"HOME": str(tmp_path)}
+    env |= {k: v for k, v in SECRETS.items() if k != missing}
+    # When compose reads the file (the default stack: every secret is required by every profile), Then it refuses,
+    # naming the variable, and nothing is started with an empty password
+    result = subprocess.run([*compose_command, "-f", str(COMPOSE), "config"], capture_output=True, text=True, cwd=ROOT,
+                            env=env, timeout=120)
+    assert result.returncode != 0
+    assert f"{missing} is not set; the data stores have no default password" in result.stderr
+
+
+def redis_users(args: list[str]) -> dict[str, list[str]]:
+    """The `--user NAME ...` directives of a redis-server command line: each user's words after its name."""
+    users: dict[str, list[str]] = {}
+    for i, word in enumerate(args):
+        if word == "--user":
+            words = list(itertools.takewhile(lambda w: not w.startswith("--"), args[i + 1 :]))
+            users[words[0]] = words[1:]
+    return users
+
+
+def test_the_redis_users_are_redis_acl_roles(services: dict[str, dict[str, Any]]) -> None:
+    from graph_schema.redis_acl import broker_user, graph_user
+
+    broker = list(broker_user("controlplane", "x").rules)
+    graph = list(graph_user("graph", "x", graphs=("controlplane",)).rules)
+    admin = ["~*", "&*", "+@all"]
+    redis = redis_users([interpolate(str(w)) for w in services["redis"]["command"]])
+    assert redis == {"default": ["reset", "off"], "admin": ["reset", "on", f">{SECRETS['REDIS_ADMIN_PASSWORD']}", *admin],
+                     "controlplane": ["reset", "on", f">{SECRETS['REDIS_PASSWORD']}", *broker]}
+    falkordb = redis_users(interpolate(services["falkordb"]["environment"]["REDIS_ARGS"]).split())
+    assert falkordb == redis | {"graph": ["reset", "on", f">{SECRETS['FALKORDB_PASSWORD']}", *graph]}
+    for name in ("redis-ha", "redis-ha-replica"):  # the Sentinel URL names no user: `default` is the broker's
+        users = redis_users([interpolate(str(w)) for w in services[name]["command"]])
+        assert users == {"admin": redis["admin"], "default": ["reset", "on", f">{SECRETS['REDIS_PASSWORD']}", *broker]}
+    # and the control plane logs in as those users
+    assert environment(services["api"])["REDIS_URL"].startswith(f"redis://controlplane:{SECRETS['REDIS_PASSWORD']}@redis:")
+    env = environment(services["api-falkordb"])
+    assert env["GRAPH_URI"] == f"redis://graph:{SECRETS['FALKORDB_PASSWORD']}@falkordb:6379"
+    assert env["REDIS_URL"] == f"redis://controlplane:{SECRETS['REDIS_PASSWORD']}@falkordb:6379/1"
+    assert environment(services["api-janusgraph"])["REDIS_URL"].startswith(f"sentinel://:{SECRETS['REDIS_PASSWORD']}@")
+    assert environment(services["api-gremlin"])["GRAPH_PASSWORD"] == SECRETS["GREMLIN_PASSWORD"]
+    assert environment(services["gremlin-server"])["GREMLIN_PASSWORD"] == SECRETS["GREMLIN_PASSWORD"]
+
+
+def test_the_compose_redis_command_line_really_closes_a_redis_server(services: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    import redis as redis_py
+
+    server = shutil.which("redis-server")
+    if server is None:
+        if IN_CI:
+            pytest.fail("no redis-server in CI", pytrace=False)
+        pytest.skip("no redis-server")
+    from graph_schema.falkordb_server import find_free_port
+
+    port = find_free_port()
+    args = [interpolate(str(w)) for w in services["redis"]["command"][1:]]
+    # Given a real redis-server started with the compose service's own arguments (port and files here)
+    proc = subprocess.Popen([server, *args, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def client(user: str | None = None, password: str | None = None) -> redis_py.Redis:
+            return redis_py.Redis(port=port, username=user, password=password, socket_timeout=5)
+
+        admin = client("admin", SECRETS["REDIS_ADMIN_PASSWORD"])
+        for _ in range(100):
+            try:
+                admin.ping()
+                break
+            except redis_py.exceptions.ConnectionError:
+                time.sleep(0.05)
+        # Then the default user is off, a wrong password is refused, the broker user has data commands only
+        with pytest.raises(redis_py.exceptions.AuthenticationError):
+            client().ping()
+        with pytest.raises(redis_py.exceptions.AuthenticationError):
+            client("controlplane", "wrong").ping()
+        broker = client("controlplane", SECRETS["REDIS_PASSWORD"])
+        assert broker.lpush("celery", "task") == 1
+        for command in [("CONFIG", "SET", "dir", "/tmp"), ("FLUSHALL",), ("ACL", "LIST"), ("SHUTDOWN", "NOSAVE")]:
+            with pytest.raises(redis_py.exceptions.NoPermissionError):
+                broker.execute_command(*command)  # type: ignore[no-untyped-call]
+        admin.close()
+        broker.close()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

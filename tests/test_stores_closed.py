@@ -156,3 +156,27 @@ def test_one_query_may_not_take_more_memory_than_the_limit(server: FalkorDBServe
     # while a small one runs, and the server answers the next query
     assert store.raw_query(text="UNWIND range(1, 1000) AS x RETURN count(x)", timeout_s=5, limit=1).rows == ((1000,),)
     store.close()
+
+
+def test_the_embedded_servers_limits_are_settings(tmp_path: Path) -> None:
+    from controlplane.embedded import embedded_server
+    from controlplane.settings import load_settings
+
+    # Given settings with a small query memory and a short longest query
+    settings = load_settings(data_dir=tmp_path, falkordb_query_mem_mib=16, falkordb_query_timeout_max_s=7)
+    # When `up` starts its graph server, Then FalkorDB runs with those limits
+    with embedded_server(settings, "falkordb") as graph:
+        admin = no_retry(graph.url)
+        config = dict(admin.execute_command("GRAPH.CONFIG", "GET", "*"))
+        assert int(config[b"QUERY_MEM_CAPACITY"]) == 16 * 1024 * 1024
+        assert int(config[b"TIMEOUT_MAX"]) == 7000
+        admin.close()
+
+
+@pytest.mark.parametrize(("field", "value"), [("falkordb_query_mem_mib", 0), ("falkordb_query_timeout_max_s", "soon")])
+def test_a_bad_limit_is_refused_naming_the_setting(field: str, value: object) -> None:
+    from controlplane.settings import load_settings
+
+    with pytest.raises(InvalidInput) as refused:
+        load_settings(**{field: value})
+    assert refused.value.field == field.upper()

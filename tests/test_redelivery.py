@@ -23,17 +23,10 @@ from controlplane.ports.store import Change, GraphStore
 from controlplane.services import ControlPlane
 from controlplane.wiring import assemble
 from tests.broker import HeldBroker, Message
+from tests.clock import Clock
 from workers.agent import AgentReports, Exit
 from workers.dispatch import RESTART, START_NATIVE, TERMINATED
 from workers.dispatch import RUN as RUN_TASK
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

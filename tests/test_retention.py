@@ -21,19 +21,12 @@ from controlplane.services import ControlPlane
 from controlplane.services.retention import MIN_AGE_S, RetentionPolicy
 from controlplane.wiring import assemble
 from graph_schema.falkordb_server import FalkorDBServer
+from tests.clock import Clock
 from tests.stack import Stack, wait_for
 from tests.store_passwords import server_config
 from workers.agent import AgentReports, Exit
 
 DAY = 86_400.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

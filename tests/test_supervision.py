@@ -17,15 +17,8 @@ from controlplane.domain.records import AllocationRecord
 from controlplane.ports.store import Change, GraphStore
 from controlplane.services import ControlPlane
 from controlplane.wiring import assemble
+from tests.clock import Clock
 from workers.agent import AgentReports, Exit
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -416,3 +416,23 @@ def test_the_compose_redis_command_line_really_closes_a_redis_server(services: d
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_the_gremlin_server_image_carries_every_class_its_configuration_names(services: dict[str, dict[str, Any]]) -> None:
+    deploy = ROOT / "deploy" / "gremlin-server"
+    build = services["gremlin-server"]["build"]
+    assert (build["context"], build["dockerfile"]) == (".", "deploy/gremlin-server/Dockerfile")
+    config = yaml.safe_load((deploy / "gremlin-server.yaml").read_text())
+    # no Groovy engine configured, logins and the authorizer that refuses every script language but gremlin-lang
+    assert set(config["scriptEngines"]) == {"gremlin-lang"}
+    assert config["authentication"]["authenticator"].endswith("SimpleAuthenticator")
+    named = {config["graphManager"], config["authorization"]["authorizer"]}
+    assert named == {"harness.ControlPlaneGraphManager", "harness.ControlPlaneAuthorizer"}
+    dockerfile = (deploy / "Dockerfile").read_text()
+    allowed = (deploy / "Dockerfile.dockerignore").read_text()
+    for cls in named | {"harness.ReadOnlyTraversalSource", "harness.CredentialsFile"}:
+        source = f"tests/gremlin_harness/src/main/java/{cls.replace('.', '/')}.java"
+        assert (ROOT / source).is_file(), source
+        assert source in dockerfile and f"!{source}" in allowed, f"{source} is not copied into the image"
+    entrypoint = (deploy / "entrypoint.sh").read_text()
+    assert ': "${GREMLIN_PASSWORD:?' in entrypoint, "the server must refuse to start without a password"

@@ -10,7 +10,7 @@
   default), and the Dockerfile runs `controlplane` as a non-root user with setpriv installed;
 - no data store has a default secret: `docker-compose config` refuses to run without each of the passwords,
   naming it, no password variable has a default, and the Redis users per role are redis_acl's, proven on a
-  real redis-server started with the compose command line.
+  real redis-server started by each compose Redis service's own entrypoint (no password on its command line).
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ def test_servers_and_apis_have_health_checks_and_are_waited_for(services: dict[s
         assert test and test[0] in {"CMD", "CMD-SHELL"}, f"{name} has no health check"
     assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
     assert "redis-cli --user admin ping" in services["redis"]["healthcheck"]["test"][-1]
-    assert services["redis"]["command"][1:3] == ["--appendonly", "yes"]
+    assert 'exec redis-server - --appendonly yes "$$@"' in services["redis"]["entrypoint"][2]
     for name, service in ours(services).items():
         depends = service.get("depends_on") or {}
         assert depends, f"{name} waits for nothing"
@@ -351,20 +351,38 @@ def redis_users(args: list[str]) -> dict[str, list[str]]:
     return users
 
 
+def stdin_config(service: dict[str, Any]) -> list[str]:
+    """The configuration a Redis service's entrypoint gives its server on standard input, as the shell expands it
+    in the container (the service's environment)."""
+    env = environment(service)
+    script = interpolate(service["entrypoint"][2])
+    body = script.split("<<EOF\n", 1)[1].split("\nEOF", 1)[0]
+    return [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], line).strip() for line in body.splitlines()]
+
+
+def config_users(lines: list[str]) -> dict[str, list[str]]:
+    return {line.split()[1]: line.split()[2:] for line in lines if line.startswith("user ")}
+
+
+REDIS_SERVERS = ("redis", "redis-ha", "redis-ha-replica")
+
+
 def test_the_redis_users_are_redis_acl_roles(services: dict[str, dict[str, Any]]) -> None:
     from graph_schema.redis_acl import broker_user, graph_user
 
     broker = list(broker_user("controlplane", "x").rules)
     graph = list(graph_user("graph", "x", graphs=("controlplane",)).rules)
     admin = ["~*", "&*", "+@all"]
-    redis = redis_users([interpolate(str(w)) for w in services["redis"]["command"]])
+    redis = config_users(stdin_config(services["redis"]))
     assert redis == {"default": ["reset", "off"], "admin": ["reset", "on", f">{SECRETS['REDIS_ADMIN_PASSWORD']}", *admin],
                      "controlplane": ["reset", "on", f">{SECRETS['REDIS_PASSWORD']}", *broker]}
     falkordb = redis_users(interpolate(services["falkordb"]["environment"]["REDIS_ARGS"]).split())
     assert falkordb == redis | {"graph": ["reset", "on", f">{SECRETS['FALKORDB_PASSWORD']}", *graph]}
     for name in ("redis-ha", "redis-ha-replica"):  # the Sentinel URL names no user: `default` is the broker's
-        users = redis_users([interpolate(str(w)) for w in services[name]["command"]])
-        assert users == {"admin": redis["admin"], "default": ["reset", "on", f">{SECRETS['REDIS_PASSWORD']}", *broker]}
+        lines = stdin_config(services[name])
+        assert config_users(lines) == {"admin": redis["admin"],
+                                       "default": ["reset", "on", f">{SECRETS['REDIS_PASSWORD']}", *broker]}
+        assert {"masteruser admin", f"masterauth {SECRETS['REDIS_ADMIN_PASSWORD']}"} <= set(lines)
     # and the control plane logs in as those users
     assert environment(services["api"])["REDIS_URL"].startswith(f"redis://controlplane:{SECRETS['REDIS_PASSWORD']}@redis:")
     env = environment(services["api-falkordb"])
@@ -375,7 +393,17 @@ def test_the_redis_users_are_redis_acl_roles(services: dict[str, dict[str, Any]]
     assert environment(services["gremlin-server"])["GREMLIN_PASSWORD"] == SECRETS["GREMLIN_PASSWORD"]
 
 
-def test_the_compose_redis_command_line_really_closes_a_redis_server(services: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+def test_no_redis_password_is_on_a_command_line(services: dict[str, dict[str, Any]]) -> None:
+    # compose substitutes ${VAR} before the container starts, so a password there would be in the process list
+    for name in REDIS_SERVERS:
+        words = [interpolate(str(w)) for w in [*(services[name].get("entrypoint") or []), *(services[name].get("command") or [])]]
+        leaked = [secret for secret in SECRETS.values() if any(secret in w for w in words)]
+        assert not leaked, f"{name} puts a password on its command line"
+
+
+@pytest.mark.parametrize("name", REDIS_SERVERS)
+def test_the_compose_redis_entrypoint_really_closes_a_redis_server(services: dict[str, dict[str, Any]], name: str,
+                                                                   tmp_path: Path) -> None:
     import redis as redis_py
 
     server = shutil.which("redis-server")
@@ -386,9 +414,12 @@ def test_the_compose_redis_command_line_really_closes_a_redis_server(services: d
     from graph_schema.falkordb_server import find_free_port
 
     port = find_free_port()
-    args = [interpolate(str(w)) for w in services["redis"]["command"][1:]]
-    # Given a real redis-server started with the compose service's own arguments (port and files here)
-    proc = subprocess.Popen([server, *args, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)],
+    service = services[name]
+    script = interpolate(service["entrypoint"][2])
+    # Given a real redis-server started by the compose service's own entrypoint and environment (port and files
+    # here, and no replication: the primary is not there)
+    argv = ["sh", "-c", script, "redis", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    proc = subprocess.Popen(argv, env={"PATH": os.environ["PATH"], **environment(service)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         def client(user: str | None = None, password: str | None = None) -> redis_py.Redis:
@@ -401,16 +432,23 @@ def test_the_compose_redis_command_line_really_closes_a_redis_server(services: d
                 break
             except redis_py.exceptions.ConnectionError:
                 time.sleep(0.05)
-        # Then the default user is off, a wrong password is refused, the broker user has data commands only
-        with pytest.raises(redis_py.exceptions.AuthenticationError):
-            client().ping()
-        with pytest.raises(redis_py.exceptions.AuthenticationError):
-            client("controlplane", "wrong").ping()
-        broker = client("controlplane", SECRETS["REDIS_PASSWORD"])
+        broker_name = "controlplane" if name == "redis" else "default"
+        # Then no password, a wrong one, and an unknown user are refused
+        for user, password in ((None, None), (broker_name, "wrong"), ("mallory", SECRETS["REDIS_PASSWORD"])):
+            with pytest.raises(redis_py.exceptions.AuthenticationError):
+                client(user, password).ping()
+        # and the broker user has data commands and no administration
+        broker = client(broker_name, SECRETS["REDIS_PASSWORD"])
         assert broker.lpush("celery", "task") == 1
-        for command in [("CONFIG", "SET", "dir", "/tmp"), ("FLUSHALL",), ("ACL", "LIST"), ("SHUTDOWN", "NOSAVE")]:
+        for command in [("CONFIG", "SET", "dir", "/tmp"), ("FLUSHALL",), ("ACL", "LIST"), ("SHUTDOWN", "NOSAVE"),
+                        ("REPLICAOF", "127.0.0.1", "1")]:
             with pytest.raises(redis_py.exceptions.NoPermissionError):
                 broker.execute_command(*command)  # type: ignore[no-untyped-call]
+        # and the server's command line carries no password, its user list only hashes
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+        assert not [secret for secret in SECRETS.values() if secret in cmdline], cmdline
+        listed = " ".join(str(u) for u in admin.execute_command("ACL", "LIST"))  # type: ignore[no-untyped-call]
+        assert not [secret for secret in SECRETS.values() if secret in listed]
         admin.close()
         broker.close()
     finally:

@@ -306,6 +306,8 @@ def test_neo4j_is_the_lts_with_its_browser_and_persistent_volumes(services: dict
     assert {v.split(":")[1] for v in neo4j["volumes"]} == {"/data", "/logs"}
     password = environment(services["api"])["GRAPH_PASSWORD"]
     assert interpolate(neo4j["environment"]["NEO4J_AUTH"]) == f"neo4j/{password}"
+    check = neo4j["healthcheck"]["test"][1]
+    assert "cypher-shell 'RETURN 1'" in check and " -p " not in check, "the password must not be on cypher-shell's command line"
     assert len(password) >= 8, "Neo4j 5 refuses passwords shorter than 8 characters"
 
 

@@ -18,6 +18,7 @@ from controlplane.ports.store import GraphStore
 from controlplane.wiring import assemble
 from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer
+from tests.store_passwords import broker_url, graph_url
 from workers.app import configure
 from workers.dispatch import CeleryDispatcher
 
@@ -59,7 +60,8 @@ def engine_graph(engine: str, request: pytest.FixtureRequest, server: FalkorDBSe
     """
     store: GraphStore
     if engine == "falkordb":
-        store, uri = FalkorDBStore(server.url, graph=graph), server.url
+        uri = graph_url(server)
+        store = FalkorDBStore(uri, graph=graph)
     elif engine == "neo4j":
         from graph_schema.cypher.neo4j_store import Neo4jStore
 
@@ -128,12 +130,12 @@ class Stack:
         self.server = server
         self.data_dir = data_dir
         self.graph = graph
-        #: the Celery broker (a database of `server`): what the processes and `control` talk to
-        self.broker_url = server.redis_url(redis_db)
+        #: the Celery broker (a database of `server`, as its broker user): what the processes and `control` talk to
+        self.broker_url = broker_url(server, redis_db)
         self.env = {
             **os.environ,
             "GRAPH_BACKEND": store.engine if store is not None else "falkordb",
-            "GRAPH_URI": graph_uri or server.url,
+            "GRAPH_URI": graph_uri or graph_url(server),
             "GRAPH_NAME": graph,
             "REDIS_URL": self.broker_url,
             "DATA_DIR": str(data_dir),
@@ -145,7 +147,7 @@ class Stack:
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.agents: set[str] = set()
-        self.store: GraphStore = store if store is not None else FalkorDBStore(server.url, graph=graph)
+        self.store: GraphStore = store if store is not None else FalkorDBStore(graph_url(server), graph=graph)
         self.store.bootstrap()
         self.control = assemble(self.store, CeleryDispatcher(configure(self.broker_url)))
 

@@ -25,12 +25,13 @@ from controlplane.services import ControlPlane
 from controlplane.services.queries import QueryGate
 from controlplane.settings import Settings
 from controlplane.wiring import assemble, control_plane
-from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig, find_free_port
+from graph_schema.falkordb_server import FalkorDBServer, find_free_port
 from tests.clock import Clock
 from tests.credentials import app_with_auth
 from tests.credentials import client as client_with
 from tests.http import TestClient
 from tests.stack import Stack, wait_for
+from tests.store_passwords import server_config
 
 CLIQUE = 24
 #: reads that, unbounded, would run for hours: the engine's own time limit must stop them (Neo4j answers the
@@ -46,7 +47,7 @@ ENDLESS = {
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FalkorDBServer]:
     """A Redis of its own for Celery and the leases, as `controlplane up` runs it beside the graph's server."""
-    server = FalkorDBServer(FalkorDBServerConfig(data_dir=tmp_path_factory.mktemp("broker"), graph=False)).start()
+    server = FalkorDBServer(server_config(tmp_path_factory.mktemp("broker"), graph=False)).start()
     yield server
     server.stop()
 

@@ -182,7 +182,7 @@ def test_after_the_lease_store_was_out_of_reach_the_reaper_waits_a_grace_period_
     store: GraphStore, tmp_path: Path
 ) -> None:
     # Given a node renewing its lease in a Redis of its own, with one allocation
-    redis_server = FalkorDBServer(FalkorDBServerConfig(data_dir=tmp_path / "leases", graph=False)).start()
+    redis_server = FalkorDBServer(server_config(tmp_path / "leases", graph=False)).start()
     leases = RedisLeases(redis_server.redis_url(0), timeout_s=0.5)
     try:
         cp = assemble(store, leases=leases)

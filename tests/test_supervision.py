@@ -6,6 +6,7 @@ moved through the lifecycle with the same guarded transitions a node agent uses.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,6 +61,48 @@ def parent_with(cp: ControlPlane, n: int, **policy: object) -> tuple[AllocationR
 
 def states(cp: ControlPlane, kids: list[AllocationRecord]) -> list[tuple[str, int]]:
     return [(cp.queries.allocation(k.id).state.value, cp.queries.allocation(k.id).incarnation) for k in kids]
+
+
+CLEAN_START = ("exit_code", "error", "output_tail", "pid", "started_at", "finished_at", "restart_at", "log_path",
+               "stop_grace_s", "waiting")
+
+
+def test_a_new_incarnation_starts_clean_and_keeps_what_the_allocation_is(cp: ControlPlane) -> None:
+    # Given children that ran with a pid and a log, each field written in another order (an engine may keep
+    # properties in the order they came), then failed with an error and their output (their restarts due)
+    _, kids = parent_with(cp, 6, strategy="one_for_one", max_restarts=10)
+    shuffle = random.Random(7).shuffle
+    before = {}
+    for kid in kids:
+        fields = [("pid", 4242), ("log_path", "/tmp/k.log"), ("stop_grace_s", 3.0), ("waiting", "w"), ("restart_at", 9.0)]
+        shuffle(fields)
+        for k, v in fields:
+            cp.store.set_fields(allocation_id=kid.id, incarnation=1, fields={k: v})
+        before[kid.id] = cp.queries.allocation(kid.id)
+        crash(cp, kid)
+    kept = ("name", "argv", "env", "cpu", "memory", "parent_id", "node_labels", "restart_type", "child_policy")
+    for kid in kids:
+        # When each is restarted, the new incarnation carries nothing of the last one's run ...
+        after = cp.queries.allocation(kid.id)
+        assert (after.incarnation, after.state) == (2, State.PLACED)
+        assert {k: v for k, v in after.extra.items() if k in CLEAN_START} == {}, kid.name
+        assert (after.exit_code, after.error, after.output_tail, after.pid) == (None, None, None, None)
+        # ... and keeps what the allocation is
+        old = before[kid.id]
+        assert [getattr(after, k, after.extra.get(k)) for k in kept] == [getattr(old, k, old.extra.get(k)) for k in kept]
+    # and clearing several fields at once removes those and only those, whatever order they were written in
+    for round_ in range(8):
+        fields = [("restart_at", 1.0), ("waiting", "w"), ("pid", 7), ("log_path", "/l"), ("stop_grace_s", 2.0)]
+        shuffle(fields)
+        for k, v in fields:
+            cp.store.set_fields(allocation_id=kids[0].id, incarnation=2, fields={k: v})
+        cleared = cp.store.set_fields(allocation_id=kids[0].id, incarnation=2,
+                                      fields={"restart_at": None, "waiting": None, "log_path": None})
+        assert cleared is not None, round_
+        assert (cleared.pid, cleared.extra.get("stop_grace_s"), cleared.name) == (7, 2.0, kids[0].name), round_
+        assert not {"restart_at", "waiting", "log_path"} & set(cleared.extra), round_
+        cp.store.set_fields(allocation_id=kids[0].id, incarnation=2, fields={"pid": None})
+        cp.store.set_fields(allocation_id=kids[0].id, incarnation=2, fields={"stop_grace_s": None})
 
 
 def test_one_for_one_restarts_only_the_failed_child_as_a_new_incarnation(cp: ControlPlane) -> None:

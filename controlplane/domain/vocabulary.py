@@ -60,5 +60,10 @@ ALLOCATION_PROPERTIES: frozenset[str] = frozenset({
     "stop_requested_at", "escalated", "agent", "process_exited", "pin", "node_labels", "max_rtt_ms", "spread_key",
     "waiting", "stop_grace_s", "log_path",
 })
+#: what a new incarnation starts without: the previous one's exit, process, output and pending plans
+CLEARED_ON_RESTART: tuple[str, ...] = (
+    "exit_code", "pid", "error", "output_tail", "agent", "started_at", "finished_at", "restart_at",
+    "stop_requested_at", "process_exited", "escalated", "waiting", "stop_grace_s", "log_path",
+)
 #: always part of a projection: what records and relations need
 ALLOCATION_CORE: tuple[str, ...] = ("id", "state", "incarnation", "parent_id", "node_id", "executor", "name")

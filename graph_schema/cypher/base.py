@@ -369,11 +369,15 @@ class CypherStore(ABC):
         return {r[0]: int(r[1]) for r in rows}
 
     def set_fields(self, *, allocation_id: str, incarnation: int | None, fields: dict[str, Any]) -> AllocationRecord | None:
-        rows = self._write(q.SET_FIELDS, {"id": allocation_id, "incarnation": incarnation, "fields": fields})
+        kept, removed = _split_removals(fields)
+        rows = self._write(q.SET_FIELDS.replace("SET a += $fields", "SET a += $fields" + q.removals("a", removed)),
+                           {"id": allocation_id, "incarnation": incarnation, "fields": kept})
         return AllocationRecord.from_props(props_of(rows[0][0])) if rows else None
 
     def set_actor_fields(self, *, actor_id: str, fields: dict[str, Any]) -> None:
-        self._write(q.SET_ACTOR_FIELDS, {"id": actor_id, "fields": fields})
+        kept, removed = _split_removals(fields)
+        self._write(q.SET_ACTOR_FIELDS.replace("SET a += $fields", "SET a += $fields" + q.removals("a", removed)),
+                    {"id": actor_id, "fields": kept})
 
     def watched_nodes(self) -> list[str]:
         return [r[0] for r in self._read(q.WATCHED_NODES, {})]
@@ -464,3 +468,8 @@ class CypherStore(ABC):
             except ValueError:
                 pass
         return Vertex(label=self._primary_label(labels), id=str(p.get("id", "")), properties=p)
+
+
+def _split_removals(fields: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The fields to set, and the names of those to remove (None): removed one clause each (statements.removals)."""
+    return {k: v for k, v in fields.items() if v is not None}, sorted(k for k, v in fields.items() if v is None)

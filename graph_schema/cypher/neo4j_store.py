@@ -10,7 +10,10 @@ included); every statement is idempotent, so a retry never doubles an effect.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path as FilePath
 from typing import Any
 
@@ -96,13 +99,28 @@ class Neo4jStore(CypherStore):
         self._driver = GraphDatabase.driver(uri, auth=auth, max_connection_pool_size=64, **tls)
         self._database = database
         self._read_timeout_s = read_timeout_s
+        self._in_flight = 0
+        self._idle = threading.Condition()
+
+    @contextmanager
+    def _query(self) -> Iterator[None]:
+        """Counts a query in flight, so that close() lets it finish its session first."""
+        with self._idle:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
 
     def _run(self, routing: RoutingControl, query: str, params: dict[str, Any]) -> list[Row]:
         timeout = self._read_timeout_s if routing is RoutingControl.READ else None
         try:
-            records, _, _ = self._driver.execute_query(
-                Query(self._dialect(query), timeout=timeout), params, database_=self._database, routing_=routing
-            )
+            with self._query():
+                records, _, _ = self._driver.execute_query(
+                    Query(self._dialect(query), timeout=timeout), params, database_=self._database, routing_=routing
+                )
         except (ServiceUnavailable, SessionExpired) as exc:
             raise Unavailable(f"Neo4j is unreachable: {exc}") from exc
         except ClientError as exc:
@@ -125,7 +143,7 @@ class Neo4jStore(CypherStore):
     def raw_query(self, *, text: str, timeout_s: float, limit: int) -> RawResult:
         started = time.perf_counter()
         try:
-            with self._driver.session(database=self._database, default_access_mode=READ_ACCESS) as session:
+            with self._query(), self._driver.session(database=self._database, default_access_mode=READ_ACCESS) as session:
                 result = session.run(Query(text, timeout=timeout_s))
                 columns = tuple(result.keys())
                 rows: list[tuple[Any, ...]] = []
@@ -162,7 +180,11 @@ class Neo4jStore(CypherStore):
     def clear(self) -> None:
         self._write("MATCH (n) DETACH DELETE n", {})
 
-    def close(self) -> None:
+    def close(self, *, wait_s: float = 5.0) -> None:
+        """Close the driver once the queries other threads are running have ended (at most `wait_s`): a driver
+        closed under a running query leaves its session half-closed."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=wait_s)
         try:
             self._driver.close()
         except (BufferError, OSError) as exc:

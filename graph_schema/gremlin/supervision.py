@@ -17,6 +17,7 @@ from gremlin_python.process.traversal import Operator, P, Scope
 
 from controlplane.domain.lifecycle import ACCEPTS_CHILDREN, LIVE, NODE_LOST, RESTARTABLE, State
 from controlplane.domain.records import AllocationRecord, Event
+from controlplane.domain.vocabulary import CLEARED_ON_RESTART
 from controlplane.ports.store import CreateRefused, RestartItem, ToStop, node_demands
 from graph_schema.gremlin.remote import props_of, value
 from graph_schema.gremlin.steps import (
@@ -47,11 +48,6 @@ _LIVE = sorted(s.value for s in LIVE)
 _RESTARTABLE = sorted(s.value for s in RESTARTABLE)
 _NODE_LOST_FROM = sorted(s.value for s in NODE_LOST.steps)
 _STALE_OK = ["ready", "draining"]
-#: what a new incarnation starts without
-_CLEARED = (
-    "exit_code", "pid", "error", "output_tail", "agent", "started_at", "finished_at", "restart_at",
-    "stop_requested_at", "process_exited", "escalated", "waiting", "stop_grace_s", "log_path",
-)
 
 
 def _allocation(m: Any) -> AllocationRecord:
@@ -280,7 +276,7 @@ def _new_incarnation(parent_id: str, it: RestartItem, reason: str, now: float, t
     restarts = __.coalesce(__.values("restarts"), __.constant(0))
     t = t.sack(Operator.assign).by(restarts).sack(Operator.sum_).by(__.constant(1)).property("restarts", __.sack())
     t = set_props(t, {"node_id": it.node_id, "gpu_ids": list(it.gpu_ids), "updated_at": now, "backoff_level": it.backoff_level})
-    t = set_props(t, dict.fromkeys(_CLEARED), drop_none=True)
+    t = set_props(t, dict.fromkeys(CLEARED_ON_RESTART), drop_none=True)
     t = t.side_effect(__.add_e(RUNS_ON).to(__.V(it.node_id)))
     for gid in it.gpu_ids:
         t = t.side_effect(__.add_e(CLAIMS).to(__.V(gid).property("claimed_by", it.allocation_id)))

@@ -751,6 +751,9 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # Ctrl-C and SIGTERM stop it even when it was started with them ignored or blocked (inherited from its parent)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     server = FalkorDBServer(
         FalkorDBServerConfig(data_dir=args.data_dir, host=args.host, port=args.port, appendonly=not args.no_appendonly)
     )

@@ -415,6 +415,10 @@ def _seed_bulk(up: UpStack, n: int) -> None:
 
 
 def _uri(up: UpStack) -> str:
-    import json
+    """The graph's address as the stack wrote it, with the password its secret holds (as the CLI reads it)."""
+    from controlplane.embedded import read_endpoints
+    from controlplane.settings import load_settings
 
-    return str(json.loads((up.data_dir / "stack.json").read_text())["graph_uri"])
+    ends = read_endpoints(load_settings(data_dir=up.data_dir))
+    assert ends is not None, f"no stack.json in {up.data_dir}"
+    return ends.graph_uri

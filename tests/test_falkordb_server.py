@@ -286,7 +286,13 @@ def test_cli_foreground_prints_url_and_stops_on_sigint(tmp_path: pathlib.Path) -
         server_pid = client.info("server")["process_id"]
         client.close()
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        try:
+            assert proc.wait(timeout=30) == 0
+        except subprocess.TimeoutExpired:
+            status = pathlib.Path(f"/proc/{proc.pid}/status").read_text()
+            stack = subprocess.run(["cat", f"/proc/{proc.pid}/wchan"], capture_output=True, text=True).stdout
+            raise AssertionError(f"the CLI did not stop on SIGINT; wchan {stack!r}; "
+                                 + " ".join(x for x in status.split("\n") if x.startswith(("State", "Sig", "Shd")))) from None
         assert _wait_dead(server_pid, timeout=2)
     finally:
         if proc.poll() is None:

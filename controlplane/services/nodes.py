@@ -39,7 +39,10 @@ class NodeService:
 
     def register(self, spec: NodeSpec | Mapping[str, Any]) -> NodeRecord:
         node = parse(NodeSpec, spec, field="node")
-        return self.store.register_node(spec=node, now=self.clock())
+        record = self.store.register_node(spec=node, now=self.clock())
+        if record is None:  # an operator's registration names no identity, so it is never refused
+            raise Conflict(f"node {node.name} could not be registered", field="name")
+        return record
 
     @checked(node_id=Id("node"))
     def heartbeat(self, node_id: str) -> None:

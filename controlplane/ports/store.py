@@ -84,7 +84,8 @@ class Change:
     by: str | None = None
     #: a move out of `stopping` only if no child is live (a parent is stopped only after its subtree)
     leaf_only: bool = False
-    #: node restriction: a move only if the allocation is placed on this node (a node agent's report)
+    #: node restriction (a node agent's report): a move only of a process allocation placed on this node (native
+    #: ones run in supervisors, never on an agent)
     on_node: str | None = None
 
 

@@ -192,7 +192,7 @@ WITH a, c, prev, c.moves[prev] AS move,
           THEN size([(a)-[:{PARENT_OF}]->(k:{A}) WHERE k.state IN $live | 1]) ELSE 0 END AS live_kids
 WITH a, c, prev, live_kids, CASE WHEN move = 'stopped' AND a.escalated IS NOT NULL THEN 'failed' ELSE move END AS to
 WHERE to IS NOT NULL AND (c.incarnation IS NULL OR a.incarnation = c.incarnation) AND live_kids = 0
-  AND (c.on_node IS NULL OR a.node_id = c.on_node)
+  AND (c.on_node IS NULL OR (a.node_id = c.on_node AND a.executor = 'process'))
 SET a.state = to, a.version = a.version + 1, a.updated_at = $now
 SET a += c.fields
 SET a.error = CASE WHEN to = 'failed' AND a.escalated IS NOT NULL THEN 'escalated: ' + a.escalated

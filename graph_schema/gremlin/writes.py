@@ -223,8 +223,8 @@ def _transition(c: Mapping[str, Any], *, holding: set[str], live: list[str], now
     one = pick.option(Pick.none, refused)
     if c.get("incarnation") is not None:
         one = __.choose(__.has("incarnation", value(c["incarnation"])), one, refused)
-    if c.get("on_node") is not None:  # node restriction: only an allocation placed on the reporting node
-        one = __.choose(__.has("node_id", c["on_node"]), one, refused)
+    if c.get("on_node") is not None:  # node restriction: only a process allocation placed on the reporting node
+        one = __.choose(__.has("node_id", c["on_node"]).has("executor", "process"), one, refused)
     return __.V(c["id"]).has_label(A).fold().coalesce(__.unfold().map(one), __.constant("missing"))
 
 

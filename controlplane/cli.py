@@ -7,8 +7,9 @@ Every command builds one Settings from its flags and the environment.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,6 +28,7 @@ app = typer.Typer(help="A graph-backed control plane for actor hierarchies.", no
 console = Console()
 err = Console(stderr=True)
 
+T = TypeVar("T")
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Where embedded state lives [env DATA_DIR]")]
 
 
@@ -398,49 +400,45 @@ def stop(allocation: Annotated[str, typer.Argument(help="Allocation id")], data_
     console.print(f"{a.id}  {a.state.value}")
 
 
+def _node_op(data_dir: Path | None, act: Callable[[ControlPlane], T], say: Callable[[T], str]) -> None:
+    """Run one node operation against the control plane and print what it did (or its error's code and reason)."""
+    try:
+        done = act(_control(_settings(data_dir=data_dir)))
+    except ControlPlaneError as exc:
+        raise _fail(exc) from None
+    console.print(say(done))
+
+
+NodeArg = Annotated[str, typer.Argument(help="Node id")]
+
+
 @app.command()
-def cordon(node: Annotated[str, typer.Argument(help="Node id")], data_dir: DataDir = None) -> None:
+def cordon(node: NodeArg, data_dir: DataDir = None) -> None:
     """Cordon a node: nothing new is placed on it; what runs there stays."""
-    try:
-        n = _control(_settings(data_dir=data_dir)).nodes.cordon(node)
-    except ControlPlaneError as exc:
-        raise _fail(exc) from None
-    console.print(f"{n.id}  {n.status}, cordoned")
+    _node_op(data_dir, lambda c: c.nodes.cordon(node), lambda n: f"{n.id}  {n.status}, cordoned")
 
 
 @app.command()
-def uncordon(node: Annotated[str, typer.Argument(help="Node id")], data_dir: DataDir = None) -> None:
+def uncordon(node: NodeArg, data_dir: DataDir = None) -> None:
     """Allow placements on a cordoned or drained node again."""
-    try:
-        n = _control(_settings(data_dir=data_dir)).nodes.uncordon(node)
-    except ControlPlaneError as exc:
-        raise _fail(exc) from None
-    console.print(f"{n.id}  {n.status}")
+    _node_op(data_dir, lambda c: c.nodes.uncordon(node), lambda n: f"{n.id}  {n.status}")
 
 
 @app.command()
 def drain(
-    node: Annotated[str, typer.Argument(help="Node id")],
+    node: NodeArg,
     deadline: Annotated[float, typer.Option(help="Seconds each allocation gets to stop before it is killed")] = 30.0,
     data_dir: DataDir = None,
 ) -> None:
     """Drain a node: cordon it and move its allocations elsewhere, each by its restart type."""
-    try:
-        control = _control(_settings(data_dir=data_dir))
-        n = control.nodes.drain(node, deadline_s=deadline)
-    except ControlPlaneError as exc:
-        raise _fail(exc) from None
-    console.print(f"{n.id}  {n.status}: its allocations are moving off (each stopped within {deadline:g} s)")
+    _node_op(data_dir, lambda c: c.nodes.drain(node, deadline_s=deadline),
+             lambda n: f"{n.id}  {n.status}: its allocations are moving off (each stopped within {deadline:g} s)")
 
 
 @app.command()
-def deregister(node: Annotated[str, typer.Argument(help="Node id")], data_dir: DataDir = None) -> None:
+def deregister(node: NodeArg, data_dir: DataDir = None) -> None:
     """Remove a node with no live work from the graph (refused, with the count, while it has some)."""
-    try:
-        _control(_settings(data_dir=data_dir)).nodes.deregister(node)
-    except ControlPlaneError as exc:
-        raise _fail(exc) from None
-    console.print(f"{node}  deregistered")
+    _node_op(data_dir, lambda c: c.nodes.deregister(node), lambda _: f"{node}  deregistered")
 
 
 @app.command()

@@ -34,19 +34,12 @@ from controlplane.wiring import assemble
 from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
 from tests.broker import HeldBroker
+from tests.clock import Clock
 from tests.credentials import app_with_auth
 from tests.credentials import client as client_with
 from tests.stack import Stack, wait_for
 from workers.dispatch import RESTART
 from workers.scheduler import LOCK_KEY
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def spec(name: str, **kw: Any) -> dict[str, Any]:

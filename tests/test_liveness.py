@@ -26,6 +26,7 @@ from controlplane.services.queries import QueryGate
 from controlplane.settings import Settings
 from controlplane.wiring import assemble, control_plane
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig, find_free_port
+from tests.clock import Clock
 from tests.credentials import app_with_auth
 from tests.credentials import client as client_with
 from tests.http import TestClient
@@ -170,14 +171,6 @@ def test_the_reaper_declares_nothing_when_it_cannot_see_the_leases(store: GraphS
     assert reaped == {}
     assert blind.queries.node("quiet").status == "ready"
     assert blind.queries.allocation(a.id).state is State.PLACED
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_the_reaper_holds_off_when_most_nodes_fall_silent_at_once(store: GraphStore) -> None:

@@ -73,6 +73,10 @@ def test_every_command_in_the_readme_exists_with_its_options(argv: list[str]) ->
     name, *rest = argv[1:]
     assert hasattr(cli, "commands") and name in cli.commands, f"no command {name!r}"
     command = cli.commands[name]
+    while hasattr(command, "commands") and rest and not rest[0].startswith("-"):  # a group: `token create ...`
+        sub, *rest = rest
+        assert sub in command.commands, f"no command {name} {sub!r}"
+        command = command.commands[sub]
     known = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
     used = {a.split("=")[0] for a in rest[: rest.index("--")] if a.startswith("-")} if "--" in rest else \
         {a.split("=")[0] for a in rest if a.startswith("-")}

@@ -24,16 +24,9 @@ from controlplane.services import ControlPlane
 from controlplane.services.reports import AgentReports
 from controlplane.wiring import assemble
 from tests.broker import HeldBroker, Message
+from tests.clock import Clock
 from workers.dispatch import RESTART, START_NATIVE, TERMINATED
 from workers.dispatch import RUN as RUN_TASK
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

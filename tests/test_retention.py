@@ -22,17 +22,10 @@ from controlplane.services.reports import AgentReports
 from controlplane.services.retention import MIN_AGE_S, RetentionPolicy
 from controlplane.wiring import assemble
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
+from tests.clock import Clock
 from tests.stack import Stack, wait_for
 
 DAY = 86_400.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -227,6 +227,17 @@ def test_names_full_of_quotes_and_keywords_are_stored_verbatim(cp: ControlPlane,
     assert store.get_node(node_id="n1") is not None
 
 
+
+@pytest.mark.parametrize("labels", [{}, {"zone": "eu", "disk": "ssd"}], ids=["no-labels", "labels"])
+def test_every_list_an_allocation_stores_reads_back_as_a_list(cp: ControlPlane, labels: dict[str, str]) -> None:
+    """argv, claimed GPUs and the node-label constraint (empty or not) come back as the lists they were:
+    a restart reads the constraint back to place again."""
+    cp.nodes.register(node(gpus=1, zone="eu", disk="ssd"))
+    [a] = cp.allocations.spawn("n1", [{**job(gpus=1), "argv": ["echo", "a b"], "node_labels": labels}])
+    got = cp.queries.allocation(a.id)
+    assert got.argv == ("echo", "a b") and len(got.gpu_ids) == 1
+    assert sorted(got.node_labels) == sorted(f"{k}={v}" for k, v in labels.items())
+
 # --- GPUs -------------------------------------------------------------------------------
 def test_a_gpu_is_claimed_exclusively_and_released_at_the_end(cp: ControlPlane, store: GraphStore) -> None:
     cp.nodes.register(node("g", gpus=2))

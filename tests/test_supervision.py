@@ -18,14 +18,7 @@ from controlplane.ports.store import Change, GraphStore
 from controlplane.services import ControlPlane
 from controlplane.services.reports import AgentReports
 from controlplane.wiring import assemble
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import Clock
 
 
 @pytest.fixture

@@ -45,8 +45,10 @@ class Up:
 
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
         body = json.dumps({"query": query, "variables": variables}).encode()
+        token = (self.data_dir / "admin.token").read_text().strip()  # written 0600 by `up` on its first start
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}/graphql", data=body,
-                                         headers={"content-type": "application/json", "accept": "application/json"})
+                                         headers={"content-type": "application/json", "accept": "application/json",
+                                                  "authorization": f"Bearer {token}"})
         with urllib.request.urlopen(request, timeout=30) as r:
             answer = dict(json.loads(r.read()))
         assert not answer.get("errors"), answer

@@ -80,8 +80,13 @@ def build(
     if inprocess is not None:
         inprocess.bind(terminated=supervisor.on_terminated, restart=supervisor.restart, start_native=native.start)
     return ControlPlane(
-        store=store, dispatcher=send, clock=clock, nodes=NodeService(store, supervisor, clock=clock), queries=GraphQueries(reader or store, gate=gate),
-        allocations=allocations, supervisor=supervisor,
+        store=store, dispatcher=send, clock=clock,
+        nodes=NodeService(store, supervisor, clock=clock),
+        queries=GraphQueries(reader or store, gate=gate),
+        allocations=allocations,
+        supervisor=supervisor,
         repair=RepairService(store, supervisor, send, leases or GraphLeases(store), clock=clock),
-        native=native, jobs=job_service, retention=RetentionService(store, clock=clock),
+        native=native,
+        jobs=job_service,
+        retention=RetentionService(store, clock=clock),
     )

@@ -88,7 +88,7 @@ class NodeService:
             if restart_type_of(a.extra.get("restart_type")) is RestartType.TEMPORARY:
                 self.supervisor.stop(a.id, include_root=True, reason=f"node {node_id} drained", by=by)
             else:
-                by_parent.setdefault(a.parent_id, []).append((a.id, -1, int(a.extra.get("backoff_level") or 0)))
+                by_parent.setdefault(a.parent_id, []).append((a.id, a.incarnation, int(a.extra.get("backoff_level") or 0)))
         for parent_id, items in by_parent.items():
             self.supervisor.restart(parent_id, items, f"node {node_id} drained")
         return node

@@ -32,8 +32,8 @@ computed in the traversal gets the same two `replace` steps). The property `id`,
 filter and record reads, keeps the id as it is.
 
 **Lists.** JanusGraph stores no java.util.List, and the String[] it does store cannot be
-sent back over GraphBinary 1.0. The four list-valued properties (`labels`, `argv`,
-`gpu_ids`, `restart_log`) are therefore kept as JSON text: `encode` rewrites the bytecode
+sent back over GraphBinary 1.0. The list-valued properties (`LIST_KEYS`: `labels`,
+`node_labels`, `argv`, `gpu_ids`, `restart_log`, an Event's `children`) are therefore kept as JSON text: `encode` rewrites the bytecode
 a traversal sends (list values of `property` steps and of mergeV maps become JSON; the
 "list contains x" filter `values(k).unfold().is(x)` becomes `has(k, containing(json(x)))`),
 and `decode` turns them back into lists in every answer. The traversals themselves stay
@@ -50,7 +50,7 @@ from gremlin_python.process.traversal import Bytecode, P, T, TextP
 from controlplane.domain.vocabulary import EdgeType, Label
 
 #: properties whose values are lists (`children` and `restarts` of a decision Event too)
-LIST_KEYS = frozenset({"labels", "argv", "gpu_ids", "restart_log", "children"})
+LIST_KEYS = frozenset({"labels", "node_labels", "argv", "gpu_ids", "restart_log", "children"})
 #: a list under a key JanusGraph types as a number (a decision Event's `restarts`, the ids it restarted,
 #: where an Allocation's `restarts` counts them) is kept under the key with this suffix
 LIST_SUFFIX = "__list"

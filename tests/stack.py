@@ -185,7 +185,7 @@ class Stack:
         proc = self.procs.get("api")
         if proc is not None and proc.poll() is None:
             return proc
-        proc = self.start("api", "api")
+        proc = self.start("api", "api", log=self.api_log)
         wait_for(self._api_up, 60, "the API to answer", every=0.1)
         return proc
 
@@ -196,6 +196,11 @@ class Stack:
             return httpx.get(f"{self.api_url}/healthz", timeout=2).status_code in (200, 503)
         except httpx.TransportError:
             return False
+
+    @property
+    def api_log(self) -> Path:
+        """What the API printed: its audit log lines (refusals, joins, revocations) among them."""
+        return self.data_dir / "api.log"
 
     @property
     def admin_token(self) -> str:

@@ -130,10 +130,11 @@ class NodeAgent:
         return {**self.resources, "labels": self.labels, "isolation": self.sandbox.isolation}
 
     def start(self, *, replaces: str | None) -> dict[str, Any]:
-        """End what a dead predecessor left on this machine (its cgroups), then start the node's session at the API,
-        which ends in the graph what that predecessor had started and registers the node."""
-        self.sandbox.recover()
+        """Start the node's session at the API, which ends in the graph what a dead predecessor had started and
+        registers the node; then end what that predecessor left on this machine (its cgroups). In that order, so an
+        agent the API refuses (another node's name, a second agent, a revoked credential) touches nothing here."""
         answer = with_retries(self.link.start, spec=self.spec(), replaces=replaces)
+        self.sandbox.recover()
         if answer.get("ended"):
             log.warning("node %s: %d allocations of the previous agent process ended", self.node, answer["ended"])
         return answer

@@ -271,6 +271,7 @@ def test_a_revoked_node_credential_cannot_come_back(stack: Stack, b_work: list[s
     # When an admin revokes node-a's credential
     assert stack.graphql("mutation($i: ID!) { revokeNodeCredential(id: $i) }", i=A)["revokeNodeCredential"] is True
     assert said(stack.api_log, "revoked the credential", "of node node-a")
+    assert any("revoked" in (e.reason or "") and e.by == "admin:admin" for e in stack.control.queries.events(A, limit=1000))
     # Then node-a's agent is refused at its next request, kills what it runs and stops
     agent = stack.procs[A]
     assert agent.wait(timeout=30) == 3

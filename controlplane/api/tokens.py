@@ -187,5 +187,6 @@ class NodeCredentialMutations:
         if not identity:
             raise NotFound(f"node {id} was registered by no node credential (an operator registered it)", field="id")
         tokens.revocations.revoke(str(identity), until=tokens.clock() + MAX_TTL_S)
+        await ctx.call(lambda: ctx.control.nodes.credential_revoked(str(id), identity=str(identity), by=ctx.by))
         audit.warning("%s revoked the credential %s of node %s", ctx.by, str(identity)[:8], id)
         return True

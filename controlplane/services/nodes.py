@@ -104,6 +104,11 @@ class NodeService:
                            "drain it or stop them first", field="id")
         self.store.record_events(events=[self._event(node_id, "deregistered: left the graph", by)])
 
+    def credential_revoked(self, node_id: str, *, identity: str, by: str = "user") -> None:
+        """Record on the node that the credential its agent registered it with was revoked (the API refuses it)."""
+        self.store.record_events(events=[self._event(
+            node_id, f"credential {identity[:8]} revoked: its agent is refused from its next request on", by)])
+
     def _schedule(self, node_id: str, *, cordoned: bool, drain: bool, reason: str, by: str) -> NodeRecord:
         node = self.store.set_node_scheduling(node_id=node_id, cordoned=cordoned, drain=drain)
         if node is None:

@@ -52,7 +52,6 @@ def run(engine: str, total: int, batch: int, agents: int, concurrency: int, isol
                       grace_s=30.0)
         extra = {"ISOLATION_WORK_ROOT": f"{tmp}/work", **ISOLATION_ENV[isolation]}
         stack.env.update(extra)
-        stack.agent_env.update(extra)
         procs = [stack.start_agent(f"agent{i}", "--concurrency", str(concurrency)) for i in range(agents)]
         try:
             cp = stack.control

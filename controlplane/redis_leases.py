@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from controlplane.domain.errors import Unavailable
+from controlplane.redis_urls import sync_client
 
 PREFIX = "controlplane:lease:"
 #: a lease key outlives its grace period by this factor (then Redis forgets a node that left)
@@ -29,7 +30,7 @@ _READ = _NOW + " return {now, redis.call('MGET', unpack(KEYS))}"
 
 class RedisLeases:
     def __init__(self, url: str, *, keep_s: float = 300.0, timeout_s: float = 1.0) -> None:
-        self._redis = redis.Redis.from_url(
+        self._redis = sync_client(  # a Redis, or the primary its Sentinels name (sentinel://)
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0),
         )
         self._keep_s = max(1, int(keep_s))

@@ -138,6 +138,7 @@ class Stack:
     ) -> None:
         self.server = server
         self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
         self.graph = graph
         #: the Celery broker (a database of `server`): what the processes and `control` talk to
         self.broker_url = server.redis_url(redis_db)
@@ -157,9 +158,9 @@ class Stack:
         self.api_port = find_free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.env.update({"API_HOST": "127.0.0.1", "API_PORT": str(self.api_port)})
-        #: a node agent's whole configuration: the API's address, where its files go, how often it beats
-        self.agent_env = {**{k: v for k, v in os.environ.items() if k not in NOT_FOR_AGENTS},
-                          "DATA_DIR": str(data_dir), "HEARTBEAT_S": str(heartbeat_s), "CONTROLPLANE_API_URL": self.api_url}
+        #: what a node agent gets besides `env` less NOT_FOR_AGENTS (its settings: data dir, heartbeat, isolation):
+        #: the API's address
+        self.agent_env = {"CONTROLPLANE_API_URL": self.api_url}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.agents: set[str] = set()
         #: the names in `procs` of node agents
@@ -231,7 +232,7 @@ class Stack:
                     name: str | None = None) -> subprocess.Popen[bytes]:
         """`controlplane worker --node <node>` as on another machine: a join credential the first time, then its own."""
         self.api()
-        agent_env = dict(self.agent_env)
+        agent_env = {**{k: v for k, v in self.env.items() if k not in NOT_FOR_AGENTS}, **self.agent_env}
         if not (self.data_dir / "nodes" / node / "node.token").exists():
             agent_env["CONTROLPLANE_JOIN_TOKEN"] = self.join_token(node)
         agent_env.update(env or {})

@@ -10,6 +10,7 @@ none started twice (a redelivered run finds its allocation already past `placed`
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -66,7 +67,12 @@ def spawn(stack: Stack, i: int, out: Path) -> str:
 def test_killing_the_redis_primary_loses_no_allocation_and_starts_none_twice(
     stack: Stack, broker: ReplicatedRedis, tmp_path: Path
 ) -> None:
-    out = tmp_path / "runs.log"
+    # where every run appends its name: writable by the users allocations run as (the test's tmp_path is 0700)
+    shared = Path(tempfile.mkdtemp(prefix="sentinel-runs-"))
+    shared.chmod(0o777)
+    out = shared / "runs.log"
+    out.touch(mode=0o666)
+    out.chmod(0o666)
     ids = [spawn(stack, i, out) for i in range(SPAWNS // 2)]
     wait_for(lambda: any(stack.control.queries.allocation(a).state is State.SUCCEEDED for a in ids), 60, "the first runs")
     # When the primary dies mid-run (half the spawns done, some of them still running)

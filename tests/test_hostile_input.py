@@ -28,6 +28,7 @@ with warnings.catch_warnings():  # starlette suggests httpx2; the httpx TestClie
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
     from fastapi.testclient import TestClient
 
+import controlplane.services  # noqa: F401 - before controlplane.jobs, which imports it back (a cycle on main too)
 from controlplane.domain.errors import InvalidInput
 from controlplane.domain.lifecycle import CLAIM, RUN
 from controlplane.domain.records import Exit

@@ -104,6 +104,7 @@ class NodeService:
                            "drain it or stop them first", field="id")
         self.store.record_events(events=[self._event(node_id, "deregistered: left the graph", by)])
 
+    @checked(node_id=Id("id"), identity=Id("identity"))
     def credential_revoked(self, node_id: str, *, identity: str, by: str = "user") -> None:
         """Record on the node that the credential its agent registered it with was revoked (the API refuses it)."""
         self.store.record_events(events=[self._event(

@@ -244,6 +244,33 @@ def test_an_agent_started_twice_with_one_identity_is_refused(stack: Stack, b_wor
     still_running(stack, b_work, before)
 
 
+def test_an_agent_whose_node_another_agent_took_is_fenced_off(stack: Stack, b_work: list[str]) -> None:
+    before = snapshot(stack, b_work)
+    c = "node-c"
+    first_log = stack.data_dir / "fenced.log"
+    first = stack.start_agent(c, log=first_log, name="fenced")
+    wait_for(lambda: (n := stack.store.get_node(node_id=c)) and n.status == "ready", 60, "node-c registered")
+    [a] = stack.control.allocations.spawn(c, [spec("on-c", ["sleep", "600"], node=c)])
+    one = wait_for(lambda: (x := stack.control.queries.allocation(a.id)).state is State.RUNNING and x, 30, "on-c running")
+    # When another machine takes node-c over with a copy of its credential and of its agent's session
+    other = stack.data_dir / "m4" / "nodes" / c
+    other.mkdir(parents=True, mode=0o700)
+    (other / "session").write_text((stack.data_dir / "nodes" / c / "session").read_text())
+    (other / "session").chmod(0o600)
+    stack.start_agent(c, env={"CONTROLPLANE_NODE_TOKEN": stack.node_token(c), "DATA_DIR": str(stack.data_dir / "m4")},
+                      log=stack.data_dir / "takeover.log", name="takeover")
+    # Then the first agent is fenced off at its next request: it kills what it runs and stops, saying why
+    assert first.wait(timeout=30) == 3
+    assert said(first_log, "fenced: another agent process of node node-c took it over")
+    assert said(stack.api_log, "refused node:node-c:", "fenced agent")
+    # and the allocation runs once, as a new incarnation under the agent that holds the node now
+    two = wait_for(lambda: (x := stack.control.queries.allocation(a.id)).state is State.RUNNING and x.incarnation == 2 and x,
+                   60, "on-c running again")
+    wait_for(lambda: processes_of(a.id) == {2: [two.pid]}, 15, "one process, the new incarnation's")
+    assert one.pid != two.pid
+    still_running(stack, b_work, before)
+
+
 def test_a_workload_cannot_read_its_agent_secrets(stack: Stack, b_work: list[str]) -> None:
     state = stack.data_dir / "nodes" / A
     agent = stack.procs[A].pid

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from controlplane.domain.errors import Conflict, InvalidInput, NoCapacity, NotFound, Unsatisfiable
-from controlplane.domain.lifecycle import CLAIM, EXIT_FAILED, EXIT_OK, RUN, Move, State
+from controlplane.domain.lifecycle import AGENT_STOPPED, CLAIM, EXIT_FAILED, EXIT_OK, RUN, Move, State
 from controlplane.domain.records import TransitionResult
 from controlplane.domain.specs import NodeSpec, parse
 from controlplane.domain.traversal import build_traversal
@@ -306,6 +306,19 @@ def test_a_transition_guarded_by_another_node_changes_nothing(cp: ControlPlane, 
     assert claimed is not None and claimed.applied and claimed.allocation.state is State.STARTING
     assert sorted((e.from_state, e.to_state) for e in cp.queries.events(a.id) if e.kind == "transition") == [
         ("pending", "placed"), ("placed", "starting")]
+
+
+def test_a_node_report_about_a_native_allocation_changes_nothing(cp: ControlPlane, store: GraphStore) -> None:
+    # Given a native executor running on n1 (it runs in a supervisor, never in n1's agent)
+    cp.nodes.register(node("n1"))
+    [rs] = cp.allocations.spawn("n1", [{"name": "web", "executor": "native", "native": "replicas",
+                                        "config": {"count": 1, "template": job("web", cpu=10)}}])
+    assert cp.queries.allocation(rs.id).state is State.RUNNING
+    # When n1's agent reports it gone with the agent (node restriction: only process allocations are an agent's)
+    refused = move(store, rs.id, AGENT_STOPPED, 5.0, incarnation=1, on_node="n1")
+    # Then nothing moved
+    assert refused is not None and not refused.applied and refused.allocation.state is State.RUNNING
+    assert cp.queries.allocation(rs.id).state is State.RUNNING
 
 
 def test_a_node_bound_to_one_identity_refuses_another(cp: ControlPlane, store: GraphStore) -> None:

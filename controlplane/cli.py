@@ -65,6 +65,7 @@ def up(
 ) -> None:
     """Start the whole stack on this machine: embedded FalkorDB, the API, one node agent."""
     from controlplane.embedded import run_stack
+    from controlplane.store_secrets import redact, secrets_dir
 
     settings = _settings(api_host=host, api_port=port, data_dir=data_dir)
 
@@ -81,8 +82,10 @@ def up(
         else:
             console.print(f"  token     {settings.data_dir / 'admin.token'}  (`controlplane token url` prints the GraphiQL login)")
         console.print(f"  health    {ends.api_url}/healthz")
-        console.print(f"  graph     {ends.graph_uri}  (graph '{settings.graph_name}')")
-        console.print(f"  broker    {ends.broker_url}")
+        console.print(f"  graph     {redact(ends.graph_uri)}  (graph '{settings.graph_name}')")
+        console.print(f"  broker    {redact(ends.broker_url)}")
+        if ends.graph_secret or ends.broker_secret:
+            console.print(f"  passwords {secrets_dir(settings.data_dir)} (0600; the CLI reads them from there)")
         if node_name:
             console.print(f"  node      {node_name}")
         console.print("Ctrl-C stops everything.")

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +28,7 @@ from controlplane.stack_supervisor import StackSupervisor
 if TYPE_CHECKING:
     from controlplane.auth import Tokens
     from controlplane.services import ControlPlane
+    from graph_schema.falkordb_server import FalkorDBServer
 
 STACK_FILE = "stack.json"
 
@@ -37,6 +38,9 @@ class Endpoints:
     graph_uri: str
     broker_url: str
     api_url: str | None = None
+    #: in stack.json: the URLs carry no password, these name the secrets (store_secrets.py) that hold them
+    graph_secret: str | None = None
+    broker_secret: str | None = None
 
 
 def local_node_name() -> str:
@@ -45,24 +49,44 @@ def local_node_name() -> str:
 
 
 def write_endpoints(settings: Settings, endpoints: Endpoints) -> Path:
+    """stack.json (0600): the addresses, each password replaced by the name of its secret when it has one."""
+    from controlplane.store_secrets import without_password
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     path = settings.data_dir / STACK_FILE
-    path.write_text(json.dumps(endpoints.__dict__, indent=2))
+    written = replace(
+        endpoints,
+        graph_uri=without_password(endpoints.graph_uri) if endpoints.graph_secret else endpoints.graph_uri,
+        broker_url=without_password(endpoints.broker_url) if endpoints.broker_secret else endpoints.broker_url,
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(written.__dict__, indent=2))
     return path
 
 
 def read_endpoints(settings: Settings) -> Endpoints | None:
+    """The running stack's addresses, with the passwords its secrets hold."""
+    from controlplane.store_secrets import read_secret, with_password
+
     path = settings.data_dir / STACK_FILE
     if not path.exists():
         return None
-    return Endpoints(**json.loads(path.read_text()))
+    stack = Endpoints(**json.loads(path.read_text()))
+    graph_pw = read_secret(settings.data_dir, stack.graph_secret) if stack.graph_secret else None
+    broker_pw = read_secret(settings.data_dir, stack.broker_secret) if stack.broker_secret else None
+    return replace(stack, graph_uri=with_password(stack.graph_uri, graph_pw) if graph_pw else stack.graph_uri,
+                   broker_url=with_password(stack.broker_url, broker_pw) if broker_pw else stack.broker_url)
 
 
 def resolve_endpoints(settings: Settings) -> Endpoints:
     """Where the graph and the broker are: settings first, else the running embedded stack."""
+    from controlplane.wiring import broker_address
+
     stack = read_endpoints(settings)
     graph = settings.graph_uri or (stack.graph_uri if stack and settings.graph_backend == "falkordb" else None)
-    broker = settings.redis_url or (stack.broker_url if stack else None)
+    broker = broker_address(settings, settings.redis_url) if settings.redis_url else (stack.broker_url if stack else None)
     if not graph or not broker:
         from controlplane.domain.errors import Unavailable
 
@@ -182,6 +206,23 @@ def start_demo(settings: Settings, endpoints: Endpoints, control: ControlPlane, 
     threading.Thread(target=seed, name="demo-seed", daemon=True).start()
 
 
+def embedded_server(settings: Settings, role: str) -> FalkorDBServer:
+    """One of `up`'s two redis-servers ("falkordb": the graph; "broker"), each with its generated passwords: the
+    administrator's (`default`, the launcher alone) and the control plane user's, limited to what it needs."""
+    from controlplane.store_secrets import BROKER, BROKER_ADMIN, GRAPH, GRAPH_ADMIN, USER, store_secret
+    from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
+    from graph_schema.redis_acl import broker_user, graph_user
+
+    graph = role == "falkordb"
+    admin, mine = (GRAPH_ADMIN, GRAPH) if graph else (BROKER_ADMIN, BROKER)
+    password = store_secret(settings.data_dir, mine)
+    user = graph_user(USER, password, graphs=(settings.graph_name,)) if graph else broker_user(USER, password)
+    return FalkorDBServer(FalkorDBServerConfig(
+        data_dir=settings.data_dir / role, graph=graph, password=store_secret(settings.data_dir, admin), users=(user,),
+        query_mem_mib=settings.falkordb_query_mem_mib,
+        query_timeout_max_ms=int(settings.falkordb_query_timeout_max_s * 1000)))
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -201,21 +242,23 @@ def run_stack(
 
     from controlplane.api import create_app
     from controlplane.api.auth import browsers_from
-    from controlplane.wiring import agent_api, control_plane, health_checks
-    from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
+    from controlplane.store_secrets import BROKER, GRAPH, USER
+    from controlplane.wiring import agent_api, broker_address, control_plane, health_checks
 
     tokens, login = open_api_tokens(settings)  # before the node agents start: the API issues their credentials
     servers: list[FalkorDBServer] = []
     children = StackSupervisor(say=lambda line: print(f"controlplane up: {line}", flush=True))
-    graph_uri, broker_url = settings.graph_uri, settings.redis_url
+    graph_uri = settings.graph_uri
+    broker_url = broker_address(settings, settings.redis_url) if settings.redis_url else None
+    graph_secret = broker_secret = None
     if settings.graph_backend == "falkordb" and not graph_uri:
-        servers.append(FalkorDBServer(FalkorDBServerConfig(data_dir=settings.data_dir / "falkordb")).start())
-        graph_uri = servers[0].url
+        servers.append(embedded_server(settings, "falkordb").start())
+        graph_uri, graph_secret = servers[0].user_url(USER), GRAPH
     if not broker_url:
         # the broker (Celery, node leases, the doorbell) on a server of its own: a graph write queued behind a long
         # read holds FalkorDB's whole server, and liveness must never wait for that
-        servers.append(FalkorDBServer(FalkorDBServerConfig(data_dir=settings.data_dir / "broker", graph=False)).start())
-        broker_url = servers[-1].redis_url(0)
+        servers.append(embedded_server(settings, "broker").start())
+        broker_url, broker_secret = servers[-1].user_url(USER, 0), BROKER
     if not graph_uri or not broker_url:
         raise SystemExit("set GRAPH_URI and REDIS_URL for a non-embedded engine")
     server: uvicorn.Server | None = None
@@ -223,7 +266,8 @@ def run_stack(
     try:
         control = control_plane(settings, graph_uri=graph_uri, broker_url=broker_url, readers=True)
         api_url = f"http://{settings.api_host}:{settings.api_port}"
-        endpoints = Endpoints(graph_uri=graph_uri, broker_url=broker_url, api_url=api_url)
+        endpoints = Endpoints(graph_uri=graph_uri, broker_url=broker_url, api_url=api_url, graph_secret=graph_secret,
+                              broker_secret=broker_secret)
         write_endpoints(settings, endpoints)
         node_name = node or local_node_name()
         app = create_app(control, tokens=tokens, browsers=browsers_from(settings), health_checks=health_checks(control.store, broker_url),

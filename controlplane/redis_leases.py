@@ -30,7 +30,7 @@ _READ = _NOW + " return {now, redis.call('MGET', unpack(KEYS))}"
 
 class RedisLeases:
     def __init__(self, url: str, *, keep_s: float = 300.0, timeout_s: float = 1.0) -> None:
-        self._redis = sync_client(  # a Redis, or the primary its Sentinels name (sentinel://)
+        self._redis = sync_client(  # through Sentinels too: the leases follow the primary
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0),
         )
         self._keep_s = max(1, int(keep_s))

@@ -10,12 +10,20 @@ watched by Sentinels the URL names the Sentinels and the name of the primary the
 Sentinels where the primary is, and asks again when its connection to it breaks, so after a
 failover it writes to the promoted replica. Celery gets the same as kombu's own
 `sentinel://` transport (`celery_broker`).
+
+Over TLS the URL is `rediss://`, and the certificates to trust travel in it as redis-py's own
+query arguments (`ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`, `ssl_cert_reqs=required`), which
+`with_tls` adds from the settings: every redis-py client reads them from the URL, and
+`celery_ssl` turns them into Celery's `broker_use_ssl` (kombu would otherwise accept any
+certificate at all).
 """
 
 from __future__ import annotations
 
+import ssl
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import redis
@@ -85,3 +93,35 @@ def celery_broker(url: str) -> tuple[str, dict[str, Any]]:
     auth = f":{urllib.parse.quote(s.password)}@" if s.password else ""
     broker = ";".join(f"sentinel://{auth}{host}:{port}/{s.db}" for host, port in s.sentinels)
     return broker, {"master_name": s.master}
+
+
+_TLS_ARGS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+
+
+def with_tls(url: str, *, ca_file: Path | None, cert_file: Path | None = None, key_file: Path | None = None,
+             field: str = "REDIS_URL") -> str:
+    """A rediss:// URL carrying the certificates to trust (and to show) as redis-py query arguments, always verifying.
+
+    TLS files given for a plain redis:// URL are a mistake to say, not to ignore."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "rediss":
+        if ca_file or cert_file or key_file:
+            raise InvalidInput(f"TLS certificates are set, but the address is {parts.scheme}://: use rediss://", field=field)
+        return url
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    given = {"ssl_ca_certs": ca_file, "ssl_certfile": cert_file, "ssl_keyfile": key_file}
+    query |= {k: str(v) for k, v in given.items() if v is not None}
+    query["ssl_cert_reqs"] = "required"
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def celery_ssl(url: str) -> tuple[str, dict[str, Any] | None]:
+    """The broker URL without its TLS query arguments, and Celery's `broker_use_ssl` for them (None: no TLS)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "rediss":
+        return url, None
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    options: dict[str, Any] = {k: query.pop(k) for k in _TLS_ARGS if k in query}
+    requirement = options.get("ssl_cert_reqs", "required")
+    options["ssl_cert_reqs"] = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL}.get(requirement, ssl.CERT_REQUIRED)
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query))), options

@@ -24,12 +24,15 @@ class Settings(BaseSettings):
     #: falkordb: redis://host:port ; neo4j: bolt://host:port or neo4j://... ; gremlin: ws://host:port/gremlin ;
     #: janusgraph: ws://host:port/gremlin, or several JanusGraph Servers comma-separated (clients spread, fail over).
     #: Empty: the embedded server (FalkorDB only).
-    graph_uri: str | None = None
+    graph_uri: str | None = Field(None, repr=False)
+    #: Neo4j's user and password; a Gremlin or JanusGraph Server's (SimpleAuthenticator). FalkorDB and Redis take theirs
+    #: in the URL: redis://user:password@host:port (rediss:// over TLS)
     graph_user: str | None = None
-    graph_password: str | None = None
+    graph_password: str | None = Field(None, repr=False)
     graph_name: str = "controlplane"
-    #: Celery's broker. Empty: the embedded FalkorDB server, database 1.
-    redis_url: str | None = None
+    #: Celery's broker, redis://[user:password@]host:port/db (rediss:// over TLS) or sentinel://... Empty: the embedded
+    #: broker of `controlplane up`.
+    redis_url: str | None = Field(None, repr=False)
     data_dir: Path = Path(".controlplane")
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
@@ -83,6 +86,24 @@ class Settings(BaseSettings):
     api_allowed_origins: str | None = None
     #: the API address allocations are told (CONTROLPLANE_API_URL); default http://<api_host>:<api_port>
     api_public_url: str | None = None
+
+    # --- the embedded FalkorDB's limits (`controlplane up`; a FalkorDB of your own is limited by its FALKORDB_ARGS) ---
+    #: the most memory one query may take (QUERY_MEM_CAPACITY); a query past it fails, the server goes on
+    falkordb_query_mem_mib: int = Field(1024, ge=16, le=1_048_576)
+    #: no query runs longer than this (TIMEOUT_MAX), reads and writes alike
+    falkordb_query_timeout_max_s: float = Field(60.0, ge=1, le=86_400)
+
+    # --- data stores between machines: TLS (docs/deployment.md, "Data stores: passwords, users, TLS") ---
+    #: CA certificates (PEM) the graph server's certificate must chain to: FalkorDB over rediss://, Neo4j over Bolt
+    #: (bolt:// and neo4j:// become encrypted; +s alone trusts the system's CAs), Gremlin/JanusGraph over wss://
+    graph_tls_ca_file: Path | None = None
+    #: a client certificate and its key (PEM), for a FalkorDB or Gremlin Server that asks for one (mutual TLS)
+    graph_tls_cert_file: Path | None = None
+    graph_tls_key_file: Path | None = None
+    #: the same for the broker, REDIS_URL=rediss://... (without a CA file: the system's CAs; never unverified)
+    redis_tls_ca_file: Path | None = None
+    redis_tls_cert_file: Path | None = None
+    redis_tls_key_file: Path | None = None
 
     # --- isolation: what a node agent enforces on the processes it runs (workers/isolation) ---
     #: auto: cgroup limits where the machine allows them, else none (said at start, `isolation=none` on the Node);

@@ -23,11 +23,14 @@ from controlplane.settings import Settings
 if TYPE_CHECKING:
     from controlplane.api.agents import AgentApi
     from controlplane.auth import Tokens
+    from graph_schema.gremlin.remote import Access
 
 
 def open_store(settings: Settings, *, graph_uri: str | None = None, reader: bool = False) -> GraphStore:
     """`reader`: a store for user-facing reads, on connections of its own, whose reads the engine stops after
     `query_timeout_s` (so the control plane's own writes never queue for a connection behind them)."""
+    from controlplane.redis_urls import with_tls
+
     uri = graph_uri or settings.graph_uri
     timeout_s = settings.query_timeout_s if reader else None
     if settings.graph_backend == "falkordb":
@@ -35,27 +38,46 @@ def open_store(settings: Settings, *, graph_uri: str | None = None, reader: bool
 
         if not uri:
             raise InvalidInput("no FalkorDB address: start the embedded server (controlplane up) or set it", field="GRAPH_URI")
+        uri = with_tls(uri, ca_file=settings.graph_tls_ca_file, cert_file=settings.graph_tls_cert_file,
+                       key_file=settings.graph_tls_key_file, field="GRAPH_URI")
         return FalkorDBStore(uri, graph=settings.graph_name, read_timeout_ms=int(timeout_s * 1000) if timeout_s else None)
     if settings.graph_backend == "neo4j":
         from graph_schema.cypher.neo4j_store import Neo4jStore
 
         if not uri:
             raise InvalidInput("set the Neo4j address, e.g. bolt://localhost:7687", field="GRAPH_URI")
-        return Neo4jStore(uri, user=settings.graph_user, password=settings.graph_password, read_timeout_s=timeout_s)
+        return Neo4jStore(uri, user=settings.graph_user, password=settings.graph_password, read_timeout_s=timeout_s,
+                          tls_ca_file=settings.graph_tls_ca_file)
     if settings.graph_backend == "gremlin":
         from graph_schema.gremlin.store import GremlinStore
 
         if not uri:
             raise InvalidInput("set the Gremlin Server address, e.g. ws://localhost:8182/gremlin", field="GRAPH_URI")
-        return GremlinStore(uri, read_timeout_s=timeout_s)
+        return GremlinStore(uri, read_timeout_s=timeout_s, access=gremlin_access(settings))
     if settings.graph_backend == "janusgraph":
         from graph_schema.gremlin.janusgraph import JanusGraphStore
 
         if not uri:
             raise InvalidInput("set the JanusGraph Server address(es), e.g. ws://jg1:8182/gremlin,ws://jg2:8182/gremlin",
                                field="GRAPH_URI")
-        return JanusGraphStore(uri, read_timeout_s=timeout_s)
+        return JanusGraphStore(uri, read_timeout_s=timeout_s, access=gremlin_access(settings))
     raise InvalidInput(f"unknown graph engine {settings.graph_backend!r}", field="GRAPH_BACKEND")
+
+
+def gremlin_access(settings: Settings) -> Access:
+    """A Gremlin or JanusGraph Server's user and password, and the certificates of wss://, from the settings."""
+    from graph_schema.gremlin.remote import Access
+
+    return Access(user=settings.graph_user, password=settings.graph_password, tls_ca_file=settings.graph_tls_ca_file,
+                  tls_cert_file=settings.graph_tls_cert_file, tls_key_file=settings.graph_tls_key_file)
+
+
+def broker_address(settings: Settings, url: str) -> str:
+    """REDIS_URL as every client uses it: over rediss://, with the certificates of the settings to trust and show."""
+    from controlplane.redis_urls import with_tls
+
+    return with_tls(url, ca_file=settings.redis_tls_ca_file, cert_file=settings.redis_tls_cert_file,
+                    key_file=settings.redis_tls_key_file)
 
 
 def job_store(store: GraphStore) -> JobStore:

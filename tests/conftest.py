@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from controlplane.ports.store import GraphStore
-from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
+from graph_schema.falkordb_server import FalkorDBServer
+from tests.store_passwords import graph_url, server_config
 
 ENGINES = [e.strip() for e in os.environ.get("CONTROLPLANE_TEST_ENGINES", "falkordb,neo4j,gremlin,janusgraph").split(",") if e.strip()]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -72,7 +73,7 @@ def _unavailable(what: str, exc: BaseException) -> None:
 
 @pytest.fixture(scope="session")
 def falkordb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FalkorDBServer]:
-    server = FalkorDBServer(FalkorDBServerConfig(data_dir=tmp_path_factory.mktemp("falkordb")))
+    server = FalkorDBServer(server_config(tmp_path_factory.mktemp("falkordb")))
     try:
         server.start()
     except Exception as exc:  # noqa: BLE001
@@ -123,7 +124,7 @@ def _open_store(engine: str, request: pytest.FixtureRequest) -> GraphStore:
         from graph_schema.cypher.falkordb_store import FalkorDBStore
 
         server: FalkorDBServer = request.getfixturevalue("falkordb_server")
-        return FalkorDBStore(server.url, graph="test")
+        return FalkorDBStore(graph_url(server), graph="test")
     if engine == "neo4j":
         from graph_schema.cypher.neo4j_store import Neo4jStore
 

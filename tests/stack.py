@@ -26,6 +26,7 @@ from controlplane.redis_agents import WORK_PREFIX, RedisWork
 from controlplane.wiring import assemble
 from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer, find_free_port
+from tests.store_passwords import broker_url, graph_url
 from workers.app import configure
 from workers.dispatch import CeleryDispatcher
 
@@ -70,7 +71,8 @@ def engine_graph(engine: str, request: pytest.FixtureRequest, server: FalkorDBSe
     """
     store: GraphStore
     if engine == "falkordb":
-        store, uri = FalkorDBStore(server.url, graph=graph), server.url
+        uri = graph_url(server)
+        store = FalkorDBStore(uri, graph=graph)
     elif engine == "neo4j":
         from graph_schema.cypher.neo4j_store import Neo4jStore
 
@@ -140,12 +142,12 @@ class Stack:
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.graph = graph
-        #: the Celery broker (a database of `server`): what the processes and `control` talk to
-        self.broker_url = server.redis_url(redis_db)
+        #: the Celery broker (a database of `server`, as its broker user): what the processes and `control` talk to
+        self.broker_url = broker_url(server, redis_db)
         self.env = {
             **os.environ,
             "GRAPH_BACKEND": store.engine if store is not None else "falkordb",
-            "GRAPH_URI": graph_uri or server.url,
+            "GRAPH_URI": graph_uri or graph_url(server),
             "GRAPH_NAME": graph,
             "REDIS_URL": self.broker_url,
             "DATA_DIR": str(data_dir),
@@ -165,7 +167,7 @@ class Stack:
         self.agents: set[str] = set()
         #: the names in `procs` of node agents
         self.agent_procs: set[str] = set()
-        self.store: GraphStore = store if store is not None else FalkorDBStore(server.url, graph=graph)
+        self.store: GraphStore = store if store is not None else FalkorDBStore(graph_url(server), graph=graph)
         self.store.bootstrap()
         self.work = RedisWork(self.broker_url)
         self.control = assemble(self.store, CeleryDispatcher(configure(self.broker_url), self.work))

@@ -32,12 +32,13 @@ from controlplane.services import ControlPlane
 from controlplane.services.reports import AgentReports
 from controlplane.wiring import assemble
 from graph_schema.cypher.falkordb_store import FalkorDBStore
-from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
+from graph_schema.falkordb_server import FalkorDBServer
 from tests.broker import HeldBroker
 from tests.clock import Clock
 from tests.credentials import app_with_auth
 from tests.credentials import client as client_with
 from tests.stack import Stack, wait_for
+from tests.store_passwords import server_config
 from workers.dispatch import RESTART
 from workers.scheduler import LOCK_KEY
 
@@ -200,7 +201,7 @@ def test_one_scheduler_reaps_and_the_standby_takes_over_when_the_leader_dies(fal
 @pytest.fixture
 def outage(tmp_path: Path) -> Iterator[tuple[FalkorDBServer, TestClient]]:
     """An API over a FalkorDB server of its own, to stop and start again."""
-    server = FalkorDBServer(FalkorDBServerConfig(data_dir=tmp_path / "db")).start()
+    server = FalkorDBServer(server_config(tmp_path / "db")).start()
     store = FalkorDBStore(server.url, graph="outage")
     try:
         store.bootstrap()

@@ -7,17 +7,22 @@
 - every stack (the default on Neo4j, the falkordb, gremlin and janusgraph profiles) has its API, node agents,
   supervisors and exactly one scheduler, and its own broker database;
 - the servers and the APIs have health checks, published ports bind to BIND_ADDRESS (127.0.0.1 by
-  default), and the Dockerfile runs `controlplane` as a non-root user with setpriv installed.
+  default), and the Dockerfile runs `controlplane` as a non-root user with setpriv installed;
+- no data store has a default secret: `docker-compose config` refuses to run without each of the passwords,
+  naming it, no password variable has a default, and the Redis users per role are redis_acl's, proven on a
+  real redis-server started by each compose Redis service's own entrypoint (no password on its command line).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,6 +53,10 @@ SHELL_WORD = "node-from-shell"
 EXTRA_ENV = {"NODE_NAME", "CONTROLPLANE_API_URL", "CONTROLPLANE_JOIN_TOKEN"}
 #: what a node agent must not be given: it talks to the API only (docs/deployment.md, "Node agents")
 NOT_FOR_AGENTS = {"GRAPH_URI", "GRAPH_USER", "GRAPH_PASSWORD", "REDIS_URL"}
+#: the passwords the file requires (`${VAR:?message}`), and test values for them (8+ characters: Neo4j 5's minimum)
+SECRETS = {"NEO4J_PASSWORD": "neo4j-test-pw", "REDIS_ADMIN_PASSWORD": "redis-admin-test-pw",
+           "REDIS_PASSWORD": "redis-broker-test-pw", "FALKORDB_PASSWORD": "falkordb-test-pw",
+           "GREMLIN_PASSWORD": "gremlin-test-pw"}
 
 #: the CLI's command objects (Typer's own Click: it may vendor it, so only its interface is used)
 CLI: Any = typer.main.get_command(app)
@@ -55,17 +64,22 @@ CLI: Any = typer.main.get_command(app)
 
 # --- reading the file ---------------------------------------------------------------------------
 
-_INTERPOLATION = re.compile(r"\$\$|\$\{(\w+)(?::?-([^}]*))?\}|\$(\w+)")
+_INTERPOLATION = re.compile(r"\$\$|\$\{(\w+)(?::?([-?])([^}]*))?\}|\$(\w+)")
 
 
 def interpolate(value: str, env: dict[str, str] | None = None) -> str:
-    """Compose's variable substitution: ${VAR:-default}, ${VAR}, $VAR, and $$ for a literal $."""
+    """Compose's variable substitution: ${VAR:-default}, ${VAR:?message} (required), ${VAR}, $VAR, and $$ for a
+    literal $. The required passwords take their test values (SECRETS) unless `env` says otherwise."""
+    values = SECRETS | (env or {})
 
     def sub(m: re.Match[str]) -> str:
         if m.group(0) == "$$":
             return "$"
-        name = m.group(1) or m.group(3)
-        return (env or {}).get(name) or m.group(2) or ""
+        name = m.group(1) or m.group(4)
+        if m.group(2) == "?":
+            assert values.get(name), f"{name} is required: {m.group(3)}"
+            return values[name]
+        return values.get(name) or m.group(3) or ""
 
     return _INTERPOLATION.sub(sub, value)
 
@@ -77,8 +91,8 @@ def services() -> dict[str, dict[str, Any]]:
 
 
 def ours(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The services built from this repository: the ones running `controlplane`."""
-    return {name: s for name, s in services.items() if "build" in s}
+    """The services built from this repository running `controlplane` (not the servers, some built here too)."""
+    return {name: s for name, s in services.items() if "build" in s and name not in SERVERS}
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
@@ -170,7 +184,7 @@ def compose_command() -> list[str]:
 @pytest.mark.parametrize("profile", list(PROFILES), ids=lambda p: p or "default")
 def test_docker_compose_config_validates(compose_command: list[str], profile: str | None, tmp_path: Path) -> None:
     # only what compose itself needs: no stray NEO4J_PASSWORD or BIND_ADDRESS from this shell
-    env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL") if k in os.environ} | {"HOME": str(tmp_path)}
+    env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL") if k in os.environ} | {"HOME": str(tmp_path)} | SECRETS
     argv = [*compose_command, "-f", str(COMPOSE), *(["--profile", profile] if profile else []), "config"]
     result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stderr}"
@@ -180,7 +194,7 @@ def test_docker_compose_config_validates(compose_command: list[str], profile: st
         if "build" in resolved[name] and name.startswith("agent"):
             assert resolved[name]["environment"]["CONTROLPLANE_API_URL"], name
             assert not NOT_FOR_AGENTS & set(resolved[name]["environment"]), f"{name}: an agent talks to the API only"
-        elif "build" in resolved[name]:
+        elif "build" in resolved[name] and name not in SERVERS:
             assert resolved[name]["environment"]["GRAPH_URI"], name  # substituted, and not empty
 
 
@@ -287,8 +301,8 @@ def test_servers_and_apis_have_health_checks_and_are_waited_for(services: dict[s
         test = (services[name].get("healthcheck") or {}).get("test")
         assert test and test[0] in {"CMD", "CMD-SHELL"}, f"{name} has no health check"
     assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
-    assert services["redis"]["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
-    assert services["redis"]["command"][1:] == ["--appendonly", "yes"]
+    assert "redis-cli --user admin ping" in services["redis"]["healthcheck"]["test"][-1]
+    assert 'exec redis-server - --appendonly yes "$$@"' in services["redis"]["entrypoint"][2]
     for name, service in ours(services).items():
         depends = service.get("depends_on") or {}
         assert depends, f"{name} waits for nothing"
@@ -316,4 +330,173 @@ def test_neo4j_is_the_lts_with_its_browser_and_persistent_volumes(services: dict
     assert {v.split(":")[1] for v in neo4j["volumes"]} == {"/data", "/logs"}
     password = environment(services["api"])["GRAPH_PASSWORD"]
     assert interpolate(neo4j["environment"]["NEO4J_AUTH"]) == f"neo4j/{password}"
+    check = neo4j["healthcheck"]["test"][1]
+    assert "cypher-shell 'RETURN 1'" in check and " -p " not in check, "the password must not be on cypher-shell's command line"
     assert len(password) >= 8, "Neo4j 5 refuses passwords shorter than 8 characters"
+
+
+# --- (e) no default secret ----------------------------------------------------------------------------
+
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_AUTH\b|_PASS\b", re.IGNORECASE)
+
+
+def test_no_secret_variable_has_a_default_and_every_one_is_required() -> None:
+    text = COMPOSE.read_text()
+    used = {m.group(1): m.group(2) for m in re.finditer(r"(?<!\$)\$\{(\w+)(:?[-?]|)", text) if SECRET_NAME.search(m.group(1))}
+    assert set(used) == set(SECRETS), f"the secrets the file uses: {sorted(used)}"
+    for name in SECRETS:
+        forms = set(re.findall(r"(?<!\$)\$\{" + name + r"(:?[-?]?)", text))
+        assert forms == {":?"}, f"{name} must always be ${{{name}:?message}}, never with a default or optional: {forms}"
+    # and no literal password next to a user: NEO4J_AUTH, redis:// URLs, Redis users (`>password`)
+    assert not re.search(r"NEO4J_AUTH:\s*neo4j/[^$]", text)
+    assert not re.search(r"redis://[\w.-]*:[^$@/]+@", text), "a redis:// URL with a literal password"
+    literal = re.search(r"(?<=[\s\"])>(?![$/&\s\"]|-\n)\S*", text)  # `>password`, not `>/dev/null` or `>${VAR:?..}`
+    assert literal is None, f"a Redis user with a literal password: {literal.group(0) if literal else ''}"
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_docker_compose_refuses_to_run_without_each_password(compose_command: list[str], missing: str, tmp_path: Path) -> None:
+    # Given every password but one
+    env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL") if k in os.environ} | {"HOME": str(tmp_path)}
+    env |= {k: v for k, v in SECRETS.items() if k != missing}
+    # When compose reads the file (the default stack: every secret is required by every profile), Then it refuses,
+    # naming the variable, and nothing is started with an empty password
+    result = subprocess.run([*compose_command, "-f", str(COMPOSE), "config"], capture_output=True, text=True, cwd=ROOT,
+                            env=env, timeout=120)
+    assert result.returncode != 0
+    assert f"{missing} is not set; the data stores have no default password" in result.stderr
+
+
+def redis_users(args: list[str]) -> dict[str, list[str]]:
+    """The `--user NAME ...` directives of a redis-server command line: each user's words after its name."""
+    users: dict[str, list[str]] = {}
+    for i, word in enumerate(args):
+        if word == "--user":
+            words = list(itertools.takewhile(lambda w: not w.startswith("--"), args[i + 1 :]))
+            users[words[0]] = words[1:]
+    return users
+
+
+def stdin_config(service: dict[str, Any]) -> list[str]:
+    """The configuration a Redis service's entrypoint gives its server on standard input, as the shell expands it
+    in the container (the service's environment)."""
+    env = environment(service)
+    script = interpolate(service["entrypoint"][2])
+    body = script.split("<<EOF\n", 1)[1].split("\nEOF", 1)[0]
+    return [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], line).strip() for line in body.splitlines()]
+
+
+def config_users(lines: list[str]) -> dict[str, list[str]]:
+    return {line.split()[1]: line.split()[2:] for line in lines if line.startswith("user ")}
+
+
+REDIS_SERVERS = ("redis", "redis-ha", "redis-ha-replica")
+
+
+def test_the_redis_users_are_redis_acl_roles(services: dict[str, dict[str, Any]]) -> None:
+    from graph_schema.redis_acl import broker_user, graph_user
+
+    broker = list(broker_user("controlplane", "x").rules)
+    graph = list(graph_user("graph", "x", graphs=("controlplane",)).rules)
+    admin = ["~*", "&*", "+@all"]
+    redis = config_users(stdin_config(services["redis"]))
+    assert redis == {"default": ["reset", "off"], "admin": ["reset", "on", f">{SECRETS['REDIS_ADMIN_PASSWORD']}", *admin],
+                     "controlplane": ["reset", "on", f">{SECRETS['REDIS_PASSWORD']}", *broker]}
+    falkordb = redis_users(interpolate(services["falkordb"]["environment"]["REDIS_ARGS"]).split())
+    assert falkordb == redis | {"graph": ["reset", "on", f">{SECRETS['FALKORDB_PASSWORD']}", *graph]}
+    for name in ("redis-ha", "redis-ha-replica"):  # the Sentinel URL names no user: `default` is the broker's
+        lines = stdin_config(services[name])
+        assert config_users(lines) == {"admin": redis["admin"],
+                                       "default": ["reset", "on", f">{SECRETS['REDIS_PASSWORD']}", *broker]}
+        assert {"masteruser admin", f"masterauth {SECRETS['REDIS_ADMIN_PASSWORD']}"} <= set(lines)
+    # and the control plane logs in as those users
+    assert environment(services["api"])["REDIS_URL"].startswith(f"redis://controlplane:{SECRETS['REDIS_PASSWORD']}@redis:")
+    env = environment(services["api-falkordb"])
+    assert env["GRAPH_URI"] == f"redis://graph:{SECRETS['FALKORDB_PASSWORD']}@falkordb:6379"
+    assert env["REDIS_URL"] == f"redis://controlplane:{SECRETS['REDIS_PASSWORD']}@falkordb:6379/1"
+    assert environment(services["api-janusgraph"])["REDIS_URL"].startswith(f"sentinel://:{SECRETS['REDIS_PASSWORD']}@")
+    assert environment(services["api-gremlin"])["GRAPH_PASSWORD"] == SECRETS["GREMLIN_PASSWORD"]
+    assert environment(services["gremlin-server"])["GREMLIN_PASSWORD"] == SECRETS["GREMLIN_PASSWORD"]
+
+
+def test_no_redis_password_is_on_a_command_line(services: dict[str, dict[str, Any]]) -> None:
+    # compose substitutes ${VAR} before the container starts, so a password there would be in the process list
+    for name in REDIS_SERVERS:
+        words = [interpolate(str(w)) for w in [*(services[name].get("entrypoint") or []), *(services[name].get("command") or [])]]
+        leaked = [secret for secret in SECRETS.values() if any(secret in w for w in words)]
+        assert not leaked, f"{name} puts a password on its command line"
+
+
+@pytest.mark.parametrize("name", REDIS_SERVERS)
+def test_the_compose_redis_entrypoint_really_closes_a_redis_server(services: dict[str, dict[str, Any]], name: str,
+                                                                   tmp_path: Path) -> None:
+    import redis as redis_py
+
+    server = shutil.which("redis-server")
+    if server is None:
+        if IN_CI:
+            pytest.fail("no redis-server in CI", pytrace=False)
+        pytest.skip("no redis-server")
+    from graph_schema.falkordb_server import find_free_port
+
+    port = find_free_port()
+    service = services[name]
+    script = interpolate(service["entrypoint"][2])
+    # Given a real redis-server started by the compose service's own entrypoint and environment (port and files
+    # here, and no replication: the primary is not there)
+    argv = ["sh", "-c", script, "redis", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    proc = subprocess.Popen(argv, env={"PATH": os.environ["PATH"], **environment(service)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def client(user: str | None = None, password: str | None = None) -> redis_py.Redis:
+            return redis_py.Redis(port=port, username=user, password=password, socket_timeout=5)
+
+        admin = client("admin", SECRETS["REDIS_ADMIN_PASSWORD"])
+        for _ in range(100):
+            try:
+                admin.ping()
+                break
+            except redis_py.exceptions.ConnectionError:
+                time.sleep(0.05)
+        broker_name = "controlplane" if name == "redis" else "default"
+        # Then no password, a wrong one, and an unknown user are refused
+        for user, password in ((None, None), (broker_name, "wrong"), ("mallory", SECRETS["REDIS_PASSWORD"])):
+            with pytest.raises(redis_py.exceptions.AuthenticationError):
+                client(user, password).ping()
+        # and the broker user has data commands and no administration
+        broker = client(broker_name, SECRETS["REDIS_PASSWORD"])
+        assert broker.lpush("celery", "task") == 1
+        for command in [("CONFIG", "SET", "dir", "/tmp"), ("FLUSHALL",), ("ACL", "LIST"), ("SHUTDOWN", "NOSAVE"),
+                        ("REPLICAOF", "127.0.0.1", "1")]:
+            with pytest.raises(redis_py.exceptions.NoPermissionError):
+                broker.execute_command(*command)  # type: ignore[no-untyped-call]
+        # and the server's command line carries no password, its user list only hashes
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+        assert not [secret for secret in SECRETS.values() if secret in cmdline], cmdline
+        listed = " ".join(str(u) for u in admin.execute_command("ACL", "LIST"))  # type: ignore[no-untyped-call]
+        assert not [secret for secret in SECRETS.values() if secret in listed]
+        admin.close()
+        broker.close()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def test_the_gremlin_server_image_carries_every_class_its_configuration_names(services: dict[str, dict[str, Any]]) -> None:
+    deploy = ROOT / "deploy" / "gremlin-server"
+    build = services["gremlin-server"]["build"]
+    assert (build["context"], build["dockerfile"]) == (".", "deploy/gremlin-server/Dockerfile")
+    config = yaml.safe_load((deploy / "gremlin-server.yaml").read_text())
+    # no Groovy engine configured, logins and the authorizer that refuses every script language but gremlin-lang
+    assert set(config["scriptEngines"]) == {"gremlin-lang"}
+    assert config["authentication"]["authenticator"].endswith("SimpleAuthenticator")
+    named = {config["graphManager"], config["authorization"]["authorizer"]}
+    assert named == {"harness.ControlPlaneGraphManager", "harness.ControlPlaneAuthorizer"}
+    dockerfile = (deploy / "Dockerfile").read_text()
+    allowed = (deploy / "Dockerfile.dockerignore").read_text()
+    for cls in named | {"harness.ReadOnlyTraversalSource", "harness.CredentialsFile"}:
+        source = f"tests/gremlin_harness/src/main/java/{cls.replace('.', '/')}.java"
+        assert (ROOT / source).is_file(), source
+        assert source in dockerfile and f"!{source}" in allowed, f"{source} is not copied into the image"
+    entrypoint = (deploy / "entrypoint.sh").read_text()
+    assert ': "${GREMLIN_PASSWORD:?' in entrypoint, "the server must refuse to start without a password"

@@ -286,7 +286,7 @@ def test_cli_foreground_prints_url_and_stops_on_sigint(tmp_path: pathlib.Path) -
         server_pid = client.info("server")["process_id"]
         client.close()
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
+        assert proc.wait(timeout=30) == 0
         assert _wait_dead(server_pid, timeout=2)
     finally:
         if proc.poll() is None:

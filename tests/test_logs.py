@@ -19,10 +19,11 @@ import pytest
 
 from controlplane.domain.lifecycle import State
 from controlplane.domain.records import AllocationRecord
-from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
+from graph_schema.falkordb_server import FalkorDBServer
 from tests.credentials import app_with_auth
 from tests.credentials import client as client_with
 from tests.stack import Stack, wait_for
+from tests.store_passwords import server_config
 
 pytestmark = pytest.mark.slow
 NODE = "logbox"
@@ -30,7 +31,7 @@ NODE = "logbox"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    server = FalkorDBServer(FalkorDBServerConfig(data_dir=tmp_path_factory.mktemp("logs-db"))).start()
+    server = FalkorDBServer(server_config(tmp_path_factory.mktemp("logs-db"))).start()
     s = Stack(server, tmp_path_factory.mktemp("logs"), graph="logs")
     s.store.clear()
     s.start("supervisor", "supervisor")

@@ -20,9 +20,10 @@ import pytest
 
 from controlplane.domain.lifecycle import State
 from controlplane.domain.records import AllocationRecord
-from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
+from graph_schema.falkordb_server import FalkorDBServer
 from tests.conftest import ENGINES
 from tests.stack import Stack, engine_graph, processes_of, wait_for
+from tests.store_passwords import server_config
 from workers.app import CONTROL_QUEUE
 from workers.dispatch import RESTART, RUN, START_NATIVE, STOP, TERMINATED
 
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module", params=ENGINES)
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    server = FalkorDBServer(FalkorDBServerConfig(data_dir=tmp_path_factory.mktemp("redelivery-db"))).start()
+    server = FalkorDBServer(server_config(tmp_path_factory.mktemp("redelivery-db"))).start()
     try:
         store, uri = engine_graph(request.param, request, server, graph="redelivery")
         s = Stack(server, tmp_path_factory.mktemp("redelivery"), graph="redelivery", store=store, graph_uri=uri)

@@ -21,9 +21,10 @@ from controlplane.services import ControlPlane
 from controlplane.services.reports import AgentReports
 from controlplane.services.retention import MIN_AGE_S, RetentionPolicy
 from controlplane.wiring import assemble
-from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
+from graph_schema.falkordb_server import FalkorDBServer
 from tests.clock import Clock
 from tests.stack import Stack, wait_for
+from tests.store_passwords import server_config
 
 DAY = 86_400.0
 
@@ -162,7 +163,7 @@ def test_beyond_the_max_count_the_longest_ended_go_but_never_one_just_ended(cp: 
 @pytest.mark.slow
 def test_the_leading_scheduler_prunes_with_the_configured_policy(tmp_path: Path) -> None:
     # Given a stack whose scheduler keeps 20 events, pruning every 0.2 s
-    server = FalkorDBServer(FalkorDBServerConfig(data_dir=tmp_path / "db")).start()
+    server = FalkorDBServer(server_config(tmp_path / "db")).start()
     s = Stack(server, tmp_path / "data", graph="retention")
     try:
         s.store.clear()

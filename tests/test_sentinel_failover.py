@@ -10,7 +10,6 @@ none started twice (a redelivered run finds its allocation already past `placed`
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -42,16 +41,19 @@ def stack(falkordb_server: FalkorDBServer, broker: ReplicatedRedis, tmp_path: Pa
     s = Stack(falkordb_server, tmp_path / "stack", graph="sentinel")
     s.store.clear()
     s.use_broker(broker.url, notify=True)
-    s.start("supervisor", "supervisor")
-    s.start("scheduler", "scheduler")
-    s.agent("alpha")
-    s.agent("beta")
-    yield s
-    s.close()
+    try:
+        s.start("supervisor", "supervisor")
+        s.start("scheduler", "scheduler")
+        s.agent("alpha")
+        s.agent("beta")
+        yield s
+    finally:  # a stack that failed to come up stops what it started too
+        s.close()
 
 
-def spawn(stack: Stack, i: int, out: Path) -> str:
-    spec = {"name": f"job{i}", "argv": ["sh", "-c", f"echo job{i} >> {out}; sleep 0.5"],
+def spawn(stack: Stack, i: int, drop: Path) -> str:
+    # every run leaves a file of its own (runs are users of their own: none could append to another's file)
+    spec = {"name": f"job{i}", "argv": ["sh", "-c", f"mktemp {drop}/job{i}.XXXXXX; sleep 0.5"],
             "resources": {"cpu_milli": 10, "memory_mib": 8}}
     deadline = time.monotonic() + 60
     while True:  # a spawn whose dispatch hit the dying primary is asked again: the request id makes it the same one
@@ -65,20 +67,18 @@ def spawn(stack: Stack, i: int, out: Path) -> str:
 
 
 def test_killing_the_redis_primary_loses_no_allocation_and_starts_none_twice(
-    stack: Stack, broker: ReplicatedRedis, tmp_path: Path
+    stack: Stack, broker: ReplicatedRedis, tmp_path: Path, isolation_work_root: Path
 ) -> None:
-    # where every run appends its name: writable by the users allocations run as (the test's tmp_path is 0700)
-    shared = Path(tempfile.mkdtemp(prefix="sentinel-runs-"))
-    shared.chmod(0o777)
-    out = shared / "runs.log"
-    out.touch(mode=0o666)
-    out.chmod(0o666)
-    ids = [spawn(stack, i, out) for i in range(SPAWNS // 2)]
+    # a directory every allocation user may write to (and the tests' temporary directories are not)
+    drop = isolation_work_root / tmp_path.name
+    drop.mkdir()
+    drop.chmod(0o1777)
+    ids = [spawn(stack, i, drop) for i in range(SPAWNS // 2)]
     wait_for(lambda: any(stack.control.queries.allocation(a).state is State.SUCCEEDED for a in ids), 60, "the first runs")
     # When the primary dies mid-run (half the spawns done, some of them still running)
     old_primary = broker.primary.port
     broker.kill_primary()
-    ids += [spawn(stack, i, out) for i in range(SPAWNS // 2, SPAWNS)]
+    ids += [spawn(stack, i, drop) for i in range(SPAWNS // 2, SPAWNS)]
     new_primary = broker.wait_for_failover()
     # Then every allocation succeeds, each started once, and the broker is the promoted replica
     done = wait_for(lambda: all((x := stack.control.queries.allocation(a)).state is State.SUCCEEDED for a in ids) and x, 120,
@@ -88,8 +88,9 @@ def test_killing_the_redis_primary_loses_no_allocation_and_starts_none_twice(
     for a in ids:
         rec = stack.control.queries.allocation(a)
         starts = [e for e in stack.control.queries.events(a) if e.to_state == "starting"]
-        assert (rec.incarnation, rec.exit_code, len(starts)) == (1, 0, 1), (a, rec, starts)
-    ran = Counter(out.read_text().split())
+        assert (rec.incarnation, rec.exit_code, len(starts)) == (1, 0, 1), (
+            a, [(e.incarnation, e.from_state, e.to_state, e.reason, e.by) for e in stack.control.queries.events(a)])
+    ran = Counter(p.name.split(".")[0] for p in drop.iterdir())
     assert ran == Counter(f"job{i}" for i in range(SPAWNS))  # each process ran exactly once
     # a client through the Sentinels (the doorbell's, the lease's) now writes to the promoted replica
     client = sync_client(broker.url, socket_timeout=2)

@@ -137,6 +137,53 @@ def test_sigterm_stops_every_process_it_started(up: Up) -> None:
     assert not (up.data_dir / "stack.json").exists()
 
 
+def test_the_embedded_stores_take_only_their_generated_passwords(up: Up) -> None:
+    # Given a healthy stack, started with no password given
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    secrets_dir = up.data_dir / "secrets"
+    files = sorted(secrets_dir.iterdir())
+    # Then it made four passwords (each server's administrator and control plane user), 0600 in a 0700 directory
+    assert [f.name for f in files] == ["broker-admin.password", "broker.password", "graph-admin.password", "graph.password"]
+    assert secrets_dir.stat().st_mode & 0o777 == 0o700
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+    passwords = [f.read_text().strip() for f in files]
+    assert len(set(passwords)) == 4 and all(len(p) >= 32 for p in passwords)
+    # and stack.json (0600) names the secrets instead of holding them
+    stack_file = up.data_dir / "stack.json"
+    stack = json.loads(stack_file.read_text())
+    assert stack_file.stat().st_mode & 0o777 == 0o600
+    assert (stack["graph_secret"], stack["broker_secret"]) == ("graph", "broker")
+    # and no password is in stack.json, in anything the stack printed, or on a command line of what it started
+    time.sleep(1)  # the children's start-up lines
+    shown = "\n".join([stack_file.read_text(), *up.lines])
+    cmdlines = [Path(f"/proc/{p}/cmdline").read_bytes() for p in up.descendants() if Path(f"/proc/{p}").exists()]
+    for password in passwords:
+        assert password not in shown
+        assert all(password.encode() not in c for c in cmdlines)
+    assert any(line.split()[:2] == ["graph", f"redis://controlplane:***@{stack['graph_uri'].split('@')[1]}"]
+               for line in up.lines), up.lines
+    # and a client of either server without the password, or with a wrong one, is refused
+    for url in (stack["graph_uri"], stack["broker_url"]):
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis.from_url(url.replace("controlplane@", ""), retry=Retry(NoBackoff(), 0)).ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis.from_url(url.replace("controlplane@", "controlplane:wrong@"), retry=Retry(NoBackoff(), 0)).ping()
+    # and the graph user may not reconfigure its server
+    graph_pw = (secrets_dir / "graph.password").read_text().strip()
+    graph_client = redis.Redis.from_url(stack["graph_uri"].replace("controlplane@", f"controlplane:{graph_pw}@"))
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        graph_client.config_set("dir", "/tmp")
+    # while the CLI, given only the data directory, finds the stack and its passwords
+    env = {k: v for k, v in os.environ.items() if k not in ("GRAPH_URI", "REDIS_URL")}
+    status = subprocess.run([sys.executable, "-m", "controlplane", "status", "--data-dir", str(up.data_dir)],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert "up-node" in status.stdout
+
+
 SPAWN = """mutation($spec: AllocationSpecInput!) { spawnAllocation(parent: "up-node", spec: $spec) { id } }"""
 STATE = """query($id: ID!) { allocation(id: $id) { state incarnation } }"""
 
@@ -163,6 +210,7 @@ def test_ctrl_c_is_a_power_off_and_the_next_up_restarts_what_the_policies_say(tm
             kinds[restart] = first.graphql(SPAWN, spec=spec)["spawnAllocation"]["id"]
         for a in kinds.values():
             wait_for(partial(lambda i: first.graphql(STATE, id=i)["allocation"]["state"] == "RUNNING", a), 60, f"{a} running")
+        passwords = {f.name: f.read_text() for f in (first.data_dir / "secrets").iterdir()} if not engine_env else {}
     finally:
         # When the user presses Ctrl-C
         first.stop()
@@ -175,5 +223,7 @@ def test_ctrl_c_is_a_power_off_and_the_next_up_restarts_what_the_policies_say(tm
                          60, "the permanent one running again")
         assert again["incarnation"] == 2
         assert second.graphql(STATE, id=kinds["temporary"])["allocation"] == {"state": "LOST", "incarnation": 1}
+        if not engine_env:  # the embedded stores kept their passwords: the same files, read again
+            assert passwords == {f.name: f.read_text() for f in (second.data_dir / "secrets").iterdir()}
     finally:
         second.stop()

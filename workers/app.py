@@ -14,7 +14,7 @@ from typing import Any
 from celery import Celery
 from kombu import pools as kombu_pools
 
-from controlplane.redis_urls import celery_broker
+from controlplane.redis_urls import celery_broker, celery_ssl
 
 app = Celery("controlplane", include=["workers.tasks"])
 app.conf.update(
@@ -40,8 +40,10 @@ CONTROL_QUEUE = "control"
 
 def configure(broker_url: str) -> Celery:
     """Point the app at a broker (a Redis, or its Sentinels); connections pooled for a previous broker are dropped."""
+    broker_url, use_ssl = celery_ssl(broker_url)
     broker_url, options = celery_broker(broker_url)
     app.conf.broker_transport_options = {"visibility_timeout": 120, **options}
+    app.conf.broker_use_ssl = use_ssl
     if app.conf.broker_url != broker_url:
         private: Any = app  # Celery keeps its connection pools private, and offers no way to drop them
         if private._pool is not None:

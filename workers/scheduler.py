@@ -69,6 +69,7 @@ def run_scheduler(settings: Settings, *, graph_uri: str | None, broker_url: str,
                 if now_leader != leader:
                     log.warning("scheduler %s: %s", lock.token, "leading" if now_leader else "standing by")
                     leader = now_leader
+                    control.repair.lost_sight()  # whatever it saw before leading (or last led) is old
                 if leader:
                     control.repair.reap(grace_s=settings.node_grace_s)
                     control.repair.reconcile(
@@ -80,6 +81,7 @@ def run_scheduler(settings: Settings, *, graph_uri: str | None, broker_url: str,
                             next_prune = 0.0
             except Exception as exc:  # a restarted graph or broker: keep ticking
                 log.warning("scheduler tick failed: %s", exc)
+                control.repair.lost_sight()
             stop.wait(settings.scheduler_interval_s)
     finally:
         try:

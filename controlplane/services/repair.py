@@ -4,10 +4,11 @@ Run by the one leading scheduler. The reaper declares nodes lost (one guarded
 statement per node) and hands their allocations to supervision as one
 correlated failure per parent. It reads liveness from node leases, never from
 the graph's write path, and it does not trust its own blindness: when it cannot
-read the leases, or when more than a set share of the watched nodes fell silent
-at once (the fault is then more likely on the control plane's side, as
-Kubernetes' node lifecycle controller assumes), it declares nothing and says so. The reconciler re-dispatches allocations stuck
-in `placed`, fails those stuck in `starting`, finishes stops whose agent is
+read the leases, or when more than a set share of the watched nodes fell silent at
+once (the fault is then more likely on the control plane's side, as Kubernetes' node
+lifecycle controller assumes), it declares nothing and says so, and afterwards gives
+every node a whole grace period to renew before it judges again. The reconciler
+re-dispatches allocations stuck in `placed`, fails those stuck in `starting`, finishes stops whose agent is
 gone, and carries out restarts that were decided but never happened (or that
 wait for a node with room).
 """
@@ -51,11 +52,14 @@ class RepairService:
         self.leases = leases
         self.clock = clock
         self.max_silent_share = max_silent_share
+        #: since when the reaper has read the leases without a gap (from the start: a first read is sight)
+        self._seeing_since = float("-inf")
 
     def reap(self, *, grace_s: float) -> dict[str, int]:
         """Declare nodes whose lease lapsed more than grace ago lost; their allocations' parents decide once each.
 
-        Declares nothing (and records why) when the leases cannot be read or too many nodes went silent at once.
+        Declares nothing (and records why) when the leases cannot be read, or could not be less than grace ago, or
+        too many nodes went silent at once.
         """
         now = self.clock()
         watched = self.store.watched_nodes()
@@ -63,9 +67,20 @@ class RepairService:
             silent = self.leases.silent(node_ids=watched, now=now, grace_s=grace_s)
         except Unavailable as exc:
             log.warning("reaper holds off: it cannot see the node leases (%s)", exc)
+            self._seeing_since = float("inf")
             return {}
         if len(silent) > 1 and len(silent) > self.max_silent_share * len(watched):
             self._hold_off(silent, len(watched), now)
+            self._seeing_since = float("inf")  # most nodes at once: as blind as an unreadable store
+            return {}
+        if self._seeing_since == float("inf"):
+            self._seeing_since = now
+        if now - self._seeing_since < grace_s:
+            # the lease store was out of reach (a failover, a restart) or most nodes could not renew: a lapse means
+            # nothing until every node has had a whole grace period to renew again
+            if silent:
+                log.warning("reaper holds off: the leases are back for %.1fs of %.1fs; %d silent nodes wait",
+                            now - self._seeing_since, grace_s, len(silent))
             return {}
         reaped: dict[str, int] = {}
         for node_id in silent:
@@ -77,6 +92,11 @@ class RepairService:
             if lost:
                 self.supervisor.on_terminated([(a.id, a.incarnation) for a in lost])
         return reaped
+
+    def lost_sight(self) -> None:
+        """The caller could not look for a while (it was not leading, its tick failed): the next look is the first
+        after blindness, and judges nothing until every node has had a grace period to renew."""
+        self._seeing_since = float("inf")
 
     def _hold_off(self, silent: list[str], watched: int, now: float) -> None:
         why = (f"reaper holds off: {len(silent)} of {watched} nodes went silent at once (more than "

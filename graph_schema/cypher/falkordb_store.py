@@ -66,7 +66,10 @@ class FalkorDBStore(CypherStore):
         """`read_timeout_ms`: read queries are stopped by FalkorDB itself after this long (default `timeout_ms`)."""
         super().__init__()
         self._pool = redis.ConnectionPool.from_url(url, max_connections=64, decode_responses=True)
-        self._db = FalkorDB(connection_pool=self._pool)
+        try:  # the client asks the server what it is (a Sentinel? a cluster?) at once
+            self._db = FalkorDB(connection_pool=self._pool)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise Unavailable(f"FalkorDB is unreachable: {exc}") from exc
         self._graph = self._db.select_graph(graph)
         self._graph_name = graph
         self._timeout_ms = timeout_ms
@@ -100,6 +103,7 @@ class FalkorDBStore(CypherStore):
     def raw_query(self, *, text: str, timeout_s: float, limit: int) -> RawResult:
         started = time.perf_counter()
         try:
+            self._refuse_load_csv(text)
             result = self._graph.ro_query(text, timeout=max(1, int(timeout_s * 1000)))
         except redis.TimeoutError:
             raise QueryTimeout(f"stopped after {timeout_s:g}s", field="query") from None
@@ -120,6 +124,14 @@ class FalkorDBStore(CypherStore):
             rows=tuple(tuple(_browse(v) for v in row) for row in rows[:limit]),
             truncated=len(rows) > limit, elapsed_ms=(time.perf_counter() - started) * 1000,
         )
+
+    def _refuse_load_csv(self, text: str) -> None:
+        """LOAD CSV is a read, so GRAPH.RO_QUERY runs it: local files are confined to the server's empty IMPORT_FOLDER,
+        but https:// URLs would be fetched by the server, from wherever it stands. The plan says whether a query
+        loads CSV however it is spelt; raw queries never may."""
+        plan = self._db.execute_command("GRAPH.EXPLAIN", self._graph_name, text)
+        if isinstance(plan, list) and any(str(op).strip().startswith("Load CSV") for op in plan):
+            raise InvalidInput("LOAD CSV is not allowed in raw queries: they never read files or URLs", field="query")
 
     def bootstrap(self) -> None:
         existing = {(c["label"], tuple(c["properties"])) for c in self._constraints()}

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path as FilePath
 from typing import Any
 
-from neo4j import READ_ACCESS, GraphDatabase, Query, RoutingControl
+from neo4j import READ_ACCESS, GraphDatabase, Query, RoutingControl, TrustCustomCAs
 from neo4j.exceptions import (
     ClientError,
     ConstraintError,
@@ -79,13 +80,20 @@ class Neo4jStore(CypherStore):
 
     def __init__(
         self, uri: str, *, user: str | None = None, password: str | None = None, database: str | None = None,
-        read_timeout_s: float | None = None,
+        read_timeout_s: float | None = None, tls_ca_file: FilePath | None = None,
     ) -> None:
-        """`read_timeout_s`: reads run as transactions that Neo4j itself stops after this long."""
+        """`read_timeout_s`: reads run as transactions that Neo4j itself stops after this long; `tls_ca_file`: Bolt over
+        TLS, the server's certificate checked against these CAs (bolt+s:// and neo4j+s:// alone trust the system's)."""
         super().__init__()
         self.uri = uri
         auth = (user, password) if user and password else None
-        self._driver = GraphDatabase.driver(uri, auth=auth, max_connection_pool_size=64)
+        tls: dict[str, Any] = {}
+        if tls_ca_file is not None:
+            # the driver takes custom CAs only with the plain schemes and encrypted=True
+            scheme, rest = uri.split("://", 1)
+            uri = f"{scheme.split('+', 1)[0]}://{rest}"
+            tls = {"encrypted": True, "trusted_certificates": TrustCustomCAs(str(tls_ca_file))}
+        self._driver = GraphDatabase.driver(uri, auth=auth, max_connection_pool_size=64, **tls)
         self._database = database
         self._read_timeout_s = read_timeout_s
 

@@ -42,7 +42,7 @@ from gremlin_python.process.traversal import Scope
 from controlplane.domain.errors import Unavailable
 from graph_schema.gremlin.janusgraph_schema import BOOTSTRAP_SCRIPT, bootstrap_bindings, decode, encode
 from graph_schema.gremlin.raw import READ_ONLY_SOURCE
-from graph_schema.gremlin.remote import Remote
+from graph_schema.gremlin.remote import Access, Remote
 from graph_schema.gremlin.store import GremlinStore
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ class JanusGraphRemote(Remote):
     """A Remote over one of several JanusGraph Servers, moving to the next when one stops answering."""
 
     def __init__(self, urls: Sequence[str], *, traversal_source: str = "g", pool_size: int = 8, retry_for_s: float = 120.0,
-                 answer_timeout_s: float = 60.0, start_at: int | None = None, read_timeout_s: float | None = None) -> None:
+                 answer_timeout_s: float = 60.0, start_at: int | None = None, read_timeout_s: float | None = None,
+                 access: Access | None = None) -> None:
         # a 500-allocation create takes one lock per new id: 10-40 s on a busy 2-core machine, so an answer
         # is awaited longer than on TinkerGraph before the request is sent again
         logging.getLogger("gremlinpython").addFilter(_DropRetriedLogs())
@@ -75,7 +76,8 @@ class JanusGraphRemote(Remote):
         # spread processes over the servers (or start where told)
         self._at = (os.getpid() if start_at is None else start_at) % len(self.urls)
         super().__init__(self.urls[self._at], traversal_source=traversal_source, pool_size=pool_size,
-                         retry_for_s=retry_for_s, answer_timeout_s=answer_timeout_s, read_timeout_s=read_timeout_s)
+                         retry_for_s=retry_for_s, answer_timeout_s=answer_timeout_s, read_timeout_s=read_timeout_s,
+                         access=access)
 
     def _connect(self) -> None:
         errors: list[str] = []
@@ -130,7 +132,7 @@ class JanusGraphRemote(Remote):
 
     def script(self, text: str, bindings: dict[str, Any]) -> list[Any]:
         """A Groovy script on the current server (the schema bootstrap only)."""
-        client = Client(self.url, self._source, pool_size=1)
+        client = self.client(self._source)
         try:
             return list(client.submit(text, bindings).all().result())
         finally:
@@ -143,11 +145,12 @@ class JanusGraphStore(GremlinStore):
     engine = "janusgraph"
 
     def __init__(self, url: str | Sequence[str], *, traversal_source: str = "g", pool_size: int = 8,
-                 start_at: int | None = None, read_timeout_s: float | None = None) -> None:
-        """`url`: one server, or several (a list or comma-separated); `start_at`: which first (default: by process id)."""
+                 start_at: int | None = None, read_timeout_s: float | None = None, access: Access | None = None) -> None:
+        """`url`: one server, or several (a list or comma-separated); `start_at`: which first (default: by process id);
+        `access`: credentials and TLS trust, the same for every server."""
         urls = [u.strip() for u in url.split(",")] if isinstance(url, str) else list(url)
         self._janus = JanusGraphRemote([u for u in urls if u], traversal_source=traversal_source, pool_size=pool_size,
-                                        start_at=start_at, read_timeout_s=read_timeout_s)
+                                        start_at=start_at, read_timeout_s=read_timeout_s, access=access)
         self._remote = self._janus
 
     @property
@@ -176,7 +179,7 @@ class JanusGraphStore(GremlinStore):
         """GraphSON 3 for operators' raw queries: an element's property and edge ids are JanusGraph
         RelationIdentifiers, a custom GraphBinary type gremlinpython cannot read; in GraphSON they
         arrive as plain typed maps."""
-        return Client(self._remote.url, READ_ONLY_SOURCE, pool_size=1, message_serializer=GraphSONSerializersV3d0())
+        return self._remote.client(READ_ONLY_SOURCE, message_serializer=GraphSONSerializersV3d0())
 
     def clear(self) -> None:
         # in small transactions: dropping a vertex drops its locked keys and unique index entry, each a lock

@@ -62,7 +62,7 @@ class RawQueryMixin:
 
     def _raw_client(self) -> Client:
         """A one-connection client of the read-only source (an engine may pick its serializer)."""
-        return Client(self._remote.url, READ_ONLY_SOURCE, pool_size=1)
+        return self._remote.client(READ_ONLY_SOURCE)
 
     def raw_query(self, *, text: str, timeout_s: float, limit: int) -> RawResult:
         started = time.perf_counter()

@@ -10,14 +10,21 @@ errors, live here once.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from gremlin_python.driver.aiohttp.transport import AiohttpTransport
+from gremlin_python.driver.client import Client
 from gremlin_python.driver.driver_remote_connection import DriverRemoteConnection
 from gremlin_python.driver.protocol import GremlinServerError
 from gremlin_python.process.anonymous_traversal import traversal
@@ -67,6 +74,81 @@ def props_of(m: dict[Any, Any]) -> dict[str, Any]:
     return split_element(m)[1]
 
 
+#: gremlinpython's own limit of one message (10 MiB)
+DEFAULT_MAX_CONTENT_LENGTH = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Access:
+    """How a client logs in to a Gremlin Server (SASL PLAIN: a SimpleAuthenticator's user and password) and which
+    certificates it trusts over wss:// (a CA file; a client certificate and key for servers that ask for one)."""
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    def options(self, url: str, *, max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH) -> dict[str, Any]:
+        """The keyword arguments of gremlinpython's connections and clients for this access to `url` (messages up to
+        `max_content_length` bytes)."""
+        out: dict[str, Any] = {}
+        if self.user:
+            out.update(username=self.user, password=self.password or "")
+        if (self.tls_ca_file or self.tls_cert_file) and not url.startswith("wss://"):
+            raise Unavailable(f"TLS settings are given, but {url} is not a wss:// address")
+        if url.startswith("wss://"):  # the system's CAs unless a CA file is given
+            context = ssl.create_default_context(cafile=str(self.tls_ca_file) if self.tls_ca_file else None)
+            if self.tls_cert_file:
+                context.load_cert_chain(str(self.tls_cert_file), str(self.tls_key_file) if self.tls_key_file else None)
+            out["transport_factory"] = functools.partial(
+                TlsTransport, ssl_options=context, max_content_length=max_content_length)
+        else:
+            out["max_content_length"] = max_content_length
+        return out
+
+
+class TlsTransport(AiohttpTransport):  # type: ignore[misc]  # gremlinpython has no types
+    """gremlinpython's websocket transport over TLS, closed completely.
+
+    TLS ends with a close_notify exchange, which asyncio runs after the session is closed; gremlinpython closes its
+    event loop at once, so every TLS connection it closes leaves its socket open (a ResourceWarning, a file
+    descriptor until the garbage collector). This one turns its loop until the socket is really closed (at most
+    `CLOSE_WAIT_S`, then the socket is dropped as before).
+    """
+
+    CLOSE_WAIT_S = 2.0
+
+    def connect(self, url: str, headers: Any = None) -> None:
+        try:
+            super().connect(url, headers)
+        except BaseException:
+            self.close()  # now, not from the garbage collector (which may run inside another loop)
+            raise
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+
+        async def close_and_wait() -> None:
+            websocket: Any = getattr(self, "_websocket", None)  # gremlinpython's, untyped
+            session: Any = getattr(self, "_client_session", None)
+            sock = websocket.get_extra_info("socket") if websocket is not None else None
+            if websocket is not None and not websocket.closed:
+                await websocket.close()
+            if session is not None and not session.closed:
+                await session.close()
+            self._websocket = self._client_session = None
+            deadline = time.monotonic() + self.CLOSE_WAIT_S
+            while sock is not None and sock.fileno() != -1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+
+        try:
+            self._loop.run_until_complete(close_and_wait())
+        finally:
+            self._loop.close()
+
+
 class Remote:
     """A pooled connection to the traversal source `g` of one Gremlin Server.
 
@@ -80,11 +162,13 @@ class Remote:
 
     def __init__(
         self, url: str, *, traversal_source: str = "g", pool_size: int = 8, retry_for_s: float = 60.0,
-        answer_timeout_s: float = 10.0, read_timeout_s: float | None = None,
+        answer_timeout_s: float = 10.0, read_timeout_s: float | None = None, access: Access | None = None,
     ) -> None:
-        """`read_timeout_s`: reads carry evaluationTimeout, so Gremlin Server itself stops them after this long."""
+        """`read_timeout_s`: reads carry evaluationTimeout, so Gremlin Server itself stops them after this long;
+        `access`: credentials and TLS trust for every connection this makes."""
         logging.getLogger("gremlinpython").addFilter(_FILTER)
         self.url = url
+        self.access = access or Access()
         self._source = traversal_source
         self._pool_size = pool_size
         self._retry_for_s = retry_for_s
@@ -97,7 +181,8 @@ class Remote:
     def _connect(self) -> None:
         try:
             self._conn = DriverRemoteConnection(
-                self.url, self._source, pool_size=self._pool_size, max_content_length=64 * 1024 * 1024
+                self.url, self._source, pool_size=self._pool_size,
+                **self.access.options(self.url, max_content_length=64 * 1024 * 1024),
             )
         except Exception as exc:  # noqa: BLE001 - any failure to connect is the same to the caller
             raise Unavailable(f"Gremlin Server at {self.url} is unreachable: {exc}") from exc
@@ -164,6 +249,10 @@ class Remote:
             raise _NoAnswer() from None
         finally:
             self._slots.release()
+
+    def client(self, traversal_source: str, **kwargs: Any) -> Client:
+        """A one-connection script client of this server (raw text queries, a schema script), with the same access."""
+        return Client(self.url, traversal_source, pool_size=1, **self.access.options(self.url), **kwargs)
 
     def one(self, build: Callable[[GraphTraversalSource], GraphTraversal], *, write: bool = True) -> Any:
         rows = self.run(build, write=write)

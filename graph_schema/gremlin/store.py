@@ -52,7 +52,7 @@ from controlplane.ports.store import Change, CreateRefused, NewAllocation, node_
 from graph_schema.gremlin import writes
 from graph_schema.gremlin.placement import PlacementMixin
 from graph_schema.gremlin.raw import RawQueryMixin
-from graph_schema.gremlin.remote import Remote, props_of, split_element
+from graph_schema.gremlin.remote import Access, Remote, props_of, split_element
 from graph_schema.gremlin.retention import RetentionMixin
 from graph_schema.gremlin.semantic import compile_traversal
 from graph_schema.gremlin.steps import ACTORS, GPU_OWNER, NEIGHBOR_OF, PARENT_OF, RUNS_ON, A, G, N
@@ -83,8 +83,11 @@ class GremlinStore(SupervisionMixin, PlacementMixin, RawQueryMixin, RetentionMix
 
     engine = "gremlin"
 
-    def __init__(self, url: str, *, traversal_source: str = "g", pool_size: int = 8, read_timeout_s: float | None = None) -> None:
-        self._remote = Remote(url, traversal_source=traversal_source, pool_size=pool_size, read_timeout_s=read_timeout_s)
+    def __init__(self, url: str, *, traversal_source: str = "g", pool_size: int = 8, read_timeout_s: float | None = None,
+                 access: Access | None = None) -> None:
+        """`access`: the server's user and password (SimpleAuthenticator) and the CA of its wss:// certificate."""
+        self._remote = Remote(url, traversal_source=traversal_source, pool_size=pool_size, read_timeout_s=read_timeout_s,
+                              access=access)
 
     @property
     def remote(self) -> Remote:

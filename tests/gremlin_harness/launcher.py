@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from graph_schema.gremlin.remote import Access
 from tests.jvm_harness.process import BASE_JVM_OPTS, Harness, JvmServer, find_java, jvm_options, retry_until, start_jvm
 
 HERE = Path(__file__).resolve().parent
@@ -48,13 +49,15 @@ JVM_OPTS = (
 GremlinServerHandle = JvmServer
 
 
-def _verify(url: str, deadline: float) -> None:
-    """A real traversal through gremlinpython, the client the adapter uses."""
+def _verify(url: str, deadline: float, access: Access | None = None) -> None:
+    """A real traversal through gremlinpython, the client the adapter uses (logged in, over TLS, as `access` says)."""
     from gremlin_python.driver.driver_remote_connection import DriverRemoteConnection
     from gremlin_python.process.anonymous_traversal import traversal
 
+    options = access.options(url) if access is not None else {}
+
     def attempt() -> bool:
-        conn = DriverRemoteConnection(url, "g")
+        conn = DriverRemoteConnection(url, "g", **options)
         try:
             return traversal().with_(conn).inject(1).to_list() == [1]
         finally:
@@ -71,11 +74,16 @@ def start_gremlin(
     heap: str = "512m",
     jvm_opts: Sequence[str] = (),
     graph_properties: Path = GRAPH_PROPERTIES,
+    config: Path = SERVER_YAML,
+    credentials: Path | None = None,
+    access: Access | None = None,
 ) -> JvmServer:
     """Start Gremlin Server with an empty in-memory graph; return once ``g.inject(1)`` answers.
 
     ``graph_properties`` picks the graph: TinkerTransactionGraph by default (tinkergraph.properties);
-    tinkergraph-plain.properties is a TinkerGraph without transactions.
+    tinkergraph-plain.properties is a TinkerGraph without transactions. ``config`` is the server's YAML (the
+    tests' own by default; deploy/gremlin-server's is the compose one), ``credentials`` the credentials graph of
+    its authenticator, and ``access`` how the readiness check logs in and which CA it trusts.
 
     ``port=0`` (the default) lets the kernel choose a free port inside the JVM (no race between
     picking and binding). Raises RuntimeError, with the tail of the JVM's output, if the server is
@@ -85,11 +93,13 @@ def start_gremlin(
     cmd = [
         find_java("GREMLIN_HARNESS_JAVA"), *jvm_options(heap, JVM_OPTS, "GREMLIN_HARNESS_JVM_OPTS", jvm_opts),
         "-cp", HARNESS.classpath(), MAIN_CLASS,
-        "--config", str(SERVER_YAML), "--graph", str(Path(graph_properties).resolve()),
+        "--config", str(Path(config).resolve()), "--graph", str(Path(graph_properties).resolve()),
         "--port", str(port), "--watch-pid", str(os.getpid()), "--vertex-index", ",".join(VERTEX_INDEXES),
+        *(["--credentials", str(Path(credentials).resolve())] if credentials else []),
     ]
     server = start_jvm("Gremlin Server", cmd, Path(workdir).resolve(), log_name="gremlin-server.log", timeout=timeout,
-                       ready_re=r"^READY (ws://\S+:\d+/gremlin)\s*$", verify=_verify)
+                       ready_re=r"^READY (wss?://\S+:\d+/gremlin)\s*$",
+                       verify=lambda url, deadline: _verify(url, deadline, access))
     server.url = server.address
     server.port = int(server.url.rsplit(":", 1)[1].split("/")[0])
     return server

@@ -23,7 +23,7 @@ import org.apache.tinkerpop.gremlin.tinkergraph.structure.TinkerTransactionGraph
  * Runs a real Gremlin Server (TinkerPop 3.8) over an in-memory TinkerGraph for tests.
  *
  * <p>Usage: {@code java -cp ... harness.GremlinHarnessMain --config gremlin-server.yaml
- * --graph tinkergraph.properties [--port N] [--watch-pid PID] [--vertex-index k1,k2]}. A port of 0
+ * --graph tinkergraph.properties [--port N] [--watch-pid PID] [--vertex-index k1,k2] [--credentials FILE]}. A port of 0
  * (the default) lets the kernel pick a free port; the actual one is reported.
  *
  * <p>{@code --vertex-index} names vertex property keys TinkerGraph indexes (equality lookups:
@@ -36,7 +36,10 @@ import org.apache.tinkerpop.gremlin.tinkergraph.structure.TinkerTransactionGraph
  * by the usual Groovy init script: {@code g}, and {@code g_ro} (read-only) for raw text queries.
  * Bytecode without lambdas is translated with JavaTranslator.
  *
- * <p>Protocol: exactly one line {@code READY ws://127.0.0.1:<port>/gremlin} on stdout once the port
+ * <p>{@code --credentials} points the configuration's authenticator (SimpleAuthenticator) at a credentials graph
+ * of the caller's (a properties file, as {@link CredentialsFile} writes it).
+ *
+ * <p>Protocol: exactly one line {@code READY ws://127.0.0.1:<port>/gremlin} ({@code wss://} when ssl is enabled) on stdout once the port
  * is bound and {@code g} is bound (everything else goes to stderr). The server runs until stdin
  * reaches EOF (the parent closed it or died), the watched process (if any) is gone, or the JVM gets
  * SIGTERM/SIGINT.
@@ -52,6 +55,7 @@ public final class GremlinHarnessMain {
         int port = Integer.parseInt(option(args, "--port", "0"));
         long watchPid = Long.parseLong(option(args, "--watch-pid", "0"));
         String indexed = option(args, "--vertex-index", "");
+        String credentials = option(args, "--credentials", "");
         if (port < 0 || port > 65535) {
             throw new IllegalArgumentException("bad port: " + port);
         }
@@ -64,6 +68,12 @@ public final class GremlinHarnessMain {
         settings.host = "127.0.0.1";
         settings.port = port;
         settings.graphs = Map.of("graph", graphProps.toString());
+        if (!credentials.isEmpty()) { // the configuration's authenticator, over a credentials graph of the caller's
+            if (settings.authentication == null || settings.authentication.authenticator == null) {
+                throw new IllegalArgumentException("--credentials given, but the configuration has no authenticator");
+            }
+            settings.authentication.config = new java.util.HashMap<>(Map.of("credentialsDb", credentials));
+        }
 
         GremlinServer server = new GremlinServer(settings);
         GraphManager graphs = server.getServerGremlinExecutor().getGraphManager();
@@ -98,7 +108,8 @@ public final class GremlinHarnessMain {
         long ms = (System.nanoTime() - t0) / 1_000_000;
         System.err.println("gremlin-harness: started in " + ms + " ms, graph " + graph.getClass().getSimpleName()
                 + ", port " + bound);
-        protocol.println("READY ws://127.0.0.1:" + bound + "/gremlin");
+        String scheme = settings.ssl != null && settings.ssl.enabled ? "wss" : "ws";
+        protocol.println("READY " + scheme + "://127.0.0.1:" + bound + "/gremlin");
         protocol.flush();
 
         waitForStdinEof();

@@ -36,6 +36,8 @@ NOT_FOR_AGENTS = ("GRAPH_BACKEND", "GRAPH_URI", "GRAPH_NAME", "GRAPH_USER", "GRA
 if TYPE_CHECKING:
     import pytest
 
+    from controlplane.services import ControlPlane
+
 
 def clean_node(node: str, data_dir: Path) -> int:
     """What a new agent of `node` would do at start: kill and remove every cgroup, uid and directory a dead one left."""
@@ -47,6 +49,12 @@ def clean_node(node: str, data_dir: Path) -> int:
         return sandbox.recover()
     finally:
         sandbox.close()
+
+
+def said_ready(control: ControlPlane, allocation_id: str) -> bool:
+    """The allocation's output (its log on this machine) has its `ready` line."""
+    log = control.queries.allocation(allocation_id).extra.get("log_path")
+    return isinstance(log, str) and os.path.exists(log) and "ready" in Path(log).read_text(errors="replace")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition", every: float = 0.05) -> Any:

@@ -22,7 +22,7 @@ from controlplane.domain.lifecycle import State
 from controlplane.domain.records import AllocationRecord
 from graph_schema.falkordb_server import FalkorDBServer
 from tests.conftest import ENGINES
-from tests.stack import Stack, engine_graph, processes_of, wait_for
+from tests.stack import Stack, engine_graph, processes_of, said_ready, wait_for
 from tests.store_passwords import server_config
 from workers.app import CONTROL_QUEUE
 from workers.dispatch import RESTART, RUN, START_NATIVE, STOP, TERMINATED
@@ -119,9 +119,10 @@ def test_a_run_delivered_again_starts_no_second_process(stack: Stack) -> None:
 def test_a_stop_delivered_again_ends_the_process_once(stack: Stack) -> None:
     # Given a process that ignores SIGTERM, with a grace period of 1 s
     before = room_taken(stack)
-    [a] = stack.control.allocations.spawn("alpha", [spec("stubborn", ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"])])
+    [a] = stack.control.allocations.spawn("alpha", [spec("stubborn", ["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 0.1; done"])])
     running(stack, a.id)
     wait_for(lambda: processes_of(a.id), what="the shell to run")
+    wait_for(lambda: said_ready(stack.control, a.id), what="the shell to install its trap")  # it says so after it
     # When it is stopped, its `stop` arrives twice more while it is stopping, and once after it ended
     stack.control.allocations.stop(a.id)
     stack.push_work("alpha", STOP, [(a.id, 1)], copies=2)

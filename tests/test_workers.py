@@ -22,7 +22,7 @@ from controlplane.domain.lifecycle import TERMINAL, State
 from controlplane.domain.records import AllocationRecord
 from controlplane.services import ControlPlane
 from graph_schema.falkordb_server import FalkorDBServer
-from tests.stack import Stack, wait_for
+from tests.stack import Stack, said_ready, wait_for
 
 GRAPH = "workers"
 
@@ -100,7 +100,7 @@ def test_stop_sends_sigterm_then_sigkill_after_the_grace_period(stack: tuple[Con
     )
     for a in (polite, stubborn):
         wait_for(partial(lambda i: control.queries.allocation(i).state is State.RUNNING, a.id), what=f"{a.name} running")
-    time.sleep(0.3)  # let the shell install its trap
+    wait_for(lambda: said_ready(control, stubborn.id), what="the shell to install its trap")  # it says so after it
     started = time.monotonic()
     control.allocations.stop(polite.id)
     control.allocations.stop(stubborn.id)

@@ -1,7 +1,7 @@
-"""spawn -> running -> succeeded through Celery with the process executor (argv `true`); target >= 300/s.
+"""spawn -> running -> succeeded through the node agents' work lists and the agent API, with the process executor (argv `true`); target >= 300/s.
 
 Starts the graph engine, the embedded FalkorDB as Redis (the broker) and real
-node agents (`controlplane worker`), spawns N allocations in batches and waits
+API and node agents (`controlplane worker`, joined, node restriction on), spawns N allocations in batches and waits
 until every one has succeeded. `--isolation off,on` runs it without the agents'
 isolation (ISOLATION=none, the agent's user) and with it (a cgroup, a user and a
 working directory per allocation), one line each.
@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,10 +21,8 @@ from typing import Any
 
 from bench.engines import open_engine
 from controlplane.domain.lifecycle import State
-from controlplane.wiring import assemble
 from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
-from workers.app import configure
-from workers.dispatch import CeleryDispatcher
+from tests.stack import Stack
 
 
 def _uri(store: Any) -> str:
@@ -52,15 +47,14 @@ def run(engine: str, total: int, batch: int, agents: int, concurrency: int, isol
         store.clear()
         broker = graph_server or FalkorDBServer(FalkorDBServerConfig(data_dir=Path(tmp) / "redis")).start()
         uri = broker.url if engine == "falkordb" else _uri(store)
-        env = {**os.environ, "GRAPH_BACKEND": engine, "GRAPH_URI": uri, "GRAPH_NAME": "bench",
-               "REDIS_URL": broker.redis_url(1), "DATA_DIR": tmp, "ISOLATION_WORK_ROOT": f"{tmp}/work",
-               **ISOLATION_ENV[isolation]}
-        procs = [
-            subprocess.Popen([sys.executable, "-m", "controlplane", "worker", "--node", f"agent{i}", "--concurrency", str(concurrency)], env=env)
-            for i in range(agents)
-        ]
+        # the API, and agents that joined with a join credential and talk to it only (node restriction on)
+        stack = Stack(broker, Path(tmp), graph="bench", store=store, graph_uri=uri, redis_db=1, heartbeat_s=1.0,
+                      grace_s=30.0)
+        extra = {"ISOLATION_WORK_ROOT": f"{tmp}/work", **ISOLATION_ENV[isolation]}
+        stack.env.update(extra)
+        procs = [stack.start_agent(f"agent{i}", "--concurrency", str(concurrency)) for i in range(agents)]
         try:
-            cp = assemble(store, CeleryDispatcher(configure(broker.redis_url(1))))
+            cp = stack.control
             while len(store.list_nodes(after=None, limit=100)) < agents:
                 time.sleep(0.1)
             spec = {"name": "t", "argv": ["true"], "resources": {"cpu_milli": 0, "memory_mib": 1}}
@@ -86,10 +80,7 @@ def run(engine: str, total: int, batch: int, agents: int, concurrency: int, isol
                   f"{total / elapsed:,.0f}/s ({agents} agent(s) x {concurrency} threads; spawning took {spawned:.2f}s; "
                   f"agent cpu {cpu_ms:.1f} ms per allocation, its processes included)")
         finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                p.wait(timeout=30)
+            stack.close()
             if graph_server is None:
                 broker.stop()
 

@@ -116,19 +116,29 @@ def api(
 
 @app.command("worker")
 def worker_cmd(
-    node: Annotated[str, typer.Option(help="This machine's node name; its queue is node.<name>")],
-    concurrency: Annotated[int, typer.Option(help="Threads taking tasks")] = 16,
+    node: Annotated[str, typer.Option(help="This machine's node name (its id in the graph)")],
+    concurrency: Annotated[int, typer.Option(help="Threads running work items")] = 16,
     label: Annotated[Optional[list[str]], typer.Option(help="Node label key=value (repeatable)")] = None,
     cpus: Annotated[Optional[float], typer.Option(help="Advertise this many cores instead of the machine's")] = None,
     memory_mib: Annotated[Optional[int], typer.Option(help="Advertise this much memory instead of the machine's")] = None,
     gpu: Annotated[Optional[list[str]], typer.Option(help="Advertise a GPU of this model (repeatable) instead of nvidia-smi's")] = None,
+    api: Annotated[Optional[str], typer.Option(help="The API's address [env CONTROLPLANE_API_URL; default: the local stack]")] = None,
+    credential: Annotated[Optional[Path], typer.Option(
+        help="A file holding this node's credential [env CONTROLPLANE_NODE_TOKEN; default <state dir>/node.token]")] = None,
+    join_token_file: Annotated[Optional[Path], typer.Option(
+        help="A file holding a join credential, for the first start [env CONTROLPLANE_JOIN_TOKEN]")] = None,
     data_dir: DataDir = None,
-    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "WARNING",
+    loglevel: Annotated[str, typer.Option(help="Log level")] = "WARNING",
 ) -> None:
-    """Run a node agent: register this machine, heartbeat, run allocations placed on it."""
-    from controlplane.embedded import resolve_endpoints
+    """Run a node agent: join (once), register this machine, heartbeat, run allocations placed on it.
+
+    It talks to the API only, with its node credential: no graph or broker address or password."""
+    import logging
+    import os
+
+    from controlplane.cli_tokens import api_url
     from workers.agent import machine_resources
-    from workers.main import run_worker
+    from workers.main import run_agent
 
     settings = _settings(data_dir=data_dir)
     bad = [l for l in (label or []) if "=" not in l]
@@ -144,12 +154,17 @@ def worker_cmd(
             resources["memory_mib"] = memory_mib
         if gpu:
             resources["gpus"] = [{"model": m} for m in gpu]
+    # secrets come from files or the environment, never the command line (anyone may read /proc/*/cmdline);
+    # out of this process's environment once read
+    node_token = os.environ.pop("CONTROLPLANE_NODE_TOKEN", None) or (credential.read_text().strip() if credential else None)
+    join_token = os.environ.pop("CONTROLPLANE_JOIN_TOKEN", None) or (join_token_file.read_text().strip() if join_token_file else None)
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        ends = resolve_endpoints(settings)
-        run_worker(settings, node=node, graph_uri=ends.graph_uri, broker_url=ends.broker_url,
-                   concurrency=concurrency, labels=labels, resources=resources, loglevel=loglevel, api_url=ends.api_url)
+        code = run_agent(settings, node=node, api_url=(api or api_url(settings)).rstrip("/"), concurrency=concurrency,
+                         labels=labels, resources=resources, node_token=node_token, join_token=join_token)
     except ControlPlaneError as exc:
         raise _fail(exc) from None
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -482,9 +497,11 @@ def status(data_dir: DataDir = None) -> None:
     console.print("allocations: " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"))
 
 
-from controlplane.cli_tokens import keys_app, token_app  # noqa: E402 - sub-commands, registered after the app
+from controlplane.cli_nodes import node_app  # noqa: E402 - sub-commands, registered after the app
+from controlplane.cli_tokens import keys_app, token_app  # noqa: E402
 
 app.add_typer(token_app, name="token")
+app.add_typer(node_app, name="node")
 app.add_typer(keys_app, name="keys")
 
 if __name__ == "__main__":

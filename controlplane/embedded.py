@@ -110,6 +110,26 @@ def spawn_child(settings: Settings, endpoints: Endpoints, *args: str) -> subproc
     return subprocess.Popen([sys.executable, "-m", "controlplane", *args], env=env)
 
 
+#: what a node agent must not inherit: it talks to the API only, with its own credential
+_NOT_FOR_AGENTS = ("GRAPH_URI", "GRAPH_USER", "GRAPH_PASSWORD", "REDIS_URL", "CONTROLPLANE_TOKEN", "AUTH_SIGNING_KEY",
+                   "AUTH_SIGNING_KEY_FILE")
+
+
+def spawn_agent(settings: Settings, endpoints: Endpoints, tokens: Tokens | None, node: str, *args: str) -> subprocess.Popen[bytes]:
+    """Run `controlplane worker --node <node> <args>` against the API only: its environment names no graph, no broker
+    and no key. On its first start (no credential in its state directory yet) it gets a join credential for its
+    name, single-use and short-lived, which it exchanges for its own node credential."""
+    from controlplane.auth.bootstrap import join_token
+
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_FOR_AGENTS}
+    env.update({"DATA_DIR": str(settings.data_dir), "HEARTBEAT_S": str(settings.heartbeat_s),
+                "CONTROLPLANE_API_URL": endpoints.api_url or ""})
+    state = settings.agent_state_dir or settings.data_dir / "nodes" / node
+    if tokens is not None and tokens.can_sign and not (state / "node.token").exists():
+        env["CONTROLPLANE_JOIN_TOKEN"], _ = join_token(tokens, name=node, ttl_s=600)
+    return subprocess.Popen([sys.executable, "-m", "controlplane", "worker", "--node", node, *args], env=env)
+
+
 def open_api_tokens(settings: Settings) -> tuple[Tokens | None, tuple[str, bool] | None]:
     """The API's Tokens (keys generated on first start) and its admin token (made on first start: print it once).
 
@@ -132,7 +152,7 @@ def run_api(settings: Settings) -> None:
 
     from controlplane.api import create_app
     from controlplane.api.auth import browsers_from
-    from controlplane.wiring import control_plane, health_checks
+    from controlplane.wiring import agent_api, control_plane, health_checks
 
     tokens, login = open_api_tokens(settings)
     if login is not None and login[1]:
@@ -141,7 +161,8 @@ def run_api(settings: Settings) -> None:
     control = control_plane(settings, graph_uri=ends.graph_uri, broker_url=ends.broker_url, readers=True)
     app = create_app(control, tokens=tokens, browsers=browsers_from(settings), health_checks=health_checks(control.store, ends.broker_url),
                      max_depth=settings.max_query_depth, max_descendants=settings.max_descendants, events_redis_url=ends.broker_url,
-                     runs_dir=settings.data_dir.absolute() / "runs")
+                     runs_dir=settings.data_dir.absolute() / "runs",
+                     agents=agent_api(control, settings, ends.broker_url, tokens) if tokens is not None else None)
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
 
 
@@ -156,7 +177,7 @@ DEMO_JOB = Path(__file__).resolve().parent.parent / "examples" / "demo-job.yaml"
 
 
 def start_demo(settings: Settings, endpoints: Endpoints, control: ControlPlane, local: str | None,
-               children: StackSupervisor) -> None:
+               children: StackSupervisor, tokens: Tokens | None) -> None:
     """A small topology (node agents with GPUs and zones, neighbour links with RTTs) and a sample job."""
     import threading
     import time
@@ -164,9 +185,9 @@ def start_demo(settings: Settings, endpoints: Endpoints, control: ControlPlane, 
     import yaml
 
     for name, cores, memory, gpus, labels in DEMO_NODES:
-        args = ["worker", "--node", name, "--cpus", str(cores), "--memory-mib", str(memory), "--concurrency", "8"]
+        args = ["--cpus", str(cores), "--memory-mib", str(memory), "--concurrency", "8"]
         args += [a for g in gpus for a in ("--gpu", g)] + [a for label in labels for a in ("--label", label)]
-        children.add(f"node agent {name}", partial(spawn_child, settings, endpoints, *args), stop_rank=1)
+        children.add(f"node agent {name}", partial(spawn_agent, settings, endpoints, tokens, name, *args), stop_rank=1)
 
     def seed() -> None:
         deadline = time.monotonic() + 60
@@ -215,14 +236,16 @@ def run_stack(
     announce: Callable[[Endpoints, str | None, tuple[str, bool] | None], None],
     demo: bool = False,
 ) -> None:
+    import threading
+
     import uvicorn
 
     from controlplane.api import create_app
     from controlplane.api.auth import browsers_from
     from controlplane.store_secrets import BROKER, GRAPH, USER
-    from controlplane.wiring import broker_address, control_plane, health_checks
+    from controlplane.wiring import agent_api, broker_address, control_plane, health_checks
 
-    tokens, login = open_api_tokens(settings)  # before the node agents start: they sign their allocations' tokens
+    tokens, login = open_api_tokens(settings)  # before the node agents start: the API issues their credentials
     servers: list[FalkorDBServer] = []
     children = StackSupervisor(say=lambda line: print(f"controlplane up: {line}", flush=True))
     graph_uri = settings.graph_uri
@@ -238,6 +261,8 @@ def run_stack(
         broker_url, broker_secret = servers[-1].user_url(USER, 0), BROKER
     if not graph_uri or not broker_url:
         raise SystemExit("set GRAPH_URI and REDIS_URL for a non-embedded engine")
+    server: uvicorn.Server | None = None
+    serving: threading.Thread | None = None
     try:
         control = control_plane(settings, graph_uri=graph_uri, broker_url=broker_url, readers=True)
         api_url = f"http://{settings.api_host}:{settings.api_port}"
@@ -245,26 +270,32 @@ def run_stack(
                               broker_secret=broker_secret)
         write_endpoints(settings, endpoints)
         node_name = node or local_node_name()
+        app = create_app(control, tokens=tokens, browsers=browsers_from(settings), health_checks=health_checks(control.store, broker_url),
+                         health_probes={"components": children.down}, max_depth=settings.max_query_depth,
+                         max_descendants=settings.max_descendants, events_redis_url=broker_url,
+                         runs_dir=settings.data_dir.absolute() / "runs",
+                         agents=agent_api(control, settings, broker_url, tokens) if tokens is not None else None)
+        # the API serves from a thread, so that on the way out the node agents still reach it to report what they
+        # ran as lost (they talk to nothing else); this thread waits for Ctrl-C or SIGTERM
+        server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning"))
+        serving = threading.Thread(target=server.run, name="api", daemon=True)
+        serving.start()
         children.add("supervisor", partial(spawn_child, settings, endpoints, "supervisor"))
         children.add("scheduler", partial(spawn_child, settings, endpoints, "scheduler"))
         if worker:  # agents stop last: no decision is made while the stack stops, the next `up` decides
             children.add(f"node agent {node_name}", partial(
-                spawn_child, settings, endpoints, "worker", "--node", node_name, "--concurrency", str(concurrency)),
-                stop_rank=1)
+                spawn_agent, settings, endpoints, tokens, node_name, "--concurrency", str(concurrency)), stop_rank=1)
         if demo:
-            start_demo(settings, endpoints, control, node_name if worker else None, children)
-        app = create_app(control, tokens=tokens, browsers=browsers_from(settings), health_checks=health_checks(control.store, broker_url),
-                         health_probes={"components": children.down}, max_depth=settings.max_query_depth,
-                         max_descendants=settings.max_descendants, events_redis_url=broker_url,
-                         runs_dir=settings.data_dir.absolute() / "runs")
+            start_demo(settings, endpoints, control, node_name if worker else None, children, tokens)
         announce(endpoints, node_name if worker else None, login)
-        config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
-        # uvicorn re-raises the signal that stopped it once it is done: make SIGTERM end this process through
-        # the `finally` below (as Ctrl-C does), so the children and servers are stopped, never orphaned
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        uvicorn.Server(config).run()
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)  # as Ctrl-C: through the `finally` below, nothing orphaned
+        while serving.is_alive():
+            serving.join(timeout=0.5)
     finally:
         children.stop()
-        for server in reversed(servers):
-            server.stop()
+        if server is not None and serving is not None:
+            server.should_exit = True
+            serving.join(timeout=10)
+        for s in reversed(servers):
+            s.stop()
         (settings.data_dir / STACK_FILE).unlink(missing_ok=True)

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     admin_token_ttl_s: float = Field(30 * 86400.0, gt=0)
     #: an allocation's token also ends with its incarnation, whichever comes first
     allocation_token_ttl_s: float = Field(365 * 86400.0, gt=0)
+    #: the life of a node credential (what a node agent gets when it joins; revoke it to end it sooner)
+    node_token_ttl_s: float = Field(365 * 86400.0, gt=0)
+    #: where a node agent keeps its credential (0600), its session and its lock; default <data_dir>/nodes/<node>
+    agent_state_dir: Path | None = None
     #: Host names (comma-separated) the API answers to besides its listen address; Origins allowed besides its own
     api_allowed_hosts: str | None = None
     api_allowed_origins: str | None = None

@@ -21,6 +21,8 @@ from controlplane.services.queries import QueryGate
 from controlplane.settings import Settings
 
 if TYPE_CHECKING:
+    from controlplane.api.agents import AgentApi
+    from controlplane.auth import Tokens
     from graph_schema.gremlin.remote import Access
 
 
@@ -115,17 +117,43 @@ def control_plane(
     `readers`: user-facing reads get a store of their own with the engine-side time limit and a gate (the API)."""
     from controlplane.eventbus import RedisNotifier
     from controlplane.redis_leases import RedisLeases
-    from workers.app import configure
-    from workers.dispatch import CeleryDispatcher
 
     store = open_store(settings, graph_uri=graph_uri)
     if bootstrap:
         store.bootstrap()
     return build(
-        store, job_store(store), CeleryDispatcher(configure(broker_url)), notify=RedisNotifier(broker_url).notify,
+        store, job_store(store), dispatcher(broker_url), notify=RedisNotifier(broker_url).notify,
         leases=RedisLeases(broker_url), reader=open_store(settings, graph_uri=graph_uri, reader=True) if readers else None,
         gate=QueryGate(settings.max_concurrent_queries, wait_s=settings.query_wait_s),
     )
+
+
+def dispatcher(broker_url: str) -> Dispatcher:
+    """Celery for the supervisors, the nodes' work lists in Redis for the node agents."""
+    from controlplane.redis_agents import RedisWork
+    from workers.app import configure
+    from workers.dispatch import CeleryDispatcher
+
+    return CeleryDispatcher(configure(broker_url), RedisWork(broker_url))
+
+
+def agent_api(control: ControlPlane, settings: Settings, broker_url: str, tokens: Tokens) -> AgentApi:
+    """The agent API over the control plane: node-restricted reports, sessions and work lists in Redis, and the keys
+    that sign node credentials and the tokens of the allocations agents claim."""
+    from controlplane.api.agents import AgentApi
+    from controlplane.auth.bootstrap import allocation_token
+    from controlplane.eventbus import RedisNotifier
+    from controlplane.redis_agents import RedisSessions, RedisWork, lease_keep_s
+    from controlplane.services.agents import AgentService
+
+    def issue(allocation_id: str, incarnation: int) -> str:
+        return allocation_token(tokens, allocation_id, incarnation, ttl_s=settings.allocation_token_ttl_s)
+
+    service = AgentService(control.store, control.dispatcher, issue_token=issue if tokens.can_sign else None,
+                           notify=RedisNotifier(broker_url).notify, clock=control.clock)
+    sessions = RedisSessions(broker_url, lease_keep_s=lease_keep_s(settings.node_grace_s))
+    return AgentApi(service=service, sessions=sessions, work=RedisWork(broker_url), joins=sessions, tokens=tokens,
+                    session_ttl_s=settings.node_grace_s, node_token_ttl_s=settings.node_token_ttl_s)
 
 
 def health_checks(store: GraphStore, broker_url: str) -> dict[str, Callable[[], None]]:

@@ -18,17 +18,17 @@ import pytest
 from controlplane.api import live
 from controlplane.api.live import PAGE, EventCursor
 from controlplane.domain.lifecycle import CLAIM, RUN
-from controlplane.domain.records import Event
+from controlplane.domain.records import Event, Exit
 from controlplane.eventbus import RedisNotifier
 from controlplane.ports.store import Change, GraphStore
 from controlplane.services import ControlPlane
+from controlplane.services.reports import AgentReports
 from controlplane.wiring import assemble
 from graph_schema.falkordb_server import FalkorDBServer
 from tests.credentials import app_with_auth
 from tests.credentials import client as client_with
 from tests.http import TestClient
 from tests.test_api import SPAWN, data, error, job, post, register, spawn
-from workers.agent import AgentReports, Exit
 
 SPAWN_POLICY = """mutation($parent: ID!, $spec: AllocationSpecInput!) {
   spawnAllocation(parent: $parent, spec: $spec) { id supervision restartType childPolicy restarts orphan escalated

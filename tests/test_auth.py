@@ -27,12 +27,12 @@ from controlplane.auth.keys import retire_key, rotate_signing_key
 from controlplane.domain.capabilities import Kind, Role, default_capability
 from controlplane.ports.store import GraphStore
 from controlplane.services import ControlPlane
+from controlplane.services.reports import AgentReports
 from controlplane.settings import Settings
 from controlplane.wiring import assemble
 from tests.credentials import TEST_HOST, app_with_auth, bearer, client, derive
 from tests.http import TestClient
 from tests.test_api import job, node_input
-from workers.agent import AgentReports
 
 SPAWN = 'mutation($p: ID!) { spawnAllocation(parent: $p, spec: {name: "x", argv: ["true"]}) { id } }'
 STOP = "mutation($id: ID!) { stopAllocation(id: $id) { id state } }"

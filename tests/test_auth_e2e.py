@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from graph_schema.falkordb_server import FalkorDBServer, find_free_port
+from graph_schema.falkordb_server import FalkorDBServer
 from tests.stack import Stack, wait_for
 
 PY = "/usr/bin/python3"  # reachable by the allocations' own users (the test's interpreter may live under /root)
@@ -41,16 +41,14 @@ time.sleep(60)
 
 @pytest.fixture
 def stack(falkordb_server: FalkorDBServer, tmp_path: Path) -> Iterator[tuple[Stack, str, dict[str, str]]]:
-    port = find_free_port()
     s = Stack(falkordb_server, tmp_path, graph="auth-e2e")
     s.store.clear()
-    s.env["API_PUBLIC_URL"] = f"http://127.0.0.1:{port}"
     try:
-        s.start("api", "api", "--port", str(port))
-        url = f"http://127.0.0.1:{port}"
+        s.api()  # `controlplane api`: keys and the admin token made on its first start
+        url = s.api_url
         wait_for(lambda: (tmp_path / "admin.token").exists() and httpx.get(f"{url}/healthz").status_code == 200,
                  what="the API to start")
-        admin = {"Authorization": "Bearer " + (tmp_path / "admin.token").read_text().strip()}
+        admin = {"Authorization": "Bearer " + s.admin_token}
         s.agent("e2e-node")
         yield s, url, admin
     finally:

@@ -26,9 +26,10 @@ with warnings.catch_warnings():  # starlette suggests httpx2; the httpx TestClie
 
 from controlplane.domain.errors import NoCapacity
 from controlplane.domain.lifecycle import CLAIM, RUN, State
-from controlplane.domain.records import AllocationRecord
+from controlplane.domain.records import AllocationRecord, Exit
 from controlplane.ports.store import Change, GraphStore
 from controlplane.services import ControlPlane
+from controlplane.services.reports import AgentReports
 from controlplane.wiring import assemble
 from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer
@@ -38,7 +39,6 @@ from tests.credentials import app_with_auth
 from tests.credentials import client as client_with
 from tests.stack import Stack, wait_for
 from tests.store_passwords import server_config
-from workers.agent import AgentReports, Exit
 from workers.dispatch import RESTART
 from workers.scheduler import LOCK_KEY
 

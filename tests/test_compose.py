@@ -49,7 +49,10 @@ PROFILES: dict[str | None, set[str]] = {
 SERVERS = {"neo4j", "redis", "falkordb", "gremlin-server", "cassandra", "janusgraph", "redis-ha", "redis-ha-replica", "redis-sentinel"}
 #: what a shell expansion in an entrypoint stands for when its argv is parsed here
 SHELL_WORD = "node-from-shell"
-EXTRA_ENV = {"NODE_NAME"}  # read by the agent's entrypoint, not by Settings
+#: read by the agent's entrypoint or by `controlplane worker` itself, not by Settings
+EXTRA_ENV = {"NODE_NAME", "CONTROLPLANE_API_URL", "CONTROLPLANE_JOIN_TOKEN"}
+#: what a node agent must not be given: it talks to the API only (docs/deployment.md, "Node agents")
+NOT_FOR_AGENTS = {"GRAPH_URI", "GRAPH_USER", "GRAPH_PASSWORD", "REDIS_URL"}
 #: the passwords the file requires (`${VAR:?message}`), and test values for them (8+ characters: Neo4j 5's minimum)
 SECRETS = {"NEO4J_PASSWORD": "neo4j-test-pw", "REDIS_ADMIN_PASSWORD": "redis-admin-test-pw",
            "REDIS_PASSWORD": "redis-broker-test-pw", "FALKORDB_PASSWORD": "falkordb-test-pw",
@@ -136,8 +139,20 @@ def stacks(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
     """Our services grouped by the graph they use: service name -> CLI command, per GRAPH_URI."""
     grouped: dict[str, dict[str, str]] = {}
     for name, service in ours(services).items():
-        grouped.setdefault(environment(service)["GRAPH_URI"], {})[name] = cli_argv(service)[0]
+        grouped.setdefault(graph_of(services, service), {})[name] = cli_argv(service)[0]
     return grouped
+
+
+def is_agent(service: dict[str, Any]) -> bool:
+    return cli_argv(service)[0] == "worker"
+
+
+def graph_of(services: dict[str, dict[str, Any]], service: dict[str, Any]) -> str:
+    """The graph a service works on: its GRAPH_URI, or for a node agent its API's."""
+    if is_agent(service):
+        host = environment(service)["CONTROLPLANE_API_URL"].split("//", 1)[1].split(":", 1)[0]
+        return environment(services[host])["GRAPH_URI"]
+    return environment(service)["GRAPH_URI"]
 
 
 def replicas(service: dict[str, Any]) -> int:
@@ -176,7 +191,10 @@ def test_docker_compose_config_validates(compose_command: list[str], profile: st
     resolved = yaml.safe_load(result.stdout)["services"]
     assert PROFILES[None] | PROFILES[profile] <= set(resolved), f"missing services: {PROFILES[profile] - set(resolved)}"
     for name in PROFILES[None] | PROFILES[profile]:
-        if "build" in resolved[name] and name not in SERVERS:
+        if "build" in resolved[name] and name.startswith("agent"):
+            assert resolved[name]["environment"]["CONTROLPLANE_API_URL"], name
+            assert not NOT_FOR_AGENTS & set(resolved[name]["environment"]), f"{name}: an agent talks to the API only"
+        elif "build" in resolved[name] and name not in SERVERS:
             assert resolved[name]["environment"]["GRAPH_URI"], name  # substituted, and not empty
 
 
@@ -240,7 +258,11 @@ def test_environment_values_are_valid_settings(services: dict[str, dict[str, Any
     for name, service in ours(services).items():
         env = {k.lower(): v for k, v in environment(service).items() if k not in EXTRA_ENV}
         settings = Settings.model_validate(env)  # raises, naming the field, on a bad value
-        assert settings.graph_uri and settings.redis_url, f"{name} must not fall back to the embedded server"
+        if is_agent(service):
+            assert not NOT_FOR_AGENTS & set(environment(service)), f"{name}: an agent talks to the API only"
+            assert environment(service)["CONTROLPLANE_API_URL"].startswith("http://api"), name
+        else:
+            assert settings.graph_uri and settings.redis_url, f"{name} must not fall back to the embedded server"
 
 
 # --- (d) one scheduler per stack, health checks -------------------------------------------------------
@@ -264,6 +286,8 @@ def test_each_stack_has_its_own_broker(services: dict[str, dict[str, Any]]) -> N
     # database would let one stack take the other's tasks and lease
     brokers: dict[str, set[str]] = {}
     for service in ours(services).values():
+        if is_agent(service):
+            continue  # no broker at all
         env = environment(service)
         brokers.setdefault(env["GRAPH_URI"], set()).add(env["REDIS_URL"])
     assert all(len(urls) == 1 for urls in brokers.values()), brokers
@@ -319,6 +343,9 @@ SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_AUTH\b|_PASS\b", re.IGNORECASE
 def test_no_secret_variable_has_a_default_and_every_one_is_required() -> None:
     text = COMPOSE.read_text()
     used = {m.group(1): m.group(2) for m in re.finditer(r"(?<!\$)\$\{(\w+)(:?[-?]|)", text) if SECRET_NAME.search(m.group(1))}
+    # the agents' join credential is made by the running API (so it cannot be required before the first `up`); an
+    # agent without it, and without a node credential of its own, refuses to start
+    assert used.pop("AGENT_JOIN_TOKEN", None) == ":-"
     assert set(used) == set(SECRETS), f"the secrets the file uses: {sorted(used)}"
     for name in SECRETS:
         forms = set(re.findall(r"(?<!\$)\$\{" + name + r"(:?[-?]?)", text))

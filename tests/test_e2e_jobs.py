@@ -37,19 +37,14 @@ def stack(store: GraphStore, falkordb_server: FalkorDBServer, tmp_path: Path, re
         store.clear()
     falkordb_server.client(db=4).flushdb()
     s = Stack(falkordb_server, tmp_path, graph=graph, store=store, graph_uri=uri)
-    s.env["REDIS_URL"] = falkordb_server.redis_url(4)
-    from controlplane.wiring import assemble
-    from workers.app import configure
-    from workers.dispatch import CeleryDispatcher
-
-    s.control = assemble(s.store, CeleryDispatcher(configure(falkordb_server.redis_url(4))))
+    s.use_broker(falkordb_server.redis_url(4))
     s.start("supervisor", "supervisor")
     for name, args in (
         ("eu1", ["--cpus", "4", "--gpu", "A100", "--gpu", "A100", "--label", "zone=eu"]),
         ("eu2", ["--cpus", "4", "--label", "zone=eu"]),
         ("us1", ["--cpus", "4", "--gpu", "T4", "--label", "zone=us"]),
     ):
-        s.start(name, "worker", "--node", name, "--concurrency", "8", *args)
+        s.start_agent(name, *args)
     for name in ("eu1", "eu2", "us1"):
         wait_for(partial(s.store.get_node, node_id=name), 60, f"{name} registered")
     s.control.nodes.connect("eu1", "eu2", rtt_ms=2)

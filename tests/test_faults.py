@@ -201,11 +201,10 @@ def test_a_node_that_comes_back_stops_what_was_replaced_meanwhile(stack: Stack) 
 
 def test_a_lost_run_message_is_dispatched_again_by_the_reconciler(stack: Stack) -> None:
     # Given a dispatch that never reaches the agent (a broker that lost the message)
-    from controlplane.wiring import assemble
+    from controlplane.wiring import assemble, dispatcher
     from workers.app import configure
-    from workers.dispatch import CeleryDispatcher
 
-    lossy = assemble(stack.store, CeleryDispatcher(configure(stack.server.redis_url(9))))
+    lossy = assemble(stack.store, dispatcher(stack.server.redis_url(9)))
     [a] = lossy.allocations.spawn("alpha", [spec("patient", ["sh", "-c", "echo finally"], node="alpha")])
     configure(stack.broker_url)  # the rest of the suite talks to the real broker again
     assert stack.control.queries.allocation(a.id).state is State.PLACED

@@ -28,8 +28,10 @@ with warnings.catch_warnings():  # starlette suggests httpx2; the httpx TestClie
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
     from fastapi.testclient import TestClient
 
+import controlplane.services  # noqa: F401 - before controlplane.jobs, which imports it back (a cycle on main too)
 from controlplane.domain.errors import InvalidInput
 from controlplane.domain.lifecycle import CLAIM, RUN
+from controlplane.domain.records import Exit
 from controlplane.domain.text import Id, Line, Text, printable, rules_of
 from controlplane.jobs.service import JobService
 from controlplane.ports.store import Change, GraphStore
@@ -37,12 +39,12 @@ from controlplane.services import ControlPlane
 from controlplane.services.allocations import AllocationService
 from controlplane.services.nodes import NodeService
 from controlplane.services.queries import GraphQueries
+from controlplane.services.reports import AgentReports
 from controlplane.services.supervisor import SupervisorService
 from controlplane.wiring import assemble
 from tests.credentials import app_with_auth
 from tests.credentials import client as client_with
 from tests.test_api import EVIL, REGISTER, SPAWN, data, job, node_input, register, spawn
-from workers.agent import AgentReports, Exit
 
 # --- the strings ---------------------------------------------------------------------------------
 #: refused wherever a string enters

@@ -333,9 +333,12 @@ import time; time.sleep(0 if other else 30)
     [snoop] = stack.control.allocations.spawn("iso", [spec("snoop", [PY, "-c", probe], env={"OTHER_HOME": mine["cwd"]})])
     done = settle(stack, snoop.id)
     seen = json.loads((done.output_tail or "").strip().splitlines()[-1])
-    # only PATH, HOME, LANG, its spec's env, CONTROLPLANE_* and the GPU visibility of this GPU node
+    # only PATH, HOME, LANG, its spec's env, CONTROLPLANE_* (the API and its own token from it) and the GPU
+    # visibility of this GPU node
     assert set(seen["env"]) == {"PATH", "HOME", "LANG", "OTHER_HOME", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
-                                "CONTROLPLANE_ALLOCATION_ID", "CONTROLPLANE_INCARNATION", "CONTROLPLANE_NODE", "CONTROLPLANE_PARENT_ID"}
+                                "CONTROLPLANE_ALLOCATION_ID", "CONTROLPLANE_INCARNATION", "CONTROLPLANE_NODE", "CONTROLPLANE_PARENT_ID",
+                                "CONTROLPLANE_API_URL", "CONTROLPLANE_TOKEN"}
+    assert seen["env"]["CONTROLPLANE_TOKEN"] != stack.node_token("iso")
     assert "AGENT_SECRET" in stack.env and "s3cret" not in json.dumps(seen)
     assert seen["env"]["HOME"] == seen["cwd"] != mine["cwd"]
     assert seen["uid"] != 0 and seen["uid"] != mine["uid"] and seen["nnp"] == "1" and seen["caps"] == [0, 0, 0]

@@ -20,13 +20,14 @@ import pytest
 
 from controlplane.domain.errors import ControlPlaneError
 from controlplane.domain.lifecycle import CLAIM, HOLDS_RESOURCES, RUN, State
+from controlplane.domain.records import Exit
 from controlplane.ports.store import Change
 from controlplane.services import ControlPlane
+from controlplane.services.reports import AgentReports
 from controlplane.wiring import assemble
 from graph_schema.gremlin.janusgraph import JanusGraphStore
 from tests.conftest import IN_CI
 from tests.janusgraph_harness.launcher import RingStack
-from workers.agent import AgentReports, Exit
 
 # the ring takes minutes to start on a busy 2-core machine, and every request there is a QUORUM round trip
 pytestmark = [pytest.mark.slow, pytest.mark.ring, pytest.mark.timeout(900)]

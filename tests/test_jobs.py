@@ -12,10 +12,11 @@ import pytest
 
 from controlplane.domain.errors import InvalidInput, NotFound
 from controlplane.domain.lifecycle import State
+from controlplane.domain.records import Exit
 from controlplane.ports.store import GraphStore
 from controlplane.services import ControlPlane
+from controlplane.services.reports import AgentReports
 from controlplane.wiring import assemble
-from workers.agent import AgentReports, Exit
 
 
 @pytest.fixture

@@ -20,11 +20,11 @@ from controlplane.domain.lifecycle import (
     check_transition,
     mermaid,
 )
-from controlplane.domain.records import TransitionResult
+from controlplane.domain.records import Exit, TransitionResult
 from controlplane.ports.store import Change, GraphStore
 from controlplane.services import ControlPlane, build
+from controlplane.services.reports import AgentReports
 from controlplane.wiring import job_store
-from workers.agent import AgentReports, Exit
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = [ROOT / "controlplane", ROOT / "workers", ROOT / "graph_schema"]

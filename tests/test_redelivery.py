@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 
 from controlplane.domain.lifecycle import CLAIM, RUN, State
-from controlplane.domain.records import AllocationRecord
+from controlplane.domain.records import AllocationRecord, Exit
 from controlplane.ports.store import Change, GraphStore
 from controlplane.services import ControlPlane
+from controlplane.services.reports import AgentReports
 from controlplane.wiring import assemble
 from tests.broker import HeldBroker, Message
 from tests.clock import Clock
-from workers.agent import AgentReports, Exit
 from workers.dispatch import RESTART, START_NATIVE, TERMINATED
 from workers.dispatch import RUN as RUN_TASK
 

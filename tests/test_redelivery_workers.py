@@ -22,9 +22,9 @@ from controlplane.domain.lifecycle import State
 from controlplane.domain.records import AllocationRecord
 from graph_schema.falkordb_server import FalkorDBServer
 from tests.conftest import ENGINES
-from tests.stack import Stack, engine_graph, processes_of, wait_for
+from tests.stack import Stack, engine_graph, processes_of, said_ready, wait_for
 from tests.store_passwords import server_config
-from workers.app import CONTROL_QUEUE, node_queue
+from workers.app import CONTROL_QUEUE
 from workers.dispatch import RESTART, RUN, START_NATIVE, STOP, TERMINATED
 
 pytestmark = pytest.mark.slow
@@ -102,9 +102,9 @@ def test_a_run_delivered_again_starts_no_second_process(stack: Stack) -> None:
     [a] = stack.control.allocations.spawn("alpha", [spec("once", ["sleep", "600"])])
     first = running(stack, a.id)
     # When its `run` arrives twice at once, and once more after that
-    send(stack, RUN, [[[a.id, 1]]], node_queue("alpha"))
+    stack.push_work("alpha", RUN, [(a.id, 1)], copies=2)
     stack.settled()
-    send(stack, RUN, [[[a.id, 1]]], node_queue("alpha"), copies=1)
+    stack.push_work("alpha", RUN, [(a.id, 1)], copies=1)
     stack.settled()
     # Then one process, the same one, and each step of its life once
     assert processes_of(a.id) == {1: [first.pid]}
@@ -119,14 +119,15 @@ def test_a_run_delivered_again_starts_no_second_process(stack: Stack) -> None:
 def test_a_stop_delivered_again_ends_the_process_once(stack: Stack) -> None:
     # Given a process that ignores SIGTERM, with a grace period of 1 s
     before = room_taken(stack)
-    [a] = stack.control.allocations.spawn("alpha", [spec("stubborn", ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"])])
+    [a] = stack.control.allocations.spawn("alpha", [spec("stubborn", ["sh", "-c", "trap '' TERM; echo ready; while true; do sleep 0.1; done"])])
     running(stack, a.id)
     wait_for(lambda: processes_of(a.id), what="the shell to run")
+    wait_for(lambda: said_ready(stack.control, a.id), what="the shell to install its trap")  # it says so after it
     # When it is stopped, its `stop` arrives twice more while it is stopping, and once after it ended
     stack.control.allocations.stop(a.id)
-    send(stack, STOP, [a.id, 1], node_queue("alpha"))
+    stack.push_work("alpha", STOP, [(a.id, 1)], copies=2)
     done = ended(stack, a.id)
-    send(stack, STOP, [a.id, 1], node_queue("alpha"), copies=1)
+    stack.push_work("alpha", STOP, [(a.id, 1)], copies=1)
     stack.settled()
     # Then it was killed once, after its grace period, and stopped once; its room is given back once
     assert (done.state, done.exit_code) == (State.STOPPED, -signal.SIGKILL)
@@ -197,7 +198,7 @@ def test_a_restart_delivered_again_starts_no_new_incarnation(stack: Stack, strat
     assert len(stack.control.queries.allocation(parent.id).extra["restart_log"]) == 1
     assert room_taken(stack) == before + 40
     # And a stop of an incarnation that was replaced leaves the new one running
-    send(stack, STOP, [kids[0].id, 1], node_queue("alpha"))
+    stack.push_work("alpha", STOP, [(kids[0].id, 1)], copies=2)
     stack.settled()
     assert processes_of(kids[0].id) == {2: [now[kids[0].id].pid]}
     stack.control.allocations.stop(parent.id)

@@ -14,17 +14,17 @@ from typing import Any
 import pytest
 
 from controlplane.domain.lifecycle import CLAIM, RUN, State
-from controlplane.domain.records import AllocationRecord, Event
+from controlplane.domain.records import AllocationRecord, Event, Exit
 from controlplane.domain.traversal import build_traversal
 from controlplane.ports.store import Change, GraphStore
 from controlplane.services import ControlPlane
+from controlplane.services.reports import AgentReports
 from controlplane.services.retention import MIN_AGE_S, RetentionPolicy
 from controlplane.wiring import assemble
 from graph_schema.falkordb_server import FalkorDBServer
 from tests.clock import Clock
 from tests.stack import Stack, wait_for
 from tests.store_passwords import server_config
-from workers.agent import AgentReports, Exit
 
 DAY = 86_400.0
 

@@ -20,14 +20,10 @@ import pytest
 
 from controlplane.domain.errors import ControlPlaneError, InvalidInput
 from controlplane.domain.lifecycle import State
-from controlplane.eventbus import RedisNotifier
 from controlplane.redis_urls import SentinelURL, celery_broker, parse_sentinel, sync_client
-from controlplane.wiring import assemble
 from graph_schema.falkordb_server import FalkorDBServer
 from tests.sentinel_harness import ReplicatedRedis
 from tests.stack import Stack, wait_for
-from workers.app import configure
-from workers.dispatch import CeleryDispatcher
 
 pytestmark = pytest.mark.slow
 SPAWNS = 24
@@ -44,8 +40,7 @@ def broker(tmp_path: Path) -> Iterator[ReplicatedRedis]:
 def stack(falkordb_server: FalkorDBServer, broker: ReplicatedRedis, tmp_path: Path) -> Iterator[Stack]:
     s = Stack(falkordb_server, tmp_path / "stack", graph="sentinel")
     s.store.clear()
-    s.env["REDIS_URL"] = broker.url
-    s.control = assemble(s.store, CeleryDispatcher(configure(broker.url)), notify=RedisNotifier(broker.url).notify)
+    s.use_broker(broker.url, notify=True)
     try:
         s.start("supervisor", "supervisor")
         s.start("scheduler", "scheduler")

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from controlplane.domain.errors import Conflict, InvalidInput, NoCapacity, NotFound, Unsatisfiable
-from controlplane.domain.lifecycle import CLAIM, EXIT_FAILED, EXIT_OK, RUN, Move, State
+from controlplane.domain.lifecycle import AGENT_STOPPED, CLAIM, EXIT_FAILED, EXIT_OK, RUN, Move, State
 from controlplane.domain.records import TransitionResult
+from controlplane.domain.specs import NodeSpec, parse
 from controlplane.domain.traversal import build_traversal
 from controlplane.ports.store import Change, GraphStore
 from controlplane.services import ControlPlane
@@ -290,6 +291,55 @@ def test_a_transition_for_an_old_incarnation_changes_nothing(cp: ControlPlane, s
     [a] = cp.allocations.spawn("n1", [job()])
     r = move(store, a.id, CLAIM, 1.0, incarnation=7)
     assert r is not None and not r.applied and r.allocation.state is State.PLACED
+
+
+def test_a_transition_guarded_by_another_node_changes_nothing(cp: ControlPlane, store: GraphStore) -> None:
+    # Given an allocation placed on n1, and a second node n2
+    cp.nodes.register(node("n1"))
+    cp.nodes.register(node("n2"))
+    [a] = cp.allocations.spawn("n1", [job()])
+    # When n2's agent claims it (node restriction: the move names the reporting node), then n1's does
+    refused = move(store, a.id, CLAIM, 1.0, incarnation=1, on_node="n2")
+    claimed = move(store, a.id, CLAIM, 2.0, incarnation=1, on_node="n1")
+    # Then only n1's claim moved it, and no event records n2's
+    assert refused is not None and not refused.applied and refused.allocation.state is State.PLACED
+    assert claimed is not None and claimed.applied and claimed.allocation.state is State.STARTING
+    assert sorted((e.from_state, e.to_state) for e in cp.queries.events(a.id) if e.kind == "transition") == [
+        ("pending", "placed"), ("placed", "starting")]
+
+
+def test_a_node_report_about_a_native_allocation_changes_nothing(cp: ControlPlane, store: GraphStore) -> None:
+    # Given a native executor running on n1 (it runs in a supervisor, never in n1's agent)
+    cp.nodes.register(node("n1"))
+    [rs] = cp.allocations.spawn("n1", [{"name": "web", "executor": "native", "native": "replicas",
+                                        "config": {"count": 1, "template": job("web", cpu=10)}}])
+    assert cp.queries.allocation(rs.id).state is State.RUNNING
+    # When n1's agent reports it gone with the agent (node restriction: only process allocations are an agent's)
+    refused = move(store, rs.id, AGENT_STOPPED, 5.0, incarnation=1, on_node="n1")
+    # Then nothing moved
+    assert refused is not None and not refused.applied and refused.allocation.state is State.RUNNING
+    assert cp.queries.allocation(rs.id).state is State.RUNNING
+
+
+def test_a_node_bound_to_one_identity_refuses_another(cp: ControlPlane, store: GraphStore) -> None:
+    # Given a node registered by a credential with identity id-a
+    spec = parse(NodeSpec, node("edge", cpu=2000), field="node")
+    first = store.register_node(spec=spec, now=1.0, identity="id-a")
+    assert first is not None and first.extra.get("identity") == "id-a"
+    # When another identity registers the same name (with other resources)
+    other = parse(NodeSpec, node("edge", cpu=64000), field="node")
+    # Then it is refused and nothing changed; the first identity and an operator may register it again
+    assert store.register_node(spec=other, now=2.0, identity="id-b") is None
+    kept = store.get_node(node_id="edge")
+    assert kept is not None and (kept.cpu, kept.extra.get("identity"), kept.heartbeat_at) == (2000, "id-a", 1.0)
+    again = store.register_node(spec=spec, now=3.0, identity="id-a")
+    assert again is not None and again.heartbeat_at == 3.0
+    by_operator = store.register_node(spec=other, now=4.0)
+    assert by_operator is not None and (by_operator.cpu, by_operator.extra.get("identity")) == (64000, "id-a")
+    # And an unbound node is bound by the first identity that registers it
+    cp.nodes.register(node("lonely"))
+    bound = store.register_node(spec=parse(NodeSpec, node("lonely"), field="node"), now=5.0, identity="id-c")
+    assert bound is not None and bound.extra.get("identity") == "id-c"
 
 
 # --- concurrency ------------------------------------------------------------------------

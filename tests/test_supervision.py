@@ -14,12 +14,12 @@ import pytest
 
 from controlplane.domain.errors import Conflict, InvalidInput, NotFound
 from controlplane.domain.lifecycle import CLAIM, RUN, State
-from controlplane.domain.records import AllocationRecord
+from controlplane.domain.records import AllocationRecord, Exit
 from controlplane.ports.store import Change, GraphStore
 from controlplane.services import ControlPlane
+from controlplane.services.reports import AgentReports
 from controlplane.wiring import assemble
 from tests.clock import Clock
-from workers.agent import AgentReports, Exit
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""A real Celery node agent on the embedded Redis runs real subprocesses.
+"""A real node agent (talking to a real API over the embedded FalkorDB) runs real subprocesses.
 
 Given a node agent started as `controlplane worker` (a separate process), when
 allocations are spawned through the control plane, then the graph shows them
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -22,42 +21,28 @@ import pytest
 from controlplane.domain.lifecycle import TERMINAL, State
 from controlplane.domain.records import AllocationRecord
 from controlplane.services import ControlPlane
-from controlplane.wiring import assemble
-from graph_schema.cypher.falkordb_store import FalkorDBStore
 from graph_schema.falkordb_server import FalkorDBServer
-from tests.stack import clean_node, wait_for
-from workers.app import configure
-from workers.dispatch import CeleryDispatcher
+from tests.stack import Stack, said_ready, wait_for
 
 GRAPH = "workers"
 
 
-def start_worker(server: FalkorDBServer, data_dir: Path, node: str) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "GRAPH_BACKEND": "falkordb",
-        "GRAPH_URI": server.url,
-        "GRAPH_NAME": GRAPH,
-        "REDIS_URL": server.redis_url(1),
-        "DATA_DIR": str(data_dir),
-        "HEARTBEAT_S": "0.5",
-    }
-    return subprocess.Popen([sys.executable, "-m", "controlplane", "worker", "--node", node, "--concurrency", "8"], env=env)
+@pytest.fixture(scope="module")
+def real(falkordb_server: FalkorDBServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The API and a node agent `w1` that joined with a join credential and talks to the API only."""
+    falkordb_server.client(db=1).flushdb()
+    s = Stack(falkordb_server, tmp_path_factory.mktemp("agent"), graph=GRAPH, redis_db=1)
+    s.store.clear()
+    try:
+        s.agent("w1")
+        yield s
+    finally:
+        s.close()
 
 
 @pytest.fixture(scope="module")
-def stack(falkordb_server: FalkorDBServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlPlane, subprocess.Popen[bytes]]]:
-    store = FalkorDBStore(falkordb_server.url, graph=GRAPH)
-    store.bootstrap()
-    store.clear()
-    falkordb_server.client(db=1).flushdb()
-    proc = start_worker(falkordb_server, tmp_path_factory.mktemp("agent"), "w1")
-    control = assemble(store, CeleryDispatcher(configure(falkordb_server.redis_url(1))))
-    wait_for(lambda: store.get_node(node_id="w1"), what="the node agent to register")
-    yield control, proc
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=20)
-    store.close()
+def stack(real: Stack) -> tuple[ControlPlane, subprocess.Popen[bytes]]:
+    return real.control, real.procs["w1"]
 
 
 def settle(control: ControlPlane, allocation_id: str, timeout: float = 20.0) -> AllocationRecord:
@@ -115,7 +100,7 @@ def test_stop_sends_sigterm_then_sigkill_after_the_grace_period(stack: tuple[Con
     )
     for a in (polite, stubborn):
         wait_for(partial(lambda i: control.queries.allocation(i).state is State.RUNNING, a.id), what=f"{a.name} running")
-    time.sleep(0.3)  # let the shell install its trap
+    wait_for(lambda: said_ready(control, stubborn.id), what="the shell to install its trap")  # it says so after it
     started = time.monotonic()
     control.allocations.stop(polite.id)
     control.allocations.stop(stubborn.id)
@@ -140,26 +125,19 @@ def test_children_spawned_by_a_running_allocation_run_too(stack: tuple[ControlPl
     assert settle(control, parent.id).state is State.STOPPED
 
 
-def test_killing_the_agent_kills_its_processes(falkordb_server: FalkorDBServer, tmp_path: Path) -> None:
-    store = FalkorDBStore(falkordb_server.url, graph=GRAPH)
-    control = assemble(store, CeleryDispatcher(configure(falkordb_server.redis_url(1))))
-    proc = start_worker(falkordb_server, tmp_path, "doomed")
-    try:
-        wait_for(lambda: store.get_node(node_id="doomed"), what="doomed to register")
-        [a] = control.allocations.spawn("doomed", [spec(["sleep", "120"], node="doomed")])
-        started = wait_for(lambda: (r := control.queries.allocation(a.id)).state is State.RUNNING and r, what="running")
-        pid = started.pid
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        def gone() -> bool:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            return Path(f"/proc/{pid}/status").exists() and "zombie" in Path(f"/proc/{pid}/status").read_text()
-        wait_for(gone, timeout=10, what="the allocation's process to die with its agent")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        clean_node("doomed", tmp_path)
-        store.close()
+def test_killing_the_agent_kills_its_processes(real: Stack) -> None:
+    control = real.control
+    proc = real.agent("doomed")
+    [a] = control.allocations.spawn("doomed", [spec(["sleep", "120"], node="doomed")])
+    started = wait_for(lambda: (r := control.queries.allocation(a.id)).state is State.RUNNING and r, what="running")
+    pid = started.pid
+    real.kill9("doomed")
+    assert proc.poll() is not None
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{pid}/status").exists() and "zombie" in Path(f"/proc/{pid}/status").read_text()
+    wait_for(gone, timeout=10, what="the allocation's process to die with its agent")

@@ -1,9 +1,10 @@
-"""The Celery application: one app, configured at run time from Settings (never at import time).
+"""The Celery application of the control plane's own workers: one app, configured at run time from Settings.
 
-Queues: `node.<name>` per node agent (run and stop allocations on that machine),
-`control` for supervisors (later). Tasks carry ids only; acks_late with
-reject-on-worker-lost, so a task whose worker died is delivered again, and
-every task is idempotent.
+One queue, `control`, for supervisors (terminations, restarts, native executors); node
+agents are not Celery workers and hold no broker credential (they take their work from
+the agent API). Tasks carry ids only; acks_late with reject-on-worker-lost, so a task
+whose worker died is delivered again, and every task is idempotent. Remote control
+(broadcast shutdown, add_consumer, ...) is off: nothing on the broker may steer a worker.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ app.conf.update(
     # past `placed` and does nothing.
     broker_transport_options={"visibility_timeout": 120},
     task_default_queue="control",
+    worker_enable_remote_control=False,
 )
 
 CONTROL_QUEUE = "control"
@@ -52,7 +54,3 @@ def configure(broker_url: str) -> Celery:
         app.conf.update(broker_url=broker_url)
     return app
 
-
-def node_queue(node_id: str) -> str:
-    """The queue of one node agent."""
-    return f"node.{node_id}"

@@ -1,15 +1,24 @@
-"""The dispatcher the control plane uses to hand work on over Celery: to node agents and to supervisors."""
+"""The dispatcher the control plane uses to hand work on: to node agents through their work lists, to supervisors
+over Celery.
+
+Node agents never touch the broker: what a node is to run or stop goes to that node's
+work list (controlplane/redis_agents.py), which its agent takes through the agent API
+with its node credential. Supervisors are the control plane's own workers, on the
+`control` queue.
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 from celery import Celery
 
-from workers.app import CONTROL_QUEUE, node_queue
+from controlplane.ports.agents import RUN, STOP, WorkItem, WorkSender
+from workers.app import CONTROL_QUEUE
 
-RUN = "controlplane.run_allocations"
-STOP = "controlplane.stop_allocation"
+__all__ = ["RESTART", "RUN", "START_NATIVE", "STOP", "TERMINATED", "CeleryDispatcher"]
+
 TERMINATED = "controlplane.terminated"
 RESTART = "controlplane.restart"
 START_NATIVE = "controlplane.start_native"
@@ -18,17 +27,17 @@ CHUNK = 64
 
 
 class CeleryDispatcher:
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, work: WorkSender) -> None:
         self.app = app
+        #: the nodes' work lists: run and stop, for the node's agent only
+        self.work = work
 
     def run(self, *, node_id: str, items: Sequence[tuple[str, int]]) -> None:
-        with self.app.producer_or_acquire() as producer:
-            for i in range(0, len(items), CHUNK):
-                chunk = [[a, n] for a, n in items[i : i + CHUNK]]
-                self.app.send_task(RUN, args=[chunk], queue=node_queue(node_id), producer=producer)
+        self.work.push(node_id=node_id, items=[
+            WorkItem(uuid.uuid4().hex, RUN, tuple(items[i : i + CHUNK])) for i in range(0, len(items), CHUNK)])
 
     def stop(self, *, node_id: str, allocation_id: str, incarnation: int) -> None:
-        self.app.send_task(STOP, args=[allocation_id, incarnation], queue=node_queue(node_id))
+        self.work.push(node_id=node_id, items=[WorkItem(uuid.uuid4().hex, STOP, ((allocation_id, incarnation),))])
 
     def terminated(self, *, keys: Sequence[tuple[str, int]]) -> None:
         if keys:

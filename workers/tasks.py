@@ -1,23 +1,14 @@
-"""Celery tasks: thin; they carry ids only and call the node agent or the supervisor of this worker process."""
+"""Celery tasks of the control plane's own workers (supervisors): thin; they carry ids only.
+
+Node agents run no Celery task: their work comes from the agent API (workers/agent.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from workers.app import app
-from workers.dispatch import RESTART, RUN, START_NATIVE, STOP, TERMINATED
-from workers.runtime import current_agent, current_control
-
-
-@app.task(name=RUN)
-def run_allocations(items: list[list[Any]]) -> None:
-    """items: [[allocation id, incarnation], ...] placed on this worker's node."""
-    current_agent().run([(str(i), int(n)) for i, n in items])
-
-
-@app.task(name=STOP)
-def stop_allocation(allocation_id: str, incarnation: int) -> None:
-    current_agent().stop(allocation_id, incarnation)
+from workers.dispatch import RESTART, START_NATIVE, TERMINATED
+from workers.runtime import current_control
 
 
 @app.task(name=TERMINATED)

@@ -1,5 +1,5 @@
 """The FastAPI application: GraphQL at /graphql (GraphiQL on GET; graphql_http.py for media types), POST /query,
-the graph browser, /healthz and /metrics.
+the graph browser, the node agents' API (/agent/v1), /healthz and /metrics.
 
 `create_app` takes a ready ControlPlane; building the store and the dispatcher
 from settings is the caller's business (the CLI, or a test).
@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
+from controlplane.api.agents import AgentApi, agent_router
 from controlplane.api.auth import Browsers, Guard, TrustMiddleware
 from controlplane.api.browser import browser_router
 from controlplane.api.context import ApiContext
@@ -40,6 +41,7 @@ def create_app(
     max_descendants: int = DEFAULT_MAX_DESCENDANTS,
     events_redis_url: str | None = None,
     runs_dir: Path | None = None,
+    agents: AgentApi | None = None,
 ) -> FastAPI:
     """The API over `control`.
 
@@ -55,6 +57,7 @@ def create_app(
         None: they poll the graph.
     runs_dir: where node agents on this machine write allocations' output (<data_dir>/runs), for
         `Allocation.output`; None: only what the graph kept.
+    agents: the agent API (/agent/v1) node agents talk to; None: no node agent can reach this API.
     """
     checks = {"graph": control.store.ping} if health_checks is None else dict(health_checks)
     health = Health(checks, {"nodes": nodes_probe(lambda: _statuses(control)), **(health_probes or {})})
@@ -78,6 +81,8 @@ def create_app(
     app.include_router(graphql, prefix="/graphql")
     app.include_router(raw_query_router(control))
     app.include_router(browser_router(control))
+    if agents is not None:
+        app.include_router(agent_router(agents))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

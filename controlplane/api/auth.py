@@ -47,6 +47,9 @@ audit = logging.getLogger("controlplane.audit")
 COOKIE = "controlplane_token"
 LINEAGE_CACHE = 100_000
 OPEN_PATHS = frozenset({"/healthz"})
+#: node agents: a bearer credential in the header only (never the cookie a browser sends by itself), so the Host
+#: check against DNS rebinding is not needed there, and agents on other machines may use any name of the API
+AGENT_PATHS = "/agent/v1/"
 #: pages a browser opens with `?token=` (the addresses `controlplane up` prints): the token becomes a cookie
 LOGIN_PAGES = frozenset({"/graphql", "/browser"})
 #: what each plain HTTP path needs beyond a credential (GraphQL decides per field)
@@ -241,7 +244,8 @@ class TrustMiddleware:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        refusal = self._browser_refusal(headers)
+        agent = scope.get("path", "").startswith(AGENT_PATHS)
+        refusal = self._browser_refusal(headers, agent=agent)
         if refusal is not None:
             audit.warning("refused %s %s from %s: %s", scope["type"], scope.get("path"), _client(scope), refusal)
             await _deny(scope, receive, send, 403, "FORBIDDEN", refusal, field="origin" if "Origin" in refusal else "host")
@@ -254,7 +258,7 @@ class TrustMiddleware:
         if scope["type"] == "http" and path in LOGIN_PAGES and scope.get("method") == "GET" and "token" in query:
             await self._log_in(scope, receive, send, query)
             return
-        token = _credential(headers)
+        token = _credential(headers, cookie=not agent)
         if scope["type"] == "websocket" and token is None:
             await self.app(scope, receive, send)  # the credential may come with connection_init
             return
@@ -272,10 +276,12 @@ class TrustMiddleware:
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
-    def _browser_refusal(self, headers: Headers) -> str | None:
+    def _browser_refusal(self, headers: Headers, *, agent: bool = False) -> str | None:
         if not self.guard.enabled:
             return None
         host = headers.get("host", "")
+        if agent:
+            return "node agents send no Origin: the agent API is not for browsers" if "origin" in headers else None
         if host.lower() not in self.guard.browsers.hosts:
             return f"Host {host!r} is not a name of this API (API_ALLOWED_HOSTS)"
         origin = headers.get("origin")
@@ -312,15 +318,15 @@ class TrustMiddleware:
         await response(scope, receive, send)
 
 
-def _credential(headers: Headers) -> str | None:
+def _credential(headers: Headers, *, cookie: bool = True) -> str | None:
     auth = headers.get("authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
         return value.strip() if scheme.lower() == "bearer" else auth.strip()
-    cookie = headers.get("cookie")
-    if cookie:
+    sent = headers.get("cookie") if cookie else None
+    if sent:
         jar: SimpleCookie = SimpleCookie()
-        jar.load(cookie)
+        jar.load(sent)
         if COOKIE in jar:
             return jar[COOKIE].value
     return None

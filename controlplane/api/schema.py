@@ -33,7 +33,7 @@ from controlplane.api.limits import PAGED, QueryCost
 from controlplane.api.live import follow_events
 from controlplane.api.metrics import ApiMetrics, OperationMetrics
 from controlplane.api.raw import DEFAULT_LIMIT, DEFAULT_TIMEOUT_S, RawResult
-from controlplane.api.tokens import TokenMutations, TokenQueries
+from controlplane.api.tokens import NodeCredentialMutations, TokenMutations, TokenQueries
 from controlplane.api.types import (
     DEFAULT_PAGE,
     Allocation,
@@ -173,7 +173,7 @@ class Query(TokenQueries):
 
 
 @strawberry.type
-class Mutation(TokenMutations):
+class Mutation(TokenMutations, NodeCredentialMutations):
     @strawberry.mutation(description="Register a machine, or update it when it registers again.",
                          permission_classes=requires(REGISTER, lambda _ctx, kw: [str(kw["input"].name)]))
     async def register_node(self, info: Info, input: NodeInput) -> Node:

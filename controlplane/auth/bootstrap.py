@@ -1,5 +1,6 @@
-"""The credentials of one deployment, from Settings: its keys, its revocation list, the first admin token, and
-the token each started allocation gets.
+"""The credentials of one deployment, from Settings: its keys, its revocation list, the first admin token, the
+join and node credentials of node agents, and the token each started allocation gets (issued by the API when its
+node's agent claims it: agents hold no signing key).
 
 `controlplane up` (and `controlplane api`) generate the signing key on first start and
 write an admin token to `<DATA_DIR>/admin.token` (0600), printed once with a GraphiQL
@@ -15,8 +16,16 @@ from pathlib import Path
 from controlplane.auth.keys import KeyRing, write_private
 from controlplane.auth.revocation import FileRevocations
 from controlplane.auth.tokens import Tokens
-from controlplane.domain.capabilities import ALLOCATION_VERBS, Capability, Kind, Role, default_capability
-from controlplane.domain.errors import InvalidInput, Unauthenticated
+from controlplane.domain.capabilities import (
+    ALLOCATION_VERBS,
+    EVERYTHING,
+    Capability,
+    Kind,
+    Principal,
+    Role,
+    default_capability,
+)
+from controlplane.domain.errors import Unauthenticated
 from controlplane.settings import Settings
 
 ADMIN_TOKEN_FILE = "admin.token"
@@ -75,34 +84,18 @@ def allocation_token(tokens: Tokens, allocation_id: str, incarnation: int, *, tt
     return tokens.issue(Kind.ALLOCATION, allocation_id, capability, incarnation=incarnation).token
 
 
-class AllocationCredentials:
-    """What a node agent adds to each started allocation's environment: the API address and its own token.
-
-    Signing needs the deployment's key, so this exists only where the agent can read it
-    (`controlplane up`: one data directory). Issue 10 replaces it with tokens the API
-    issues to a node's own credential.
-    """
-
-    def __init__(self, tokens: Tokens, api_url: str, *, ttl_s: float) -> None:
-        self.tokens = tokens
-        self.api_url = api_url
-        self.ttl_s = ttl_s
-
-    def __call__(self, allocation_id: str, incarnation: int) -> dict[str, str]:
-        return {
-            "CONTROLPLANE_API_URL": self.api_url,
-            "CONTROLPLANE_TOKEN": allocation_token(self.tokens, allocation_id, incarnation, ttl_s=self.ttl_s),
-        }
+def join_token(tokens: Tokens, *, name: str | None, ttl_s: float, uses: int = 1) -> tuple[str, Principal]:
+    """A join credential: exchanged at the agent API for a node credential by at most `uses` agents within `ttl_s`,
+    for the node `name` only (None: for a node of any name not yet taken)."""
+    subject = name or EVERYTHING
+    capability = default_capability(Kind.JOIN, subject, role=None, expires_at=time.time() + ttl_s)
+    issued = tokens.issue(Kind.JOIN, subject, capability, uses=uses)
+    return issued.token, issued.principal
 
 
-def allocation_credentials(settings: Settings, api_url: str | None) -> AllocationCredentials | None:
-    """The agent's AllocationCredentials, or None when it holds no signing key or knows no API (allocations get no token)."""
-    if settings.auth_disabled or not api_url:
-        return None
-    try:
-        tokens = open_tokens(settings)
-    except InvalidInput:
-        return None
-    if not tokens.can_sign:
-        return None
-    return AllocationCredentials(tokens, api_url, ttl_s=settings.allocation_token_ttl_s)
+def node_token(tokens: Tokens, node: str, *, ttl_s: float) -> tuple[str, Principal]:
+    """A node's own credential: its identity is the token's id, which the node's vertex is bound to when it first
+    registers; it grants nothing at the GraphQL API, only the agent API's routes for that node."""
+    capability = default_capability(Kind.NODE, node, role=None, expires_at=time.time() + ttl_s)
+    issued = tokens.issue(Kind.NODE, node, capability)
+    return issued.token, issued.principal

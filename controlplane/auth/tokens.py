@@ -8,9 +8,10 @@ RSA/HMAC confusion). Delegation is done by the API, not offline: a holder asks f
 narrower token, the API checks it is narrower against the graph and signs it, and the
 derived token names the tokens it came from, so revoking one revokes its descendants.
 
-Claims: `sub` (operator name, node id or allocation id), `knd`, `rol`, `inc`
-(allocation incarnation), `vrb` (verbs), `scp` (subtree roots, or `*`), `chn` (ids
-of the tokens it was derived from), `jti`, `iat`, `exp`, `aud`, `iss`; header `kid`.
+Claims: `sub` (operator name, node id, allocation id, or the node name a join
+credential is for), `knd`, `rol`, `inc` (allocation incarnation), `vrb` (verbs), `scp`
+(subtree roots, or `*`), `chn` (ids of the tokens it was derived from), `use` (how many
+nodes a join credential admits), `jti`, `iat`, `exp`, `aud`, `iss`; header `kid`.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Tokens:
         role: Role | None = None,
         incarnation: int | None = None,
         chain: tuple[str, ...] = (),
+        uses: int | None = None,
     ) -> Issued:
         signing: Ed25519PrivateKey | None = self.keys.signing
         if signing is None:
@@ -86,9 +88,11 @@ class Tokens:
             claims["inc"] = incarnation
         if chain:
             claims["chn"] = list(chain)
+        if uses is not None:
+            claims["use"] = uses
         token = jwt.encode(claims, signing, algorithm=ALGORITHM, headers={"kid": self.keys.signing_kid})
         principal = Principal(kind=kind, subject=subject, capability=capability, role=role,
-                              incarnation=incarnation, token_id=token_id, chain=chain)
+                              incarnation=incarnation, token_id=token_id, chain=chain, uses=uses)
         return Issued(token=token, principal=principal)
 
     # --- verifying -----------------------------------------------------------------------
@@ -130,12 +134,13 @@ class Tokens:
                                     float(claims["exp"]))
             role = Role(claims["rol"]) if "rol" in claims else None
             incarnation = int(claims["inc"]) if "inc" in claims else None
+            uses = int(claims["use"]) if "use" in claims else None
         except (KeyError, ValueError, TypeError):
             raise Unauthenticated("the token's claims are not ours", field="token") from None
         if kind is Kind.ALLOCATION and incarnation is None:
             raise Unauthenticated("an allocation's token names its incarnation", field="token")
         return Principal(kind=kind, subject=str(claims["sub"]), capability=capability, role=role, incarnation=incarnation,
-                         token_id=str(claims["jti"]), chain=tuple(str(c) for c in claims.get("chn", ())))
+                         token_id=str(claims["jti"]), chain=tuple(str(c) for c in claims.get("chn", ())), uses=uses)
 
     def revoke(self, principal: Principal) -> None:
         self.revocations.revoke(principal.token_id, until=principal.capability.expires_at)

@@ -41,6 +41,7 @@ class Kind(str, Enum):
     OPERATOR = "operator"  # a person or a script, with a role
     NODE = "node"  # a node agent, for one node
     ALLOCATION = "allocation"  # a running allocation, for one incarnation
+    JOIN = "join"  # a join credential: exchanged once (or a few times) for a node credential, nothing else
 
 
 class Role(str, Enum):
@@ -55,8 +56,12 @@ ROLE_VERBS: dict[Role, frozenset[Verb]] = {
     Role.OPERATOR: ACTING | {Verb.SUBMIT},
     Role.VIEWER: frozenset({Verb.READ}),
 }
-#: a node agent acts on its own node's hierarchy and (re-)registers that node (issue 10 narrows the reports)
-NODE_VERBS = ACTING | {Verb.SUBMIT, Verb.REGISTER}
+#: a node agent holds no verb of the GraphQL API: it speaks only the agent API (/agent/v1), where every request
+#: is about its own Node, its GPUs and the allocations placed on it (node restriction), never about a subtree,
+#: since what is created under a node may be placed on any other
+NODE_VERBS: frozenset[Verb] = frozenset()
+#: a join credential is good for one thing: being exchanged for a node credential at /agent/v1/join
+JOIN_VERBS: frozenset[Verb] = frozenset()
 #: a running allocation starts, watches and stops its own children
 ALLOCATION_VERBS = ACTING
 #: the verbs that are only ever granted over everything (they are not about a subtree)
@@ -109,7 +114,8 @@ class Capability:
 class Principal:
     """Who is asking, and what their credential grants.
 
-    `subject`: the operator's name, the node's id, or the allocation's id. An allocation's
+    `subject`: the operator's name, the node's id, the allocation's id, or the node name a join credential is for
+    (`*`: any). An allocation's
     principal holds for one incarnation only. `token_id` and `chain` name the credential
     and the ones it was derived from, so revoking any of them revokes it.
     """
@@ -121,6 +127,8 @@ class Principal:
     incarnation: int | None = None
     token_id: str = ""
     chain: tuple[str, ...] = field(default=())
+    #: a join credential: how many nodes may join with it
+    uses: int | None = None
 
     @property
     def derived(self) -> bool:
@@ -133,6 +141,8 @@ class Principal:
             base = f"allocation:{self.subject}#{self.incarnation}"
         elif self.kind is Kind.NODE:
             base = f"node:{self.subject}"
+        elif self.kind is Kind.JOIN:
+            base = f"join:{self.subject}/{self.token_id[:8]}"
         else:
             base = f"{(self.role or Role.VIEWER).value}:{self.subject}"
         return f"{base}/{self.token_id[:8]}" if self.derived else base
@@ -146,6 +156,8 @@ def default_capability(kind: Kind, subject: str, *, role: Role | None, expires_a
         return Capability(ROLE_VERBS[role], frozenset({EVERYTHING}), expires_at)
     if kind is Kind.NODE:
         return Capability(NODE_VERBS, frozenset({subject}), expires_at)
+    if kind is Kind.JOIN:
+        return Capability(JOIN_VERBS, frozenset({subject}), expires_at)
     return Capability(ALLOCATION_VERBS, frozenset({subject}), expires_at)
 
 

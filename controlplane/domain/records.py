@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,6 +209,19 @@ class Event:
                 p[k] = v
         p.update({k: v for k, v in self.data.items() if v is not None})
         return p
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """A process that ended, as its node agent reports it: its key (allocation id, incarnation), exit code and
+    output tail; why it failed when the code does not say it (e.g. "oom_killed: memory limit ..."), and what was
+    measured of it (usage_cpu_s, ...)."""
+
+    key: tuple[str, int]
+    exit_code: int
+    output_tail: str
+    failure: str | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

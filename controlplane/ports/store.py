@@ -84,6 +84,9 @@ class Change:
     by: str | None = None
     #: a move out of `stopping` only if no child is live (a parent is stopped only after its subtree)
     leaf_only: bool = False
+    #: node restriction (a node agent's report): a move only of a process allocation placed on this node (native
+    #: ones run in supervisors, never on an agent)
+    on_node: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +138,10 @@ class CreateRefused(Exception):
 
 
 class Topology(Protocol):
-    def register_node(self, *, spec: NodeSpec, now: float) -> NodeRecord: ...
+    def register_node(self, *, spec: NodeSpec, now: float, identity: str | None = None) -> NodeRecord | None:
+        """Create or update the node. `identity`: the node credential registering it; a node bound to another
+        identity is refused (None, nothing written), an unbound one is bound to it. None: an operator's
+        registration, which keeps the node's identity as it is."""
 
     def heartbeat(self, *, node_id: str, now: float) -> str | None:
         """Record a heartbeat; returns the node's status (None: no such node)."""

@@ -39,7 +39,10 @@ class NodeService:
 
     def register(self, spec: NodeSpec | Mapping[str, Any]) -> NodeRecord:
         node = parse(NodeSpec, spec, field="node")
-        return self.store.register_node(spec=node, now=self.clock())
+        record = self.store.register_node(spec=node, now=self.clock())
+        if record is None:  # an operator's registration names no identity, so it is never refused
+            raise Conflict(f"node {node.name} could not be registered", field="name")
+        return record
 
     @checked(node_id=Id("node"))
     def heartbeat(self, node_id: str) -> None:
@@ -100,6 +103,12 @@ class NodeService:
             raise Conflict(f"node {node_id} still has {busy} live allocation(s) placed on it or created by it; "
                            "drain it or stop them first", field="id")
         self.store.record_events(events=[self._event(node_id, "deregistered: left the graph", by)])
+
+    @checked(node_id=Id("id"), identity=Id("identity"))
+    def credential_revoked(self, node_id: str, *, identity: str, by: str = "user") -> None:
+        """Record on the node that the credential its agent registered it with was revoked (the API refuses it)."""
+        self.store.record_events(events=[self._event(
+            node_id, f"credential {identity[:8]} revoked: its agent is refused from its next request on", by)])
 
     def _schedule(self, node_id: str, *, cordoned: bool, drain: bool, reason: str, by: str) -> NodeRecord:
         node = self.store.set_node_scheduling(node_id=node_id, cordoned=cordoned, drain=drain)

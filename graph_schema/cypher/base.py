@@ -112,7 +112,7 @@ class CypherStore(ABC):
         return self._write(query, params)
 
     # --- nodes -------------------------------------------------------------------------
-    def register_node(self, *, spec: NodeSpec, now: float) -> NodeRecord:
+    def register_node(self, *, spec: NodeSpec, now: float, identity: str | None = None) -> NodeRecord | None:
         gpus = [{"id": f"{spec.name}/gpu{i}", "model": g.model, "memory": g.memory_mib, "uuid": g.uuid, "index": g.index}
                 for i, g in enumerate(spec.gpus)]
         rows = self._write(
@@ -127,10 +127,11 @@ class CypherStore(ABC):
                 "holding": _HOLDING,
                 "supervision": spec.supervision.model_dump_json() if spec.supervision else None,
                 "isolation": spec.isolation,
+                "identity": identity,
                 "now": now,
             },
         )
-        return NodeRecord.from_props(props_of(rows[0][0]))
+        return NodeRecord.from_props(props_of(rows[0][0])) if rows else None
 
     def heartbeat(self, *, node_id: str, now: float) -> str | None:
         rows = self._write(q.HEARTBEAT, {"id": node_id, "now": now})
@@ -257,6 +258,7 @@ class CypherStore(ABC):
                 "reason": c.reason,
                 "by": c.by,
                 "leaf_only": c.leaf_only,
+                "on_node": c.on_node,
             }
             for c in changes
         ]

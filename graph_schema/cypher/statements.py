@@ -40,6 +40,8 @@ REGISTER_NODE = f"""
 MERGE (n:{N}:{ACT} {{id: $id}})
 ON CREATE SET n.registered_at = $now, n.version = 0
 REMOVE n._lock
+WITH n WHERE $identity IS NULL OR n.identity IS NULL OR n.identity = $identity
+SET n.identity = coalesce(n.identity, $identity)
 SET n.name = $name, n.labels = $labels, n.cpu = $cpu, n.memory = $memory,
     n.status = CASE WHEN n.status = 'draining' THEN 'draining' ELSE 'ready' END, n.heartbeat_at = $now,
     n.version = n.version + 1,
@@ -193,6 +195,7 @@ WITH a, c, prev, c.moves[prev] AS move,
           THEN size([(a)-[:{PARENT_OF}]->(k:{A}) WHERE k.state IN $live | 1]) ELSE 0 END AS live_kids
 WITH a, c, prev, live_kids, CASE WHEN move = 'stopped' AND a.escalated IS NOT NULL THEN 'failed' ELSE move END AS to
 WHERE to IS NOT NULL AND (c.incarnation IS NULL OR a.incarnation = c.incarnation) AND live_kids = 0
+  AND (c.on_node IS NULL OR (a.node_id = c.on_node AND a.executor = 'process'))
 SET a.state = to, a.version = a.version + 1, a.updated_at = $now
 SET a += c.fields
 SET a.error = CASE WHEN to = 'failed' AND a.escalated IS NOT NULL THEN 'escalated: ' + a.escalated

@@ -62,7 +62,7 @@ _STRING = (
     "id", "name", "status", "state", "executor", "env", "parent_id", "node_id", "gpu_model", "model", "claimed_by",
     "error", "output_tail", "restart_type", "supervision", "child_policy", "job_id", "task_id", "root_of", "agent",
     "spread_key", "kind", "allocation_id", "from", "to", "reason", "by", "spec", "submitted_by", "root_id", "path",
-    "parent_path", *sorted(LIST_KEYS),
+    "parent_path", "identity", *sorted(LIST_KEYS),
 )
 _LONG = (
     "cpu", "memory", "cpu_free", "memory_free", "version", "incarnation", "gpus", "exit_code", "pid", "seq",

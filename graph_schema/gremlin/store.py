@@ -108,7 +108,7 @@ class GremlinStore(SupervisionMixin, PlacementMixin, RawQueryMixin, RetentionMix
         self._remote.run(lambda g: g.V().drop())
 
     # --- nodes -------------------------------------------------------------------------
-    def register_node(self, *, spec: NodeSpec, now: float) -> NodeRecord:
+    def register_node(self, *, spec: NodeSpec, now: float, identity: str | None = None) -> NodeRecord | None:
         node = {
             "id": spec.name, "name": spec.name, "labels": list(spec.label_list()),
             "cpu": spec.cpu_milli, "memory": spec.memory_mib, "isolation": spec.isolation,
@@ -118,8 +118,9 @@ class GremlinStore(SupervisionMixin, PlacementMixin, RawQueryMixin, RetentionMix
             node["supervision"] = supervision.model_dump_json()
         gpus = [{"id": f"{spec.name}/gpu{i}", "model": g.model, "memory": g.memory_mib, "uuid": g.uuid, "index": g.index}
                 for i, g in enumerate(spec.gpus)]
-        m = self._remote.one(lambda g: writes.register_node(g, node=node, gpus=gpus, holding=_HOLDING, now=now))
-        return NodeRecord.from_props(props_of(m))
+        m = self._remote.one(lambda g: writes.register_node(g, node=node, gpus=gpus, holding=_HOLDING, now=now,
+                                                            identity=identity))
+        return NodeRecord.from_props(props_of(m)) if m else None
 
     def heartbeat(self, *, node_id: str, now: float) -> str | None:
         status = self._remote.one(lambda g: writes.heartbeat(g, node_id=node_id, now=now))
@@ -197,6 +198,7 @@ class GremlinStore(SupervisionMixin, PlacementMixin, RawQueryMixin, RetentionMix
                 "id": c.allocation_id, "moves": {k.value: v.value for k, v in c.move.steps.items()},
                 "incarnation": c.incarnation, "fields": {k: v for k, v in c.fields.items() if v is not None},
                 "failure": c.failure, "reason": c.reason, "by": c.by, "leaf_only": c.leaf_only,
+                "on_node": c.on_node,
             }
             for c in changes
         ]

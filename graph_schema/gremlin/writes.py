@@ -47,13 +47,19 @@ EXECUTES = EdgeType.EXECUTES.value
 
 
 def register_node(
-    g: GraphTraversalSource, *, node: Mapping[str, Any], gpus: Sequence[Mapping[str, Any]], holding: Sequence[str], now: float
+    g: GraphTraversalSource, *, node: Mapping[str, Any], gpus: Sequence[Mapping[str, Any]], holding: Sequence[str], now: float,
+    identity: str | None = None,
 ) -> GraphTraversal:
-    """Upsert the node and its GPUs; free capacity = capacity - what its holding allocations reserve."""
+    """Upsert the node and its GPUs; free capacity = capacity - what its holding allocations reserve.
+
+    `identity`: a node bound to another identity is left as it is (no answer); an unbound one is bound to it."""
     nid = node["id"]
     t = g.V(nid).has_label(N).fold().coalesce(
         __.unfold(), new_vertex(N, nid, {"registered_at": now, "version": 0})
     )
+    if identity is not None:
+        t = t.not_(__.has("identity", P.neq(identity))).choose(__.has("identity"), __.identity(),
+                                                                __.property("identity", identity))
     t = set_props(t, {**node, "heartbeat_at": now, "child_policy": "cascade"})
     t = t.choose(__.has("status", "draining"), __.identity(), __.property("status", "ready"))  # a drain outlives a restart
     t = add(t, "version", 1)
@@ -217,6 +223,8 @@ def _transition(c: Mapping[str, Any], *, holding: set[str], live: list[str], now
     one = pick.option(Pick.none, refused)
     if c.get("incarnation") is not None:
         one = __.choose(__.has("incarnation", value(c["incarnation"])), one, refused)
+    if c.get("on_node") is not None:  # node restriction: only a process allocation placed on the reporting node
+        one = __.choose(__.has("node_id", c["on_node"]).has("executor", "process"), one, refused)
     return __.V(c["id"]).has_label(A).fold().coalesce(__.unfold().map(one), __.constant("missing"))
 
 

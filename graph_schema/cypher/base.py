@@ -372,13 +372,13 @@ class CypherStore(ABC):
 
     def set_fields(self, *, allocation_id: str, incarnation: int | None, fields: dict[str, Any]) -> AllocationRecord | None:
         kept, removed = _split_removals(fields)
-        rows = self._write(q.SET_FIELDS.replace("SET a += $fields", "SET a += $fields" + q.removals("a", removed)),
+        rows = self._write(q.set_fields(removed),
                            {"id": allocation_id, "incarnation": incarnation, "fields": kept})
         return AllocationRecord.from_props(props_of(rows[0][0])) if rows else None
 
     def set_actor_fields(self, *, actor_id: str, fields: dict[str, Any]) -> None:
         kept, removed = _split_removals(fields)
-        self._write(q.SET_ACTOR_FIELDS.replace("SET a += $fields", "SET a += $fields" + q.removals("a", removed)),
+        self._write(q.set_actor_fields(removed),
                     {"id": actor_id, "fields": kept})
 
     def watched_nodes(self) -> list[str]:

@@ -341,10 +341,12 @@ RETURN id, CASE WHEN coalesce(p.child_policy, 'cascade') = 'abandon' THEN 0
                 ELSE size([(p)-[:{PARENT_OF}]->(k:{A}) WHERE k.state IN $live | 1]) END
 """
 
-SET_FIELDS = f"""
+def set_fields(removed: Sequence[str]) -> str:
+    """Set `$fields` on an allocation (of `$incarnation`, when given) and remove the properties `removed`."""
+    return f"""
 MATCH (a:{A} {{id: $id}})
 WHERE $incarnation IS NULL OR a.incarnation = $incarnation
-SET a += $fields
+SET a += $fields{removals("a", removed)}
 RETURN properties(a) AS a
 """
 
@@ -452,9 +454,11 @@ WHERE a.restart_at IS NOT NULL AND a.restart_at < $before AND a.state IN $restar
 RETURN a.parent_id, a.id, a.incarnation ORDER BY a.restart_at LIMIT $limit
 """
 
-SET_ACTOR_FIELDS = f"""
+def set_actor_fields(removed: Sequence[str]) -> str:
+    """Set `$fields` on a Node or an Allocation and remove the properties `removed`."""
+    return f"""
 MATCH (a:{ACT} {{id: $id}})
-SET a += $fields
+SET a += $fields{removals("a", removed)}
 RETURN a.id
 """
 

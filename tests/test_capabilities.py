@@ -96,7 +96,10 @@ def test_roles_grant_what_the_design_says() -> None:
     assert Verb.RAW_QUERY not in ROLE_VERBS[Role.OPERATOR] and Verb.REGISTER not in ROLE_VERBS[Role.OPERATOR]
     assert {Verb.RAW_QUERY, Verb.REGISTER} <= ROLE_VERBS[Role.ADMIN]
     node = default_capability(Kind.NODE, "n1", role=None, expires_at=1.0)
-    assert node.roots == {"n1"} and Verb.REGISTER in node.verbs and Verb.RAW_QUERY not in node.verbs
+    # a node agent speaks only the agent API, about its own node: no verb of the GraphQL API at all
+    assert node.roots == {"n1"} and node.verbs == frozenset()
+    join = default_capability(Kind.JOIN, "n1", role=None, expires_at=1.0)
+    assert join.roots == {"n1"} and join.verbs == frozenset()
     alloc = default_capability(Kind.ALLOCATION, "a", role=None, expires_at=1.0)
     assert alloc.roots == {"a"} and {S, ST, Verb.WATCH} <= alloc.verbs
 

@@ -289,6 +289,10 @@ def run_stack(
             start_demo(settings, endpoints, control, node_name if worker else None, children, tokens)
         announce(endpoints, node_name if worker else None, login)
         signal.signal(signal.SIGTERM, _exit_on_sigterm)  # as Ctrl-C: through the `finally` below, nothing orphaned
+        # Ctrl-C is this thread's to hear (the API serves from another), even when `up` was started with SIGINT
+        # ignored or blocked, as a script's background job is
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         while serving.is_alive():
             serving.join(timeout=0.5)
     finally:

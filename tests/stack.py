@@ -15,7 +15,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -328,6 +329,19 @@ class Stack:
         proc = self.procs.pop(name)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+
+    @contextmanager
+    def serving(self, *agents: str) -> Iterator[Stack]:
+        """A supervisor, a scheduler and an agent per node name, all stopped at the end (also when one fails to
+        come up)."""
+        try:
+            self.start("supervisor", "supervisor")
+            self.start("scheduler", "scheduler")
+            for node in agents:
+                self.agent(node)
+            yield self
+        finally:
+            self.close()
 
     def close(self) -> None:
         # the agents first, while the API they report to still runs, then everything else

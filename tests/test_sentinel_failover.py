@@ -41,14 +41,8 @@ def stack(falkordb_server: FalkorDBServer, broker: ReplicatedRedis, tmp_path: Pa
     s = Stack(falkordb_server, tmp_path / "stack", graph="sentinel")
     s.store.clear()
     s.use_broker(broker.url, notify=True)
-    try:
-        s.start("supervisor", "supervisor")
-        s.start("scheduler", "scheduler")
-        s.agent("alpha")
-        s.agent("beta")
+    with s.serving("alpha", "beta"):
         yield s
-    finally:  # a stack that failed to come up stops what it started too
-        s.close()
 
 
 def spawn(stack: Stack, i: int, drop: Path) -> str:

@@ -30,13 +30,8 @@ def stack(falkordb_server: FalkorDBServer, tmp_path_factory: pytest.TempPathFact
     s = Stack(falkordb_server, tmp_path_factory.mktemp("stop-after-restart"), graph="stop_after_restart", redis_db=7,
               grace_s=3.0)
     s.store.clear()
-    try:
-        s.start("supervisor", "supervisor")
-        s.start("scheduler", "scheduler")
-        s.agent("n")
+    with s.serving("n"):
         yield s
-    finally:
-        s.close()
 
 
 def test_a_restarted_child_stopped_by_its_user_stays_stopped(stack: Stack) -> None:

@@ -24,23 +24,22 @@ def reads_everything(ctx: ApiContext) -> bool:
     return principal is not None and Verb.READ in principal.capability.verbs and principal.capability.everything
 
 
-async def may_read(ctx: ApiContext, actor_id: str) -> bool:
-    """Whether a relation may lead to `actor_id` (out of the subtree the credential covers: not)."""
+async def _covers(ctx: ApiContext, verb: Verb, actor_id: str) -> bool:
+    """Whether the caller's credential grants `verb` on `actor_id` (no caller, or no such actor: not)."""
     principal = ctx.principal
     if principal is None:
         return False
     try:
-        return await ctx.guard.covers(principal, Verb.READ, actor_id)
+        return await ctx.guard.covers(principal, verb, actor_id)
     except NotFound:
         return False
+
+
+async def may_read(ctx: ApiContext, actor_id: str) -> bool:
+    """Whether a relation may lead to `actor_id` (out of the subtree the credential covers: not)."""
+    return await _covers(ctx, Verb.READ, actor_id)
 
 
 async def sees_secrets(ctx: ApiContext, allocation_id: str) -> bool:
     """Env values are for those who could start a command there (spawn on it), not for readers."""
-    principal = ctx.principal
-    if principal is None:
-        return False
-    try:
-        return await ctx.guard.covers(principal, Verb.SPAWN, allocation_id)
-    except NotFound:
-        return False
+    return await _covers(ctx, Verb.SPAWN, allocation_id)

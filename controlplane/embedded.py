@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from graph_schema.falkordb_server import FalkorDBServer
 
 STACK_FILE = "stack.json"
+#: on the way out the API waits this long for requests in flight (an agent's long poll for work, a subscription),
+#: then cuts them: their callers retry against the next API
+GRACEFUL_SHUTDOWN_S = 5
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,8 @@ def run_api(settings: Settings) -> None:
                      max_depth=settings.max_query_depth, max_descendants=settings.max_descendants, events_redis_url=ends.broker_url,
                      runs_dir=settings.data_dir.absolute() / "runs",
                      agents=agent_api(control, settings, ends.broker_url, tokens) if tokens is not None else None)
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning")
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="warning",
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
 
 
 DEMO_NODES: tuple[tuple[str, int, int, list[str], list[str]], ...] = (
@@ -277,7 +281,8 @@ def run_stack(
                          agents=agent_api(control, settings, broker_url, tokens) if tokens is not None else None)
         # the API serves from a thread, so that on the way out the node agents still reach it to report what they
         # ran as lost (they talk to nothing else); this thread waits for Ctrl-C or SIGTERM
-        server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning"))
+        server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning",
+                                               timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
         serving = threading.Thread(target=server.run, name="api", daemon=True)
         serving.start()
         children.add("supervisor", partial(spawn_child, settings, endpoints, "supervisor"))

@@ -354,7 +354,10 @@ class Stack:
                 try:
                     proc.wait(timeout=20)
                 except subprocess.TimeoutExpired:
+                    name = next(n for n, p in self.procs.items() if p is proc)
+                    print(f"stack: {name} (pid {proc.pid}) did not stop within 20 s of SIGTERM; killed", file=sys.stderr)
                     proc.kill()
+                    proc.wait(timeout=10)
         for node in self.agents:  # those killed with -9 and never started again left their cgroups
             clean_node(node, self.data_dir)
         self.work.close()

@@ -198,6 +198,34 @@ def test_a_rogue_agent_cannot_take_node_b_work(stack: Stack, b_work: list[str]) 
     still_running(stack, b_work, before)
 
 
+def test_long_polls_whose_callers_hang_up_end_at_once(stack: Stack, b_work: list[str]) -> None:
+    """A caller that opens long polls for work and hangs up (a dead agent, a rogue opening many) holds no broker
+    connection afterwards: each poll ends when its caller goes, not when its wait runs out."""
+    import socket
+
+    broker = stack.server.client(db=6)  # the server's admin: CLIENT LIST is not the control plane's to run
+
+    def waiting() -> int:  # clients of the broker blocked in the work lists' doorbell (Celery's are BRPOPs)
+        return sum(1 for c in broker.client_list() if c["cmd"] == "blpop" and "b" in c["flags"])
+
+    state = stack.data_dir / "nodes" / A
+    request = (f"GET /agent/v1/nodes/{A}/work?wait=25 HTTP/1.1\r\nHost: {stack.api_url.split('//')[1]}\r\n"
+               f"Authorization: Bearer {stack.node_token(A)}\r\nX-Agent-Session: {(state / 'session').read_text().strip()}\r\n\r\n")
+    host, port = stack.api_url.split("//")[1].split(":")
+    polls = [socket.create_connection((host, int(port))) for _ in range(5)]
+    try:
+        for s in polls:
+            s.sendall(request.encode())
+        wait_for(lambda: waiting() >= 5, 10, "five long polls to wait on the broker")
+    finally:
+        for s in polls:
+            s.close()
+    hung_up = time.monotonic()
+    wait_for(lambda: waiting() <= 2, 5, "the polls of callers that hung up to end (node-a's and node-b's agents keep one each)")
+    assert time.monotonic() - hung_up < 5
+    broker.close()
+
+
 def test_agents_hold_no_broker_or_graph_credential_and_celery_remote_control_is_off(stack: Stack, b_work: list[str]) -> None:
     from workers.app import configure
 
@@ -325,3 +353,4 @@ def test_a_revoked_node_credential_cannot_come_back(stack: Stack, b_work: list[s
         body = refusal(first)  # node-a belongs to its (revoked) identity until an admin deregisters it
         assert body["field"] == "name" and "belongs to another identity" in body["message"]
     still_running(stack, b_work, before)
+

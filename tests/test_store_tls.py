@@ -82,6 +82,7 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
         except redis.ConnectionError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
+                proc.wait(timeout=10)
                 pytest.fail(f"Redis with TLS did not start: {(work / 'redis.log').read_text()[-2000:]}")
             time.sleep(0.1)
     probe.close()

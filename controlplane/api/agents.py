@@ -27,7 +27,7 @@ import asyncio
 import inspect
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -53,6 +53,25 @@ PREFIX = "/agent/v1"
 SESSION_HEADER = "x-agent-session"
 MAX_WAIT_S = 30.0
 MAX_BATCH = 1000
+
+
+async def until_disconnected(request: Request, waiting: Coroutine[Any, Any, R]) -> R | None:
+    """`waiting`'s answer, or None as soon as the caller has gone (a long poll of a dead agent must not hold a
+    broker connection for its whole wait, nor hold up the API's shutdown). What a cancelled take had already moved
+    to the node's taken list is handed out again when its visibility lapses, as for an agent that died holding it."""
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    answer, watcher = asyncio.ensure_future(waiting), asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({answer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (answer, watcher):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(answer, watcher, return_exceptions=True)
+    return answer.result() if answer.done() and not answer.cancelled() else None
 
 
 @dataclass
@@ -276,8 +295,9 @@ def agent_router(api: AgentApi) -> APIRouter:
     @route("/nodes/{node}/work", method="GET")
     async def work(request: Request, node: str, wait: float = 20.0, limit: int = 64) -> dict[str, Any]:
         await in_session(request, node, what="take the work of")
-        items = await api.work.take(node_id=node, limit=max(1, min(limit, MAX_BATCH)), wait_s=max(0.0, min(wait, MAX_WAIT_S)))
-        return {"items": [{"id": i.id, "kind": i.kind, "keys": [list(k) for k in i.keys]} for i in items]}
+        items = await until_disconnected(request, api.work.take(
+            node_id=node, limit=max(1, min(limit, MAX_BATCH)), wait_s=max(0.0, min(wait, MAX_WAIT_S))))
+        return {"items": [{"id": i.id, "kind": i.kind, "keys": [list(k) for k in i.keys]} for i in (items or [])]}
 
     @route("/nodes/{node}/work/ack")
     async def ack(request: Request, node: str, body: IdsBody) -> dict[str, Any]:

@@ -401,7 +401,9 @@ class Sandbox:
             try:
                 self._watchdog.wait(timeout=10)
             except subprocess.TimeoutExpired:
+                log.warning("the cgroup watchdog did not exit within 10 s of the agent's close; killed")
                 self._watchdog.kill()
+                self._watchdog.wait()
         if self.layout.usable:
             cgroups.release(self.layout)
         try:

@@ -6,23 +6,17 @@ Every command builds one Settings from its flags and the environment.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
-from rich.tree import Tree
 
 from controlplane.domain.errors import ControlPlaneError
-from controlplane.domain.records import AllocationRecord
 from controlplane.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from controlplane.embedded import Endpoints
-    from controlplane.services import ControlPlane
 
 app = typer.Typer(help="A graph-backed control plane for actor hierarchies.", no_args_is_help=True)
 console = Console()
@@ -38,14 +32,6 @@ def _settings(**overrides: object) -> Settings:
     except ControlPlaneError as exc:
         err.print(f"[red]error[/red] {exc}")
         raise typer.Exit(2) from None
-
-
-def _control(settings: Settings) -> ControlPlane:
-    from controlplane.embedded import resolve_endpoints
-    from controlplane.wiring import control_plane
-
-    ends = resolve_endpoints(settings)
-    return control_plane(settings, graph_uri=ends.graph_uri, broker_url=ends.broker_url, bootstrap=False)
 
 
 def _fail(exc: ControlPlaneError) -> typer.Exit:
@@ -207,154 +193,6 @@ def scheduler(data_dir: DataDir = None) -> None:
 
 
 @app.command()
-def events(
-    allocation: Annotated[Optional[str], typer.Argument(help="Allocation (or node) id; all events when omitted")] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events")] = False,
-    limit: Annotated[int, typer.Option(help="At most this many past events")] = 200,
-    data_dir: DataDir = None,
-) -> None:
-    """Print the ordered history: transitions, supervision decisions, waits, Terminated (death watch)."""
-    from controlplane.views import event_line
-
-    try:
-        control = _control(_settings(data_dir=data_dir))
-        since: float | None = None
-        while True:
-            batch = control.queries.events(allocation, since=since, limit=limit)
-            for e in batch:
-                console.print(event_line(e), highlight=False)
-                since = e.at
-            if not follow:
-                break
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    except ControlPlaneError as exc:
-        raise _fail(exc) from None
-
-
-@app.command()
-def spawn(
-    parent: Annotated[str, typer.Argument(help="Id of the parent Node or Allocation")],
-    argv: Annotated[list[str], typer.Argument(help="Command to run (after --)")],
-    name: Annotated[str, typer.Option(help="Allocation name")] = "task",
-    cpu: Annotated[float, typer.Option(help="CPU cores")] = 0.1,
-    memory: Annotated[int, typer.Option(help="Memory in MiB")] = 64,
-    gpus: Annotated[int, typer.Option(help="GPUs")] = 0,
-    node: Annotated[Optional[str], typer.Option(help="Place on this node")] = None,
-    count: Annotated[int, typer.Option(help="How many identical children")] = 1,
-    restart: Annotated[str, typer.Option(help="permanent | transient | temporary")] = "transient",
-    strategy: Annotated[Optional[str], typer.Option(help="How it supervises its children: one_for_one | one_for_all | rest_for_one")] = None,
-    max_restarts: Annotated[Optional[int], typer.Option(help="Restart intensity: at most this many restarts ...")] = None,
-    window: Annotated[Optional[float], typer.Option(help="... within this many seconds")] = None,
-    child_policy: Annotated[Optional[str], typer.Option(help="cascade | abandon")] = None,
-    data_dir: DataDir = None,
-) -> None:
-    """Spawn allocations under a node or an allocation."""
-    settings = _settings(data_dir=data_dir)
-    spec: dict[str, object] = {
-        "name": name, "argv": argv, "node": node, "restart": restart,
-        "resources": {"cpu_milli": int(round(cpu * 1000)), "memory_mib": memory, "gpus": gpus},
-    }
-    policy = {k: v for k, v in {"strategy": strategy, "max_restarts": max_restarts, "window_s": window, "child_policy": child_policy}.items() if v is not None}
-    if policy:
-        spec["supervision"] = policy
-    try:
-        created = _control(settings).allocations.spawn(parent, [spec] * count, field="spec" if count == 1 else "specs")
-    except ControlPlaneError as exc:
-        raise _fail(exc) from None
-    for a in created:
-        console.print(f"{a.id}  {a.state.value}  on {a.node_id}")
-
-
-def _load_spec(path: Path) -> dict[str, Any]:
-    import json as _json
-
-    import yaml
-
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise typer.BadParameter(f"cannot read {path}: {exc}") from None
-    try:
-        data = _json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise typer.BadParameter(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
-    if not isinstance(data, dict):
-        raise typer.BadParameter(f"{path}: a job spec is a mapping with `name` and `tasks`")
-    return data
-
-
-@app.command()
-def submit(
-    spec: Annotated[Path, typer.Argument(help="Job spec, YAML or JSON (see `controlplane schema`)")],
-    node: Annotated[Optional[str], typer.Option(help="Submitting node: the job's root is created under it")] = None,
-    request_id: Annotated[Optional[str], typer.Option(help="Idempotency key: submitting again returns the same job")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Follow the job until it ends")] = False,
-    data_dir: DataDir = None,
-) -> None:
-    """Submit a job: its DAG goes into the graph and a native `job` root unwraps it."""
-    from controlplane.jobs.model import JOB_FINISHED, JobState
-
-    try:
-        control = _control(_settings(data_dir=data_dir))
-        job = control.jobs.submit(_load_spec(spec), node=node, request_id=request_id)
-        console.print(f"job {job.id} ({job.name}) {job.state}: root {job.root_id} on {job.submitted_by}")
-        while wait:
-            time.sleep(0.5)
-            job = control.jobs.job(job.id)
-            tasks = control.jobs.tasks(job.id)
-            counts: dict[str, int] = {}
-            for t in tasks:
-                counts[t.state] = counts.get(t.state, 0) + 1
-            console.print(f"  {job.state}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-            if job.state in JOB_FINISHED:
-                if job.error:
-                    console.print(f"  [red]{job.error}[/red]")
-                raise typer.Exit(0 if job.state is JobState.SUCCEEDED else 1)
-    except KeyboardInterrupt:
-        pass
-    except ControlPlaneError as exc:
-        raise _fail(exc) from None
-
-
-@app.command()
-def jobs(
-    job_id: Annotated[Optional[str], typer.Argument(help="A job id: its tasks and the allocations that ran them")] = None,
-    data_dir: DataDir = None,
-) -> None:
-    """List jobs, or show one job's tasks."""
-    try:
-        control = _control(_settings(data_dir=data_dir))
-        if job_id is None:
-            table = Table("job", "name", "state", "tasks", "root", "submitted")
-            for j in control.jobs.jobs(limit=1000):
-                table.add_row(j.id, j.name, j.state, str(j.tasks_total), j.root_id or "-",
-                              time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.submitted_at)))
-            console.print(table)
-            return
-        job = control.jobs.job(job_id)
-        console.print(f"job {job.id} ({job.name}): {job.state}" + (f" — {job.error}" if job.error else ""))
-        table = Table("task", "state", "replicas", "allocations (incarnation, state, node)")
-        for t in control.jobs.tasks(job_id):
-            runs = ", ".join(f"{r.allocation_id} ({r.incarnation}, {r.state}, {r.node_id})" for r in t.runs) or "-"
-            table.add_row(t.path, t.state, str(t.replicas), runs)
-        console.print(table)
-    except ControlPlaneError as exc:
-        raise _fail(exc) from None
-
-
-@app.command()
-def cancel(job_id: Annotated[str, typer.Argument(help="Job id")], data_dir: DataDir = None) -> None:
-    """Cancel a job: its whole hierarchy is stopped, children first."""
-    try:
-        job = _control(_settings(data_dir=data_dir)).jobs.cancel(job_id)
-    except ControlPlaneError as exc:
-        raise _fail(exc) from None
-    console.print(f"job {job.id}: {job.state}")
-
-
-@app.command()
 def schema() -> None:
     """Print the JSON Schema of job specs."""
     import json as _json
@@ -364,142 +202,12 @@ def schema() -> None:
     print(_json.dumps(job_json_schema(), indent=2))
 
 
-@app.command()
-def logs(
-    allocation: Annotated[str, typer.Argument(help="Allocation id")],
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the incarnation ends")] = False,
-    incarnation: Annotated[Optional[int], typer.Option(help="Which incarnation (default: the current one)")] = None,
-    data_dir: DataDir = None,
-) -> None:
-    """Print an allocation's output (stdout and stderr), read from its node agent's log on this machine;
-    elsewhere, say which node and file hold it and show what the graph kept."""
-    from controlplane.views import print_log
-
-    settings = _settings(data_dir=data_dir)
-    try:
-        control = _control(settings)
-        loc = control.queries.log_of(allocation, incarnation)
-
-        def ended() -> bool:
-            a = control.queries.allocation(allocation)
-            return a.incarnation != loc.incarnation or a.is_terminal
-
-        status = print_log(loc, settings.data_dir.absolute() / "runs", follow=follow and loc.live, ended=ended,
-                           err=err)
-    except KeyboardInterrupt:
-        return
-    except ControlPlaneError as exc:
-        raise _fail(exc) from None
-    raise typer.Exit(status)
-
-
-@app.command()
-def stop(allocation: Annotated[str, typer.Argument(help="Allocation id")], data_dir: DataDir = None) -> None:
-    """Stop an allocation (graceful, then killed after its grace period)."""
-    try:
-        a = _control(_settings(data_dir=data_dir)).allocations.stop(allocation)
-    except ControlPlaneError as exc:
-        raise _fail(exc) from None
-    console.print(f"{a.id}  {a.state.value}")
-
-
-def _node_op(data_dir: Path | None, act: Callable[[ControlPlane], T], say: Callable[[T], str]) -> None:
-    """Run one node operation against the control plane and print what it did (or its error's code and reason)."""
-    try:
-        done = act(_control(_settings(data_dir=data_dir)))
-    except ControlPlaneError as exc:
-        raise _fail(exc) from None
-    console.print(say(done))
-
-
-NodeArg = Annotated[str, typer.Argument(help="Node id")]
-
-
-@app.command()
-def cordon(node: NodeArg, data_dir: DataDir = None) -> None:
-    """Cordon a node: nothing new is placed on it; what runs there stays."""
-    _node_op(data_dir, lambda c: c.nodes.cordon(node), lambda n: f"{n.id}  {n.status}, cordoned")
-
-
-@app.command()
-def uncordon(node: NodeArg, data_dir: DataDir = None) -> None:
-    """Allow placements on a cordoned or drained node again."""
-    _node_op(data_dir, lambda c: c.nodes.uncordon(node), lambda n: f"{n.id}  {n.status}")
-
-
-@app.command()
-def drain(
-    node: NodeArg,
-    deadline: Annotated[float, typer.Option(help="Seconds each allocation gets to stop before it is killed")] = 30.0,
-    data_dir: DataDir = None,
-) -> None:
-    """Drain a node: cordon it and move its allocations elsewhere, each by its restart type."""
-    _node_op(data_dir, lambda c: c.nodes.drain(node, deadline_s=deadline),
-             lambda n: f"{n.id}  {n.status}: its allocations are moving off (each stopped within {deadline:g} s)")
-
-
-@app.command()
-def deregister(node: NodeArg, data_dir: DataDir = None) -> None:
-    """Remove a node with no live work from the graph (refused, with the count, while it has some)."""
-    _node_op(data_dir, lambda c: c.nodes.deregister(node), lambda _: f"{node}  deregistered")
-
-
-@app.command()
-def tree(root: Annotated[str, typer.Argument(help="Id of a Node or an Allocation")], data_dir: DataDir = None) -> None:
-    """Print the hierarchy under a node or an allocation: state, incarnation, restarts, node, pid and log."""
-    from controlplane.views import allocation_label as _label
-
-    try:
-        control = _control(_settings(data_dir=data_dir))
-        if control.store.actor_label(actor_id=root) == "Allocation":
-            top = control.queries.allocation(root)
-            head = Tree(_label(top))
-        else:
-            control.queries.node(root)
-            head = Tree(f"[bold]{root}[/bold] (node)")
-        rows = control.queries.descendants(root, max_depth=64, limit=100_000)
-    except ControlPlaneError as exc:
-        raise _fail(exc) from None
-    by_parent: dict[str, list[AllocationRecord]] = {}
-    for a in rows:
-        by_parent.setdefault(a.parent_id, []).append(a)
-
-    def grow(branch: Tree, parent_id: str) -> None:
-        for child in sorted(by_parent.get(parent_id, []), key=lambda a: (a.created_at, a.id)):
-            grow(branch.add(_label(child)), child.id)
-
-    grow(head, root)
-    console.print(head)
-
-
-@app.command()
-def status(data_dir: DataDir = None) -> None:
-    """Nodes with their free capacity, and allocations by state."""
-    try:
-        control = _control(_settings(data_dir=data_dir))
-        nodes = control.queries.nodes(limit=1000)
-        counts: dict[str, int] = {}
-        after = None
-        while True:
-            page = control.queries.allocations(after=after, limit=1000)
-            for a in page:
-                counts[a.state.value] = counts.get(a.state.value, 0) + 1
-            if len(page) < 1000:
-                break
-            after = page[-1].id
-    except ControlPlaneError as exc:
-        raise _fail(exc) from None
-    table = Table("node", "status", "cpu free/total", "memory free/total MiB", "heartbeat")
-    now = time.time()
-    for n in nodes:
-        table.add_row(n.name, n.status, f"{n.cpu_free / 1000:g}/{n.cpu / 1000:g}", f"{n.memory_free}/{n.memory}", f"{now - n.heartbeat_at:.1f}s ago")
-    console.print(table)
-    console.print("allocations: " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"))
-
-
 from controlplane.cli_nodes import node_app  # noqa: E402 - sub-commands, registered after the app
+from controlplane.cli_ops import COMMANDS  # noqa: E402
 from controlplane.cli_tokens import keys_app, token_app  # noqa: E402
 
+for command in COMMANDS:  # the operator's commands: through the API with the caller's credential
+    app.command()(command)
 app.add_typer(token_app, name="token")
 app.add_typer(node_app, name="node")
 app.add_typer(keys_app, name="keys")

@@ -8,10 +8,6 @@ files of the local keys directory.
 
 from __future__ import annotations
 
-import json
-import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -32,44 +28,22 @@ def _settings(data_dir: Path | None) -> Settings:
 
 
 def api_url(settings: Settings) -> str:
-    from controlplane.embedded import read_endpoints
+    from controlplane.cli_api import api_url as found
 
-    url = os.environ.get("CONTROLPLANE_API_URL") or settings.api_public_url
-    if not url:
-        stack = read_endpoints(settings)
-        url = stack.api_url if stack else None
-    if not url:
+    url = found(settings)
+    if url is None:
         err.print("[red]error[/red] no API found: run `controlplane up`, or set CONTROLPLANE_API_URL")
         raise typer.Exit(2)
-    return url.rstrip("/")
+    return url
 
 
 def graphql(settings: Settings, query: str, **variables: Any) -> dict[str, Any]:
-    """One GraphQL operation against the API with the CLI's credential; errors are printed with their code."""
-    from controlplane.auth.bootstrap import read_cli_token
+    """One GraphQL operation against the API with the CLI's credential; a failure is printed with its code (exit 1)."""
+    from controlplane.cli_api import ApiClient
+    from controlplane.cli_ops import failing
 
-    token = read_cli_token(settings)
-    if not token:
-        err.print(f"[red]UNAUTHENTICATED[/red] no token: set CONTROLPLANE_TOKEN, or run `controlplane up` "
-                  f"(it writes {settings.data_dir / 'admin.token'})")
-        raise typer.Exit(1)
-    request = urllib.request.Request(
-        f"{api_url(settings)}/graphql", data=json.dumps({"query": query, "variables": variables}).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"}, method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as r:
-            body: dict[str, Any] = json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        body = json.loads(exc.read() or b"{}")
-    except OSError as exc:
-        err.print(f"[red]UNAVAILABLE[/red] the API at {api_url(settings)} does not answer: {exc}")
-        raise typer.Exit(1) from None
-    for e in body.get("errors") or []:
-        err.print(f"[red]{(e.get('extensions') or {}).get('code', 'ERROR')}[/red] {e.get('message')}")
-    if body.get("errors"):
-        raise typer.Exit(1)
-    return dict(body["data"])
+    with failing():
+        return ApiClient(settings)(query, **variables)
 
 
 @token_app.command("create")

@@ -22,7 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from controlplane.settings import Settings
+from controlplane.settings import STACK_FILE, Settings
 from controlplane.stack_supervisor import StackSupervisor
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from controlplane.services import ControlPlane
     from graph_schema.falkordb_server import FalkorDBServer
 
-STACK_FILE = "stack.json"
 #: on the way out the API waits this long for requests in flight (an agent's long poll for work, a subscription),
 #: then cuts them: their callers retry against the next API
 GRACEFUL_SHUTDOWN_S = 5

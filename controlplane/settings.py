@@ -14,6 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from controlplane.domain.errors import InvalidInput
 
+#: the running embedded stack's addresses, in the data directory (written by `controlplane up`)
+STACK_FILE = "stack.json"
+
 Backend = Literal["falkordb", "neo4j", "gremlin", "janusgraph"]
 
 

@@ -16,8 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from controlplane import logs
-from controlplane.domain.records import AllocationRecord, Event
-from controlplane.services.queries import LogLocation
+from controlplane.domain.records import AllocationRecord, Event, LogLocation
 
 STATE_COLOURS = {"running": "green", "succeeded": "blue", "failed": "red", "lost": "red", "stopped": "dim"}
 #: how often `logs --follow` asks the graph whether the incarnation has ended

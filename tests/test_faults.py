@@ -34,15 +34,9 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     server = FalkorDBServer(server_config(tmp_path_factory.mktemp("faults-db"))).start()
     try:
         store, uri = engine_graph(request.param, request, server, graph="faults")
-        s = Stack(server, tmp_path_factory.mktemp("faults"), graph="faults", store=store, graph_uri=uri)
-        try:
-            s.start("supervisor", "supervisor")
-            s.start("scheduler", "scheduler")
-            s.agent("alpha")
-            s.agent("beta")
+        with Stack(server, tmp_path_factory.mktemp("faults"), graph="faults", store=store, graph_uri=uri).serving(
+                "alpha", "beta") as s:
             yield s
-        finally:
-            s.close()
     finally:
         server.stop()
 

@@ -47,8 +47,11 @@ def spec(name: str, script: str, **kw: object) -> dict[str, Any]:
 
 
 def cli(stack: Stack, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """`controlplane <args>` as a user runs it, against the stack (GRAPH_URI, REDIS_URL, DATA_DIR)."""
-    env = {**stack.env, "COLUMNS": "400"}  # a wide terminal: rich wraps lines at the terminal's width
+    """`controlplane <args>` as a user runs it on the agent's machine: through the stack's API, with the admin token
+    of its data directory (DATA_DIR), where the agent writes its logs."""
+    stack.api()
+    # a wide terminal: rich wraps lines at the terminal's width
+    env = {**stack.env, "COLUMNS": "400", "CONTROLPLANE_API_URL": stack.api_url}
     return subprocess.run([sys.executable, "-m", "controlplane", *args], env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -115,18 +116,27 @@ def test_deregister_is_refused_with_live_work_and_removes_an_idle_node(cp: Contr
 
 
 @pytest.fixture
-def cli_env(falkordb_server: FalkorDBServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[ControlPlane]:
+def cli_env(falkordb_server: FalkorDBServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ControlPlane]:
+    """The API (authentication on) over a graph of its own, and the CLI pointed at it with the admin's token."""
+    from controlplane.api import create_app
+    from controlplane.api.auth import Browsers
     from graph_schema.cypher.falkordb_store import FalkorDBStore
+    from graph_schema.falkordb_server import find_free_port
+    from tests.credentials import first_start
+    from tests.http import serving
 
     store = FalkorDBStore(falkordb_server.url, graph="cli")
     store.bootstrap()
     store.clear()
-    monkeypatch.setenv("GRAPH_URI", falkordb_server.url)
-    monkeypatch.setenv("GRAPH_NAME", "cli")
-    monkeypatch.setenv("REDIS_URL", falkordb_server.redis_url(7))
     control = assemble(store)
     control.nodes.register({"name": "c1", "cpu_milli": 1000, "memory_mib": 1024})
-    yield control
+    tokens, admin = first_start(tmp_path / "data")
+    port = find_free_port()
+    with serving(create_app(control, tokens=tokens, browsers=Browsers.local("127.0.0.1", port)), port=port) as url:
+        monkeypatch.setenv("CONTROLPLANE_API_URL", url)
+        monkeypatch.setenv("CONTROLPLANE_TOKEN", admin)
+        monkeypatch.setenv("DATA_DIR", str(tmp_path / "elsewhere"))
+        yield control
     store.close()
 
 

@@ -13,7 +13,7 @@ import strawberry
 
 from controlplane import logs
 from controlplane.domain.errors import InvalidInput
-from controlplane.services.queries import LogLocation
+from controlplane.domain.records import LogLocation
 
 MAX_TAIL_BYTES = 1024 * 1024
 DEFAULT_TAIL_BYTES = 4096

@@ -101,6 +101,22 @@ class Actor:
     async def events(self, root: Parent[Any], info: Info, first: int = DEFAULT_PAGE, since: float | None = None) -> list[Event]:
         return cast(list[Event], await info.context.call(info.context.control.queries.events, root.id, since=since, limit=first))
 
+    @strawberry.field(description="Every allocation below this actor (a node: every hierarchy it roots), down to "
+                      "`maxDepth` levels, ordered by id.")
+    async def descendants(
+        self, root: Parent[Any], info: Info, max_depth: int = DEFAULT_DESCENDANTS_DEPTH, first: int | None = None
+    ) -> list[Allocation]:
+        ctx = info.context
+        limit = ctx.max_descendants if first is None else first
+        if not 1 <= limit <= ctx.max_descendants:
+            raise InvalidInput(f"must be between 1 and {ctx.max_descendants}", field="first")
+        ctx.seen(root)
+        rows = await ctx.allocations(
+            lambda: ctx.control.queries.descendants(root.id, max_depth=max_depth, limit=limit, fields=wanted_properties(info)),
+            wanted_fields(info),
+        )
+        return cast(list[Allocation], rows)
+
     @strawberry.field(description="How it supervises the children it creates (SupervisionPolicy, snake_case keys); null: the default policy.")
     def supervision(self, root: Parent[Any]) -> JSON | None:
         raw = root.extra.get("supervision")
@@ -201,21 +217,6 @@ class Allocation(Actor):
     @strawberry.field(description="The node it runs on (RUNS_ON).")
     def node(self, root: Parent[AllocationRecord], info: Info) -> Node:
         return cast(Node, info.context.node(root.node_id))
-
-    @strawberry.field(description="Every allocation below this one, down to `maxDepth` levels, ordered by id.")
-    async def descendants(
-        self, root: Parent[AllocationRecord], info: Info, max_depth: int = DEFAULT_DESCENDANTS_DEPTH, first: int | None = None
-    ) -> list[Allocation]:
-        ctx = info.context
-        limit = ctx.max_descendants if first is None else first
-        if not 1 <= limit <= ctx.max_descendants:
-            raise InvalidInput(f"must be between 1 and {ctx.max_descendants}", field="first")
-        ctx.seen(root)
-        rows = await ctx.allocations(
-            lambda: ctx.control.queries.descendants(root.id, max_depth=max_depth, limit=limit, fields=wanted_properties(info)),
-            wanted_fields(info),
-        )
-        return cast(list[Allocation], rows)
 
     @strawberry.field(description="Parent first, up to and including the root Node.")
     async def ancestors(self, root: Parent[AllocationRecord], info: Info) -> list[Actor]:

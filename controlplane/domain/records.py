@@ -234,3 +234,20 @@ class RawResult:
     rows: tuple[tuple[Any, ...], ...]
     truncated: bool
     elapsed_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class LogLocation:
+    """Where one incarnation's output is: the node whose agent ran it, and the file that agent writes."""
+
+    allocation_id: str
+    incarnation: int
+    node_id: str
+    #: the file on that node (None: not known, e.g. an older incarnation on another node whose events were pruned)
+    path: str | None
+    #: its process was started, so its agent wrote a log (for an older incarnation: its start is on record)
+    started: bool
+    #: it may still be writing (the current incarnation, not ended)
+    live: bool
+    #: what the graph kept of its output: the current incarnation's last bytes, once it ended
+    output_tail: str | None

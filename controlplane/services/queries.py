@@ -12,13 +12,22 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import PurePath
 from typing import Protocol, TypeVar
 
 from controlplane.domain.errors import Busy, InvalidInput, NotFound
 from controlplane.domain.lifecycle import LIVE, State, parse_state
-from controlplane.domain.records import AllocationRecord, Event, GpuRecord, NeighborRecord, NodeRecord, RawResult, Vertex
+from controlplane.domain.records import (
+    AllocationRecord,
+    Event,
+    GpuRecord,
+    LogLocation,
+    NeighborRecord,
+    NodeRecord,
+    RawResult,
+    Vertex,
+)
 from controlplane.domain.text import Id, Line, Text, checked
 from controlplane.domain.traversal import TraversalSpec
 from controlplane.domain.vocabulary import Label
@@ -37,21 +46,6 @@ class QueryStore(Topology, Hierarchy, History, Admin, Protocol):
     """Everything a reader may ask."""
 
 
-@dataclass(frozen=True, slots=True)
-class LogLocation:
-    """Where one incarnation's output is: the node whose agent ran it, and the file that agent writes."""
-
-    allocation_id: str
-    incarnation: int
-    node_id: str
-    #: the file on that node (None: not known, e.g. an older incarnation on another node whose events were pruned)
-    path: str | None
-    #: its process was started, so its agent wrote a log (for an older incarnation: its start is on record)
-    started: bool
-    #: it may still be writing (the current incarnation, not ended)
-    live: bool
-    #: what the graph kept of its output: the current incarnation's last bytes, once it ended
-    output_tail: str | None
 
 
 class QueryGate:

@@ -24,7 +24,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.jvm_harness.process import BASE_JVM_OPTS, Harness, JvmServer, find_java, jvm_options, lifeline_cmd, start_jvm
+from tests.jvm_harness.process import (
+    BASE_JVM_OPTS,
+    Harness,
+    RestartableJvm,
+    find_java,
+    jvm_options,
+    lifeline_cmd,
+    start_jvm,
+)
 
 HERE = Path(__file__).resolve().parent
 HARNESS = Harness(HERE)
@@ -141,7 +149,7 @@ def free_ports(addresses: Sequence[str]) -> tuple[int, int]:
     return storage, cql
 
 
-class CassandraNode:
+class CassandraNode(RestartableJvm):
     """One Cassandra node: its address, ports and data directory; started, killed and restarted in place."""
 
     def __init__(self, workdir: Path, *, address: str, seeds: Sequence[str], token: int, storage_port: int,
@@ -153,7 +161,6 @@ class CassandraNode:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "cassandra.yaml").write_text(_yaml(self.workdir, address, seeds, token, storage_port, cql_port))
         (self.workdir / "logback.xml").write_text(_LOGBACK)
-        self.server: JvmServer | None = None
 
     @property
     def contact_point(self) -> str:
@@ -174,16 +181,6 @@ class CassandraNode:
         self.server.port = self.cql_port
         return self
 
-    def is_running(self) -> bool:
-        return self.server is not None and self.server.is_running()
-
-    def kill9(self) -> None:
-        if self.server is not None:
-            self.server.kill9()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop(timeout=30)
 
 
 #: evenly spaced Murmur3 tokens, one per node

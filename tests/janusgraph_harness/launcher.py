@@ -25,7 +25,7 @@ from tests.cassandra_harness.launcher import CassandraNode, CassandraRing, free_
 from tests.jvm_harness.process import (
     BASE_JVM_OPTS,
     Harness,
-    JvmServer,
+    RestartableJvm,
     find_java,
     jvm_options,
     lifeline_cmd,
@@ -69,7 +69,7 @@ def _verify(url: str, deadline: float) -> None:
     retry_until(deadline, f"JanusGraph Server at {url} (g.inject(1))", attempt)
 
 
-class JanusGraphServer:
+class JanusGraphServer(RestartableJvm):
     """One JanusGraph Server process over the given Cassandra contact points; stoppable and restartable in place."""
 
     def __init__(self, workdir: Path, *, cql_hosts: Sequence[str], cql_port: int, replication_factor: int,
@@ -92,7 +92,6 @@ class JanusGraphServer:
         yaml = (SERVER_YAML.read_text().replace("@HOST@", "127.0.0.1").replace("@PORT@", str(self.port))
                 .replace("@GRAPH_PROPERTIES@", str(props)).replace("@INIT_SCRIPT@", str(INIT_SCRIPT)))
         (self.workdir / "janusgraph-server.yaml").write_text(yaml)
-        self.server: JvmServer | None = None
 
     def start(self, *, timeout: float = 180.0) -> JanusGraphServer:
         HARNESS.ensure_built()
@@ -106,21 +105,6 @@ class JanusGraphServer:
         self.server.port = self.port
         return self
 
-    @property
-    def pid(self) -> int:
-        assert self.server is not None
-        return self.server.pid
-
-    def is_running(self) -> bool:
-        return self.server is not None and self.server.is_running()
-
-    def kill9(self) -> None:
-        if self.server is not None:
-            self.server.kill9()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop(timeout=30)
 
 
 class SingleStack:

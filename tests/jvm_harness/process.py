@@ -204,6 +204,29 @@ class JvmServer:
                 stream.close()
 
 
+class RestartableJvm:
+    """A server of a ring or stack that is started, killed and started again in place: `server` is its JVM of the
+    moment (None before the first start)."""
+
+    server: JvmServer | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.server is not None
+        return self.server.pid
+
+    def is_running(self) -> bool:
+        return self.server is not None and self.server.is_running()
+
+    def kill9(self) -> None:
+        if self.server is not None:
+            self.server.kill9()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop(timeout=30)
+
+
 def start_jvm(
     name: str,
     cmd: Sequence[str],

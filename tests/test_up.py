@@ -176,7 +176,7 @@ def test_the_embedded_stores_take_only_their_generated_passwords(up: Up) -> None
     graph_client = redis.Redis.from_url(stack["graph_uri"].replace("controlplane@", f"controlplane:{graph_pw}@"))
     with pytest.raises(redis.exceptions.NoPermissionError):
         graph_client.config_set("dir", "/tmp")
-    # while the CLI, given only the data directory, finds the stack and its passwords
+    # while the CLI, given only the data directory, finds the stack (its API) and the admin token
     env = {k: v for k, v in os.environ.items() if k not in ("GRAPH_URI", "REDIS_URL")}
     status = subprocess.run([sys.executable, "-m", "controlplane", "status", "--data-dir", str(up.data_dir)],
                             env=env, capture_output=True, text=True, timeout=60)

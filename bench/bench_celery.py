@@ -21,8 +21,9 @@ from typing import Any
 
 from bench.engines import open_engine
 from controlplane.domain.lifecycle import State
-from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
+from graph_schema.falkordb_server import FalkorDBServer
 from tests.stack import Stack
+from tests.store_passwords import server_config
 
 
 def _uri(store: Any) -> str:
@@ -45,7 +46,7 @@ def _cpu_s(pid: int) -> float:
 def run(engine: str, total: int, batch: int, agents: int, concurrency: int, isolation: str = "off") -> None:
     with open_engine(engine) as (store, graph_server), tempfile.TemporaryDirectory() as tmp:
         store.clear()
-        broker = graph_server or FalkorDBServer(FalkorDBServerConfig(data_dir=Path(tmp) / "redis")).start()
+        broker = graph_server or FalkorDBServer(server_config(Path(tmp) / "redis")).start()
         uri = broker.url if engine == "falkordb" else _uri(store)
         # the API, and agents that joined with a join credential and talk to it only (node restriction on)
         stack = Stack(broker, Path(tmp), graph="bench", store=store, graph_uri=uri, redis_db=1, heartbeat_s=1.0,

@@ -18,8 +18,9 @@ from typing import Any
 from controlplane.domain.placement import Demand
 from controlplane.domain.resources import Resources
 from controlplane.wiring import assemble
-from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
+from graph_schema.falkordb_server import FalkorDBServer
 from tests.stack import Stack, wait_for
+from tests.store_passwords import server_config
 
 
 def dag(depth: int, width: int) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def dag(depth: int, width: int) -> dict[str, Any]:
 
 def job_run(depth: int, width: int, agents: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        server = FalkorDBServer(FalkorDBServerConfig(data_dir=Path(tmp) / "db")).start()
+        server = FalkorDBServer(server_config(Path(tmp) / "db")).start()
         stack = Stack(server, Path(tmp), graph="jobs")
         try:
             stack.start("supervisor", "supervisor", "--concurrency", "4")

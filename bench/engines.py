@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from controlplane.ports.store import GraphStore
-from graph_schema.falkordb_server import FalkorDBServer, FalkorDBServerConfig
+from graph_schema.falkordb_server import FalkorDBServer
+from tests.store_passwords import server_config
 
 
 @contextlib.contextmanager
@@ -17,7 +18,7 @@ def falkordb_store(graph: str = "bench") -> Iterator[tuple[GraphStore, FalkorDBS
     from graph_schema.cypher.falkordb_store import FalkorDBStore
 
     with tempfile.TemporaryDirectory() as tmp:
-        server = FalkorDBServer(FalkorDBServerConfig(data_dir=Path(tmp))).start()
+        server = FalkorDBServer(server_config(Path(tmp))).start()  # with the users a Stack logs in as
         store = FalkorDBStore(server.url, graph=graph)
         store.bootstrap()
         try:

@@ -149,3 +149,17 @@ def test_bad_policies_are_refused_naming_the_field(policy: dict[str, Any], field
     with pytest.raises(InvalidInput) as err:
         parse(SupervisionPolicy, policy, field="policy")
     assert err.value.field == field
+
+
+def test_the_reason_of_a_mass_failure_names_a_few_and_counts_the_rest() -> None:
+    # A node loss fails a thousand children at once: each child's `decided` event repeats the reason, so it must not
+    # grow with the number of children (it did: 1,000 events of 30 KB each made that one write take a second)
+    lost, crashed = tuple(range(990)), tuple(range(990, 1000))
+    failures = crash(*lost, kind=FailureKind.LOST, code=None) + crash(*crashed, code=3)
+    d = decide(situation(children=kids(1000, failed=lost + crashed), failures=failures), NOW)
+    assert d.directive is Directive.RESTART and len(d.restarts) == 1000
+    assert d.reason == "one_for_one: restart 1000 of 1000 children (c0 lost, c1 lost, c10 lost, c100 lost, c101 lost " \
+                       "and 995 more: 10 exit 3, 985 lost)"
+    # and a small one still names every failure
+    few = decide(situation(children=kids(4, failed=(0, 2)), failures=crash(0, 2)), NOW)
+    assert few.reason == "one_for_one: restart 2 of 4 children (c0 exit 1, c2 exit 1)"

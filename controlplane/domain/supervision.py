@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -285,15 +286,27 @@ def decide(situation: Situation, now: float) -> Decision:
     )
 
 
+#: how many failures a decision's reason names one by one; the rest are counted by kind
+REASON_NAMES = 5
+
+
 def _why(wanted: dict[str, Directive], directive: Directive, situation: Situation) -> str:
+    """The failures behind a directive: the first REASON_NAMES by id, then how many more of each kind. A node loss
+    fails a thousand children at once: the reason (and each child's `decided` event, which repeats it) stays short,
+    while the decision event's data lists every child."""
     failures = {f.child_id: f for f in situation.failures}
     parts = []
     for child_id, d in sorted(wanted.items()):
         if d is directive and child_id in failures:
             f = failures[child_id]
-            detail = f"exit {f.exit_code}" if f.kind is FailureKind.EXIT else f.kind.value
-            parts.append(f"{child_id} {detail}")
-    return ", ".join(parts) or directive.value
+            parts.append((child_id, f"exit {f.exit_code}" if f.kind is FailureKind.EXIT else f.kind.value))
+    if not parts:
+        return directive.value
+    named = ", ".join(f"{child_id} {detail}" for child_id, detail in parts[:REASON_NAMES])
+    rest = Counter(detail for _, detail in parts[REASON_NAMES:])
+    if not rest:
+        return named
+    return f"{named} and {len(parts) - REASON_NAMES} more: " + ", ".join(f"{n} {detail}" for detail, n in sorted(rest.items()))
 
 
 def classify(state: str, exit_code: int | None, error: str | None) -> FailureKind:

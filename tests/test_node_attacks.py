@@ -226,6 +226,20 @@ def test_long_polls_whose_callers_hang_up_end_at_once(stack: Stack, b_work: list
     broker.close()
 
 
+def test_reports_longer_than_the_api_takes_at_once_go_in_several_requests(stack: Stack, b_work: list[str]) -> None:
+    """An agent with thousands of allocations (a node-loss restart, a shutdown) reports them all: the link splits
+    what is longer than the agent API's limit per request (1,000) instead of being refused with 422."""
+    from workers.link import ApiLink
+
+    link = ApiLink(stack.api_url, stack.node_token(A), A)
+    link.session = (stack.data_dir / "nodes" / A / "session").read_text().strip()
+    try:
+        assert link.allocations([(f"nothing-{i}", 1) for i in range(2500)]) == []  # none is there
+        link.ack([f"no-such-item-{i}" for i in range(2500)])
+    finally:
+        link.close()
+
+
 def test_agents_hold_no_broker_or_graph_credential_and_celery_remote_control_is_off(stack: Stack, b_work: list[str]) -> None:
     from workers.app import configure
 

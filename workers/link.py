@@ -14,9 +14,9 @@ is `Unavailable`, retried by the caller (every report is idempotent).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -26,9 +26,17 @@ from controlplane.domain.records import Exit
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]
+T = TypeVar("T")
 PREFIX = "/agent/v1"
 SESSION_HEADER = "X-Agent-Session"
 TIMEOUT_S = 30.0
+#: the most items the agent API takes in one report (its MAX_BATCH): longer lists go in several requests
+MAX_BATCH = 1000
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), MAX_BATCH):
+        yield items[i : i + MAX_BATCH]
 
 
 class Revoked(ControlPlaneError):
@@ -158,23 +166,26 @@ class ApiLink:
         return [(str(i["id"]), str(i["kind"]), [(str(a), int(n)) for a, n in i["keys"]]) for i in items]
 
     def ack(self, ids: Sequence[str]) -> None:
-        if ids:
-            self._call("POST", "/work/ack", "acknowledge work", json={"ids": list(ids)})
+        for chunk in _chunks(ids):
+            self._call("POST", "/work/ack", "acknowledge work", json={"ids": list(chunk)})
 
     # --- reports -------------------------------------------------------------------------------
     def claim(self, keys: Sequence[Key]) -> list[Claimed]:
-        answer = self._call("POST", "/claim", "claim", json={"keys": [list(k) for k in keys]})
-        return [Claimed.of(c) for c in answer["claimed"]]
+        return [Claimed.of(c) for chunk in _chunks(keys)
+                for c in self._call("POST", "/claim", "claim", json={"keys": [list(k) for k in chunk]})["claimed"]]
 
     def running(self, started: Sequence[tuple[Key, int]], log_paths: Mapping[Key, str]) -> set[Key]:
-        body = {"started": [{"id": k[0], "incarnation": k[1], "pid": pid, "log_path": log_paths.get(k)} for k, pid in started]}
-        answer = self._call("POST", "/running", "report running", json=body)
-        return {(str(i), int(n)) for i, n in answer["stopped"]}
+        stopped: set[Key] = set()
+        for chunk in _chunks(started):
+            body = {"started": [{"id": k[0], "incarnation": k[1], "pid": pid, "log_path": log_paths.get(k)} for k, pid in chunk]}
+            stopped |= {(str(i), int(n)) for i, n in self._call("POST", "/running", "report running", json=body)["stopped"]}
+        return stopped
 
     def exited(self, exits: Sequence[Exit]) -> None:
-        body = {"exits": [{"id": e.key[0], "incarnation": e.key[1], "exit_code": e.exit_code, "output_tail": e.output_tail,
-                           "failure": e.failure, "fields": dict(e.fields)} for e in exits]}
-        self._call("POST", "/exited", "report exits", json=body)
+        for chunk in _chunks(exits):
+            body = {"exits": [{"id": e.key[0], "incarnation": e.key[1], "exit_code": e.exit_code, "output_tail": e.output_tail,
+                               "failure": e.failure, "fields": dict(e.fields)} for e in chunk]}
+            self._call("POST", "/exited", "report exits", json=body)
 
     def failed_to_start(self, key: Key, error: str) -> None:
         self._call("POST", "/failed", "report a failed start", json={"id": key[0], "incarnation": key[1], "error": error[:8000]})
@@ -183,16 +194,18 @@ class ApiLink:
         self._call("POST", "/unstarted", "report a stop", json={"keys": [list(key)]})
 
     def gone(self, keys: Sequence[Key]) -> None:
-        self._call("POST", "/gone", "report the agent stopped", json={"keys": [list(k) for k in keys]}, timeout_s=10.0)
+        for chunk in _chunks(keys):
+            self._call("POST", "/gone", "report the agent stopped", json={"keys": [list(k) for k in chunk]}, timeout_s=10.0)
 
     def usage(self, usage: Sequence[tuple[Key, Mapping[str, Any]]]) -> None:
-        body = {"usage": [{"id": k[0], "incarnation": k[1], "fields": dict(f)} for k, f in usage]}
-        self._call("POST", "/usage", "report usage", json=body)
+        for chunk in _chunks(usage):
+            body = {"usage": [{"id": k[0], "incarnation": k[1], "fields": dict(f)} for k, f in chunk]}
+            self._call("POST", "/usage", "report usage", json=body)
 
     def allocations(self, keys: Sequence[Key]) -> list[Claimed]:
         """The current records of these incarnations, if they are still this node's (stale ones are left out)."""
-        answer = self._call("POST", "/allocations", "read allocations", json={"keys": [list(k) for k in keys]})
-        return [Claimed.of(a) for a in answer["allocations"]]
+        return [Claimed.of(a) for chunk in _chunks(keys) for a in
+                self._call("POST", "/allocations", "read allocations", json={"keys": [list(k) for k in chunk]})["allocations"]]
 
     def close(self) -> None:
         self._client.close()

@@ -165,6 +165,19 @@ def test_a_token_is_refused_for_a_verb_or_subtree_it_does_not_cover(admin: TestC
     assert (cp.queries.events(created)[0].by or "").startswith("admin:admin/")  # the audit names the delegated credential
 
 
+def test_the_descendants_of_a_node_are_read_only_by_a_token_over_that_node(admin: TestClient, tree: dict[str, str]) -> None:
+    # Given a reader over allocation a only, and one over node n1
+    over_a = derive(admin, subtree=[tree["a"]], verbs=["read"])
+    over_n1 = derive(admin, subtree=["n1"], verbs=["read"])
+    query = '{ node(id: "n1") { descendants { id } } }'
+    # When each asks for everything below n1, Then the one over a is refused, and the one over n1 sees all three
+    assert "not in its subtrees" in refused(ask(admin, query, over_a), "FORBIDDEN")
+    seen = ask(admin, query, over_n1)["data"]["node"]["descendants"]
+    assert sorted(d["id"] for d in seen) == sorted(tree.values())
+    # and the one over a still reads a's own descendants
+    below_a = ask(admin, '{ allocation(id: "%s") { descendants { id } } }' % tree["a"], over_a)["data"]["allocation"]
+    assert [d["id"] for d in below_a["descendants"]] == [tree["a1"]]
+
 def test_a_derived_token_cannot_widen(admin: TestClient, tree: dict[str, str]) -> None:
     # Given a holder of read+spawn over a for 60 s
     held = derive(admin, subtree=[tree["a"]], verbs=["read", "spawn"], ttl_s=60)

@@ -7,7 +7,7 @@ Every command builds one Settings from its flags and the environment.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -22,7 +22,6 @@ app = typer.Typer(help="A graph-backed control plane for actor hierarchies.", no
 console = Console()
 err = Console(stderr=True)
 
-T = TypeVar("T")
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Where embedded state lives [env DATA_DIR]")]
 
 
